@@ -1,0 +1,45 @@
+"""onnxslim: a framework-agnostic ONNX graph optimizer (cleanup, pruning, distillation, int8)."""
+
+from onnxslim._errors import (
+    InputDataError,
+    ModelLoadError,
+    ProviderError,
+    RecipeError,
+    SlimError,
+    UnsupportedModelError,
+    VerificationError,
+)
+from onnxslim._fidelity import Fidelity, compare_outputs, sqnr_db
+from onnxslim._inputs import InputSpec, input_specs, random_inputs, resolve_shape
+from onnxslim._io import load, model_file_size, save, temporary_model_file
+from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+from onnxslim._runtime import create_session, resolve_providers, session_options
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Fidelity",
+    "InputDataError",
+    "InputSpec",
+    "ModelLoadError",
+    "PassContext",
+    "ProviderError",
+    "RecipeError",
+    "SlimError",
+    "SlimPass",
+    "SlimPassResult",
+    "UnsupportedModelError",
+    "VerificationError",
+    "compare_outputs",
+    "create_session",
+    "input_specs",
+    "load",
+    "model_file_size",
+    "random_inputs",
+    "resolve_providers",
+    "resolve_shape",
+    "save",
+    "session_options",
+    "sqnr_db",
+    "temporary_model_file",
+]

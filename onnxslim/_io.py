@@ -1,0 +1,203 @@
+"""Model I/O on onnx-ir: memory-mapped external weights, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxslim._errors import ModelLoadError, SlimError
+
+__all__ = [
+    "load",
+    "save",
+    "model_file_size",
+    "temporary_model_file",
+    "source_path",
+    "EXTERNAL_DATA_THRESHOLD_BYTES",
+]
+
+logger = logging.getLogger(__name__)
+
+# Above this much initializer data a model is saved with its weights in a side file:
+# a protobuf cannot exceed 2 GiB, and keeping headroom avoids late failures.
+EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
+_SOURCE_KEY = "onnxslim.source_path"
+
+
+def _check_versions(proto: onnx.ModelProto, path: Path) -> None:
+    if proto.ir_version > onnx.IR_VERSION:
+        raise ModelLoadError(
+            f"{path}: IR version {proto.ir_version} is newer than this onnx package supports "
+            f"({onnx.IR_VERSION}); upgrade onnx or re-export the model with an older IR version."
+        )
+    max_opset = onnx.defs.onnx_opset_version()
+    for opset in proto.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > max_opset:
+            raise ModelLoadError(
+                f"{path}: opset {opset.version} is newer than this onnx package supports "
+                f"({max_opset}); upgrade onnx or re-export the model at opset {max_opset} or lower."
+            )
+
+
+def _check_external_data(model: ir.Model, path: Path) -> None:
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        data_path = Path(tensor.base_dir) / tensor.location
+        if not data_path.is_file():
+            raise ModelLoadError(
+                f"{path}: external data file '{tensor.location}' for initializer "
+                f"'{value.name}' was not found next to the model; copy it to {data_path.parent}."
+            )
+        end = (tensor.offset or 0) + (tensor.length or 0)
+        if tensor.length is not None and end > data_path.stat().st_size:
+            raise ModelLoadError(
+                f"{path}: external data file '{tensor.location}' is shorter than initializer "
+                f"'{value.name}' needs ({end} bytes); the file is truncated, copy it again."
+            )
+
+
+def load(path: str | os.PathLike) -> ir.Model:
+    """Loads an ONNX model; external weights stay on disk, memory-mapped on first use.
+
+    Raises:
+        ModelLoadError: the file is missing, not ONNX, corrupt, references missing
+            external data, or has an IR/opset version this onnx cannot handle.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file; check the path.")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: is a directory, not an ONNX model file.")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError, OSError) as error:
+        raise ModelLoadError(
+            f"{path}: not a valid ONNX model (the protobuf could not be parsed: "
+            f"{type(error).__name__}); the file is corrupt, truncated or of another format."
+        ) from None
+    if proto.ir_version <= 0 or not proto.HasField("graph"):
+        raise ModelLoadError(
+            f"{path}: not an ONNX model (no IR version or graph found); "
+            "pass the .onnx file exported by your framework."
+        )
+    _check_versions(proto, path)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as error:  # deserialization of a syntactically valid but broken proto
+        raise ModelLoadError(
+            f"{path}: the ONNX graph is malformed ({error}); re-export the model."
+        ) from None
+    ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
+    _check_external_data(model, path)
+    model.meta[_SOURCE_KEY] = str(path.resolve())
+    return model
+
+
+def source_path(model: ir.Model) -> Path | None:
+    """The file a model was loaded from, if it was loaded with :func:`load`."""
+    source = model.meta.get(_SOURCE_KEY)
+    return Path(source) if source else None
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.nbytes
+    return total
+
+
+def _has_external_tensors(model: ir.Model) -> bool:
+    return any(
+        isinstance(value.const_value, ir.ExternalTensor)
+        for value in model.graph.initializers.values()
+    )
+
+
+def _files_of(path: Path) -> list[Path]:
+    """The model file and the external-data files it references (if it loads)."""
+    files = [path]
+    with contextlib.suppress(Exception):
+        proto = onnx.load_model(str(path), load_external_data=False)
+        locations = set()
+        for tensor in proto.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        locations.add(entry.value)
+        files += [path.parent / location for location in sorted(locations)]
+    return files
+
+
+def model_file_size(path: str | os.PathLike) -> int:
+    """Bytes on disk of a model file plus its external-data files."""
+    return sum(f.stat().st_size for f in _files_of(Path(path)) if f.is_file())
+
+
+def save(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    overwrite_input: bool = False,
+) -> Path:
+    """Saves a model atomically: temp files in the target folder, then renamed into place.
+
+    Args:
+        model: The model to save.
+        path: Destination ``.onnx`` path.
+        external_data: Write initializers to ``<name>.data`` beside the model. ``None``
+            decides: yes when the weights exceed 1 GiB or already live in external files.
+        overwrite_input: Allow ``path`` to be the file the model was loaded from.
+
+    Returns:
+        The resolved destination path.
+    """
+    path = Path(path)
+    destination = path.resolve()
+    loaded_from = source_path(model)
+    if not overwrite_input and loaded_from is not None and loaded_from == destination:
+        raise SlimError(
+            f"{path}: refusing to overwrite the input model; choose another output path "
+            "or pass overwrite_input=True."
+        )
+    if not destination.parent.is_dir():
+        raise SlimError(f"{path}: the output folder {destination.parent} does not exist; create it first.")
+    if external_data is None:
+        external_data = (
+            _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or _has_external_tensors(model)
+        )
+    data_name = destination.name + ".data"
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        staged_model = staging / destination.name
+        if external_data:
+            ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=1024)
+            os.replace(staging / data_name, destination.parent / data_name)
+        else:
+            ir.save(model, staged_model)
+        os.replace(staged_model, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    logger.debug("saved %s (external data: %s)", destination, external_data)
+    return destination
+
+
+@contextlib.contextmanager
+def temporary_model_file(model: ir.Model, directory: str | os.PathLike | None = None) -> Iterator[Path]:
+    """Yields the path of a temporary copy of ``model`` on disk (ORT takes paths)."""
+    with tempfile.TemporaryDirectory(prefix="onnxslim-", dir=directory) as tmp:
+        target = Path(tmp) / "model.onnx"
+        save(model, target)
+        yield target
