@@ -25,9 +25,7 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 def looks_like_scores(array: np.ndarray) -> bool:
     """Class scores [N, C] or per-step token scores [N, T, C], C > 1."""
-    return (
-        np.issubdtype(array.dtype, np.floating) and array.ndim in (2, 3) and array.shape[-1] > 1
-    )
+    return np.issubdtype(array.dtype, np.floating) and array.ndim in (2, 3) and array.shape[-1] > 1
 
 
 @dataclasses.dataclass

@@ -44,11 +44,16 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
         if value.is_initializer():
             continue
         if value.dtype is None:
-            raise InputDataError(f"graph input '{value.name}' has no element type; re-export the model with typed inputs.")
+            raise InputDataError(
+                f"graph input '{value.name}' has no element type; re-export the model with typed inputs."
+            )
         shape: tuple[int | str | None, ...] = ()
         if value.shape is not None:
+            # Some exporters (Paddle) write -1 for a dynamic dim: treat it as symbolic.
             shape = tuple(
-                d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None)
+                (d if d >= 0 else None)
+                if isinstance(d, int)
+                else (d.value if isinstance(d, ir.SymbolicDim) else None)
                 for d in value.shape
             )
         specs.append(InputSpec(value.name, value.dtype.numpy(), shape))

@@ -173,11 +173,13 @@ def save(
             "or pass overwrite_input=True."
         )
     if not destination.parent.is_dir():
-        raise SlimError(f"{path}: the output folder {destination.parent} does not exist; create it first.")
-    if external_data is None:
-        external_data = (
-            _initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD_BYTES or _has_external_tensors(model)
+        raise SlimError(
+            f"{path}: the output folder {destination.parent} does not exist; create it first."
         )
+    if external_data is None:
+        external_data = _initializer_bytes(
+            model
+        ) > EXTERNAL_DATA_THRESHOLD_BYTES or _has_external_tensors(model)
     data_name = destination.name + ".data"
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
@@ -195,7 +197,9 @@ def save(
 
 
 @contextlib.contextmanager
-def temporary_model_file(model: ir.Model, directory: str | os.PathLike | None = None) -> Iterator[Path]:
+def temporary_model_file(
+    model: ir.Model, directory: str | os.PathLike | None = None
+) -> Iterator[Path]:
     """Yields the path of a temporary copy of ``model`` on disk (ORT takes paths)."""
     with tempfile.TemporaryDirectory(prefix="onnxslim-", dir=directory) as tmp:
         target = Path(tmp) / "model.onnx"

@@ -72,7 +72,8 @@ class SlimPass(ir.passes.InPlacePass, abc.ABC):
         return {
             name: parameter
             for name, parameter in signature.parameters.items()
-            if name != "self" and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+            if name != "self"
+            and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
         }
 
     def config(self) -> dict[str, Any]:

@@ -47,7 +47,9 @@ def resnet_style(
             self.bn2 = nn.BatchNorm2d(cout)
             self.down = None
             if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                self.down = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
         def forward(self, x):
             y = torch.relu(self.bn1(self.conv1(x)))
@@ -66,7 +68,9 @@ def resnet_style(
             self.bn3 = nn.BatchNorm2d(cout)
             self.down = None
             if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                self.down = nn.Sequential(
+                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+                )
 
         def forward(self, x):
             y = torch.relu(self.bn1(self.conv1(x)))
@@ -80,7 +84,9 @@ def resnet_style(
         def __init__(self):
             super().__init__()
             self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
+                nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                nn.BatchNorm2d(widths[0]),
+                nn.ReLU(),
             )
             layers, cin = [], widths[0]
             for stage, width in enumerate(widths):
@@ -123,7 +129,11 @@ def mobilenetv2_style(num_classes: int = 1000, width: float = 1.0, in_channels: 
             hidden = cin * expand
             layers: list[Any] = []
             if expand != 1:
-                layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+                layers += [
+                    nn.Conv2d(cin, hidden, 1, bias=False),
+                    nn.BatchNorm2d(hidden),
+                    nn.ReLU6(),
+                ]
             layers += [
                 nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
                 nn.BatchNorm2d(hidden),
@@ -137,9 +147,21 @@ def mobilenetv2_style(num_classes: int = 1000, width: float = 1.0, in_channels: 
         def forward(self, x):
             return x + self.body(x) if self.residual else self.body(x)
 
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    settings = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
     cin = channels(32)
-    features: list[Any] = [nn.Conv2d(in_channels, cin, 3, 2, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU6()]
+    features: list[Any] = [
+        nn.Conv2d(in_channels, cin, 3, 2, 1, bias=False),
+        nn.BatchNorm2d(cin),
+        nn.ReLU6(),
+    ]
     for expand, c, repeats, stride in settings:
         cout = channels(c)
         for index in range(repeats):

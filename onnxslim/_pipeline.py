@@ -1,0 +1,460 @@
+"""The pass manager: runs passes, verifies the model after each one, and reports per pass."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxslim._errors import InputDataError, SlimError, VerificationError
+from onnxslim._fidelity import Fidelity, compare_outputs
+from onnxslim._inputs import DimSizes, input_specs, random_inputs
+from onnxslim._io import load, model_file_size, save
+from onnxslim._pass import PassContext, SlimPass
+from onnxslim._runtime import create_session, resolve_providers, session_options
+from onnxslim._stats import model_stats
+
+__all__ = ["Bounds", "Pipeline", "Report", "StageRecord", "Result", "collect_samples"]
+
+logger = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """Fidelity bounds a lossy pass must meet against the reference; None = report only."""
+
+    min_sqnr_db: float | None = None
+    min_top1_agreement: float | None = None
+    max_abs_error: float | None = None
+
+    def violations(self, fidelity: Fidelity) -> list[str]:
+        problems = []
+        if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
+            problems.append(f"SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db} dB")
+        if (
+            self.min_top1_agreement is not None
+            and fidelity.top1_agreement is not None
+            and fidelity.top1_agreement < self.min_top1_agreement
+        ):
+            problems.append(
+                f"top-1 agreement {fidelity.top1_agreement:.3f} < {self.min_top1_agreement}"
+            )
+        if self.max_abs_error is not None and fidelity.max_abs_error > self.max_abs_error:
+            problems.append(f"max abs error {fidelity.max_abs_error:.3g} > {self.max_abs_error}")
+        return problems
+
+
+@dataclasses.dataclass
+class StageRecord:
+    """One line of the report: the input model, or the model after one pass."""
+
+    stage: str
+    description: str = ""
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    wall_time_s: float = 0.0
+    verify_time_s: float = 0.0
+    modified: bool = False
+    parameters: int = 0
+    macs: int = 0
+    nodes: int = 0
+    size_bytes: int = 0
+    fidelity: dict[str, Any] | None = None
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _human(number: float, unit: str = "") -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f}{suffix}{unit}"
+    return f"{number:.0f}{unit}"
+
+
+def _human_bytes(size: float) -> str:
+    for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= scale:
+            return f"{size / scale:.2f} {suffix}"
+    return f"{size:.0f} B"
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return _json_safe(float(value))
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@dataclasses.dataclass
+class Report:
+    """Per-stage figures of a pipeline run; ``to_json()`` for machines, ``table()`` for people."""
+
+    model: str
+    samples: int
+    sample_source: str
+    stages: list[StageRecord] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(
+            {
+                "model": self.model,
+                "samples": self.samples,
+                "sample_source": self.sample_source,
+                "stages": [dataclasses.asdict(stage) for stage in self.stages],
+            }
+        )
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
+
+    def table(self) -> str:
+        header = ["stage", "time", "params", "MACs", "size", "nodes", "fidelity vs input"]
+        rows = []
+        for stage in self.stages:
+            fidelity = "-"
+            if stage.fidelity:
+                sqnr = stage.fidelity.get("sqnr_db")
+                max_abs = stage.fidelity.get("max_abs_error")
+                fidelity = (
+                    f"max|Δ| {max_abs:.2g}" if isinstance(max_abs, float) else f"max|Δ| {max_abs}"
+                )
+                fidelity += f", SQNR {sqnr:.1f} dB" if isinstance(sqnr, float) else f", SQNR {sqnr}"
+                top1 = stage.fidelity.get("top1_agreement")
+                if isinstance(top1, float):
+                    fidelity += f", top-1 {100 * top1:.1f}%"
+            rows.append(
+                [
+                    stage.stage,
+                    f"{stage.wall_time_s:.2f}s" if stage.stage != "input" else "-",
+                    _human(stage.parameters),
+                    _human(stage.macs),
+                    _human_bytes(stage.size_bytes),
+                    str(stage.nodes),
+                    fidelity,
+                ]
+            )
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        for stage in self.stages:
+            if stage.summary:
+                brief = {k: v for k, v in stage.summary.items() if not isinstance(v, (list, dict))}
+                if brief:
+                    lines.append(
+                        f"{stage.stage}: " + ", ".join(f"{k}={v}" for k, v in brief.items())
+                    )
+        lines.append(f"verified on {self.samples} sample(s) from {self.sample_source}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Result:
+    """The optimized model and the run's report."""
+
+    model: ir.Model
+    report: Report
+
+    def save(self, path: str | os.PathLike, **kwargs: Any) -> Path:
+        return save(self.model, path, **kwargs)
+
+
+def _is_reader(data: Any) -> bool:
+    return hasattr(data, "get_next") and callable(data.get_next)
+
+
+def _iterate(data: Any) -> Iterable[Any]:
+    if _is_reader(data):
+        if hasattr(data, "rewind"):
+            data.rewind()
+        while (item := data.get_next()) is not None:
+            yield item
+        if hasattr(data, "rewind"):
+            data.rewind()
+    else:
+        yield from data
+
+
+def collect_samples(model: ir.Model, data: Any, limit: int) -> list[Feeds]:
+    """Up to ``limit`` feeds from a reader or iterable; names and dtypes checked against the model."""
+    specs = {spec.name: spec for spec in input_specs(model)}
+    samples: list[Feeds] = []
+    for item in _iterate(data):
+        if not isinstance(item, Mapping):
+            if len(specs) != 1:
+                raise InputDataError(
+                    f"data items must be dicts keyed by input name for a model with inputs "
+                    f"{sorted(specs)}; got {type(item).__name__}."
+                )
+            item = {next(iter(specs)): item}
+        feeds = {}
+        for name, array in item.items():
+            if name not in specs:
+                raise InputDataError(
+                    f"data has input '{name}' which the model does not have; model inputs: {sorted(specs)}."
+                )
+            array = np.asarray(array)
+            if array.dtype != specs[name].dtype:
+                raise InputDataError(
+                    f"input '{name}': model expects {specs[name].dtype}, data has {array.dtype}; convert the data."
+                )
+            expected = specs[name].shape
+            if len(expected) != array.ndim or any(
+                isinstance(d, int) and d != s for d, s in zip(expected, array.shape)
+            ):
+                raise InputDataError(
+                    f"input '{name}': model expects shape {list(expected)}, data has {list(array.shape)}."
+                )
+            feeds[name] = array
+        missing = sorted(set(specs) - set(feeds))
+        if missing:
+            raise InputDataError(f"data lacks model input(s) {missing}; provide every input.")
+        samples.append(feeds)
+        if len(samples) >= limit:
+            break
+    if not samples:
+        raise InputDataError("the data reader yielded no samples; check the data source.")
+    return samples
+
+
+def _signature(model: ir.Model) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    inputs = [(spec.name, spec.dtype) for spec in input_specs(model)]
+    outputs = [(value.name, value.dtype) for value in model.graph.outputs]
+    return inputs, outputs
+
+
+class Pipeline:
+    """Runs passes in order and verifies the model after every pass.
+
+    Args:
+        passes: ``SlimPass`` instances (see ``onnxslim.passes``).
+        verify: Check after each pass (checker, ORT session, signature, outputs). Turning it
+            off is for very large models only.
+        bounds: Fidelity bounds against the input model for lossy passes (default: report only).
+        num_samples: How many verification samples to draw from the data (or generate).
+    """
+
+    def __init__(
+        self,
+        passes: Sequence[SlimPass],
+        *,
+        verify: bool = True,
+        bounds: Bounds | Mapping[str, float] | None = None,
+        num_samples: int = 4,
+    ) -> None:
+        for item in passes:
+            if not isinstance(item, SlimPass):
+                raise TypeError(f"{item!r} is not an onnxslim pass (SlimPass)")
+        self.passes = list(passes)
+        self.verify = verify
+        self.bounds = Bounds(**bounds) if isinstance(bounds, Mapping) else (bounds or Bounds())
+        self.num_samples = num_samples
+
+    def run(
+        self,
+        model: ir.Model | str | os.PathLike,
+        *,
+        data: Any = None,
+        sizes: DimSizes | None = None,
+        providers: str | Sequence[str] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> Result:
+        """Optimizes ``model`` (a path, or an in-memory model which is not modified).
+
+        Raises:
+            VerificationError: a pass broke the model; the message names the pass.
+        """
+        resolved_providers = resolve_providers(providers)
+        with tempfile.TemporaryDirectory(prefix="onnxslim-run-") as workdir:
+            workdir_path = Path(workdir)
+            if isinstance(model, ir.Model):
+                reference_path = workdir_path / "reference.onnx"
+                save(model, reference_path)
+                working = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+                label = model.graph.name or "<in-memory model>"
+            else:
+                reference_path = Path(model)
+                working = load(reference_path)
+                label = str(model)
+            if data is not None:
+                samples = collect_samples(working, data, self.num_samples)
+                source = "the given data"
+            else:
+                samples = [
+                    random_inputs(working, sizes, seed=seed) for seed in range(self.num_samples)
+                ]
+                source = "random inputs (smoke data)"
+            context = PassContext(
+                reference_path=reference_path,
+                sample_inputs=samples,
+                data=data,
+                sizes=dict(sizes or {}),
+                providers=resolved_providers,
+                workdir=workdir_path,
+            )
+            report = Report(model=label, samples=len(samples), sample_source=source)
+            signature = _signature(working)
+            reference_outputs = self._outputs(working, samples, resolved_providers, stage="input")
+            report.stages.append(
+                self._record("input", working, sizes, model_file_size(reference_path))
+            )
+            previous_outputs = reference_outputs
+            for index, slim_pass in enumerate(self.passes, start=1):
+                if progress:
+                    progress(
+                        f"[{index}/{len(self.passes)}] {slim_pass.name}: {slim_pass.description}"
+                    )
+                started = time.perf_counter()
+                slim_pass.requires(working)
+                result = slim_pass.apply(working, context)
+                slim_pass.ensures(result.model)
+                working = result.model
+                elapsed = time.perf_counter() - started
+                started = time.perf_counter()
+                record, previous_outputs = self._verify(
+                    slim_pass,
+                    working,
+                    signature,
+                    samples,
+                    sizes,
+                    resolved_providers,
+                    reference_outputs,
+                    previous_outputs,
+                )
+                record.wall_time_s = elapsed
+                record.verify_time_s = time.perf_counter() - started
+                record.modified = result.modified
+                record.summary = dict(getattr(result, "summary", {}) or {})
+                report.stages.append(record)
+                if progress:
+                    progress(
+                        f"      done in {elapsed:.1f}s (verified in {record.verify_time_s:.1f}s)"
+                    )
+            return Result(model=working, report=report)
+
+    @staticmethod
+    def _outputs(
+        model_or_path: Any, samples: list[Feeds], providers: list[str], stage: str
+    ) -> list[Feeds]:
+        try:
+            session = create_session(model_or_path, providers, session_options())
+        except SlimError:
+            raise
+        except Exception as error:
+            raise VerificationError(
+                f"ONNX Runtime cannot load the model after '{stage}': {str(error).splitlines()[0]}"
+            ) from None
+        names = [output.name for output in session.get_outputs()]
+        outputs = []
+        for feeds in samples:
+            try:
+                values = session.run(None, feeds)
+            except Exception as error:
+                raise VerificationError(
+                    f"ONNX Runtime failed to run the model after '{stage}': {str(error).splitlines()[0]}"
+                ) from None
+            outputs.append(dict(zip(names, values)))
+        return outputs
+
+    def _record(
+        self, stage: str, model: ir.Model, sizes: DimSizes | None, size: int
+    ) -> StageRecord:
+        stats = model_stats(model, sizes)
+        return StageRecord(
+            stage=stage,
+            parameters=stats.parameters,
+            macs=stats.macs,
+            nodes=stats.nodes,
+            size_bytes=size,
+        )
+
+    def _verify(
+        self,
+        slim_pass: SlimPass,
+        model: ir.Model,
+        signature: Any,
+        samples: list[Feeds],
+        sizes: DimSizes | None,
+        providers: list[str],
+        reference_outputs: list[Feeds],
+        previous_outputs: list[Feeds],
+    ) -> tuple[StageRecord, list[Feeds]]:
+        name = slim_pass.name
+        if _signature(model) != signature:
+            raise VerificationError(
+                f"pass '{name}' changed the graph's inputs/outputs {signature} -> {_signature(model)}; "
+                "this is a bug in the pass."
+            )
+        with tempfile.TemporaryDirectory(prefix="onnxslim-verify-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            save(model, path)
+            size = model_file_size(path)
+            record = self._record(name, model, sizes, size)
+            record.description = slim_pass.description
+            record.config = slim_pass.config()
+            if not self.verify:
+                return record, previous_outputs
+            try:
+                onnx.checker.check_model(str(path), full_check=True)
+            except Exception as error:
+                raise VerificationError(
+                    f"pass '{name}' produced a model the ONNX checker rejects: "
+                    f"{str(error).strip().splitlines()[0]}"
+                ) from None
+            outputs = self._outputs(path, samples, providers, stage=name)
+        for ref, out in zip(reference_outputs, outputs):
+            for output_name, array in ref.items():
+                if out[output_name].shape != array.shape:
+                    raise VerificationError(
+                        f"pass '{name}' changed the shape of output '{output_name}': "
+                        f"{list(array.shape)} -> {list(out[output_name].shape)}."
+                    )
+        if slim_pass.exact:
+            for before, after in zip(previous_outputs, outputs):
+                for output_name, expected in before.items():
+                    actual = after[output_name]
+                    if not np.allclose(
+                        actual, expected, atol=slim_pass.atol, rtol=slim_pass.rtol, equal_nan=True
+                    ):
+                        error = float(
+                            np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
+                        )
+                        raise VerificationError(
+                            f"pass '{name}' is exact but changed output '{output_name}' by up to {error:.3g} "
+                            f"(tolerance atol={slim_pass.atol}); this is a bug in the pass."
+                        )
+        fidelity = compare_outputs(reference_outputs, outputs)
+        record.fidelity = fidelity.to_dict()
+        if not slim_pass.exact:
+            problems = self.bounds.violations(fidelity)
+            if problems:
+                raise VerificationError(
+                    f"pass '{name}' misses the fidelity bound: {'; '.join(problems)}; "
+                    "loosen the bound or make the pass less aggressive."
+                )
+        return record, outputs
+
+
+def _progress_to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,338 @@
+"""The ``onnxslim`` command: optimize, inspect, bench, demo.
+
+Exit codes: 0 success, 2 user error (one line, no traceback), 3 verification failure,
+4 benchmark gate failed, 1 internal error (a bug), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from onnxslim._errors import SlimError
+
+__all__ = ["main"]
+
+logger = logging.getLogger("onnxslim")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: temp files are removed, no output is written."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _parse_shapes(items: list[str] | None) -> dict[str, Any]:
+    """``name=1x3x224x224`` (an input's full shape) or ``dim=8`` (a symbolic dim)."""
+    sizes: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name or not text:
+            raise SlimError(
+                f"--shape '{item}': write NAME=1x3x224x224 (an input) or DIM=8 (a symbolic dim)."
+            )
+        try:
+            dims = [int(d) for d in text.lower().split("x")]
+        except ValueError:
+            raise SlimError(f"--shape '{item}': sizes must be integers separated by 'x'.") from None
+        if any(d <= 0 for d in dims):
+            raise SlimError(f"--shape '{item}': sizes must be positive.")
+        sizes[name] = dims[0] if len(dims) == 1 else dims
+    return sizes
+
+
+def _progress(args: argparse.Namespace):
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return None
+    return lambda message: print(message, file=sys.stderr, flush=True)
+
+
+def _human_bytes(size: float) -> str:
+    for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= scale:
+            return f"{size / scale:.2f} {suffix}"
+    return f"{size:.0f} B"
+
+
+# --- optimize -------------------------------------------------------------------------------
+
+
+def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
+    from onnxslim._recipe import build_pass
+
+    names = [n.strip() for n in (args.passes or "cleanup").split(",") if n.strip()]
+    passes = []
+    for name in names:
+        options: dict[str, Any] = {}
+        if name == "cleanup" and args.opset is not None:
+            options["target_opset"] = args.opset
+        passes.append(build_pass(name, options))
+    return passes
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from onnxslim._io import load
+    from onnxslim._pipeline import Bounds, Pipeline
+    from onnxslim._recipe import load_recipe
+
+    sizes = _parse_shapes(args.shape)
+    output = Path(args.output)
+    if output.resolve() == Path(args.model).resolve() and not args.overwrite:
+        raise SlimError(
+            f"{output}: output would overwrite the input model; choose another path or pass --overwrite."
+        )
+    model = load(args.model)  # fail fast on a bad file, before any other work
+    if args.recipe:
+        recipe = load_recipe(args.recipe)
+        passes, bounds, verify = recipe.passes, recipe.bounds, recipe.verify
+        sizes = {**recipe.sizes, **sizes}
+        num_samples = recipe.num_samples
+        providers = args.providers or recipe.providers
+    else:
+        passes = _passes_from_flags(args)
+        bounds, verify, num_samples, providers = Bounds(), True, 4, args.providers
+    bounds = Bounds(
+        min_sqnr_db=args.min_sqnr if args.min_sqnr is not None else bounds.min_sqnr_db,
+        min_top1_agreement=args.min_top1
+        if args.min_top1 is not None
+        else bounds.min_top1_agreement,
+        max_abs_error=bounds.max_abs_error,
+    )
+    pipeline = Pipeline(
+        passes, verify=verify and not args.no_verify, bounds=bounds, num_samples=num_samples
+    )
+    result = pipeline.run(model, sizes=sizes, providers=providers, progress=_progress(args))
+    del model
+    result.save(output, overwrite_input=args.overwrite)
+    if args.report:
+        Path(args.report).write_text(result.report.to_json() + "\n", encoding="utf-8")
+    if not args.quiet:
+        print(result.report.table())
+        print(f"wrote {output}")
+    return 0
+
+
+# --- inspect --------------------------------------------------------------------------------
+
+
+def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
+    import onnx_ir as ir
+
+    from onnxslim._inputs import input_specs, resolve_shape
+    from onnxslim._io import load, model_file_size
+    from onnxslim._stats import model_stats
+
+    model = load(path)
+    stats = model_stats(model, sizes)
+    ops = Counter(
+        (f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type)
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+    )
+    external: dict[str, int] = {}
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            location = value.const_value.location
+            external[location] = external.get(location, 0) + (value.const_value.length or 0)
+
+    def shape_text(value: ir.Value) -> str:
+        if value.shape is None:
+            return "?"
+        return ", ".join(str(d) if isinstance(d, int) else (d.value or "?") for d in value.shape)
+
+    specs = input_specs(model)
+    return {
+        "model": path,
+        "ir_version": model.ir_version,
+        "opsets": dict(model.opset_imports),
+        "producer": f"{model.producer_name or '?'} {model.producer_version or ''}".strip(),
+        "inputs": [
+            {"name": v.name, "dtype": str(v.dtype), "shape": shape_text(v)}
+            for v in model.graph.inputs
+            if not v.is_initializer()
+        ],
+        "outputs": [
+            {"name": v.name, "dtype": str(v.dtype), "shape": shape_text(v)}
+            for v in model.graph.outputs
+        ],
+        "nodes": stats.nodes,
+        "op_histogram": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "parameters": stats.parameters,
+        "macs": stats.macs,
+        "macs_at": {spec.name: list(resolve_shape(spec, sizes)) for spec in specs},
+        "macs_unknown_nodes": len(stats.unknown_shape_nodes),
+        "size_bytes": model_file_size(path),
+        "external_data": external,
+    }
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    sizes = _parse_shapes(args.shape)
+    info = _inspect_dict(args.model, sizes)
+    if args.groups:
+        from onnxslim._io import load
+        from onnxslim.passes.pruning import dependency_groups
+
+        info["groups"] = [group.to_dict() for group in dependency_groups(load(args.model))]
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model:      {info['model']}")
+    print(
+        f"IR version: {info['ir_version']}   opsets: "
+        + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info["opsets"].items())
+    )
+    print(f"producer:   {info['producer']}")
+    for kind in ("inputs", "outputs"):
+        for entry in info[kind]:
+            print(f"{kind[:-1]:10}  {entry['name']}: {entry['dtype']} [{entry['shape']}]")
+    at = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in info["macs_at"].items())
+    print(f"parameters: {info['parameters']:,}")
+    print(
+        f"MACs:       {info['macs']:,} (at {at})"
+        + (
+            f", {info['macs_unknown_nodes']} node(s) with unknown shapes"
+            if info["macs_unknown_nodes"]
+            else ""
+        )
+    )
+    print(f"size:       {_human_bytes(info['size_bytes'])}")
+    if info["external_data"]:
+        for location, length in info["external_data"].items():
+            print(f"external:   {location} ({_human_bytes(length)})")
+    else:
+        print("external:   none")
+    print(f"nodes:      {info['nodes']}")
+    for op, count in info["op_histogram"].items():
+        print(f"  {op:28} {count}")
+    if args.groups:
+        print(f"pruning groups: {len(info['groups'])}")
+        for group in info["groups"]:
+            print("  " + json.dumps(group))
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from onnxslim._demo import run_demo
+
+    return run_demo(args, progress=_progress(args))
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnxslim",
+        description="Framework-agnostic ONNX optimizer: cleanup, pruning, distillation, int8 quantization.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    optimize = commands.add_parser(
+        "optimize", help="run a pass pipeline on a model and save the result"
+    )
+    optimize.add_argument("model", help="input .onnx file (never modified)")
+    optimize.add_argument(
+        "-o", "--output", required=True, help="output .onnx path (written atomically)"
+    )
+    how = optimize.add_mutually_exclusive_group()
+    how.add_argument("--recipe", help="TOML recipe listing passes and options")
+    how.add_argument("--passes", help="comma-separated pass names, e.g. cleanup (the default)")
+    optimize.add_argument("--opset", type=int, help="upgrade to this opset during cleanup")
+    optimize.add_argument(
+        "--shape",
+        action="append",
+        metavar="NAME=DIMS",
+        help="size of a symbolic dim or input, e.g. batch=1 or x=1x3x224x224",
+    )
+    optimize.add_argument("--providers", help="execution providers for verification (default cpu)")
+    optimize.add_argument(
+        "--min-sqnr",
+        type=float,
+        help="fail if output SQNR vs the input model drops below this (dB)",
+    )
+    optimize.add_argument(
+        "--min-top1",
+        type=float,
+        help="fail if top-1 agreement with the input model drops below this (0..1)",
+    )
+    optimize.add_argument(
+        "--no-verify", action="store_true", help="skip verification (very large models only)"
+    )
+    optimize.add_argument("--report", help="write the JSON report here")
+    optimize.add_argument(
+        "--overwrite", action="store_true", help="allow writing over the input model"
+    )
+    optimize.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    optimize.set_defaults(handler=_cmd_optimize)
+
+    inspect_cmd = commands.add_parser(
+        "inspect", help="describe a model: I/O, ops, parameters, MACs, size"
+    )
+    inspect_cmd.add_argument("model")
+    inspect_cmd.add_argument(
+        "--shape", action="append", metavar="NAME=DIMS", help="sizes for symbolic dims (MACs)"
+    )
+    inspect_cmd.add_argument("--groups", action="store_true", help="list structured-pruning groups")
+    inspect_cmd.add_argument("--json", action="store_true", help="print JSON")
+    inspect_cmd.set_defaults(handler=_cmd_inspect)
+
+    demo = commands.add_parser("demo", help="run the pipeline on the embedded digits model")
+    demo.add_argument(
+        "--output-dir", default="onnxslim-demo", help="where the demo writes models and reports"
+    )
+    demo.add_argument(
+        "--recipe", action="store_true", help="print the equivalent TOML recipe and exit"
+    )
+    demo.add_argument("-q", "--quiet", action="store_true")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not args.debug:
+        # third-party libraries log at WARNING about things users cannot act on
+        for noisy in ("onnxscript", "onnx_ir"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return int(args.handler(args) or 0)
+    except SlimError as error:
+        print(f"onnxslim: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt as interrupt:
+        what = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"
+        print(f"onnxslim: {what}; no output was written.", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        print(
+            f"onnxslim: internal error: {type(error).__name__}: {error} "
+            "(this is a bug; rerun with --debug for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Cleanup: the exact pass every pipeline starts with (opset upgrade, folding, BN fusion, DCE)."""
+
+from __future__ import annotations
+
+import logging
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript import rewriter
+from onnxscript.optimizer import _constant_folding
+from onnxscript.version_converter import ConvertVersionPass
+
+from onnxslim._errors import UnsupportedModelError
+from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+
+__all__ = ["Cleanup"]
+
+logger = logging.getLogger(__name__)
+
+# Inputs that hold parameters: a ConstantOfShape feeding one of these is a weight generator
+# (opset-9 model-zoo exports), so folding it into an initializer is what the user wants.
+_PARAMETER_SLOTS = {
+    "Conv": {1, 2},
+    "ConvTranspose": {1, 2},
+    "Gemm": {1, 2},
+    "MatMul": {1},
+    "BatchNormalization": {1, 2, 3, 4},
+    "InstanceNormalization": {1, 2},
+    "LayerNormalization": {1, 2},
+    "PRelu": {1},
+}
+# Constant folding may materialise tensors up to this many elements (larger stays symbolic).
+_FOLD_OUTPUT_LIMIT = 1 << 26
+
+
+def _feeds_parameters_only(node: ir.Node) -> bool:
+    uses = list(node.outputs[0].uses())
+    return bool(uses) and all(
+        index in _PARAMETER_SLOTS.get(user.op_type, ()) for user, index in uses
+    )
+
+
+def _should_fold(node: ir.Node) -> bool | None:
+    if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+        return True if _feeds_parameters_only(node) else None
+    return None
+
+
+def _onnx_opset(model: ir.Model) -> int | None:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+
+
+class Cleanup(SlimPass):
+    """Constant folding, Constant -> initializer, dead code and identity removal, Conv/Gemm+BN
+    folding, CSE, optional opset upgrade, and shape inference. Outputs are unchanged."""
+
+    name = "cleanup"
+    description = (
+        "fold constants and BatchNorm, remove dead/identity nodes, upgrade opset, infer shapes"
+    )
+    exact = True
+    # BN folding re-associates float arithmetic: outputs match within float32 rounding.
+    atol = 1e-4
+    rtol = 1e-4
+
+    def __init__(
+        self,
+        target_opset: int | None = None,
+        fold_constants: bool = True,
+        fuse_batchnorm: bool = True,
+        shape_inference: bool = True,
+        iterations: int = 3,
+    ) -> None:
+        super().__init__()
+        self.target_opset = target_opset
+        self.fold_constants = fold_constants
+        self.fuse_batchnorm = fuse_batchnorm
+        self.shape_inference = shape_inference
+        self.iterations = iterations
+
+    def _upgrade_opset(self, model: ir.Model) -> bool:
+        current = _onnx_opset(model)
+        if self.target_opset is None or current is None or current >= self.target_opset:
+            return False
+        result = ConvertVersionPass(self.target_opset, fallback=True)(model)
+        after = _onnx_opset(result.model)
+        if after != self.target_opset:
+            raise UnsupportedModelError(
+                f"cannot upgrade the model from opset {current} to {self.target_opset} "
+                "(the version converter has no adapter for one of its ops); re-export at a newer opset."
+            )
+        return True
+
+    def _simplify_passes(self) -> list[ir.passes.PassBase]:
+        rules = [
+            rule
+            for rule in rewriter._DEFAULT_REWRITE_RULES
+            if self.fuse_batchnorm or "BatchNorm" not in type(rule).__name__ + str(rule.name)
+        ]
+        steps: list[ir.passes.PassBase] = []
+        if self.fold_constants:
+            steps.append(
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True,
+                    input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                    output_size_limit=_FOLD_OUTPUT_LIMIT,
+                    should_fold=_should_fold,
+                )
+            )
+        steps += [
+            rewriter.RewritePass(rules),
+            common_passes.IdentityEliminationPass(),
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.RemoveUnusedFunctionsPass(),
+            common_passes.RemoveUnusedOpsetsPass(),
+        ]
+        return steps
+
+    def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
+        nodes_before = sum(1 for _ in model.graph)
+        ops_before = {node.op_type for node in model.graph}
+        constants_before = sum(1 for node in model.graph if node.op_type == "Constant")
+        opset_before = _onnx_opset(model)
+        modified = False
+        if model.functions:
+            modified |= common_passes.InlinePass()(model).modified
+        modified |= self._upgrade_opset(model)
+        modified |= common_passes.LiftConstantsToInitializersPass(
+            lift_all_constants=True, size_limit=0
+        )(model).modified
+        manager = ir.passes.PassManager(
+            self._simplify_passes(), steps=self.iterations, early_stop=True
+        )
+        modified |= manager(model).modified
+        for step in (
+            common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+            common_passes.DeduplicateInitializersPass(),
+            common_passes.CommonSubexpressionEliminationPass(),
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.TopologicalSortPass(),
+        ):
+            modified |= step(model).modified
+        if self.shape_inference:
+            # Inferred shapes are annotations, not a change of computation.
+            common_passes.ShapeInferencePass()(model)
+        nodes_after = sum(1 for _ in model.graph)
+        ops_after = {node.op_type for node in model.graph}
+        summary = {
+            "nodes_before": nodes_before,
+            "nodes_after": nodes_after,
+            "constant_nodes_lifted": constants_before
+            - sum(1 for node in model.graph if node.op_type == "Constant"),
+            "batchnorm_folded": "BatchNormalization" in ops_before
+            and "BatchNormalization" not in ops_after,
+            "opset": f"{opset_before} -> {_onnx_opset(model)}",
+        }
+        logger.info("cleanup: %d -> %d nodes", nodes_before, nodes_after)
+        return SlimPassResult(model, modified, summary=summary)
