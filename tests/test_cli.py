@@ -1,0 +1,189 @@
+"""The command line: exit codes, one-line errors without tracebacks, inputs never damaged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import onnx
+import pytest
+
+from onnxslim.cli import main
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "onnxslim.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_optimize_writes_model_and_report(conv_bn_path: Path, tmp_path: Path) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    before = digest(conv_bn_path)
+    process = cli("optimize", str(conv_bn_path), "-o", str(out), "--report", str(report))
+    assert process.returncode == 0, process.stderr
+    assert "cleanup" in process.stdout and f"wrote {out}" in process.stdout
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Conv", "Relu"]
+    stages = json.loads(report.read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["input", "cleanup"]
+    assert digest(conv_bn_path) == before
+
+
+def test_optimize_with_recipe_in_process(conv_bn_path: Path, tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[passes]]\nname = "cleanup"\ntarget_opset = 15\n')
+    code = main(
+        [
+            "optimize",
+            str(conv_bn_path),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--recipe",
+            str(recipe),
+            "-q",
+        ]
+    )
+    assert code == 0 and capsys.readouterr().out == ""
+    assert onnx.load(tmp_path / "o.onnx").opset_import[0].version == 15
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a model", "not a valid ONNX model"),
+        (None, "no such file"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "in.onnx"
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "out.onnx"
+    process = cli("optimize", str(path), "-o", str(out))
+    assert process.returncode == 2
+    assert message in process.stderr and "Traceback" not in process.stderr
+    assert len(process.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    if content is not None:
+        assert path.read_bytes() == content
+
+
+def test_unknown_pass_exit_2(conv_bn_path: Path, tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "optimize",
+                str(conv_bn_path),
+                "-o",
+                str(tmp_path / "o.onnx"),
+                "--passes",
+                "cleanup,shrink",
+            ]
+        )
+        == 2
+    )
+    assert "unknown pass 'shrink'" in capsys.readouterr().err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_refuses_to_overwrite_input(conv_bn_path: Path, capsys) -> None:
+    before = digest(conv_bn_path)
+    assert main(["optimize", str(conv_bn_path), "-o", str(conv_bn_path)]) == 2
+    assert "would overwrite the input model" in capsys.readouterr().err
+    assert digest(conv_bn_path) == before
+
+
+def test_bad_shape_flag(conv_bn_path: Path, tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "optimize",
+                str(conv_bn_path),
+                "-o",
+                str(tmp_path / "o.onnx"),
+                "--shape",
+                "x=1x3xeight",
+            ]
+        )
+        == 2
+    )
+    assert "--shape 'x=1x3xeight': sizes must be integers" in capsys.readouterr().err
+
+
+def test_missing_provider_exit_2(conv_bn_path: Path, tmp_path: Path, capsys) -> None:
+    assert (
+        main(
+            [
+                "optimize",
+                str(conv_bn_path),
+                "-o",
+                str(tmp_path / "o.onnx"),
+                "--providers",
+                "tensorrt",
+            ]
+        )
+        == 2
+    )
+    assert "'tensorrt' is not available" in capsys.readouterr().err
+
+
+def test_inspect(conv_bn_path: Path, capsys) -> None:
+    assert main(["inspect", str(conv_bn_path), "--shape", "N=2"]) == 0
+    text = capsys.readouterr().out
+    assert "input       x: FLOAT [N, 3, 8, 8]" in text
+    assert f"MACs:       {2 * 4 * 8 * 8 * 27:,} (at x=2x3x8x8)" in text
+    assert "BatchNormalization" in text and "external:   none" in text
+    assert main(["inspect", str(conv_bn_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == 4 * 27 + 16 and info["op_histogram"]["Conv"] == 1
+
+
+def test_sigterm_leaves_no_output(resnet_bn_path: Path, tmp_path: Path) -> None:
+    # a slow-enough run: many verification samples; SIGTERM arrives mid-run
+    out = tmp_path / "out.onnx"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onnxslim.cli",
+            "optimize",
+            str(resnet_bn_path),
+            "-o",
+            str(out),
+            "--shape",
+            "batch=64",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal arrived")
+    assert process.returncode == 130 and "no output was written" in stderr
+    assert not out.exists()
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".out.onnx")] == []
+
+
+def test_demo_runs_and_prints_recipe(tmp_path: Path) -> None:
+    process = cli("demo", "--output-dir", str(tmp_path / "demo"))
+    assert process.returncode == 0, process.stderr
+    assert "test accuracy" in process.stdout
+    assert (tmp_path / "demo" / "report.json").is_file()
+    recipe = cli("demo", "--recipe")
+    assert recipe.returncode == 0 and '[[passes]]\nname = "cleanup"' in recipe.stdout
