@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-import pytest
 
 import onnxslim
 from onnxslim.passes import Cleanup
