@@ -494,6 +494,26 @@ def _pool_geometry(node: ir.Node):
     return kernel, spatial, strides, dilations, auto_pad, pads, ceil_mode
 
 
+def _crop_pooled(
+    y: torch.Tensor, x: torch.Tensor, kernel, strides, dilations, pads, ceil_mode
+) -> torch.Tensor:
+    """Crops a pool over explicitly padded input to ONNX's output size (ceil_mode drops windows
+    that start in the end padding)."""
+    spatial = len(kernel)
+    index = [slice(None), slice(None)]
+    for axis in range(spatial):
+        size = x.shape[axis + 2]
+        span = size + pads[axis] + pads[axis + spatial] - ((kernel[axis] - 1) * dilations[axis] + 1)
+        if ceil_mode:
+            out = -(-span // strides[axis]) + 1
+            if (out - 1) * strides[axis] >= size + pads[axis]:
+                out -= 1
+        else:
+            out = span // strides[axis] + 1
+        index.append(slice(0, out))
+    return y[tuple(index)]
+
+
 _MAX_POOL = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
 _AVG_POOL = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
@@ -510,8 +530,15 @@ def _max_pool(node: ir.Node, opset: int):
         symmetric = p[:spatial] == p[spatial:]
         if symmetric and all(pad * 2 <= k for pad, k in zip(p[:spatial], kernel, strict=True)):
             return pool(x, kernel, strides, p[:spatial], dilations, ceil_mode)
-        x = F.pad(x, _torch_pad_order(p), value=float("-inf"))
-        return pool(x, kernel, strides, 0, dilations, ceil_mode)
+        y = pool(
+            F.pad(x, _torch_pad_order(p), value=float("-inf")),
+            kernel,
+            strides,
+            0,
+            dilations,
+            ceil_mode,
+        )
+        return _crop_pooled(y, x, kernel, strides, dilations, p, ceil_mode)
 
     return run
 
@@ -531,11 +558,21 @@ def _average_pool(node: ir.Node, opset: int):
             return pool(x, kernel, strides, p[:spatial], ceil_mode, count_include_pad)
         torch_pads = _torch_pad_order(p)
         total = pool(F.pad(x, torch_pads), kernel, strides, 0, ceil_mode, True)
+        total = _crop_pooled(total, x, kernel, strides, dilations, p, ceil_mode)
         if count_include_pad:
             return total
         # Divide by the count of real (unpadded) elements in each window.
         ones = F.pad(torch.ones_like(x[:1, :1]), torch_pads)
-        return total / pool(ones, kernel, strides, 0, ceil_mode, True)
+        count = _crop_pooled(
+            pool(ones, kernel, strides, 0, ceil_mode, True),
+            x,
+            kernel,
+            strides,
+            dilations,
+            p,
+            ceil_mode,
+        )
+        return total / count
 
     return run
 
