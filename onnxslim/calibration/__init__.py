@@ -1,0 +1,53 @@
+"""Calibration data readers, streaming activation statistics and threshold search."""
+
+from onnxslim.calibration._collector import (
+    StatisticsCache,
+    StatisticsCollector,
+    StreamingHistogram,
+    TensorStatistics,
+    augment_with_outputs,
+    collect_statistics,
+    model_fingerprint,
+)
+from onnxslim.calibration._readers import (
+    CalibrationReader,
+    ImageFolderReader,
+    ImagePreprocessing,
+    IterableReader,
+    NpyFolderReader,
+    NpzReader,
+    RandomReader,
+    open_reader,
+    validate_feeds,
+)
+from onnxslim.calibration._thresholds import (
+    METHODS,
+    compute_range,
+    entropy_threshold,
+    mse_range,
+    percentile_range,
+)
+
+__all__ = [
+    "METHODS",
+    "CalibrationReader",
+    "ImageFolderReader",
+    "ImagePreprocessing",
+    "IterableReader",
+    "NpyFolderReader",
+    "NpzReader",
+    "RandomReader",
+    "StatisticsCache",
+    "StatisticsCollector",
+    "StreamingHistogram",
+    "TensorStatistics",
+    "augment_with_outputs",
+    "collect_statistics",
+    "compute_range",
+    "entropy_threshold",
+    "model_fingerprint",
+    "mse_range",
+    "open_reader",
+    "percentile_range",
+    "validate_feeds",
+]

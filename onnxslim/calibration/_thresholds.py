@@ -1,0 +1,166 @@
+"""Threshold (clipping range) search on streamed histograms: minmax, percentile, entropy, mse.
+
+Every search is vectorized over its candidate thresholds: one array expression evaluates the
+objective at all candidates at once, then the best is taken.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxslim.calibration._collector import TensorStatistics
+
+__all__ = ["METHODS", "compute_range", "entropy_threshold", "mse_range", "percentile_range"]
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+
+
+def _centres(stats: TensorStatistics) -> tuple[np.ndarray, np.ndarray]:
+    edges = stats.histogram.edges
+    return stats.histogram.counts.astype(np.float64), (edges[:-1] + edges[1:]) / 2.0
+
+
+def percentile_range(stats: TensorStatistics, percentile: float = 99.999) -> tuple[float, float]:
+    """Two-sided: (100 - p)/2 % of the mass clipped on each side, never beyond min/max."""
+    counts, _ = _centres(stats)
+    edges = stats.histogram.edges
+    total = counts.sum()
+    if total == 0:
+        return stats.minimum, stats.maximum
+    tail = (100.0 - percentile) / 200.0 * total
+    cumulative = np.cumsum(counts)
+    # Linear interpolation inside the bin where the cumulative count crosses the tail mass.
+    upper_index = int(np.searchsorted(cumulative, total - tail, side="left"))
+    lower_index = int(np.searchsorted(cumulative, tail, side="left"))
+
+    def position(index: int, target: float) -> float:
+        before = cumulative[index - 1] if index > 0 else 0.0
+        fraction = (target - before) / counts[index] if counts[index] else 0.0
+        return float(edges[index] + fraction * (edges[index + 1] - edges[index]))
+
+    high = min(stats.maximum, position(upper_index, total - tail))
+    low = max(stats.minimum, position(lower_index, tail))
+    if stats.minimum >= 0.0:
+        low = stats.minimum
+    return low, max(high, low)
+
+
+def _abs_histogram(stats: TensorStatistics) -> tuple[np.ndarray, float]:
+    """Counts of |x| in bins of the histogram's width starting at 0."""
+    histogram = stats.histogram
+    absolute = histogram.offset + np.arange(histogram.bins)
+    # Bin k covers [k w, (k+1) w); its mirror for negative k is bin -k-1.
+    folded_index = np.where(absolute >= 0, absolute, -absolute - 1)
+    size = int(folded_index.max()) + 1
+    return np.bincount(folded_index, weights=histogram.counts, minlength=size), histogram.width
+
+
+def entropy_threshold(
+    counts: np.ndarray, width: float, levels: int = 128, stride: int | None = None
+) -> float:
+    """TensorRT-style KL threshold on a histogram of |x| (bins of ``width`` from 0).
+
+    For each candidate i (bins kept), P = counts[:i] with the clipped tail added to bin i-1,
+    Q = P merged into ``levels`` quantization levels and spread back over P's non-empty bins.
+    The threshold is the right edge of the bin count minimizing KL(P || Q). All candidates are
+    evaluated in one vectorized step.
+    """
+    counts = np.asarray(counts, np.float64)
+    last_used = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
+    counts = counts[:last_used]
+    bins = counts.size
+    if bins <= levels:
+        return bins * width
+    # About 256 candidates bound the work at 256 x bins whatever the histogram size.
+    stride = stride or max(1, (bins - levels) // 256)
+    candidates = np.arange(levels, bins + 1, stride)
+    if candidates[-1] != bins:
+        candidates = np.append(candidates, bins)
+    count = candidates.size
+    column = np.arange(bins)
+    inside = column[None, :] < candidates[:, None]
+    tail = np.cumsum(counts[::-1])[::-1]  # tail[i] = counts[i:].sum()
+    p = np.where(inside, counts[None, :], 0.0)
+    outliers = np.where(candidates < bins, tail[np.minimum(candidates, bins - 1)], 0.0)
+    p[np.arange(count), candidates - 1] += outliers
+    # Level of bin j for candidate i: floor(j * levels / i).
+    level = (column[None, :] * levels) // candidates[:, None]
+    flat_level = (np.arange(count)[:, None] * levels + np.minimum(level, levels - 1)).ravel()
+    nonzero = (p > 0).ravel()
+    level_mass = np.bincount(flat_level, weights=p.ravel(), minlength=count * levels)
+    level_support = np.bincount(flat_level, weights=nonzero, minlength=count * levels)
+    spread = np.divide(
+        level_mass, level_support, out=np.zeros_like(level_mass), where=level_support > 0
+    )
+    q = np.where(p > 0, spread[flat_level].reshape(count, bins), 0.0)
+    p_total = p.sum(axis=1, keepdims=True)
+    q_total = q.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(p > 0, (p / p_total) / (q / q_total), 1.0)
+        divergence = np.sum(np.where(p > 0, (p / p_total) * np.log(ratio), 0.0), axis=1)
+    best = int(candidates[int(np.argmin(divergence))])
+    return best * width
+
+
+def entropy_range(stats: TensorStatistics, levels: int | None = None) -> tuple[float, float]:
+    counts, width = _abs_histogram(stats)
+    one_sided = stats.minimum >= 0.0
+    # A one-sided (e.g. post-ReLU) tensor spends all 255 uint8 levels on [0, t].
+    threshold = entropy_threshold(counts, width, levels or (255 if one_sided else 128))
+    if one_sided:
+        return stats.minimum, min(stats.maximum, max(threshold, stats.minimum))
+    return max(stats.minimum, -threshold), min(stats.maximum, threshold)
+
+
+def mse_range(
+    stats: TensorStatistics, levels: int = 255, candidates: int = 256
+) -> tuple[float, float]:
+    """The clipping range minimizing the expected squared error of quantize-dequantize.
+
+    Candidates clip |x| at t (range ``(max(min, -t), min(max, t))``); the error of a bin centre
+    x is its clipping error outside the range, ``step**2 / 12`` rounding noise inside.
+    """
+    counts, centres = _centres(stats)
+    if counts.sum() == 0:
+        return stats.minimum, stats.maximum
+    magnitude = max(abs(stats.minimum), abs(stats.maximum))
+    thresholds = np.linspace(magnitude / candidates, magnitude, candidates)
+    low = np.maximum(stats.minimum, -thresholds)[:, None]
+    high = np.minimum(stats.maximum, thresholds)[:, None]
+    step = (high - low) / levels
+    clipped = np.clip(centres[None, :], low, high)
+    error = (centres[None, :] - clipped) ** 2 + np.where(
+        (centres[None, :] >= low) & (centres[None, :] <= high), step**2 / 12.0, 0.0
+    )
+    total = error @ counts
+    best = int(np.argmin(total))
+    return float(low[best, 0]), float(high[best, 0])
+
+
+def compute_range(
+    stats: TensorStatistics,
+    method: str = "minmax",
+    *,
+    percentile: float = 99.999,
+    moving_average: bool = False,
+    levels: int = 255,
+) -> tuple[float, float]:
+    """The (low, high) range of one tensor under ``method``; always contains 0 for ORT."""
+    if method == "minmax":
+        if moving_average and stats.average_minimum is not None:
+            low, high = stats.average_minimum, stats.average_maximum
+        else:
+            low, high = stats.minimum, stats.maximum
+    elif method == "percentile":
+        low, high = percentile_range(stats, percentile)
+    elif method == "entropy":
+        low, high = entropy_range(stats)
+    elif method == "mse":
+        low, high = mse_range(stats, levels=levels)
+    else:
+        raise ValueError(
+            f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}"
+        )
+    if not np.isfinite(low) or not np.isfinite(high):
+        low, high = 0.0, 0.0
+    return float(low), float(high)

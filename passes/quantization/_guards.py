@@ -1,0 +1,223 @@
+"""Latency and accuracy guards: interleaved timing, ORT's optimized graph, per-layer sensitivity."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxslim._fidelity import Fidelity
+from onnxslim._runtime import create_session, session_options
+from onnxslim.calibration._collector import augment_with_outputs
+
+__all__ = [
+    "AccuracyBound",
+    "interleaved_latency",
+    "run_outputs",
+    "optimized_graph",
+    "float_nodes_after_optimization",
+    "layer_sensitivity",
+    "INTEGER_OPS",
+]
+
+logger = logging.getLogger(__name__)
+
+Feeds = Mapping[str, np.ndarray]
+
+# Ops of ORT's optimized graph that compute in integers.
+INTEGER_OPS = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "MatMulInteger",
+        "ConvInteger",
+        "QGemm",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearConcat",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearSoftmax",
+        "QAttention",
+    }
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class AccuracyBound:
+    """What the quantized outputs must keep: output SQNR (dB) and top-1 agreement on class scores.
+
+    ``metric`` is an optional user callable ``(reference_outputs, candidate_outputs) -> bool``
+    (lists of per-batch output dicts) that must also hold. ``AccuracyBound.off()`` disables it.
+    """
+
+    min_sqnr_db: float | None = 20.0
+    min_top1: float | None = 0.95
+    metric: Callable[[list, list], bool] | None = None
+
+    @classmethod
+    def off(cls) -> AccuracyBound:
+        return cls(min_sqnr_db=None, min_top1=None, metric=None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.min_sqnr_db is not None or self.min_top1 is not None or self.metric is not None
+
+    def violations(self, fidelity: Fidelity, reference: list, candidate: list) -> list[str]:
+        problems = []
+        if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
+            problems.append(f"output SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db:g} dB")
+        if (
+            self.min_top1 is not None
+            and fidelity.top1_agreement is not None
+            and fidelity.top1_agreement < self.min_top1
+        ):
+            problems.append(
+                f"top-1 agreement {100 * fidelity.top1_agreement:.1f}% < {100 * self.min_top1:g}%"
+            )
+        if self.metric is not None and not self.metric(reference, candidate):
+            problems.append("the user metric failed")
+        return problems
+
+
+def _timing_session(path: Path, providers: Sequence[str], threads: int | None):
+    # Spinning off: with two sessions alive on few cores the idle one steals them.
+    options = session_options(intra_op_threads=threads, allow_spinning=False)
+    return create_session(path, providers, options)
+
+
+def interleaved_latency(
+    paths: Sequence[str | os.PathLike],
+    feeds: Feeds,
+    *,
+    runs: int = 10,
+    warmup: int = 2,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+) -> list[float]:
+    """Median seconds per run of each model, timed in interleaved rounds (order rotated)."""
+    sessions = [_timing_session(Path(p), providers, threads) for p in paths]
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, dict(feeds))
+    samples: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    for round_index in range(runs):
+        rotation = order[round_index % len(order) :] + order[: round_index % len(order)]
+        for index in rotation:
+            started = time.perf_counter()
+            sessions[index].run(None, dict(feeds))
+            samples[index].append(time.perf_counter() - started)
+    return [statistics.median(s) for s in samples]
+
+
+def run_outputs(
+    path: str | os.PathLike,
+    batches: Sequence[Feeds],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> list[dict[str, np.ndarray]]:
+    session = create_session(Path(path), providers, session_options())
+    names = [o.name for o in session.get_outputs()]
+    return [dict(zip(names, session.run(names, dict(b)))) for b in batches]
+
+
+def optimized_graph(
+    path: str | os.PathLike, workdir: Path, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> onnx.GraphProto:
+    """The graph ORT actually runs (after its QDQ fusions), via optimized_model_filepath."""
+    target = workdir / (Path(path).stem + ".ort-optimized.onnx")
+    options = session_options(optimized_model_path=target, optimization_level="extended")
+    create_session(Path(path), providers, options)
+    return onnx.load(str(target), load_external_data=False).graph
+
+
+def float_nodes_after_optimization(
+    graph: onnx.GraphProto, node_names: Sequence[str]
+) -> dict[str, str]:
+    """For each node name: "float" if ORT still runs it as its float op, else the op it became."""
+    by_name = {node.name: node.op_type for node in graph.node}
+    verdict = {}
+    for name in node_names:
+        op = by_name.get(name)
+        if op is None:
+            verdict[name] = "fused or renamed"
+        elif op in INTEGER_OPS:
+            verdict[name] = op
+        else:
+            verdict[name] = "float"
+    return verdict
+
+
+def layer_sensitivity(
+    float_model: ir.Model,
+    quantized_path: str | os.PathLike,
+    node_outputs: Mapping[str, str],
+    batches: Sequence[Feeds],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> dict[str, float]:
+    """Per-node SQNR loss (dB) in one pass with all layers quantized.
+
+    ``node_outputs`` maps a node name to its output tensor (which keeps its name in the QDQ
+    model). A node's loss is the SQNR of its inputs' worst tensor minus its output's SQNR:
+    the damage the node itself adds, not what it inherits.
+    """
+    names = sorted(set(node_outputs.values()))
+    quantized = ir.load(str(quantized_path))
+    reference_session = create_session(
+        augment_with_outputs(float_model, names), providers, session_options()
+    )
+    candidate_session = create_session(
+        augment_with_outputs(quantized, names), providers, session_options()
+    )
+    available = {o.name for o in candidate_session.get_outputs()} & {
+        o.name for o in reference_session.get_outputs()
+    }
+    names = [n for n in names if n in available]
+    signal = dict.fromkeys(names, 0.0)
+    noise = dict.fromkeys(names, 0.0)
+    for batch in batches:
+        reference = dict(zip(names, reference_session.run(names, dict(batch))))
+        candidate = dict(zip(names, candidate_session.run(names, dict(batch))))
+        for name in names:
+            ref = reference[name].astype(np.float64)
+            diff = ref - candidate[name].astype(np.float64)
+            signal[name] += float(np.sum(ref * ref))
+            noise[name] += float(np.sum(diff * diff))
+    tensor_sqnr = {
+        name: (
+            float("inf")
+            if noise[name] == 0
+            else 10 * np.log10(max(signal[name], 1e-30) / noise[name])
+        )
+        for name in names
+    }
+    producers = {}
+    for node in float_model.graph:
+        for output in node.outputs:
+            producers[output.name] = node
+    losses = {}
+    for node_name, output_name in node_outputs.items():
+        if output_name not in tensor_sqnr:
+            continue
+        node = next((n for n in float_model.graph if n.name == node_name), None)
+        inherited = [
+            tensor_sqnr[v.name]
+            for v in (node.inputs if node else [])
+            if v is not None and v.name in tensor_sqnr
+        ]
+        before = min(inherited) if inherited else float("inf")
+        after = tensor_sqnr[output_name]
+        losses[node_name] = (min(before, 100.0) - min(after, 100.0)) if np.isfinite(after) else 0.0
+    return losses

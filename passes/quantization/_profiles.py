@@ -1,0 +1,159 @@
+"""Target profiles: quantization types and flags per deployment target, from the CPU's int8 features."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+from pathlib import Path
+
+from onnxslim._errors import RecipeError
+
+__all__ = ["CpuFeatures", "TargetProfile", "cpu_features", "target_profile", "TARGETS"]
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("cpu", "tensorrt", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuFeatures:
+    """The CPU's integer dot-product instructions, read from /proc/cpuinfo flags."""
+
+    arch: str  # "x86" or "arm" or "other"
+    vnni: bool = False  # AVX512-VNNI or AVX-VNNI: u8 x s8 dot products without saturation
+    amx: bool = False  # AMX-INT8 tiles
+    arm_dot: bool = False  # ARMv8.2 SDOT/UDOT ("asimddp")
+    arm_i8mm: bool = False  # ARMv8.6 int8 matrix multiply
+
+    def describe(self) -> str:
+        found = [name for name in ("vnni", "amx", "arm_dot", "arm_i8mm") if getattr(self, name)]
+        return f"{self.arch} ({', '.join(found) if found else 'no int8 dot-product instructions'})"
+
+
+def cpu_features(cpuinfo_text: str | None = None, machine: str | None = None) -> CpuFeatures:
+    """Parses the CPU flags (``cpuinfo_text`` for tests; /proc/cpuinfo otherwise)."""
+    if cpuinfo_text is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo_text = path.read_text(errors="replace") if path.is_file() else ""
+    machine = (machine or platform.machine()).lower()
+    flags: set[str] = set()
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    if machine in ("x86_64", "amd64", "i686", "x86") or "avx2" in flags or "sse2" in flags:
+        return CpuFeatures(
+            arch="x86",
+            vnni=bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & flags),
+            amx="amx_int8" in flags,
+        )
+    if machine.startswith(("arm", "aarch64")) or "asimd" in flags:
+        return CpuFeatures(arch="arm", arm_dot="asimddp" in flags, arm_i8mm="i8mm" in flags)
+    return CpuFeatures(arch="other")
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetProfile:
+    """Types and flags for ORT's quantizer on a target, and why they were chosen."""
+
+    target: str
+    activation_type: str  # "uint8" | "int8"
+    weight_type: str  # "int8" | "uint8"
+    per_channel: bool
+    reduce_range: bool
+    activation_symmetric: bool
+    weight_symmetric: bool
+    providers: tuple[str, ...]
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def target_profile(target: str = "cpu", features: CpuFeatures | None = None) -> TargetProfile:
+    """The profile for ``target`` ("cpu", "tensorrt", "cuda"); "cpu" reads the CPU's features."""
+    if target not in TARGETS:
+        raise RecipeError(
+            f"unknown quantization target '{target}'; choose one of {', '.join(TARGETS)}."
+        )
+    if target == "tensorrt":
+        return TargetProfile(
+            target,
+            activation_type="int8",
+            weight_type="int8",
+            per_channel=True,
+            reduce_range=False,
+            activation_symmetric=True,
+            weight_symmetric=True,
+            providers=("TensorrtExecutionProvider",),
+            reasons=("TensorRT takes symmetric int8 Q/DQ on weights and activations",),
+        )
+    if target == "cuda":
+        message = (
+            "the CUDA execution provider runs QDQ models as fake quantization (no int8 kernels): "
+            "expect no speed-up; use target='tensorrt' for int8 on NVIDIA GPUs"
+        )
+        logger.warning(message)
+        return TargetProfile(
+            target,
+            activation_type="int8",
+            weight_type="int8",
+            per_channel=True,
+            reduce_range=False,
+            activation_symmetric=True,
+            weight_symmetric=True,
+            providers=("CUDAExecutionProvider",),
+            reasons=("symmetric int8 keeps the graph TensorRT-ready",),
+            warnings=(message,),
+        )
+    features = features or cpu_features()
+    if features.arch == "x86":
+        reasons = ["x86: ORT fuses only uint8 activations x int8 weights into integer kernels"]
+        if features.vnni or features.amx:
+            reasons.append(f"{features.describe()}: full-range int8 weights")
+        else:
+            reasons.append("no VNNI: reduce_range (7-bit weights) avoids AVX2 u8s8 saturation")
+        return TargetProfile(
+            target,
+            activation_type="uint8",
+            weight_type="int8",
+            per_channel=True,
+            reduce_range=not (features.vnni or features.amx),
+            activation_symmetric=False,
+            weight_symmetric=True,
+            providers=("CPUExecutionProvider",),
+            reasons=tuple(reasons),
+        )
+    if features.arch == "arm":
+        reasons = [
+            f"{features.describe()}: "
+            + (
+                "SDOT/UDOT kernels take uint8 activations x int8 weights"
+                if features.arm_dot
+                else "no dot-product instructions"
+            )
+        ]
+        return TargetProfile(
+            target,
+            activation_type="uint8",
+            weight_type="int8",
+            per_channel=True,
+            reduce_range=False,
+            activation_symmetric=False,
+            weight_symmetric=True,
+            providers=("CPUExecutionProvider",),
+            reasons=tuple(reasons),
+        )
+    return TargetProfile(
+        target,
+        activation_type="uint8",
+        weight_type="int8",
+        per_channel=True,
+        reduce_range=True,
+        activation_symmetric=False,
+        weight_symmetric=True,
+        providers=("CPUExecutionProvider",),
+        reasons=("unknown CPU: conservative uint8/int8 with reduce_range",),
+    )

@@ -1,0 +1,645 @@
+"""QuantizeStatic: we own calibration (streamed statistics, threshold search), ORT emits the QDQ graph.
+
+Then two guards decide what is returned: the latency guard times the candidates against the float
+model (interleaved medians) and never returns a slower model; the accuracy guard keeps the most
+sensitive layers in float until a fidelity bound holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+
+from onnxslim._errors import RecipeError, UnsupportedModelError
+from onnxslim._fidelity import compare_outputs
+from onnxslim._io import load, model_file_size, save
+from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+from onnxslim.calibration import (
+    StatisticsCache,
+    collect_statistics,
+    compute_range,
+    model_fingerprint,
+    open_reader,
+)
+from onnxslim.calibration._thresholds import METHODS
+from onnxslim.passes.quantization._guards import (
+    AccuracyBound,
+    float_nodes_after_optimization,
+    interleaved_latency,
+    layer_sensitivity,
+    optimized_graph,
+    run_outputs,
+)
+from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
+
+__all__ = ["QuantizeStatic", "select_nodes", "quantizable_op_types"]
+
+logger = logging.getLogger(__name__)
+
+_MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) needs opset 13
+_COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+_ELEMENTWISE_OPS = ("Add", "Mul", "Sub", "Div", "Sigmoid", "HardSigmoid", "Resize", "Where", "Pow")
+
+
+def quantizable_op_types() -> list[str]:
+    """The op types ORT's QDQ quantizer knows how to place Q/DQ around."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
+
+
+def select_nodes(
+    graph: onnx.GraphProto, selectors: Sequence[str]
+) -> tuple[dict[str, str], list[str]]:
+    """Nodes matched by selectors ("name", "re:REGEX", "op:OpType") -> the selector that matched;
+    and the selectors that matched nothing."""
+    matched: dict[str, str] = {}
+    unmatched = []
+    for selector in selectors:
+        if selector.startswith("re:"):
+            pattern = re.compile(selector[3:])
+            hits = [n.name for n in graph.node if n.name and pattern.search(n.name)]
+        elif selector.startswith("op:"):
+            hits = [n.name for n in graph.node if n.op_type == selector[3:]]
+        else:
+            hits = [n.name for n in graph.node if n.name == selector]
+        if not hits:
+            unmatched.append(selector)
+        for name in hits:
+            matched.setdefault(name, selector)
+    return matched, unmatched
+
+
+def _quant_type(name: str):
+    from onnxruntime.quantization import QuantType
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    if name not in types:
+        raise RecipeError(f"quantization type '{name}' is not supported; use 'uint8' or 'int8'.")
+    return types[name]
+
+
+class QuantizeStatic(SlimPass):
+    """Static int8 quantization with streamed calibration, target profiles and guards.
+
+    Args:
+        calibration: Calibration data: a reader, an ``.npz`` file, a folder of ``.npy``/``.npz``
+            or images, an iterable of dicts/arrays (torch DataLoader included), or ``"random"``
+            (smoke data, labelled so). ``None`` uses the pipeline's data.
+        method: Range method: "minmax", "percentile", "entropy" or "mse".
+        percentile: Two-sided percentile kept by "percentile".
+        moving_average: "minmax" uses moving-average min/max over batches.
+        samples: At most this many calibration samples.
+        batch_size: Samples per calibration batch.
+        bins: Histogram bins per tensor.
+        target: "cpu" (detects VNNI/AMX/ARM dot), "tensorrt" (symmetric int8), "cuda".
+        per_channel, reduce_range, activation_type, weight_type, activation_symmetric,
+            weight_symmetric: Override the target profile (None keeps it).
+        op_types: Op types to quantize; None lets the latency guard pick among op-class sets.
+        exclude: Nodes kept in float: names, "re:REGEX" or "op:OpType".
+        mode: "auto" (static QDQ or dynamic MatMul quantization, by measurement), "static", "dynamic".
+        latency_guard: Time candidates vs the input; never return a slower model.
+        latency_runs: Interleaved timing rounds (medians).
+        min_speedup: A candidate must beat the input by this factor.
+        accuracy_guard: Keep sensitive layers in float until the bound holds.
+        min_sqnr_db: Output SQNR bound (dB); None turns it off.
+        min_top1: Top-1 agreement bound where outputs look like class scores; None turns it off.
+        metric: User callable ``(reference_outputs, candidate_outputs) -> bool``.
+        eval_samples: Samples (from the calibration data) used by the guards.
+        cache_dir: Folder for the statistics cache; None disables the cache.
+        threads: intra-op threads for timing (None: ORT's default).
+    """
+
+    name = "quantize"
+    description = "Static int8 quantization: streamed calibration, ORT QDQ emission, latency and accuracy guards."
+    exact = False
+
+    def __init__(
+        self,
+        calibration: Any = None,
+        *,
+        method: str = "percentile",
+        percentile: float = 99.999,
+        moving_average: bool = False,
+        samples: int | None = None,
+        batch_size: int = 1,
+        bins: int = 2048,
+        target: str = "cpu",
+        per_channel: bool | None = None,
+        reduce_range: bool | None = None,
+        activation_type: str | None = None,
+        weight_type: str | None = None,
+        activation_symmetric: bool | None = None,
+        weight_symmetric: bool | None = None,
+        op_types: list[str] | None = None,
+        exclude: list[str] | None = None,
+        mode: str = "auto",
+        latency_guard: bool = True,
+        latency_runs: int = 10,
+        min_speedup: float = 1.0,
+        accuracy_guard: bool = True,
+        min_sqnr_db: float | None = 20.0,
+        min_top1: float | None = 0.95,
+        metric: Callable[[list, list], bool] | None = None,
+        eval_samples: int = 8,
+        cache_dir: str | None = None,
+        threads: int | None = None,
+    ):
+        super().__init__()
+        if method not in METHODS:
+            raise RecipeError(
+                f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}."
+            )
+        if mode not in ("auto", "static", "dynamic"):
+            raise RecipeError(
+                f"unknown quantization mode '{mode}'; choose auto, static or dynamic."
+            )
+        if not 0.0 < percentile <= 100.0:
+            raise RecipeError(f"percentile must be in (0, 100], got {percentile}.")
+        self.calibration = calibration
+        self.method = method
+        self.percentile = percentile
+        self.moving_average = moving_average
+        self.samples = samples
+        self.batch_size = batch_size
+        self.bins = bins
+        self.target = target
+        self.per_channel = per_channel
+        self.reduce_range = reduce_range
+        self.activation_type = activation_type
+        self.weight_type = weight_type
+        self.activation_symmetric = activation_symmetric
+        self.weight_symmetric = weight_symmetric
+        self.op_types = op_types
+        self.exclude = list(exclude or [])
+        self.mode = mode
+        self.latency_guard = latency_guard
+        self.latency_runs = latency_runs
+        self.min_speedup = min_speedup
+        self.accuracy_guard = accuracy_guard
+        self.min_sqnr_db = min_sqnr_db
+        self.min_top1 = min_top1
+        self.metric = metric
+        self.eval_samples = eval_samples
+        self.cache_dir = cache_dir
+        self.threads = threads
+        self.profile = target_profile(target)  # fails early on an unknown target
+
+    # -- configuration -------------------------------------------------------------------
+    def resolved_profile(self) -> TargetProfile:
+        overrides = {
+            key: getattr(self, key)
+            for key in (
+                "per_channel",
+                "reduce_range",
+                "activation_type",
+                "weight_type",
+                "activation_symmetric",
+                "weight_symmetric",
+            )
+            if getattr(self, key) is not None
+        }
+        profile = self.profile
+        if overrides:
+            import dataclasses
+
+            profile = dataclasses.replace(profile, **overrides)
+        return profile
+
+    def bound(self) -> AccuracyBound:
+        if not self.accuracy_guard:
+            return AccuracyBound.off()
+        return AccuracyBound(self.min_sqnr_db, self.min_top1, self.metric)
+
+    # -- steps ---------------------------------------------------------------------------
+    def _prepare(self, model: ir.Model, workdir: Path) -> tuple[Path, onnx.ModelProto]:
+        """A copy with Constant nodes as initializers (ORT quantizes only initializer weights and
+        biases), opset >= 13, and inferred shapes; saved for ORT."""
+        prepared = ir.from_proto(ir.to_proto(model))
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(
+            prepared
+        )
+        common_passes.RemoveUnusedNodesPass()(prepared)
+        proto = ir.to_proto(prepared)
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        if opset is not None and opset < _MIN_OPSET:
+            from onnx import version_converter
+
+            try:
+                proto = version_converter.convert_version(proto, _MIN_OPSET)
+            except Exception as error:
+                raise UnsupportedModelError(
+                    f"the model's opset {opset} could not be upgraded to {_MIN_OPSET} for per-channel "
+                    f"quantization ({type(error).__name__}: {error}); upgrade it with the cleanup pass first."
+                ) from error
+            logger.info("upgraded opset %d -> %d for QDQ per-channel", opset, _MIN_OPSET)
+        try:
+            proto = onnx.shape_inference.infer_shapes(proto)
+        except Exception as error:  # shape inference is an aid; ORT's quantizer copes without it
+            logger.warning("shape inference failed before quantization: %s", error)
+        path = workdir / "prepared.onnx"
+        onnx.save(proto, str(path))
+        return path, proto
+
+    @staticmethod
+    def _tensors_to_calibrate(proto: onnx.ModelProto, op_types: Sequence[str]) -> list[str]:
+        value_types = {}
+        for info in [*proto.graph.value_info, *proto.graph.output, *proto.graph.input]:
+            if info.type.HasField("tensor_type"):
+                value_types[info.name] = info.type.tensor_type.elem_type
+        initializers = {i.name for i in proto.graph.initializer}
+        wanted = set(op_types)
+        names = []
+        seen = set()
+        for node in proto.graph.node:
+            if node.op_type not in wanted:
+                continue
+            for name in [*node.input, *node.output]:
+                if (
+                    name
+                    and name not in seen
+                    and name not in initializers
+                    and value_types.get(name) == onnx.TensorProto.FLOAT
+                ):
+                    seen.add(name)
+                    names.append(name)
+        return names
+
+    def _statistics(self, prepared: ir.Model, names: list[str], reader, context: PassContext):
+        cache = StatisticsCache(self.cache_dir) if self.cache_dir else None
+        key = None
+        if cache is not None:
+            key = cache.key(model_fingerprint(prepared), reader.fingerprint(), names, self.bins)
+            cached = cache.load(key)
+            if cached is not None:
+                logger.info("statistics cache hit %s", key)
+                return cached, True
+        collector = collect_statistics(
+            prepared, names, reader, bins=self.bins, providers=["CPUExecutionProvider"]
+        )
+        if cache is not None and key is not None:
+            cache.store(key, collector)
+        return collector, False
+
+    def _ranges(self, collector) -> dict[str, tuple[float, float]]:
+        levels = 255
+        return {
+            name: compute_range(
+                stats,
+                self.method,
+                percentile=self.percentile,
+                moving_average=self.moving_average,
+                levels=levels,
+            )
+            for name, stats in collector.tensors.items()
+            if stats.batches
+        }
+
+    def _quantize_qdq(
+        self,
+        prepared_path: Path,
+        output: Path,
+        ranges: dict[str, tuple[float, float]],
+        op_types: Sequence[str],
+        excluded: Sequence[str],
+        profile: TargetProfile,
+    ) -> Path:
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+        from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+        proto = load_model_with_shape_infer(prepared_path)
+        tensors_range = TensorsData(
+            CalibrationMethod.MinMax,
+            {
+                name: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                for name, (lo, hi) in ranges.items()
+            },
+        )
+        quantizer = QDQQuantizer(
+            proto,
+            profile.per_channel,
+            profile.reduce_range,
+            _quant_type(profile.weight_type),
+            _quant_type(profile.activation_type),
+            tensors_range,
+            [],
+            list(excluded),
+            list(op_types),
+            {
+                "ActivationSymmetric": profile.activation_symmetric,
+                "WeightSymmetric": profile.weight_symmetric,
+            },
+        )
+        with _quiet_ort_quantizer():
+            quantizer.quantize_model()
+        quantizer.model.save_model_to_file(str(output), False)
+        return output
+
+    def _quantize_dynamic(
+        self, prepared_path: Path, output: Path, excluded: Sequence[str], profile: TargetProfile
+    ) -> Path:
+        from onnxruntime.quantization import quantize_dynamic
+
+        with _quiet_ort_quantizer():
+            quantize_dynamic(
+                prepared_path,
+                output,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                per_channel=False,
+                reduce_range=profile.reduce_range,
+                weight_type=_quant_type(profile.weight_type),
+                nodes_to_exclude=list(excluded),
+            )
+        return output
+
+    def _candidates(self, proto: onnx.ModelProto) -> list[tuple[str, list[str] | None]]:
+        """(label, op types) to try; op types None means dynamic MatMul quantization."""
+        present = {n.op_type for n in proto.graph.node}
+        all_ops = [op for op in quantizable_op_types() if op in present]
+        if self.op_types is not None:
+            return [("user op types", list(self.op_types))]
+        candidates: list[tuple[str, list[str] | None]] = []
+        if self.mode in ("auto", "static"):
+            candidates.append(("all quantizable ops", all_ops))
+            no_elementwise = [op for op in all_ops if op not in _ELEMENTWISE_OPS]
+            if no_elementwise != all_ops:
+                candidates.append(("elementwise ops in float", no_elementwise))
+            compute_only = [op for op in all_ops if op in _COMPUTE_OPS]
+            if compute_only and compute_only != no_elementwise:
+                candidates.append(("only Conv/MatMul/Gemm", compute_only))
+        initializers = {i.name for i in proto.graph.initializer}
+        has_weight_matmul = any(
+            n.op_type in ("MatMul", "Gemm") and any(i in initializers for i in n.input[1:2])
+            for n in proto.graph.node
+        )
+        if self.mode == "dynamic" or (self.mode == "auto" and has_weight_matmul):
+            candidates.append(("dynamic MatMul/Gemm", None))
+        return candidates
+
+    # -- the pass ------------------------------------------------------------------------
+    def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
+        started = time.perf_counter()
+        profile = self.resolved_profile()
+        data = self.calibration if self.calibration is not None else context.data
+        smoke = data is None
+        if smoke:
+            logger.warning(
+                "no calibration data given: using random smoke data; the ranges are meaningless"
+            )
+            data = "random"
+        reader = open_reader(
+            data, model, batch_size=self.batch_size, limit=self.samples, sizes=context.sizes
+        )
+        reader.validate(model)  # before any work
+        smoke = smoke or reader.smoke
+        with contextlib.ExitStack() as stack:
+            workdir = context.workdir or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxslim-quant-"))
+            )
+            workdir = Path(workdir) / "quantize"
+            workdir.mkdir(parents=True, exist_ok=True)
+            return self._apply(model, context, profile, reader, smoke, workdir, started)
+
+    def _apply(
+        self, model, context, profile, reader, smoke, workdir: Path, started: float
+    ) -> SlimPassResult:
+        summary: dict[str, Any] = {
+            "data": reader.describe(),
+            "smoke_data": smoke,
+            "method": self.method,
+            "profile": profile.to_dict(),
+            "warnings": list(profile.warnings),
+        }
+        if smoke:
+            summary["warnings"].append("calibrated on random smoke data: not fit for deployment")
+        input_path = workdir / "input.onnx"
+        save(model, input_path)
+        prepared_path, proto = self._prepare(model, workdir)
+        prepared = ir.from_proto(proto)
+        excluded_by_user, unmatched = select_nodes(proto.graph, self.exclude)
+        for selector in unmatched:
+            message = f"exclude selector '{selector}' matches no node"
+            logger.warning(message)
+            summary["warnings"].append(message)
+        candidates = self._candidates(proto)
+        static_ops = sorted({op for _, ops in candidates if ops for op in ops})
+        names = self._tensors_to_calibrate(proto, static_ops)
+        calibration_started = time.perf_counter()
+        collector, cache_hit = self._statistics(prepared, names, reader, context)
+        summary["calibration"] = {
+            "samples": collector.samples,
+            "tensors": len(names),
+            "seconds": round(time.perf_counter() - calibration_started, 3),
+            "cache_hit": cache_hit,
+            "retained_bytes": collector.retained_bytes(),
+        }
+        ranges = self._ranges(collector)
+
+        eval_batches = []
+        for batch in reader:
+            eval_batches.append(batch)
+            if sum(len(next(iter(b.values()))) for b in eval_batches) >= self.eval_samples:
+                break
+        reference_outputs = run_outputs(input_path, eval_batches)
+        bound = self.bound()
+
+        def quantize(label: str, op_types: list[str] | None, excluded: Sequence[str]) -> Path:
+            path = (
+                workdir
+                / f"candidate-{re.sub(r'[^a-z0-9]+', '-', label.lower())}-{len(excluded)}.onnx"
+            )
+            if op_types is None:
+                return self._quantize_dynamic(prepared_path, path, excluded, profile)
+            return self._quantize_qdq(prepared_path, path, ranges, op_types, excluded, profile)
+
+        def evaluate(path: Path) -> tuple[Any, list[str]]:
+            outputs = run_outputs(path, eval_batches)
+            fidelity = compare_outputs(reference_outputs, outputs)
+            return fidelity, bound.violations(fidelity, reference_outputs, outputs)
+
+        excluded = dict.fromkeys(excluded_by_user, "excluded by the user")
+        for name, selector in excluded_by_user.items():
+            excluded[name] = f"excluded by the user ('{selector}')"
+        tried = []
+        for label, op_types in candidates:
+            path = quantize(label, op_types, list(excluded))
+            fidelity, problems = evaluate(path)
+            tried.append(
+                {
+                    "label": label,
+                    "op_types": op_types,
+                    "path": path,
+                    "fidelity": fidelity,
+                    "problems": problems,
+                }
+            )
+
+        # Accuracy guard: on static candidates that break the bound, keep the most sensitive layers in float.
+        sensitivity: dict[str, float] = {}
+        for entry in tried:
+            if not entry["problems"] or entry["op_types"] is None:
+                continue
+            node_outputs = {
+                n.name: n.output[0]
+                for n in proto.graph.node
+                if n.op_type in entry["op_types"] and n.output and n.name
+            }
+            sensitivity = layer_sensitivity(prepared, entry["path"], node_outputs, eval_batches)
+            ranked = [
+                n
+                for n, loss in sorted(sensitivity.items(), key=lambda kv: -kv[1])
+                if n not in excluded
+            ]
+            count = 1
+            while entry["problems"] and count <= len(ranked):
+                extra = {
+                    n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]
+                }
+                path = quantize(entry["label"], entry["op_types"], [*excluded, *extra])
+                fidelity, problems = evaluate(path)
+                entry.update(path=path, fidelity=fidelity, problems=problems, excluded=extra)
+                count *= 2
+        summary["sensitivity_db"] = {
+            n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]
+        }
+
+        acceptable = [e for e in tried if not e["problems"]]
+        for entry in tried:
+            if entry["problems"]:
+                entry["rejected"] = "accuracy: " + "; ".join(entry["problems"])
+        timing_feeds = eval_batches[0]
+        if acceptable and self.latency_guard:
+            latencies = interleaved_latency(
+                [input_path, *[e["path"] for e in acceptable]],
+                timing_feeds,
+                runs=self.latency_runs,
+                threads=self.threads,
+            )
+            float_latency = latencies[0]
+            for entry, latency in zip(acceptable, latencies[1:]):
+                entry["latency_ms"] = latency * 1e3
+                entry["speedup"] = float_latency / latency
+            summary["latency_ms_before"] = round(float_latency * 1e3, 3)
+            fast = [e for e in acceptable if e["speedup"] > self.min_speedup]
+            for entry in acceptable:
+                if entry not in fast:
+                    entry["rejected"] = (
+                        f"latency: {entry['speedup']:.2f}x of the input (needs > {self.min_speedup:g}x)"
+                    )
+            chosen = max(fast, key=lambda e: e["speedup"]) if fast else None
+        else:
+            chosen = acceptable[0] if acceptable else None
+        summary["candidates"] = [
+            {
+                "label": e["label"],
+                "op_types": e["op_types"] if e["op_types"] is not None else "dynamic MatMul/Gemm",
+                "fidelity": e["fidelity"].to_dict(),
+                "speedup": round(e["speedup"], 3) if "speedup" in e else None,
+                "extra_float_nodes": len(e.get("excluded", {})),
+                "chosen": e is chosen,
+                "rejected": e.get("rejected"),
+            }
+            for e in tried
+        ]
+        size_before = model_file_size(input_path)
+        summary["size_bytes_before"] = size_before
+        if chosen is None:
+            reasons = "; ".join(f"{e['label']}: {e.get('rejected')}" for e in tried)
+            summary["fallback"] = (
+                f"returned the float model: no int8 candidate was both accurate and faster ({reasons})"
+            )
+            summary["size_bytes_after"] = size_before
+            summary["seconds"] = round(time.perf_counter() - started, 3)
+            logger.warning("%s", summary["fallback"])
+            return SlimPassResult(model, modified=False, summary=summary)
+
+        excluded.update(chosen.get("excluded", {}))
+        summary["chosen"] = chosen["label"]
+        summary["fidelity"] = chosen["fidelity"].to_dict()
+        if "latency_ms" in chosen:
+            summary["latency_ms_after"] = round(chosen["latency_ms"], 3)
+            summary["speedup"] = round(chosen["speedup"], 3)
+        summary["size_bytes_after"] = model_file_size(chosen["path"])
+        op_types = chosen["op_types"]
+        quantized_proto = onnx.load(str(chosen["path"]), load_external_data=False)
+        summary["nodes_quantized"] = _quantized_nodes(proto, quantized_proto, op_types)
+        not_chosen_ops = sorted(
+            {
+                n.op_type
+                for n in proto.graph.node
+                if op_types is not None and n.op_type in static_ops and n.op_type not in op_types
+            }
+        )
+        reasons = {name: reason for name, reason in excluded.items()}
+        for node in proto.graph.node:
+            if node.op_type in not_chosen_ops and node.name not in reasons:
+                reasons[node.name] = f"latency guard: {node.op_type} runs faster in float here"
+        summary["nodes_excluded"] = reasons
+        if excluded and op_types is not None:
+            verdict = float_nodes_after_optimization(
+                optimized_graph(chosen["path"], workdir), list(excluded)
+            )
+            requantized = {
+                n: v for n, v in verdict.items() if v not in ("float", "fused or renamed")
+            }
+            if requantized:
+                message = f"ORT re-quantized {len(requantized)} excluded node(s) at load: {', '.join(requantized)}"
+                logger.warning(message)
+                summary["warnings"].append(message)
+            summary["excluded_verified_on_ort_graph"] = verdict
+        summary["tensors"] = {
+            name: {"range": [round(lo, 6), round(hi, 6)], "method": self.method}
+            for name, (lo, hi) in ranges.items()
+        }
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        result_model = load(chosen["path"])
+        _replace_contents(model, result_model)
+        return SlimPassResult(model, modified=True, summary=summary)
+
+
+def _quantized_nodes(
+    before: onnx.ModelProto, after: onnx.ModelProto, op_types: list[str] | None
+) -> list[str]:
+    producers = {o: n.op_type for n in after.graph.node for o in n.output}
+    after_nodes = {n.name: n for n in after.graph.node}
+    quantized = []
+    for node in before.graph.node:
+        current = after_nodes.get(node.name)
+        if current is None or current.op_type != node.op_type:
+            quantized.append(node.name)  # replaced (dynamic quantization renames)
+        elif op_types is not None and any(
+            producers.get(i) == "DequantizeLinear" for i in current.input
+        ):
+            quantized.append(node.name)
+    return quantized
+
+
+def _replace_contents(model: ir.Model, source: ir.Model) -> None:
+    """Makes ``model`` (an in-place pass's object) carry ``source``'s graph."""
+    model.graph = source.graph
+    model.ir_version = source.ir_version
+    model.meta.update(source.meta)
+
+
+@contextlib.contextmanager
+def _quiet_ort_quantizer():
+    # ORT's quantizer logs a warning per non-initializer bias through the root logger.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
