@@ -17,7 +17,7 @@ import onnxslim
 from onnxslim._errors import InputDataError, SlimError
 from onnxslim._fidelity import compare_outputs
 from onnxslim._inputs import DimSizes
-from onnxslim.benchmark._coverage import int8_coverage
+from onnxslim.benchmark._coverage import Int8Coverage, int8_coverage
 from onnxslim.benchmark._machine import machine_info
 from onnxslim.benchmark._results import BenchmarkResult, LatencyStats, Measurement, RatioStats
 from onnxslim.benchmark._runner import MemoryProbe, SessionRunner, gpu_memory_used
@@ -83,6 +83,23 @@ def _generated_feeds(
                 f"cannot be run: use --batch-sizes {spec.shape[0]} or export with a dynamic batch axis."
             )
     return feeds
+
+
+def _coverage_or_note(
+    path: Path, provider: str, optimization_level: str, feeds: dict, provider_options: dict | None
+) -> Int8Coverage:
+    """The int8 coverage figure; a failure of this side analysis is noted, not fatal to the timing."""
+    try:
+        return int8_coverage(
+            path,
+            provider,
+            optimization_level=optimization_level,
+            feeds=feeds,
+            provider_options=provider_options,
+        )
+    except Exception as error:  # the analysis re-runs ORT on its own output; report, keep timing
+        logger.warning("int8 coverage of %s on %s failed: %s", path, provider, error)
+        return Int8Coverage(provider, optimization_level, note=f"analysis failed: {error}")
 
 
 def _timed_rounds(
@@ -181,6 +198,10 @@ def benchmark(
                 paths.append(Path(model))
                 loaded.append(onnxslim.load(model))
         names = _labels(paths, labels)
+        displayed_paths = [
+            "<in-memory>" if isinstance(model, ir.Model) else str(path)
+            for model, path in zip(models, paths)
+        ]
         sizes_on_disk = [onnxslim.model_file_size(path) for path in paths]
         memory_method = MemoryProbe().start().stop().method
         options = onnxslim.session_options(
@@ -203,12 +224,12 @@ def benchmark(
                     timed_feeds = fidelity_feeds[:1]
                 if coverage and not coverages:
                     for name, path in zip(names, paths):
-                        coverages[name] = int8_coverage(
+                        coverages[name] = _coverage_or_note(
                             path,
                             provider,
-                            optimization_level=optimization_level,
-                            feeds=fidelity_feeds[0],
-                            provider_options=options_for_provider,
+                            optimization_level,
+                            fidelity_feeds[0],
+                            options_for_provider,
                         )
                 runners, memory, gpu_memory = [], [], []
                 for name, path in zip(names, paths):
@@ -309,8 +330,8 @@ def benchmark(
         machine=machine_info(),
         settings=settings,
         models=[
-            {"label": name, "path": str(path), "file_size_bytes": size}
-            for name, path, size in zip(names, paths, sizes_on_disk)
+            {"label": name, "path": display, "file_size_bytes": size}
+            for name, display, size in zip(names, displayed_paths, sizes_on_disk)
         ],
         reference=names[0],
         tool=f"onnxslim {onnxslim.__version__}",

@@ -69,9 +69,11 @@ FLOAT_KERNELS = frozenset(
         "Gemm",
         "FusedGemm",
     }
-    # int4/nf4 weight-only kernels dequantize the weights and multiply in float
+    # weight-only kernels dequantize the weights and multiply in float (see _is_integer_kernel)
     | {"MatMulNBits", "MatMulBnb4"}
 )
+# MatMulNBits with accuracy_level 4 quantizes A to int8 and multiplies in int8 (CPU kernel only)
+_NBITS_INT8_ACCURACY_LEVEL = 4
 _DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
 
 
@@ -182,6 +184,15 @@ def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> i
             reduction = a[-2] if transposed else a[-1]
         return math.prod(output) * reduction
     return None
+
+
+def _is_integer_kernel(node: onnx.NodeProto, provider: str) -> bool:
+    if node.op_type == "MatMulNBits":
+        return (
+            provider == "CPUExecutionProvider"
+            and _attribute(node, "accuracy_level", 0) == _NBITS_INT8_ACCURACY_LEVEL
+        )
+    return node.op_type in INTEGER_KERNELS
 
 
 def _counted(op: str) -> bool:
@@ -325,7 +336,7 @@ def int8_coverage(
             uncounted.add(op)
             continue
         coverage.macs_per_kernel[op] = coverage.macs_per_kernel.get(op, 0) + macs
-        if op in INTEGER_KERNELS:
+        if _is_integer_kernel(node, provider_name):
             coverage.integer_macs += macs
         else:
             coverage.float_macs += macs
