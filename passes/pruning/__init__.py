@@ -1,0 +1,11 @@
+"""Graph-level structured pruning: dependency groups on the ONNX IR, channels/features/heads removed."""
+
+from onnxslim.passes.pruning._structured_prune import (
+    PruneAnalysis,
+    StructuredPrune,
+    analyze,
+    dependency_groups,
+    plan_pruning,
+)
+
+__all__ = ["PruneAnalysis", "StructuredPrune", "analyze", "dependency_groups", "plan_pruning"]

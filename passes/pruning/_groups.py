@@ -1,0 +1,279 @@
+"""Dependency groups: slots reached from each producer, element-level union into prunable units."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.passes.pruning._graph import (
+    ACTIVATION,
+    CONSUMER,
+    PARAM,
+    PRODUCER,
+    STAT,
+    Family,
+    GraphView,
+    is_constant,
+)
+
+_PRODUCER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
+
+
+@dataclasses.dataclass
+class Slot:
+    value: ir.Value
+    axis: int
+    size: int
+    role: str
+    offset: int = 0  # first element id in the group's element space
+    # Nodes reading a per-channel parameter: it gets its own cut copy, so sharing never couples.
+    users: list = dataclasses.field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.value.name}[{self.axis}]"
+
+
+@dataclasses.dataclass
+class Segment:
+    """Units that appear in exactly the same slots: rounding applies to each segment."""
+
+    units: np.ndarray
+    step: int
+
+
+@dataclasses.dataclass
+class Group:
+    """Slots tied together; ``unit_of[slot index]`` maps each slot element to a unit id."""
+
+    index: int
+    slots: list[Slot]
+    nodes: list[ir.Node]
+    reasons: list[str]
+    rewrites: list
+    lossy: list[str]
+    unit_of: list[np.ndarray] = dataclasses.field(default_factory=list)
+    num_units: int = 0
+    segments: list[Segment] = dataclasses.field(default_factory=list)
+    ignored: str | None = None
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons and self.ignored is None and self.num_units > 1
+
+    @property
+    def producers(self) -> list[Slot]:
+        return [s for s in self.slots if s.role == PRODUCER]
+
+    def describe(self) -> dict:
+        return {
+            "group": self.index,
+            "size": self.num_units,
+            "prunable": self.prunable,
+            "reasons": list(self.reasons) + ([self.ignored] if self.ignored else []),
+            "producers": [s.label for s in self.producers],
+            "members": [s.label for s in self.slots],
+            "lossy": sorted(set(self.lossy)),
+        }
+
+
+class _UnionFind:
+    def __init__(self, size: int):
+        self.parent = np.arange(size)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
+        for i, j in zip(a.tolist(), b.tolist()):
+            ri, rj = self.find(i), self.find(j)
+            if ri != rj:
+                self.parent[max(ri, rj)] = min(ri, rj)
+
+
+def _node_label(node: ir.Node) -> str:
+    return f"{node.name or '<unnamed>'} ({node.op_type})"
+
+
+def build_groups(view: GraphView) -> list[Group]:
+    """Every dependency group reachable from a producer's output axis, blocked or not."""
+    groups: list[Group] = []
+    visited: set[tuple[int, int]] = set()
+    for node in view.graph:
+        seed = _seed(view, node)
+        if seed is None or (id(seed[0]), seed[1]) in visited:
+            continue
+        groups.append(_explore(view, seed, len(groups), visited))
+    return groups
+
+
+def _seed(view: GraphView, node: ir.Node) -> tuple[ir.Value, int] | None:
+    if node.op_type not in _PRODUCER_OPS or node.domain not in ("", "ai.onnx"):
+        return None
+    y = node.outputs[0]
+    shape = view.shape(y)
+    if shape is None or len(shape) < 2:
+        return None
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return (y, 1) if is_constant(node.inputs[1]) else None
+    if node.op_type == "Gemm":
+        return (y, 1) if is_constant(node.inputs[1]) else None
+    if node.op_type == "MatMul":
+        weight_shape = view.shape(node.inputs[1])
+        return (
+            (y, len(shape) - 1) if is_constant(node.inputs[1]) and len(weight_shape) == 2 else None
+        )
+    table = node.inputs[0]
+    if (
+        is_constant(table)
+        and len(view.shape(table)) == 2
+        and node.attributes.get_int("axis", 0) == 0
+    ):
+        return (y, len(shape) - 1)
+    return None
+
+
+def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: set) -> Group:
+    slots: dict[tuple[int, int], Slot] = {}
+    families: list[tuple[Family, ir.Node]] = []
+    seen_families: set[tuple[int, int]] = set()
+    reasons: list[str] = []
+    nodes: list[ir.Node] = []
+    queue: list = []
+
+    def add_slot(value: ir.Value, axis: int, role: str, user: ir.Node | None = None) -> None:
+        key = (id(value), axis)
+        leaf = role in (PARAM, STAT) and is_constant(value)
+        if key in slots:
+            slot = slots[key]
+            if leaf and slot.role in (PARAM, STAT):
+                slot.users.append(user)
+            elif role in (PRODUCER, CONSUMER) and slot.role == ACTIVATION:
+                slot.role = role
+            return
+        slots[key] = Slot(value, axis, int(view.shape(value)[axis]), role)
+        if leaf:
+            slots[key].users.append(user)
+        else:
+            queue.append((value, axis, role))
+
+    add_slot(seed[0], seed[1], ACTIVATION)
+    while queue:
+        value, axis, _ = queue.pop()
+        visited.add((id(value), axis))
+        if value in view.graph_inputs:
+            reasons.append(f"'{value.name}' is a graph input")
+        if value in view.graph_outputs:
+            reasons.append(f"'{value.name}' is a graph output")
+        touching = [user for user, _ in value.uses()]
+        producer = value.producer()
+        if producer is not None and not (producer.op_type == "Constant" and is_constant(value)):
+            touching.append(producer)
+        for node in touching:
+            result = view.families(node)
+            if isinstance(result, str):
+                reasons.append(f"{_node_label(node)}: {result}")
+                continue
+            family = next((f for f in result if f.index_of(value, axis) is not None), None)
+            if family is None:
+                reasons.append(
+                    f"{_node_label(node)}: axis {axis} of '{value.name}' is not followed"
+                )
+                continue
+            if (id(node), id(family)) in seen_families:
+                continue
+            seen_families.add((id(node), id(family)))
+            nodes.append(node)
+            families.append((family, node))
+            if family.blocked:
+                reasons.append(f"{_node_label(node)}: {family.blocked}")
+            for member_value, member_axis, role in family.members:
+                add_slot(member_value, member_axis, role, node)
+    group = Group(
+        index=index,
+        slots=list(slots.values()),
+        nodes=nodes,
+        reasons=list(dict.fromkeys(reasons)),
+        rewrites=[f.rewrite for f, _ in families if f.rewrite is not None],
+        lossy=[f"{_node_label(n)}: {f.lossy}" for f, n in families if f.lossy],
+    )
+    _build_units(group, slots, families)
+    return group
+
+
+def _build_units(group: Group, slots: dict, families: list[tuple[Family, ir.Node]]) -> None:
+    offset = 0
+    for slot in group.slots:
+        slot.offset = offset
+        offset += slot.size
+    union = _UnionFind(offset)
+    for family, _ in families:
+        for i, j, indices_i, indices_j in family.links:
+            slot_i = slots[(id(family.members[i][0]), family.members[i][1])]
+            slot_j = slots[(id(family.members[j][0]), family.members[j][1])]
+            union.union_many(indices_i + slot_i.offset, indices_j + slot_j.offset)
+    roots = np.array([union.find(e) for e in range(offset)], dtype=np.int64)
+    # Units are numbered by their first appearance in the seed's output slot, so unit i is channel i there.
+    _, unit_ids = np.unique(roots, return_inverse=True)
+    order = {}
+    for u in unit_ids.tolist():
+        order.setdefault(u, len(order))
+    renumber = np.array([order[u] for u in range(len(order))])
+    unit_ids = renumber[unit_ids]
+    group.num_units = len(order)
+    group.unit_of = [unit_ids[s.offset : s.offset + s.size] for s in group.slots]
+    group.segments = []
+
+
+def make_segments(group: Group, round_to: int) -> None:
+    """Partitions units by slot membership; each segment's step keeps every slot a multiple of round_to."""
+    signature: dict[int, list[int]] = {u: [] for u in range(group.num_units)}
+    counts: dict[tuple[int, int], int] = {}
+    for slot_index, units in enumerate(group.unit_of):
+        for unit, count in zip(*np.unique(units, return_counts=True)):
+            signature[int(unit)].append(slot_index)
+            counts[(slot_index, int(unit))] = int(count)
+    by_signature: dict[tuple, list[int]] = {}
+    for unit, slot_indices in signature.items():
+        by_signature.setdefault(tuple(slot_indices), []).append(unit)
+    segments = []
+    for slot_indices, units in by_signature.items():
+        step = 1
+        if round_to > 1:
+            # Only weight slots matter for kernels: a head is one unit but dh weight columns.
+            for slot_index in (i for i in slot_indices if is_constant(group.slots[i].value)):
+                multiplicity = math.gcd(*(counts[(slot_index, u)] for u in units))
+                step = math.lcm(step, round_to // math.gcd(round_to, multiplicity))
+        segments.append(Segment(np.array(sorted(units)), step))
+    group.segments = segments
+
+
+def apply_ignores(groups: Sequence[Group], ignore: Iterable[str]) -> None:
+    """Marks groups touching a node that matches a name, a regex or an op type as ignored."""
+    patterns = list(ignore or [])
+    for group in groups:
+        for node in group.nodes:
+            pattern = next(
+                (
+                    p
+                    for p in patterns
+                    if node.op_type == p
+                    or node.name == p
+                    or (node.name and re.fullmatch(p, node.name))
+                ),
+                None,
+            )
+            if pattern is not None:
+                group.ignored = f"ignored by '{pattern}' ({_node_label(node)})"
+                break

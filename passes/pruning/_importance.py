@@ -1,0 +1,145 @@
+"""Importance of each unit of a group: magnitude, BN |gamma|, activation statistics, random.
+
+A custom criterion is any callable ``(group, view) -> array of num_units scores`` (higher is
+kept); a Taylor criterion computed from a distillation student plugs in there.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxslim.passes.pruning._graph import (
+    ACTIVATION,
+    CONSUMER,
+    PARAM,
+    PRODUCER,
+    GraphView,
+    constant_array,
+)
+from onnxslim.passes.pruning._groups import Group
+
+logger = logging.getLogger(__name__)
+
+Criterion = Callable[[Group, GraphView], np.ndarray]
+CRITERIA = ("l1", "l2", "bn", "activation", "random")
+
+
+def _per_element(array: np.ndarray, axis: int, power: int) -> np.ndarray:
+    moved = np.moveaxis(np.asarray(array, dtype=np.float64), axis, 0).reshape(array.shape[axis], -1)
+    return np.abs(moved).sum(axis=1) if power == 1 else np.square(moved).sum(axis=1)
+
+
+def magnitude(group: Group, power: int) -> np.ndarray:
+    """Group L1/L2: the weights of producers, consumers and per-channel params, summed per unit."""
+    scores = np.zeros(group.num_units)
+    for slot, units in zip(group.slots, group.unit_of):
+        if slot.role not in (PRODUCER, CONSUMER, PARAM):
+            continue
+        array = constant_array(slot.value)
+        if array is None or not np.issubdtype(array.dtype, np.floating):
+            continue
+        np.add.at(scores, units, _per_element(array, slot.axis, power))
+    return np.sqrt(scores) if power == 2 else scores
+
+
+def bn_gamma(group: Group) -> np.ndarray | None:
+    scores = np.zeros(group.num_units)
+    found = False
+    for slot, units in zip(group.slots, group.unit_of):
+        if any(
+            node.op_type == "BatchNormalization" and index == 1 for node, index in slot.value.uses()
+        ):
+            np.add.at(scores, units, np.abs(constant_array(slot.value).astype(np.float64)))
+            found = True
+    return scores if found else None
+
+
+def _consumer_inputs(group: Group) -> list[int]:
+    """Slots of activations read by a consumer weight of the group (what the next layer sees)."""
+    by_key = {(id(s.value), s.axis): i for i, s in enumerate(group.slots)}
+    chosen = []
+    for slot in group.slots:
+        if slot.role != CONSUMER:
+            continue
+        for node, _ in slot.value.uses():
+            for candidate in node.inputs[:1]:
+                for key in ((id(candidate), slot.axis), *((id(candidate), a) for a in range(8))):
+                    if key in by_key and group.slots[by_key[key]].role == ACTIVATION:
+                        chosen.append(by_key[key])
+                        break
+    return sorted(set(chosen)) or [0]
+
+
+def activation_statistics(
+    view: GraphView, groups: Sequence[Group], batches: Iterable[Mapping[str, np.ndarray]]
+) -> dict[int, np.ndarray]:
+    """Mean |activation| per unit over the calibration batches, one ORT run per batch."""
+    import onnxruntime as ort
+
+    wanted: dict[str, tuple[Group, int]] = {}
+    for group in groups:
+        for slot_index in _consumer_inputs(group):
+            wanted.setdefault(group.slots[slot_index].value.name, (group, slot_index))
+    proto = ir.serde.serialize_model(view.model)
+    proto = onnx.shape_inference.infer_shapes(proto)
+    typed = {vi.name: vi for vi in proto.graph.value_info}
+    existing = {o.name for o in proto.graph.output}
+    for name in wanted:
+        if name not in existing and name in typed:
+            proto.graph.output.append(typed[name])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sums = {group.index: np.zeros(group.num_units) for group in groups}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "stats.onnx"
+        onnx.save(proto, str(path))
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs() if o.name in wanted]
+        input_names = {i.name for i in session.get_inputs()}
+        for batch in batches:
+            feeds = {k: v for k, v in batch.items() if k in input_names}
+            for name, array in zip(names, session.run(names, feeds)):
+                group, slot_index = wanted[name]
+                slot = group.slots[slot_index]
+                per_element = (
+                    np.moveaxis(np.abs(array.astype(np.float64)), slot.axis, 0)
+                    .reshape(slot.size, -1)
+                    .mean(axis=1)
+                )
+                np.add.at(sums[group.index], group.unit_of[slot_index], per_element)
+    return sums
+
+
+def score_groups(
+    view: GraphView,
+    groups: Sequence[Group],
+    criterion: str | Criterion,
+    seed: int = 0,
+    batches: Iterable[Mapping[str, np.ndarray]] | None = None,
+) -> dict[int, np.ndarray]:
+    """Scores per unit for every prunable group (higher = more important)."""
+    prunable = [g for g in groups if g.prunable]
+    if callable(criterion):
+        return {g.index: np.asarray(criterion(g, view), dtype=np.float64) for g in prunable}
+    if criterion == "activation":
+        if batches is None:
+            raise ValueError("criterion 'activation' needs calibration data")
+        return activation_statistics(view, prunable, batches)
+    scores = {}
+    rng = np.random.default_rng(seed)
+    for group in prunable:
+        if criterion == "random":
+            scores[group.index] = rng.random(group.num_units)
+        elif criterion == "bn":
+            gamma = bn_gamma(group)
+            scores[group.index] = gamma if gamma is not None else magnitude(group, 2)
+        else:
+            scores[group.index] = magnitude(group, 1 if criterion == "l1" else 2)
+    return scores
