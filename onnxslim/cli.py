@@ -288,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_cmd.add_argument("--json", action="store_true", help="print JSON")
     inspect_cmd.set_defaults(handler=_cmd_inspect)
 
+    from onnxslim.benchmark._cli import add_bench_parser
+
+    add_bench_parser(commands)
+
     demo = commands.add_parser("demo", help="run the pipeline on the embedded digits model")
     demo.add_argument(
         "--output-dir", default="onnxslim-demo", help="where the demo writes models and reports"
