@@ -506,3 +506,36 @@ def test_html_report_renders_in_headless_browser(gate_result, tmp_path):
         line for line in completed.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line
     ]
     assert console_errors == []
+
+
+def test_coverage_total_equals_model_stats_macs(models):
+    model = onnxslim.load(models["float"])
+    stats = onnxslim.model_stats(model, sizes={"N": 2})
+    assert int8_coverage(models["float"], "cpu", sizes={"N": 2}).total_macs == stats.macs
+    assert int8_coverage(models["int8"], "cpu", sizes={"N": 2}).integer_macs == stats.macs
+
+
+def test_onnxslim_bench_command(models, tmp_path, capsys):
+    from onnxslim.cli import main
+
+    json_path, html_path = tmp_path / "r.json", tmp_path / "r.html"
+    code = main(
+        [
+            "bench",
+            str(models["float"]),
+            str(models["int8"]),
+            "--providers",
+            "cpu",
+            "--runs",
+            "3",
+            "--json",
+            str(json_path),
+            "--html",
+            str(html_path),
+        ]
+    )
+    assert code == 0 and json_path.is_file() and html_path.is_file()
+    assert "| int8 | CPU | 1 |" in capsys.readouterr().out
+    if not HAS_CUDA:
+        assert main(["bench", str(models["float"]), "--providers", "cuda"]) == 2
+        assert "available: " in capsys.readouterr().err

@@ -146,6 +146,7 @@ def benchmark(
     coverage: bool = True,
     labels: Sequence[str] | None = None,
     seed: int = 0,
+    allow_spinning: bool = False,
 ) -> BenchmarkResult:
     """Benchmarks models side by side on ORT providers; the first model is the reference.
 
@@ -173,6 +174,8 @@ def benchmark(
         coverage: Measure the int8 MAC coverage of each model on each provider.
         labels: Names for the models in the reports (default: file stems).
         seed: Seed of generated inputs.
+        allow_spinning: Let ORT's idle threads spin; only to show the interference it causes
+            (on 2 cores a model timed against itself then ranged 0.64-1.39x).
     """
     if not models:
         raise SlimError("no model given to benchmark; pass at least one ONNX file.")
@@ -207,7 +210,7 @@ def benchmark(
         options = onnxslim.session_options(
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
-            allow_spinning=False,
+            allow_spinning=allow_spinning,
             optimization_level=optimization_level,
         )
         measurements: list[Measurement] = []
@@ -314,13 +317,26 @@ def benchmark(
         if samples is not None
         else fidelity_samples,
         "interleaved": True,
-        "allow_spinning": False,
+        "allow_spinning": allow_spinning,
         "memory_method": memory_method,
         "notes": [
+            *(
+                [
+                    "WARNING: thread spinning was ON: sessions steal cores from each other, ratios are unreliable"
+                ]
+                if allow_spinning
+                else []
+            ),
             "models run interleaved in one process (one run of each per round, order rotated every "
             "round); latency ratios are taken round by round",
-            "ORT thread spinning is off (session.intra_op.allow_spinning=0) so an idle session "
-            "cannot steal cores from the timed one",
+            *(
+                []
+                if allow_spinning
+                else [
+                    "ORT thread spinning is off (session.intra_op.allow_spinning=0) so an idle session "
+                    "cannot steal cores from the timed one"
+                ]
+            ),
             "memory: each session is created and warmed up alone; its figure is the peak RSS "
             "increase over that window (" + memory_method + ")",
         ],
