@@ -89,15 +89,13 @@ class MemoryProbe:
         return max(0, self.peak - self.baseline)
 
 
-def gpu_memory_used(pid: int | None = None) -> int | None:
-    """GPU memory (bytes) held by process ``pid`` on all GPUs, from nvidia-smi; None without it."""
+def _nvidia_smi(query: str) -> list[list[str]] | None:
     nvidia_smi = shutil.which("nvidia-smi")
     if nvidia_smi is None:
         return None
-    pid = os.getpid() if pid is None else pid
     try:
         output = subprocess.run(
-            [nvidia_smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            [nvidia_smi, query, "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
@@ -105,12 +103,27 @@ def gpu_memory_used(pid: int | None = None) -> int | None:
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
-    used_mib = 0
-    for line in output.strip().splitlines():
-        parts = [part.strip() for part in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid) and parts[1].isdigit():
-            used_mib += int(parts[1])
-    return used_mib * 1024 * 1024
+    return [[part.strip() for part in line.split(",")] for line in output.strip().splitlines()]
+
+
+def gpu_memory_used(pid: int | None = None) -> int | None:
+    """GPU memory (bytes) held by process ``pid`` (nvidia-smi); None without an NVIDIA GPU.
+
+    In a container nvidia-smi may list host PIDs only; then the device-wide figure is used
+    (other processes on the same GPU would then count too; the benchmark records a delta).
+    """
+    pid = os.getpid() if pid is None else pid
+    apps = _nvidia_smi("--query-compute-apps=pid,used_memory")
+    if apps is None:
+        return None
+    mine = [
+        int(row[1]) for row in apps if len(row) == 2 and row[0] == str(pid) and row[1].isdigit()
+    ]
+    if mine:
+        return sum(mine) * 1024 * 1024
+    devices = _nvidia_smi("--query-gpu=memory.used") or []
+    used = [int(row[0]) for row in devices if row and row[0].isdigit()]
+    return sum(used) * 1024 * 1024 if used else None
 
 
 def _device_id(provider_options: Mapping[str, object] | None) -> int:
