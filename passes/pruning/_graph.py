@@ -139,15 +139,25 @@ def observe_shapes(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str
             if name and name not in existing and name in typed:
                 proto.graph.output.append(typed[name])
                 existing.add(name)
+    for info in list(proto.graph.value_info) + list(proto.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        if dims and all(d.HasField("dim_value") for d in dims):
+            shapes.setdefault(info.name, tuple(d.dim_value for d in dims))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "observe.onnx"
-        onnx.save(proto, str(path), save_as_external_data=proto.ByteSize() > (1 << 30))
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        results = session.run(names, dict(feeds))
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "observe.onnx"
+            onnx.save(proto, str(path), save_as_external_data=proto.ByteSize() > (1 << 30))
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            names = [o.name for o in session.get_outputs()]
+            results = session.run(names, dict(feeds))
+    except Exception as error:  # noqa: BLE001 - custom ops ORT lacks: fall back to inferred shapes
+        logger.warning(
+            "could not run the model to observe shapes (%s); using inferred shapes only", error
+        )
+        names, results = [], []
     for name, array in zip(names, results):
         shapes[name] = tuple(np.shape(array))
     for name, array in feeds.items():

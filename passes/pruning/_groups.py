@@ -181,6 +181,11 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
         if producer is not None and not (producer.op_type == "Constant" and is_constant(value)):
             touching.append(producer)
         for node in touching:
+            if node.graph is not view.graph:
+                reasons.append(
+                    f"{_node_label(node)}: reads '{value.name}' inside a subgraph (control flow)"
+                )
+                continue
             result = view.families(node)
             if isinstance(result, str):
                 reasons.append(f"{_node_label(node)}: {result}")

@@ -201,11 +201,11 @@ class StructuredPrune(SlimPass):
         )
         summary = _summary_before(analysis, plan)
         parameters_before = count_parameters(model)
+        base = analysis.base_macs
+        after = predicted_macs(analysis.view, plan)
         if not plan.empty:
             apply_plan(analysis.view, plan)
         summary["parameters"] = {"before": parameters_before, "after": count_parameters(model)}
-        base = analysis.base_macs
-        after = predicted_macs(analysis.view, plan)
         summary["macs"] = {"before": base, "after": after, "ratio": after / base if base else 1.0}
         logger.info("pruned %d groups: MACs %d -> %d", len(plan.removed_units), base, after)
         return SlimPassResult(model, modified=not plan.empty, summary=summary)
