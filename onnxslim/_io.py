@@ -67,8 +67,45 @@ def _check_external_data(model: ir.Model, path: Path) -> None:
             )
 
 
-def load(path: str | os.PathLike) -> ir.Model:
+def _check_text_fields(model: ir.Model, path: Path) -> None:
+    """Protobuf lets invalid UTF-8 through in names; such a model cannot be written back."""
+
+    def bad(text: object) -> bool:
+        return text is not None and not isinstance(text, str)
+
+    subgraphs = [
+        attribute.value
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        for attribute in node.attributes.values()
+        if isinstance(attribute.value, ir.Graph)
+    ]
+    graphs = [model.graph, *subgraphs]
+    for graph in graphs:
+        if bad(graph.name):
+            raise ModelLoadError(f"{path}: the graph name is not valid UTF-8; the file is corrupt.")
+        for value in [*graph.inputs, *graph.outputs, *graph.initializers.values()]:
+            if bad(value.name):
+                raise ModelLoadError(
+                    f"{path}: a graph input/output/initializer name is not valid UTF-8; the file is corrupt."
+                )
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if (
+            any(bad(text) for text in (node.name, node.op_type, node.domain, node.doc_string))
+            or any(bad(value.name) for value in [*node.inputs, *node.outputs] if value is not None)
+            or any(bad(name) for name in node.attributes)
+        ):
+            raise ModelLoadError(
+                f"{path}: node {node.name!r} has a name or type that is not valid UTF-8; the file is corrupt."
+            )
+
+
+def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     """Loads an ONNX model; external weights stay on disk, memory-mapped on first use.
+
+    Args:
+        path: The ``.onnx`` file.
+        check: Run the ONNX checker (structure only, weights are not read) and refuse an
+            invalid graph here, before any pass sees it.
 
     Raises:
         ModelLoadError: the file is missing, not ONNX, corrupt, references missing
@@ -98,8 +135,20 @@ def load(path: str | os.PathLike) -> ir.Model:
         raise ModelLoadError(
             f"{path}: the ONNX graph is malformed ({error}); re-export the model."
         ) from None
+    _check_text_fields(model, path)
     ir.external_data.set_base_dir(model.graph, str(path.parent.resolve()))
     _check_external_data(model, path)
+    if check:
+        try:
+            # by path: the checker resolves external data beside the model and handles > 2 GB
+            onnx.checker.check_model(str(path))
+        except Exception as error:  # ValidationError, or a decode error inside the checker
+            reason = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
+            raise ModelLoadError(
+                f"{path}: the ONNX checker rejects the model ({reason}); re-export or repair it."
+            ) from None
     model.meta[_SOURCE_KEY] = str(path.resolve())
     return model
 
