@@ -177,14 +177,14 @@ class CalibrationReader(abc.ABC):
             raise InputDataError(
                 f"{self.describe()}: no samples; give at least one calibration sample."
             )
-        validate_feeds(first, specs, self.describe())
         fixed_batch = [s for s in specs if s.shape and isinstance(s.shape[0], int)]
         for spec in fixed_batch:
-            if self.batch_size != spec.shape[0]:
+            if self.batch_size != spec.shape[0] and spec.shape[0] != 1:
                 raise InputDataError(
                     f"{self.describe()}: input '{spec.name}' has a fixed batch of {spec.shape[0]}, "
                     f"batch_size is {self.batch_size}; set batch_size={spec.shape[0]}."
                 )
+        validate_feeds(first, specs, self.describe())
         return specs
 
 

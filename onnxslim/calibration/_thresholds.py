@@ -61,7 +61,8 @@ def entropy_threshold(
     """TensorRT-style KL threshold on a histogram of |x| (bins of ``width`` from 0).
 
     For each candidate i (bins kept), P = counts[:i] with the clipped tail added to bin i-1,
-    Q = P merged into ``levels`` quantization levels and spread back over P's non-empty bins.
+    Q = counts[:i] merged into ``levels`` quantization levels and spread back over its
+    non-empty bins.
     The threshold is the right edge of the bin count minimizing KL(P || Q). All candidates are
     evaluated in one vectorized step.
     """
@@ -83,21 +84,25 @@ def entropy_threshold(
     p = np.where(inside, counts[None, :], 0.0)
     outliers = np.where(candidates < bins, tail[np.minimum(candidates, bins - 1)], 0.0)
     p[np.arange(count), candidates - 1] += outliers
+    # Q quantizes the kept bins *without* the clipped tail, so clipping costs divergence.
+    kept = np.where(inside, counts[None, :], 0.0)
     # Level of bin j for candidate i: floor(j * levels / i).
     level = (column[None, :] * levels) // candidates[:, None]
     flat_level = (np.arange(count)[:, None] * levels + np.minimum(level, levels - 1)).ravel()
-    nonzero = (p > 0).ravel()
-    level_mass = np.bincount(flat_level, weights=p.ravel(), minlength=count * levels)
+    nonzero = (kept > 0).ravel()
+    level_mass = np.bincount(flat_level, weights=kept.ravel(), minlength=count * levels)
     level_support = np.bincount(flat_level, weights=nonzero, minlength=count * levels)
     spread = np.divide(
         level_mass, level_support, out=np.zeros_like(level_mass), where=level_support > 0
     )
-    q = np.where(p > 0, spread[flat_level].reshape(count, bins), 0.0)
-    p_total = p.sum(axis=1, keepdims=True)
-    q_total = q.sum(axis=1, keepdims=True)
+    q = np.where(kept > 0, spread[flat_level].reshape(count, bins), 0.0)
+    p_norm = p / p.sum(axis=1, keepdims=True)
+    q_norm = q / q.sum(axis=1, keepdims=True)
+    # A bin with mass in P but none in Q (only clipped mass landed there) gets a tiny Q.
+    q_norm = np.where((p_norm > 0) & (q_norm == 0), 1e-12, q_norm)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(p > 0, (p / p_total) / (q / q_total), 1.0)
-        divergence = np.sum(np.where(p > 0, (p / p_total) * np.log(ratio), 0.0), axis=1)
+        terms = np.where(p_norm > 0, p_norm * np.log(p_norm / q_norm), 0.0)
+    divergence = terms.sum(axis=1)
     best = int(candidates[int(np.argmin(divergence))])
     return best * width
 

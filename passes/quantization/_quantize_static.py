@@ -519,7 +519,8 @@ class QuantizeStatic(SlimPass):
         for entry in tried:
             if entry["problems"]:
                 entry["rejected"] = "accuracy: " + "; ".join(entry["problems"])
-        timing_feeds = eval_batches[0]
+        # One sample, as deployed (unless the model's batch is fixed at more).
+        timing_feeds = {k: v[: max(1, _fixed_batch(model, k))] for k, v in eval_batches[0].items()}
         if acceptable and self.latency_guard:
             latencies = interleaved_latency(
                 [input_path, *[e["path"] for e in acceptable]],
@@ -607,6 +608,18 @@ class QuantizeStatic(SlimPass):
         result_model = load(chosen["path"])
         _replace_contents(model, result_model)
         return SlimPassResult(model, modified=True, summary=summary)
+
+
+def _fixed_batch(model: ir.Model, name: str) -> int:
+    value = next((v for v in model.graph.inputs if v.name == name), None)
+    if (
+        value is not None
+        and value.shape is not None
+        and len(value.shape)
+        and isinstance(value.shape[0], int)
+    ):
+        return value.shape[0]
+    return 1
 
 
 def _quantized_nodes(
