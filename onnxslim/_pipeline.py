@@ -114,16 +114,18 @@ class Report:
     samples: int
     sample_source: str
     stages: list[StageRecord] = dataclasses.field(default_factory=list)
+    benchmark: dict[str, Any] | None = None  # onnxslim.benchmark result of input vs output, if run
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(
-            {
-                "model": self.model,
-                "samples": self.samples,
-                "sample_source": self.sample_source,
-                "stages": [dataclasses.asdict(stage) for stage in self.stages],
-            }
-        )
+        document = {
+            "model": self.model,
+            "samples": self.samples,
+            "sample_source": self.sample_source,
+            "stages": [dataclasses.asdict(stage) for stage in self.stages],
+        }
+        if self.benchmark is not None:
+            document["benchmark"] = self.benchmark
+        return _json_safe(document)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)

@@ -112,12 +112,46 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     result = pipeline.run(model, sizes=sizes, providers=providers, progress=_progress(args))
     del model
     result.save(output, overwrite_input=args.overwrite)
+    gate_failures: list[str] = []
+    bench_text = ""
+    if args.bench:
+        gate_failures, bench_text = _bench_input_output(args, output, sizes)
+        result.report.benchmark = args.bench_result.to_dict()
     if args.report:
         Path(args.report).write_text(result.report.to_json() + "\n", encoding="utf-8")
     if not args.quiet:
         print(result.report.table())
+        if bench_text:
+            print(bench_text)
         print(f"wrote {output}")
+    if gate_failures:
+        from onnxslim.benchmark import GATE_EXIT_CODE
+
+        more = f" (+{len(gate_failures) - 1} more)" if len(gate_failures) > 1 else ""
+        print(f"onnxslim: gate failed: {gate_failures[0]}{more}", file=sys.stderr)
+        return GATE_EXIT_CODE
     return 0
+
+
+def _bench_input_output(
+    args: argparse.Namespace, output: Path, sizes: dict[str, Any]
+) -> tuple[list[str], str]:
+    """Benchmarks input vs output on the ``--bench`` providers; writes the HTML page beside the output."""
+    from onnxslim.benchmark import Gates, benchmark, check_gates
+
+    bench = benchmark(
+        [args.model, output], providers=args.bench, sizes=sizes or None, labels=["input", "output"]
+    )
+    args.bench_result = bench
+    html = output.with_suffix(".bench.html")
+    bench.write(html_path=html)
+    gates = Gates(
+        max_latency_ratio=args.max_latency_ratio,
+        min_sqnr=args.gate_min_sqnr,
+        min_top1_agreement=args.gate_min_top1,
+        max_size_ratio=args.max_size_ratio,
+    )
+    return check_gates(bench, gates), bench.to_markdown() + f"\nbenchmark page: {html}"
 
 
 # --- inspect --------------------------------------------------------------------------------
@@ -271,6 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-verify", action="store_true", help="skip verification (very large models only)"
     )
     optimize.add_argument("--report", help="write the JSON report here")
+    optimize.add_argument(
+        "--bench",
+        metavar="PROVIDERS",
+        help="benchmark input vs output on these providers, e.g. cpu or cpu,cuda",
+    )
+    optimize.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        help="with --bench: fail (exit 4) if output/input latency exceeds this",
+    )
+    optimize.add_argument(
+        "--max-size-ratio",
+        type=float,
+        help="with --bench: fail (exit 4) if output/input file size exceeds this",
+    )
+    optimize.add_argument(
+        "--gate-min-sqnr",
+        type=float,
+        help="with --bench: fail (exit 4) below this output SQNR (dB)",
+    )
+    optimize.add_argument(
+        "--gate-min-top1", type=float, help="with --bench: fail (exit 4) below this top-1 agreement"
+    )
     optimize.add_argument(
         "--overwrite", action="store_true", help="allow writing over the input model"
     )

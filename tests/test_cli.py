@@ -187,3 +187,25 @@ def test_demo_runs_and_prints_recipe(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "report.json").is_file()
     recipe = cli("demo", "--recipe")
     assert recipe.returncode == 0 and '[[passes]]\nname = "cleanup"' in recipe.stdout
+
+
+def test_optimize_with_bench_and_gates(conv_bn_path: Path, tmp_path: Path, capsys) -> None:
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    args = [
+        "optimize",
+        str(conv_bn_path),
+        "-o",
+        str(out),
+        "--report",
+        str(report),
+        "--bench",
+        "cpu",
+    ]
+    assert main([*args, "--max-size-ratio", "2.0"]) == 0
+    document = json.loads(report.read_text())
+    assert [m["model"] for m in document["benchmark"]["measurements"]] == ["input", "output"]
+    assert out.with_suffix(".bench.html").read_text().count("<svg") >= 1
+    capsys.readouterr()
+    # the cleaned model is smaller than its input: a size ratio bound of 0.5 must fail with exit 4
+    assert main([*args, "--max-size-ratio", "0.5"]) == 4
+    assert "gate failed: output on CPU batch 1: file size ratio" in capsys.readouterr().err
