@@ -570,8 +570,27 @@ def open_reader(
             [batch], input_name=key, batched=True, batch_size=batch_size, limit=limit
         )
     if isinstance(data, Iterable) or callable(data):
-        key = _single_input_name(model, input_name, "calibration data")
-        return IterableReader(data, input_name=key, batch_size=batch_size, limit=limit)
+        # Only bare arrays need the key; dict items name their inputs themselves.
+        specs = input_specs(model) if model is not None else []
+        key = input_name or (specs[0].name if len(specs) == 1 else "input")
+        reader = IterableReader(data, input_name=key, batch_size=batch_size, limit=limit)
+        if specs and not hasattr(data, "batch_size"):
+            # Items whose rank equals the model's input rank already carry the batch axis.
+            first = next(
+                iter(
+                    reader.source()
+                    if callable(reader.source) and not hasattr(reader.source, "__iter__")
+                    else reader.source
+                ),
+                None,
+            )
+            if first is not None:
+                feeds = _as_batch(first, key, reader.describe())
+                ranks = {s.name: len(s.shape) for s in specs if s.shape}
+                reader.batched = any(
+                    name in ranks and np.ndim(array) == ranks[name] for name, array in feeds.items()
+                )
+        return reader
     raise InputDataError(
         f"calibration data of type {type(data).__name__} is not supported; give an .npz file, "
         "a folder, 'random', or an iterable of dicts/arrays."

@@ -631,7 +631,10 @@ def _quantized_nodes(
     for node in before.graph.node:
         current = after_nodes.get(node.name)
         if current is None or current.op_type != node.op_type:
-            quantized.append(node.name)  # replaced (dynamic quantization renames)
+            if op_types is None and node.op_type in ("MatMul", "Gemm"):
+                quantized.append(
+                    node.name
+                )  # replaced by integer ops (dynamic quantization renames)
         elif op_types is not None and any(
             producers.get(i) == "DequantizeLinear" for i in current.input
         ):

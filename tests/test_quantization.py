@@ -1,0 +1,307 @@
+"""QuantizeStatic: profiles, selectors, QDQ emission through ORT, guards, end-to-end ORT runs."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+
+import onnxslim
+from onnxslim import InputDataError, PassContext, RecipeError
+from onnxslim.passes.quantization import (
+    CpuFeatures,
+    QuantizeStatic,
+    cpu_features,
+    select_nodes,
+    target_profile,
+)
+
+torch = pytest.importorskip("torch")
+
+from onnxslim.testing import bert_style_encoder, export_torch, resnet_style  # noqa: E402
+
+X86_AVX2 = "processor : 0\nflags : fpu sse sse2 avx avx2 fma\n"
+X86_VNNI = "processor : 0\nflags : fpu sse2 avx2 avx512f avx512_vnni\n"
+ARM_DOT = "processor : 0\nFeatures : fp asimd evtstrm aes asimddp\n"
+
+
+# -- profiles ----------------------------------------------------------------------------------
+def test_cpu_features_from_cpuinfo_flags():
+    assert cpu_features(X86_AVX2, "x86_64") == CpuFeatures(arch="x86")
+    assert cpu_features(X86_VNNI, "x86_64").vnni
+    assert cpu_features("flags : avx2 amx_int8 amx_tile\n", "x86_64").amx
+    arm = cpu_features(ARM_DOT, "aarch64")
+    assert arm.arch == "arm" and arm.arm_dot and not arm.arm_i8mm
+
+
+def test_cpu_profile_follows_int8_instructions():
+    avx2 = target_profile("cpu", cpu_features(X86_AVX2, "x86_64"))
+    assert (avx2.activation_type, avx2.weight_type, avx2.per_channel, avx2.reduce_range) == (
+        "uint8",
+        "int8",
+        True,
+        True,
+    )
+    vnni = target_profile("cpu", cpu_features(X86_VNNI, "x86_64"))
+    assert vnni.activation_type == "uint8" and not vnni.reduce_range
+    arm = target_profile("cpu", cpu_features(ARM_DOT, "aarch64"))
+    assert arm.activation_type == "uint8" and not arm.reduce_range
+
+
+def test_tensorrt_is_symmetric_and_cuda_warns(caplog):
+    trt = target_profile("tensorrt")
+    assert trt.activation_type == trt.weight_type == "int8"
+    assert trt.activation_symmetric and trt.weight_symmetric
+    with caplog.at_level(logging.WARNING):
+        cuda = target_profile("cuda")
+    assert "fake quantization" in caplog.text and cuda.warnings
+    with pytest.raises(RecipeError, match="unknown quantization target 'npu'"):
+        target_profile("npu")
+
+
+# -- selectors ---------------------------------------------------------------------------------
+SELECTOR_MODEL = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1, 4] x) => (float[1, 4] y)
+   <float[4, 4] w = {1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1}>
+{
+    a_mm = MatMul (x, w)
+    b_mm = MatMul (a_mm, w)
+    act = Relu (b_mm)
+    y = Add (act, x)
+}
+"""
+
+
+def test_exclusion_selectors_by_name_regex_and_op_type():
+    proto = onnx.parser.parse_model(SELECTOR_MODEL)
+    for node, name in zip(proto.graph.node, ["first", "second", "relu", "add"]):
+        node.name = name
+    matched, unmatched = select_nodes(
+        proto.graph, ["relu", "re:^s", "op:MatMul", "op:Conv", "nope"]
+    )
+    assert matched == {"relu": "relu", "second": "re:^s", "first": "op:MatMul"}
+    assert unmatched == ["op:Conv", "nope"]
+
+
+# -- end to end ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def conv_net(tmp_path_factory):
+    """A small ResNet exported at opset 12 (per-channel QDQ needs an upgrade) + digit images."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("conv")
+    path = export_torch(
+        resnet_style(widths=(8, 16), blocks_per_stage=1),
+        (torch.randn(1, 1, 16, 16),),
+        folder / "resnet.onnx",
+        input_names=["x"],
+        opset=12,
+    )
+    digits = load_digits().images.astype(np.float32) / 16.0
+    images = np.repeat(np.repeat(digits, 2, axis=1), 2, axis=2)[:, None]
+    return path, images
+
+
+def _ops(model: ir.Model) -> Counter:
+    return Counter(node.op_type for node in model.graph)
+
+
+def _outputs(model: ir.Model, feeds: dict) -> np.ndarray:
+    return onnxslim.create_session(model).run(None, feeds)[0]
+
+
+def test_conv_net_quantizes_per_channel_and_runs_in_ort(conv_net, tmp_path):
+    path, images = conv_net
+    model = onnxslim.load(path)
+    calibration = [{"x": image} for image in images[:32]]
+    quantizer = QuantizeStatic(calibration, method="percentile", latency_guard=False, batch_size=8)
+    result = quantizer.apply(model, PassContext(workdir=tmp_path))
+    assert result.modified and result.model is model
+    ops = _ops(model)
+    assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
+    opset = model.opset_imports[""]
+    assert opset >= 13  # upgraded from 12 for per-channel axes
+    per_channel = [
+        n
+        for n in model.graph
+        if n.op_type == "DequantizeLinear"
+        and n.inputs[1].shape is not None
+        and n.inputs[1].shape.rank() == 1
+    ]
+    assert per_channel, "weights should carry per-channel scales"
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    feeds = {"x": images[100:108]}
+    reference = _outputs(onnxslim.load(path), feeds)
+    quantized = _outputs(model, feeds)
+    assert onnxslim.sqnr_db(reference, quantized) > 20.0
+    summary = result.summary
+    assert summary["calibration"]["samples"] == 32 and not summary["smoke_data"]
+    conv_names = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert set(conv_names) <= set(summary["nodes_quantized"])
+    assert all(entry["method"] == "percentile" for entry in summary["tensors"].values())
+    assert summary["size_bytes_after"] < summary["size_bytes_before"]
+
+
+def test_excluded_node_stays_float_in_orts_optimized_graph(conv_net, tmp_path):
+    path, images = conv_net
+    conv_names = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    model = onnxslim.load(path)
+    quantizer = QuantizeStatic(
+        [{"x": image} for image in images[:8]],
+        latency_guard=False,
+        accuracy_guard=False,
+        exclude=[conv_names[0], "op:NoSuchOp"],
+    )
+    result = quantizer.apply(model, PassContext(workdir=tmp_path))
+    summary = result.summary
+    assert summary["nodes_excluded"][conv_names[0]].startswith("excluded by the user")
+    assert conv_names[0] not in summary["nodes_quantized"]
+    assert "exclude selector 'op:NoSuchOp' matches no node" in summary["warnings"]
+    assert summary["excluded_verified_on_ort_graph"][conv_names[0]] == "float"
+
+
+def test_latency_guard_never_returns_a_slower_model(conv_net, tmp_path):
+    path, images = conv_net
+    model = onnxslim.load(path)
+    before = ir.to_proto(model).SerializeToString()
+    quantizer = QuantizeStatic(
+        [{"x": image} for image in images[:8]], min_speedup=1000.0, latency_runs=3
+    )
+    result = quantizer.apply(model, PassContext(workdir=tmp_path))
+    assert not result.modified
+    assert result.summary["fallback"].startswith("returned the float model")
+    assert ir.to_proto(model).SerializeToString() == before
+    assert all(c["rejected"] for c in result.summary["candidates"])
+
+
+def test_accuracy_guard_keeps_sensitive_layers_in_float(conv_net, tmp_path):
+    path, images = conv_net
+    model = onnxslim.load(path)
+    quantizer = QuantizeStatic(
+        [{"x": image} for image in images[:16]],
+        latency_guard=False,
+        min_sqnr_db=60.0,
+        mode="static",
+    )
+    result = quantizer.apply(model, PassContext(workdir=tmp_path))
+    summary = result.summary
+    assert summary["sensitivity_db"], "a per-layer sensitivity ranking is reported"
+    if result.modified:
+        assert summary["fidelity"]["sqnr_db"] >= 60.0
+        kept = [r for r in summary["nodes_excluded"].values() if r.startswith("accuracy guard")]
+        assert kept
+    else:
+        assert "accuracy" in summary["fallback"]
+
+
+def test_wrong_calibration_input_fails_before_work(conv_net, tmp_path):
+    path, _ = conv_net
+    model = onnxslim.load(path)
+    quantizer = QuantizeStatic([{"image": np.zeros((1, 1, 16, 16), np.float32)}])
+    with pytest.raises(InputDataError, match="input 'image' is not an input of the model"):
+        quantizer.apply(model, PassContext(workdir=tmp_path))
+    assert not any((tmp_path / "quantize").glob("*.onnx"))
+
+
+def test_reader_is_accepted_by_orts_quantize_static(conv_net, tmp_path):
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    path, images = conv_net
+    reader = onnxslim.calibration.open_reader([{"x": image} for image in images[:4]])
+    upgraded = onnx.version_converter.convert_version(onnx.load(str(path)), 13)
+    onnx.save(upgraded, str(tmp_path / "in.onnx"))
+    quantize_static(
+        str(tmp_path / "in.onnx"), str(tmp_path / "out.onnx"), reader, quant_format=QuantFormat.QDQ
+    )
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node)
+    assert ops["QuantizeLinear"] > 0
+
+
+@pytest.fixture(scope="module")
+def attention_net(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("bert")
+    module = bert_style_encoder(
+        vocab_size=50, hidden=32, heads=2, layers=1, intermediate=64, num_classes=4
+    )
+    ids = torch.randint(0, 50, (1, 8))
+    mask = torch.ones(1, 8, dtype=torch.int64)
+    path = export_torch(
+        module, (ids, mask), folder / "bert.onnx", input_names=["input_ids", "attention_mask"]
+    )
+    rng = np.random.default_rng(0)
+    data = [
+        {
+            "input_ids": rng.integers(0, 50, (1, 8)).astype(np.int64),
+            "attention_mask": np.ones((1, 8), np.int64),
+        }
+        for _ in range(24)
+    ]
+    return path, data
+
+
+def test_attention_net_static_qdq_matmuls_run_in_ort(attention_net, tmp_path):
+    path, data = attention_net
+    model = onnxslim.load(path)
+    result = QuantizeStatic(
+        data[:16], method="minmax", mode="static", latency_guard=False, accuracy_guard=False
+    ).apply(model, PassContext(workdir=tmp_path))
+    assert result.modified
+    matmuls = [n for n in model.graph if n.op_type == "MatMul"]
+    fed_by_dq = [
+        n
+        for n in matmuls
+        if any(
+            i is not None
+            and i.producer() is not None
+            and i.producer().op_type == "DequantizeLinear"
+            for i in n.inputs
+        )
+    ]
+    assert len(fed_by_dq) == len(matmuls) > 0
+    reference = onnxslim.create_session(onnxslim.load(path))
+    quantized = onnxslim.create_session(model)
+    fidelity = onnxslim.compare_outputs(
+        [dict(zip(["output"], reference.run(None, feeds))) for feeds in data[16:]],
+        [dict(zip(["output"], quantized.run(None, feeds))) for feeds in data[16:]],
+    )
+    assert fidelity.sqnr_db > 15.0
+
+
+def test_attention_net_dynamic_mode_quantizes_matmuls(attention_net, tmp_path):
+    path, data = attention_net
+    model = onnxslim.load(path)
+    result = QuantizeStatic(data[:8], mode="dynamic", latency_guard=False).apply(
+        model, PassContext(workdir=tmp_path)
+    )
+    assert result.modified and result.summary["chosen"] == "dynamic MatMul/Gemm"
+    ops = _ops(model)
+    assert (
+        ops["DynamicQuantizeLinear"] > 0
+        and (ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"]) > 0
+    )
+    session = onnxslim.create_session(model)
+    out = session.run(None, data[20])[0]
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, data[20])[0]
+    assert out.shape == ref.shape and onnxslim.sqnr_db(ref, out) > 15.0
+
+
+def test_options_are_validated():
+    with pytest.raises(RecipeError, match="unknown calibration method 'kl'"):
+        QuantizeStatic(method="kl")
+    with pytest.raises(RecipeError, match="unknown quantization mode 'fast'"):
+        QuantizeStatic(mode="fast")
+    assert set(QuantizeStatic.options()) >= {
+        "calibration",
+        "method",
+        "exclude",
+        "target",
+        "min_sqnr_db",
+    }
