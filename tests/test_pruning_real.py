@@ -41,18 +41,33 @@ def test_ppocr_cls_blocked_groups_name_their_reason():
 def test_minilm_style_encoder_heads_and_mlp(tmp_path):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    model = onnxslim.testing.bert_style_encoder(vocab_size=200, hidden=96, heads=6, layers=2, intermediate=384)
+    model = onnxslim.testing.bert_style_encoder(
+        vocab_size=200, hidden=96, heads=6, layers=2, intermediate=384
+    )
     ids = torch.randint(0, 200, (1, 12))
     mask = torch.ones(1, 12, dtype=torch.int64)
-    axes = {"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"}, "output": {0: "b", 1: "s"}}
+    axes = {
+        "input_ids": {0: "b", 1: "s"},
+        "attention_mask": {0: "b", 1: "s"},
+        "output": {0: "b", 1: "s"},
+    }
     path = onnxslim.testing.export_torch(
-        model, (ids, mask), tmp_path / "minilm.onnx", input_names=["input_ids", "attention_mask"], dynamic_axes=axes, opset=17
+        model,
+        (ids, mask),
+        tmp_path / "minilm.onnx",
+        input_names=["input_ids", "attention_mask"],
+        dynamic_axes=axes,
+        opset=17,
     )
     pruned, summary = check_oracles(path, tmp_path, ratio=0.5, round_to=8)
     groups = dependency_groups(onnxslim.load(path))
     assert sorted(g["size"] for g in groups if g["prunable"]) == [6, 6, 384, 384]
     assert summary["pruned_groups"] == 4
     reshape_targets = [
-        onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "pruned.onnx")).graph.initializer if t.name.endswith("_pruned") or "_pruned_" in t.name
+        onnx.numpy_helper.to_array(t)
+        for t in onnx.load(str(tmp_path / "pruned.onnx")).graph.initializer
+        if t.name.endswith("_pruned") or "_pruned_" in t.name
     ]
-    assert any(np.array_equal(t, [3]) for t in reshape_targets)  # head count 6 -> 3 in Shape-derived targets
+    assert any(
+        np.array_equal(t, [3]) for t in reshape_targets
+    )  # head count 6 -> 3 in Shape-derived targets

@@ -4,8 +4,16 @@ from onnxslim.passes.pruning._structured_prune import (
     PruneAnalysis,
     StructuredPrune,
     analyze,
+    cpu_channel_block,
     dependency_groups,
     plan_pruning,
 )
 
-__all__ = ["PruneAnalysis", "StructuredPrune", "analyze", "dependency_groups", "plan_pruning"]
+__all__ = [
+    "PruneAnalysis",
+    "StructuredPrune",
+    "analyze",
+    "cpu_channel_block",
+    "dependency_groups",
+    "plan_pruning",
+]

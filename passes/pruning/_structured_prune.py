@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,14 @@ from onnxslim.passes.pruning._importance import CRITERIA, Criterion, score_group
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StructuredPrune", "dependency_groups", "PruneAnalysis", "analyze", "plan_pruning"]
+__all__ = [
+    "StructuredPrune",
+    "cpu_channel_block",
+    "dependency_groups",
+    "PruneAnalysis",
+    "analyze",
+    "plan_pruning",
+]
 
 
 @dataclasses.dataclass
@@ -95,22 +104,61 @@ def plan_pruning(
 
     if target_macs is None:
         return plan_for(ratio or 0.0)
-    goal = target_macs * analysis.base_macs
-    low, high = 0.0, max_ratio
-    best = plan_for(high)
-    if predicted_macs(analysis.view, best) > goal:
-        logger.warning(
-            "MACs target %.2f not reachable within max_ratio %.2f", target_macs, max_ratio
+    return _greedy_for_macs(analysis, scores, target_macs * analysis.base_macs, max_ratio, min_kept)
+
+
+def _greedy_for_macs(
+    analysis: PruneAnalysis, scores, goal: float, max_ratio: float, min_kept: int
+) -> Plan:
+    """Removes whole rounding steps, least important first (scores normalized per group), until MACs <= goal."""
+    segments = []  # (group index, units sorted by score, step, size)
+    for group in analysis.groups:
+        if group.index not in scores:
+            continue
+        group_scores = scores[group.index]
+        normalized = group_scores / (np.mean(group_scores) or 1.0)
+        for segment in group.segments:
+            order = np.lexsort((segment.units, group_scores[segment.units]))
+            segments.append(
+                (group.index, segment.units[order], normalized[segment.units[order]], segment.step)
+            )
+    kept = [len(units) for _, units, _, _ in segments]
+
+    def plan() -> Plan:
+        removed: dict[int, list[np.ndarray]] = {}
+        for (group_index, units, _, _), count in zip(segments, kept):
+            if count < len(units):
+                removed.setdefault(group_index, []).append(units[: len(units) - count])
+        return Plan(
+            analysis.groups, {g: np.sort(np.concatenate(parts)) for g, parts in removed.items()}
         )
-        return best
-    for _ in range(24):
-        middle = (low + high) / 2
-        plan = plan_for(middle)
-        if predicted_macs(analysis.view, plan) <= goal:
-            high, best = middle, plan
-        else:
-            low = middle
-    return best
+
+    current = plan()
+    while predicted_macs(analysis.view, current) > goal:
+        best, best_score = None, None
+        for index, (_, units, normalized, step) in enumerate(segments):
+            size, count = len(units), kept[index]
+            target = (count - 1) // step * step if count % step == 0 else count // step * step
+            if target < max(min_kept, 1) or size - target > max_ratio * size + 1e-9:
+                continue
+            chunk_score = float(np.mean(normalized[size - count : size - target]))
+            if best_score is None or chunk_score < best_score:
+                best, best_score = (index, target), chunk_score
+        if best is None:
+            logger.warning("MACs target not reachable within max_ratio %.2f", max_ratio)
+            break
+        kept[best[0]] = best[1]
+        current = plan()
+    return current
+
+
+def cpu_channel_block() -> int:
+    """The channel block of ORT's NCHWc CPU convolution: 16 where AVX-512F exists, else 8."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return 8
+    return 16 if re.search(r"\bavx512f\b", flags) else 8
 
 
 class StructuredPrune(SlimPass):
@@ -124,7 +172,8 @@ class StructuredPrune(SlimPass):
         global_ranking: Rank units across groups (scores normalized by each group's mean).
         max_ratio: At most this fraction of any group's units is removed.
         min_kept: Every group keeps at least this many units.
-        round_to: Kept counts are multiples of this (ORT's blocked CPU convolution wants 8).
+        round_to: Kept counts are multiples of this; None picks ORT's NCHWc block on this CPU
+            (16 with AVX-512, else 8), the channel multiple its fast blocked convolution needs.
         ignore: Node names, regexes over node names, or op types whose groups are left alone.
         prune_hidden: Also prune axes that a LayerNormalization normalizes over (the residual stream).
         sizes: Sizes for symbolic input dims, used to observe shapes and count MACs.
@@ -144,7 +193,7 @@ class StructuredPrune(SlimPass):
         global_ranking: bool = False,
         max_ratio: float = 0.9,
         min_kept: int = 1,
-        round_to: int = 8,
+        round_to: int | None = None,
         ignore: Sequence[str] = (),
         prune_hidden: bool = False,
         sizes: Mapping[str, Any] | None = None,
@@ -164,6 +213,8 @@ class StructuredPrune(SlimPass):
             raise SlimError(
                 f"prune: unknown criterion '{criterion}'; use one of {', '.join(CRITERIA)}."
             )
+        if round_to is None:
+            round_to = cpu_channel_block()
         if round_to < 1:
             raise SlimError(f"prune: round_to {round_to} must be >= 1 (1 disables rounding).")
         self.ratio = ratio
