@@ -1,0 +1,407 @@
+"""``Distill``: fine-tune the graph's weights in torch against an ONNX Runtime teacher."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim._errors import SlimError, VerificationError
+from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+
+__all__ = ["Distill"]
+
+logger = logging.getLogger(__name__)
+
+_INSTALL_HINT = "distill needs PyTorch; install it with: pip install 'onnxslim[torch]'"
+# ORT(written model) must reproduce the torch student within this.
+STUDENT_ATOL = 1e-4
+
+
+def _require_torch() -> None:
+    if importlib.util.find_spec("torch") is None:
+        raise SlimError(_INSTALL_HINT)
+
+
+class Distill(SlimPass):
+    """Knowledge distillation from an ORT teacher into the graph's own weights.
+
+    The student is the incoming graph run in torch by :class:`onnxslim.torch_bridge.OnnxModule`
+    (its trained weights are written back by initializer name, so nodes, names, opset and
+    dynamic axes stay as they are), or a user ``nn.Module`` that is exported with
+    ``torch.onnx.export``. The teacher is the model as it entered the pipeline
+    (``context.reference_path``) or the ONNX file given as ``teacher``. Labels are optional.
+
+    Args:
+        data: Training inputs: a calibration reader, a path (``.npz``/folder), an iterable of
+            input dicts (a ``label`` key adds cross-entropy), or a torch DataLoader.
+            Defaults to the pipeline's data.
+        teacher: Teacher ONNX file; default: the model as it entered the pipeline.
+        student: A torch ``nn.Module`` to train instead of the graph (exported afterwards).
+        epochs: Passes over the data. steps: Stop after this many optimizer steps instead.
+        batch_size: Samples per batch when re-batching reader items (None: items as given).
+        optimizer: ``adamw``, ``adam`` or ``sgd``. lr, weight_decay, schedule (``cosine``,
+            ``linear``, ``constant``), warmup_steps, grad_clip: the usual.
+        temperature: KL temperature on logits (T² scaled). kd_weight, ce_weight: term weights.
+        label_key: Key of labels in data dicts. output_losses: output name -> kl, kl_probs,
+            mse, smooth_l1 or none (default: KL for class scores, MSE otherwise).
+        hints: Student value -> teacher value names (or a list of names shared by both) for hint
+            losses; channel_maps: student value -> kept teacher channel indices (pruned students).
+        validation_data: Inputs for per-epoch fidelity (default: up to 16 training batches).
+        patience: Stop after this many epochs without better validation fidelity.
+        train_bn_stats: Update BatchNorm running statistics while training.
+        cache_teacher: Cache teacher outputs per batch. seed: Makes runs repeatable on CPU.
+        checkpoint, resume: Resumable checkpoint file (written by rank 0 every epoch).
+        device: torch device of the student. progress: progress line (default: on a terminal).
+    """
+
+    name = "distill"
+    description = "Fine-tunes the weights against the original model as an ONNX Runtime teacher (knowledge distillation)."
+    exact = False
+
+    def __init__(
+        self,
+        data: Any = None,
+        *,
+        teacher: str | None = None,
+        student: Any = None,
+        epochs: int = 5,
+        steps: int | None = None,
+        batch_size: int | None = 32,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        schedule: str = "cosine",
+        warmup_steps: int = 0,
+        grad_clip: float | None = 1.0,
+        temperature: float = 4.0,
+        kd_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        label_key: str = "label",
+        output_losses: dict[str, str] | None = None,
+        hints: dict[str, str] | list[str] | None = None,
+        hint_weight: float = 1.0,
+        channel_maps: dict[str, list[int]] | None = None,
+        validation_data: Any = None,
+        patience: int | None = None,
+        train_bn_stats: bool = False,
+        cache_teacher: bool = False,
+        seed: int = 0,
+        checkpoint: str | None = None,
+        resume: bool = False,
+        device: str = "cpu",
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if epochs < 1 and not steps:
+            raise SlimError(f"distill: epochs must be >= 1, got {epochs}.")
+        self.data = data
+        self.teacher = teacher
+        self.student = student
+        self.epochs = epochs
+        self.steps = steps
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.schedule = schedule
+        self.warmup_steps = warmup_steps
+        self.grad_clip = grad_clip
+        self.temperature = temperature
+        self.kd_weight = kd_weight
+        self.ce_weight = ce_weight
+        self.label_key = label_key
+        self.output_losses = output_losses
+        self.hints = hints
+        self.hint_weight = hint_weight
+        self.channel_maps = channel_maps
+        self.validation_data = validation_data
+        self.patience = patience
+        self.train_bn_stats = train_bn_stats
+        self.cache_teacher = cache_teacher
+        self.seed = seed
+        self.checkpoint = checkpoint
+        self.resume = resume
+        self.device = device
+        self.progress = progress
+
+    # ----------------------------------------------------------------------------- helpers
+
+    def _open_data(self, data: Any, model: ir.Model) -> Any:
+        if isinstance(data, (str, Path)) or isinstance(data, np.ndarray):
+            from onnxslim.calibration import open_reader
+
+            return open_reader(data, model)
+        return data
+
+    def _hint_pairs(self) -> dict[str, str]:
+        if not self.hints:
+            return {}
+        if isinstance(self.hints, Mapping):
+            return dict(self.hints)
+        return {name: name for name in self.hints}
+
+    # ----------------------------------------------------------------------------- apply
+
+    def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
+        _require_torch()
+        import torch
+
+        from onnxslim.passes.distillation._loop import (
+            Batches,
+            OrtTeacher,
+            TrainConfig,
+            distributed_context,
+            train,
+        )
+        from onnxslim.passes.distillation._losses import DistillationLoss, infer_output_losses
+        from onnxslim.torch_bridge import OnnxModule, write_back
+
+        teacher_path = Path(self.teacher) if self.teacher else context.reference_path
+        if teacher_path is None:
+            raise SlimError(
+                "distill: no teacher; run it in a Pipeline (the input model is the teacher) or pass teacher='model.onnx'."
+            )
+        if not teacher_path.is_file():
+            raise SlimError(
+                f"distill: teacher model {teacher_path} not found; give an existing ONNX file."
+            )
+        data = self.data if self.data is not None else context.data
+        if data is None:
+            raise SlimError(
+                "distill: no training data; pass data=... (reader, .npz, iterable of input dicts, DataLoader) or give the pipeline data."
+            )
+        rank, world_size = distributed_context()
+        hints = self._hint_pairs()
+        input_names = [v.name for v in model.graph.inputs if not v.is_initializer()]
+        output_names = [v.name for v in model.graph.outputs]
+
+        if self.student is None:
+            student = OnnxModule(model, train_bn_stats=self.train_bn_stats, outputs=list(hints))
+        elif isinstance(self.student, torch.nn.Module):
+            student = _wrap_user_module(self.student, output_names, list(hints))
+        else:
+            raise SlimError(
+                f"distill: student must be a torch.nn.Module, got {type(self.student).__name__}."
+            )
+
+        workdir = context.workdir or Path(tempfile.mkdtemp(prefix="onnxslim-distill-"))
+        teacher = OrtTeacher(
+            teacher_path,
+            context.providers,
+            extra_outputs=list(hints.values()),
+            cache=self.cache_teacher,
+            workdir=workdir,
+        )
+        if teacher.input_names != input_names:
+            raise SlimError(
+                f"distill: teacher inputs {teacher.input_names} differ from the student's {input_names}; use the model the student was derived from."
+            )
+        train_batches = Batches(
+            self._open_data(data, model),
+            input_names,
+            batch_size=self.batch_size,
+            label_key=self.label_key,
+        )
+        validation = self._validation(model, train_batches, input_names)
+
+        first_teacher = teacher(validation[0])
+        softmax_outputs = [
+            v.name
+            for v in model.graph.outputs
+            if v.producer() is not None and v.producer().op_type == "Softmax"
+        ]
+        losses = infer_output_losses({n: first_teacher[n] for n in output_names}, softmax_outputs)
+        for name, kind in (self.output_losses or {}).items():
+            if name not in losses:
+                raise SlimError(
+                    f"distill: output_losses names '{name}', which is not a graph output ({', '.join(output_names)})."
+                )
+            losses[name] = kind
+        loss_fn = DistillationLoss(
+            losses,
+            temperature=self.temperature,
+            kd_weight=self.kd_weight,
+            ce_weight=self.ce_weight,
+            hints=hints,
+            hint_weight=self.hint_weight,
+            channel_maps=self.channel_maps,
+        )
+        config = TrainConfig(
+            epochs=self.epochs,
+            steps=self.steps,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
+            grad_clip=self.grad_clip,
+            seed=self.seed,
+            patience=self.patience,
+            checkpoint=self.checkpoint,
+            resume=self.resume,
+            progress=self.progress,
+            device=self.device,
+        )
+        result = train(student, teacher, loss_fn, train_batches, validation, output_names, config)
+        student.cpu()
+
+        if self.student is None:
+            changed = write_back(student, model)
+            out_model = model
+        else:
+            out_model = _export_module(self.student, model, validation[0], workdir)
+            changed = ["<exported nn.Module>"]
+
+        # The written graph in ORT must reproduce the torch student, and its fidelity is the result.
+        from onnxslim import create_session, temporary_model_file
+
+        with temporary_model_file(out_model) as path:
+            session = create_session(path, context.providers)
+            ort_outputs = [
+                dict(zip(output_names, session.run(output_names, feeds), strict=True))
+                for feeds in validation
+            ]
+        torch_outputs = []
+        with torch.no_grad():
+            for feeds in validation:
+                outputs = student(
+                    **{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+                )
+                torch_outputs.append({n: outputs[n].numpy() for n in output_names})
+        student_error = max(
+            float(np.abs(o[n].astype(np.float64) - t[n].astype(np.float64)).max())
+            if o[n].size
+            else 0.0
+            for o, t in zip(ort_outputs, torch_outputs, strict=True)
+            for n in output_names
+            if np.issubdtype(o[n].dtype, np.floating)
+        )
+        if student_error > STUDENT_ATOL:
+            raise VerificationError(
+                f"distill: the re-exported model differs from the torch student by {student_error:.3g} "
+                f"(> {STUDENT_ATOL}); this is a bug in the torch kernels, please report it with the model."
+            )
+        from onnxslim import compare_outputs
+
+        teacher_outputs = [{n: teacher(feeds)[n] for n in output_names} for feeds in validation]
+        fidelity_after = compare_outputs(teacher_outputs, ort_outputs)
+        summary = {
+            "teacher": str(teacher_path),
+            "student": "graph" if self.student is None else type(self.student).__name__,
+            "epochs_run": len(result.history),
+            "steps": result.steps,
+            "best_epoch": result.best_epoch,
+            "stopped_early": result.stopped_early,
+            "samples": train_batches.sample_count,
+            "world_size": world_size,
+            "rank": rank,
+            "losses": losses,
+            "loss_first_epoch": result.history[0].loss if result.history else None,
+            "loss_last_epoch": result.history[-1].loss if result.history else None,
+            "sqnr_before_db": result.fidelity_before.to_dict()["sqnr_db"],
+            "sqnr_after_db": fidelity_after.to_dict()["sqnr_db"],
+            "history": [dataclasses.asdict(record) for record in result.history],
+            "fidelity_before": result.fidelity_before.to_dict(),
+            "fidelity_after": fidelity_after.to_dict(),
+            "student_vs_onnx_max_abs_error": student_error,
+            "initializers_updated": len(changed),
+        }
+        logger.info(
+            "distill: fidelity %s -> %s",
+            result.fidelity_before.describe(),
+            fidelity_after.describe(),
+        )
+        return SlimPassResult(out_model, modified=bool(changed), summary=summary)
+
+    def _validation(
+        self, model: ir.Model, train_batches: Any, input_names: Sequence[str]
+    ) -> list[dict[str, np.ndarray]]:
+        from onnxslim.passes.distillation._loop import Batches
+
+        if self.validation_data is not None:
+            batches = Batches(
+                self._open_data(self.validation_data, model),
+                input_names,
+                batch_size=self.batch_size,
+                label_key=self.label_key,
+            )
+            return [feeds for feeds, _ in batches.epoch()]
+        validation = []
+        for feeds, _ in train_batches.epoch():
+            validation.append(feeds)
+            if len(validation) >= 16:
+                break
+        return validation
+
+
+def _dict_outputs_class():
+    import torch
+
+    class DictOutputs(torch.nn.Module):
+        """Wraps a user module so that it returns ``{graph output name: tensor}``."""
+
+        def __init__(
+            self, module: torch.nn.Module, output_names: Sequence[str], hint_names: Sequence[str]
+        ):
+            super().__init__()
+            if hint_names:
+                raise SlimError(
+                    "distill: hint losses need the graph student (intermediate values are named in the graph), not a user nn.Module."
+                )
+            self.module = module
+            self.output_names = list(output_names)
+
+        def forward(self, **inputs):
+            outputs = self.module(*inputs.values())
+            if isinstance(outputs, Mapping):
+                return dict(outputs)
+            if isinstance(outputs, torch.Tensor):
+                outputs = (outputs,)
+            return dict(zip(self.output_names, outputs, strict=True))
+
+    return DictOutputs
+
+
+def _wrap_user_module(module: Any, output_names: Sequence[str], hint_names: Sequence[str]) -> Any:
+    return _dict_outputs_class()(module, output_names, hint_names)
+
+
+def _export_module(
+    module: Any, model: ir.Model, example: Mapping[str, np.ndarray], workdir: Path
+) -> ir.Model:
+    """Exports a user student with torch.onnx.export under the graph's input/output names."""
+    import torch
+
+    from onnxslim import load
+
+    input_names = list(example)
+    output_names = [v.name for v in model.graph.outputs]
+    dynamic_axes = {}
+    for value in list(model.graph.inputs) + list(model.graph.outputs):
+        if value.shape is not None:
+            axes = {i: str(d) for i, d in enumerate(value.shape) if not isinstance(d, int)}
+            if axes:
+                dynamic_axes[value.name] = axes
+    opset = model.opset_imports.get("", 17)
+    path = workdir / "distilled_student.onnx"
+    module.eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            tuple(torch.from_numpy(np.ascontiguousarray(example[name])) for name in input_names),
+            str(path),
+            dynamo=False,
+            opset_version=max(opset, 13),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes or None,
+        )
+    return load(path)

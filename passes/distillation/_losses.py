@@ -1,0 +1,154 @@
+"""Distillation losses: KL at temperature T on logits, CE on labels, MSE/SmoothL1, hint losses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onnxslim._errors import SlimError
+from onnxslim._fidelity import looks_like_scores
+
+__all__ = ["OUTPUT_LOSSES", "DistillationLoss", "infer_output_losses", "kl_divergence"]
+
+# "kl": logits (softmax at T); "kl_probs": the output already is a probability distribution.
+OUTPUT_LOSSES = ("kl", "kl_probs", "mse", "smooth_l1", "none")
+
+
+def kl_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(teacher || student) over the last axis at temperature T, scaled by T² (Hinton et al.)."""
+    classes = student_logits.shape[-1]
+    log_student = F.log_softmax(student_logits.reshape(-1, classes) / temperature, dim=-1)
+    log_teacher = F.log_softmax(
+        teacher_logits.reshape(-1, classes).to(log_student.dtype) / temperature, dim=-1
+    )
+    loss = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
+    return loss * temperature * temperature
+
+
+def _probability_kl(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    classes = student_probs.shape[-1]
+    log_student = torch.log(student_probs.reshape(-1, classes).clamp_min(1e-12))
+    return F.kl_div(
+        log_student, teacher_probs.reshape(-1, classes).to(log_student.dtype), reduction="batchmean"
+    )
+
+
+def infer_output_losses(
+    teacher_outputs: Mapping[str, np.ndarray], softmax_outputs: Sequence[str] = ()
+) -> dict[str, str]:
+    """Per output: KL for class scores ([N, C] / [N, T, C]), MSE for other float outputs."""
+    losses = {}
+    for name, array in teacher_outputs.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            losses[name] = "none"
+        elif looks_like_scores(array):
+            losses[name] = "kl_probs" if name in softmax_outputs else "kl"
+        else:
+            losses[name] = "mse"
+    return losses
+
+
+class DistillationLoss:
+    """Weighted sum of output losses, CE on labels and hint losses on intermediates.
+
+    Args:
+        output_losses: Graph output name -> one of :data:`OUTPUT_LOSSES`.
+        temperature: Softmax temperature of the KL term (T² scaled).
+        kd_weight: Weight of the output (distillation) terms.
+        ce_weight: Weight of the cross-entropy on labels, applied to the first KL output.
+        hints: Student value name -> teacher value name, compared with ``hint_loss``.
+        hint_weight: Weight of each hint term.
+        hint_loss: ``"mse"`` or ``"smooth_l1"``.
+        channel_maps: Student value name -> indices of the teacher channels it kept
+            (a pruned student is compared with the teacher's tensor restricted to them).
+        channel_axis: The channel axis of hinted tensors.
+    """
+
+    def __init__(
+        self,
+        output_losses: Mapping[str, str],
+        *,
+        temperature: float = 4.0,
+        kd_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        hints: Mapping[str, str] | None = None,
+        hint_weight: float = 1.0,
+        hint_loss: str = "mse",
+        channel_maps: Mapping[str, Sequence[int]] | None = None,
+        channel_axis: int = 1,
+    ) -> None:
+        for name, kind in output_losses.items():
+            if kind not in OUTPUT_LOSSES:
+                raise SlimError(
+                    f"distill: loss '{kind}' for output '{name}' is unknown; use one of {', '.join(OUTPUT_LOSSES)}."
+                )
+        if hint_loss not in ("mse", "smooth_l1"):
+            raise SlimError(f"distill: hint loss '{hint_loss}' is unknown; use mse or smooth_l1.")
+        if temperature <= 0:
+            raise SlimError(f"distill: temperature must be > 0, got {temperature}.")
+        self.output_losses = dict(output_losses)
+        self.temperature = temperature
+        self.kd_weight = kd_weight
+        self.ce_weight = ce_weight
+        self.hints = dict(hints or {})
+        self.hint_weight = hint_weight
+        self.hint_loss = hint_loss
+        self.channel_maps = {
+            name: torch.as_tensor(list(index), dtype=torch.long)
+            for name, index in (channel_maps or {}).items()
+        }
+        self.channel_axis = channel_axis
+        self.logits_output = next(
+            (n for n, k in self.output_losses.items() if k in ("kl", "kl_probs")), None
+        )
+
+    def __call__(
+        self,
+        student: Mapping[str, torch.Tensor],
+        teacher: Mapping[str, torch.Tensor],
+        labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        parts: dict[str, torch.Tensor] = {}
+        for name, kind in self.output_losses.items():
+            if kind == "none":
+                continue
+            s, t = student[name], teacher[name].to(student[name].dtype)
+            if kind == "kl":
+                parts[f"kl:{name}"] = self.kd_weight * kl_divergence(s, t, self.temperature)
+            elif kind == "kl_probs":
+                parts[f"kl:{name}"] = self.kd_weight * _probability_kl(s, t)
+            elif kind == "mse":
+                parts[f"mse:{name}"] = self.kd_weight * F.mse_loss(s, t)
+            else:
+                parts[f"smooth_l1:{name}"] = self.kd_weight * F.smooth_l1_loss(s, t)
+        if labels is not None and self.ce_weight and self.logits_output is not None:
+            scores = student[self.logits_output]
+            flat = scores.reshape(-1, scores.shape[-1])
+            targets = labels.reshape(-1).long()
+            if self.output_losses[self.logits_output] == "kl_probs":
+                parts["ce"] = self.ce_weight * F.nll_loss(torch.log(flat.clamp_min(1e-12)), targets)
+            else:
+                parts["ce"] = self.ce_weight * F.cross_entropy(flat, targets)
+        for student_name, teacher_name in self.hints.items():
+            s, t = student[student_name], teacher[teacher_name].to(student[student_name].dtype)
+            kept = self.channel_maps.get(student_name)
+            if kept is not None:
+                t = t.index_select(self.channel_axis, kept.to(t.device))
+            if s.shape != t.shape:
+                raise SlimError(
+                    f"distill: hint '{student_name}' has shape {tuple(s.shape)} in the student and "
+                    f"{tuple(t.shape)} in the teacher ('{teacher_name}'); give channel_maps for pruned tensors."
+                )
+            loss = F.mse_loss(s, t) if self.hint_loss == "mse" else F.smooth_l1_loss(s, t)
+            parts[f"hint:{student_name}"] = self.hint_weight * loss
+        if not parts:
+            raise SlimError(
+                "distill: no loss term applies (all outputs set to 'none' and no labels or hints)."
+            )
+        total = torch.stack(list(parts.values())).sum()
+        return total, {name: float(value.detach()) for name, value in parts.items()}
