@@ -18,7 +18,7 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 import onnxslim  # noqa: E402
 from onnxslim import testing  # noqa: E402
 from onnxslim.passes.distillation import Distill  # noqa: E402
-from onnxslim.passes.distillation._losses import (
+from onnxslim.passes.distillation._losses import (  # noqa: E402
     DistillationLoss,
     infer_output_losses,
     kl_divergence,
