@@ -8,7 +8,7 @@ import pytest
 
 import onnxslim
 import onnxslim.testing
-from onnxslim.passes.pruning import StructuredPrune, dependency_groups
+from onnxslim.passes.pruning import dependency_groups
 
 from .test_pruning import check_oracles
 

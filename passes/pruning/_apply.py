@@ -189,6 +189,14 @@ def reinfer_shapes(model: ir.Model) -> None:
         ir.passes.common.ShapeInferencePass()(model)
     except Exception as error:  # noqa: BLE001 - ORT verification is the authority on validity
         logger.warning("shape inference after pruning failed: %s", error)
+    # Some exporters write -1 for a dynamic input dim; inference copies it literally into value_info.
+    for node in model.graph:
+        for value in node.outputs:
+            if value is not None and value not in keep and value.shape is not None:
+                if any(isinstance(d, int) and d < 0 for d in value.shape):
+                    value.shape = ir.Shape(
+                        [None if isinstance(d, int) and d < 0 else d for d in value.shape]
+                    )
 
 
 def zero_consumers(groups: Sequence[Group], plan: Plan) -> None:
