@@ -116,7 +116,9 @@ def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+        if inferred is not None:  # it returns None when it gives up without raising
+            return inferred
     except Exception as error:  # unsupported op or failed merge: fall back to onnx's inference
         logger.debug("symbolic shape inference failed: %s", error)
     try:

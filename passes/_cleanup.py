@@ -91,12 +91,17 @@ class Cleanup(SlimPass):
             )
         return True
 
-    def _simplify_passes(self) -> list[ir.passes.PassBase]:
-        rules = [
-            rule
-            for rule in rewriter._DEFAULT_REWRITE_RULES
-            if self.fuse_batchnorm or "BatchNorm" not in type(rule).__name__ + str(rule.name)
-        ]
+    def _simplify_passes(self, opset: int | None) -> list[ir.passes.PassBase]:
+        def keep(rule: object) -> bool:
+            label = f"{type(rule).__name__} {getattr(rule, 'name', '')}"
+            if not self.fuse_batchnorm and "BatchNorm" in label:
+                return False
+            # these rules emit opset-13 forms (axes as an input): wrong in older graphs
+            return not (
+                opset is not None and opset < 13 and ("Unsqueeze" in label or "Squeeze" in label)
+            )
+
+        rules = [rule for rule in rewriter._DEFAULT_REWRITE_RULES if keep(rule)]
         steps: list[ir.passes.PassBase] = []
         if self.fold_constants:
             steps.append(
@@ -128,8 +133,16 @@ class Cleanup(SlimPass):
         modified |= common_passes.LiftConstantsToInitializersPass(
             lift_all_constants=True, size_limit=0
         )(model).modified
+        if model.ir_version < 4:
+            # IR < 4 requires every initializer to be a graph input too; 4 lifts that rule and
+            # changes nothing else, so folded initializers stay valid
+            model.ir_version = 4
+            modified = True
+        # initializers listed as graph inputs (the IR < 4 convention) are weights, not inputs:
+        # unlisting them lets folding see them as constants (input_specs already skips them)
+        modified |= common_passes.RemoveInitializersFromInputsPass()(model).modified
         manager = ir.passes.PassManager(
-            self._simplify_passes(), steps=self.iterations, early_stop=True
+            self._simplify_passes(_onnx_opset(model)), steps=self.iterations, early_stop=True
         )
         modified |= manager(model).modified
         for step in (

@@ -1,0 +1,160 @@
+"""Reliability sweep: run passes over a corpus of models; each is verified or refused with a reason.
+
+A crash (any exception that is not a :class:`SlimError`) is a bug in onnxslim. Used by
+``benchmarks/corpus_sweep.py`` (the whole onnx backend corpus) and by the test suite (a subset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import re
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxslim._errors import SlimError
+from onnxslim._pipeline import Pipeline
+from onnxslim._runtime import create_session
+
+__all__ = ["Outcome", "corpus_models", "sweep_model", "reason_group", "stored_data"]
+
+PassFactory = Callable[[], list[Any]]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What happened to one model under one pipeline."""
+
+    model: str
+    pipeline: str
+    status: str  # "verified", "refused" or "crashed"
+    reason: str = ""
+    stored_reference: str = ""  # "match", "mismatch", or "" when the corpus has no data
+    seconds: float = 0.0
+
+
+def corpus_models(root: str | Path | None = None) -> list[Path]:
+    """The models the onnx package ships under ``onnx/backend/test/data`` (light, pytorch-*, simple)."""
+    root = Path(root or Path(onnx.__file__).parent / "backend" / "test" / "data")
+    paths = sorted(glob.glob(str(root / "light" / "*.onnx")))
+    for folder in ("pytorch-converted", "pytorch-operator", "simple"):
+        paths += sorted(glob.glob(str(root / folder / "*" / "model.onnx")))
+    return [Path(p) for p in paths]
+
+
+def stored_data(model_path: Path) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """Inputs and expected outputs of the model's ``test_data_set_0``, if the corpus has them."""
+    folder = model_path.parent / "test_data_set_0"
+    if not folder.is_dir():
+        return None
+
+    def read(kind: str) -> list[np.ndarray]:
+        arrays = []
+        for path in sorted(folder.glob(f"{kind}_*.pb"), key=lambda p: int(p.stem.split("_")[1])):
+            tensor = onnx.TensorProto()
+            tensor.ParseFromString(path.read_bytes())
+            arrays.append(onnx.numpy_helper.to_array(tensor))
+        return arrays
+
+    inputs, outputs = read("input"), read("output")
+    return (inputs, outputs) if inputs and outputs else None
+
+
+def _matches_stored(path: Path, inputs: list[np.ndarray], outputs: list[np.ndarray]) -> bool:
+    session = create_session(path)
+    feeds = {meta.name: array for meta, array in zip(session.get_inputs(), inputs)}
+    actual = session.run(None, feeds)
+    for got, expected in zip(actual, outputs):
+        if not np.issubdtype(np.asarray(expected).dtype, np.number):
+            if not np.array_equal(got, expected):
+                return False
+        elif not np.allclose(got, expected, rtol=1e-3, atol=1e-5):
+            return False
+    return True
+
+
+def reason_group(reason: str) -> str:
+    """A short key that groups refusals with the same cause (paths, names and numbers removed)."""
+    text = re.sub(r"/\S+", "<path>", reason)
+    text = re.sub(r"'[^']*'", "'…'", text)
+    text = re.sub(r"\d+(\.\d+)?", "N", text)
+    return text[:110]
+
+
+def sweep_model(
+    path: Path,
+    label: str,
+    passes: PassFactory,
+    *,
+    check_stored: bool = False,
+    workdir: Path | None = None,
+) -> Outcome:
+    """Runs ``passes()`` on one model; classifies the result."""
+    import time
+
+    name = str(path)
+    started = time.perf_counter()
+    outcome = Outcome(model=name, pipeline=label, status="verified")
+    try:
+        pipeline = Pipeline(passes(), num_samples=2)
+        result = pipeline.run(path)
+        if check_stored and workdir is not None:
+            data = stored_data(path)
+            if data is not None:
+                out = result.save(workdir / "swept.onnx")
+                ours = _matches_stored(out, *data)
+                theirs = _matches_stored(path, *data)
+                # a mismatch ORT already has on the input model is ORT's, not ours
+                outcome.stored_reference = "match" if ours or not theirs else "mismatch"
+                if outcome.stored_reference == "mismatch":
+                    outcome.status = "crashed"
+                    outcome.reason = "output differs from the corpus's stored reference outputs"
+    except SlimError as error:
+        outcome.status, outcome.reason = "refused", str(error).replace(str(path), "<model>")
+    except Exception as error:  # a crash: a bug to fix, recorded with its traceback's last frame
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        outcome.status = "crashed"
+        outcome.reason = (
+            f"{type(error).__name__}: {error} ({Path(frame.filename).name}:{frame.lineno})"
+        )
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def summarize(outcomes: Sequence[Outcome]) -> str:
+    """A table: per pipeline, models tried / verified / refused / crashed, then refusal reasons grouped."""
+    from collections import Counter, defaultdict
+
+    lines = [f"{'pipeline':28} {'tried':>6} {'verified':>9} {'refused':>8} {'crashed':>8}"]
+    by_pipeline: dict[str, list[Outcome]] = defaultdict(list)
+    for outcome in outcomes:
+        by_pipeline[outcome.pipeline].append(outcome)
+    for label, group in by_pipeline.items():
+        counts = Counter(o.status for o in group)
+        lines.append(
+            f"{label:28} {len(group):6d} {counts['verified']:9d} {counts['refused']:8d} {counts['crashed']:8d}"
+        )
+    stored = Counter(o.stored_reference for o in outcomes if o.stored_reference)
+    if stored:
+        lines.append(
+            f"stored reference outputs (cleanup): {stored['match']} match, {stored['mismatch']} mismatch"
+        )
+    reasons = Counter(
+        (o.pipeline, reason_group(o.reason)) for o in outcomes if o.status == "refused"
+    )
+    if reasons:
+        lines.append("")
+        lines.append("refusals, grouped:")
+        for (label, reason), count in sorted(reasons.items(), key=lambda kv: (kv[0][0], -kv[1])):
+            lines.append(f"  {count:4d}  [{label}] {reason}")
+    crashes = [o for o in outcomes if o.status == "crashed"]
+    if crashes:
+        lines.append("")
+        lines.append("CRASHES (bugs):")
+        lines += [f"  [{o.pipeline}] {o.model}: {o.reason}" for o in crashes]
+    return "\n".join(lines)
