@@ -111,13 +111,30 @@ def infer_value_shapes(
     return shapes
 
 
+def _symbolic_infer(proto: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ORT's symbolic shape inference, keeping partial results.
+
+    Its public ``infer_shapes`` raises on an incomplete result and first writes
+    ``sym_shape_infer_temp.onnx`` into the working directory; the same steps without that.
+    """
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
+
+    opset = get_opset(proto)
+    if not opset or opset < 7:
+        return None
+    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+    inference._preprocess(proto)
+    while inference.run_:
+        inference._infer_impl()
+    inference._update_output_from_vi()
+    return inference.out_mp_
+
+
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     """ORT's symbolic shape inference (follows Range, Shape arithmetic into Reshape), then onnx's."""
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
-        if inferred is not None:  # it returns None when it gives up without raising
+        inferred = _symbolic_infer(proto)
+        if inferred is not None:
             return inferred
     except Exception as error:  # unsupported op or failed merge: fall back to onnx's inference
         logger.debug("symbolic shape inference failed: %s", error)
