@@ -594,3 +594,47 @@ def test_custom_criterion_callable_is_used():
         conv.inputs[1].const_value.numpy(),
         original.graph.initializers["w1"].const_value.numpy()[8:],
     )
+
+
+class GroupedQueryAttention(nn.Module):
+    def __init__(self, hidden=32, heads=4, kv_heads=2):
+        super().__init__()
+        self.heads, self.kv_heads, self.dim = heads, kv_heads, hidden // heads
+        self.q = nn.Linear(hidden, hidden)
+        self.k = nn.Linear(hidden, kv_heads * self.dim)
+        self.v = nn.Linear(hidden, kv_heads * self.dim)
+        self.o = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        repeat = self.heads // self.kv_heads
+        q = self.q(x).reshape(b, s, self.heads, self.dim).transpose(1, 2)
+        k = (
+            self.k(x)
+            .reshape(b, s, self.kv_heads, self.dim)
+            .transpose(1, 2)
+            .repeat_interleave(repeat, dim=1)
+        )
+        v = (
+            self.v(x)
+            .reshape(b, s, self.kv_heads, self.dim)
+            .transpose(1, 2)
+            .repeat_interleave(repeat, dim=1)
+        )
+        attention = (q @ k.transpose(-1, -2) / self.dim**0.5).softmax(-1) @ v
+        return self.norm(x + self.o(attention.transpose(1, 2).reshape(b, s, self.heads * self.dim)))
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_grouped_query_attention_prunes_whole_kv_groups(opset, tmp_path):
+    path = _export(
+        GroupedQueryAttention(), (torch.randn(1, 8, 32),), tmp_path, opset, input_names=["x"]
+    )
+    groups = [g for g in dependency_groups(onnxslim.load(path)) if g["prunable"]]
+    assert [g["size"] for g in groups] == [
+        2
+    ]  # one unit = one kv head and the 2 query heads sharing it
+    pruned, summary = check_oracles(path, tmp_path, ratio=0.5, round_to=8)
+    assert summary["channels_kept"]["/q/MatMul"] == [32, 16]
+    assert summary["channels_kept"]["/k/MatMul"] == [16, 8]

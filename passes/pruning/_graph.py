@@ -981,6 +981,23 @@ def shape_op(view: GraphView, node: ir.Node) -> list[Family]:
     ]
 
 
+def tile(view: GraphView, node: ir.Node) -> list[Family]:
+    """Axes repeated once pass through; a repeated size-1 axis (GQA's repeat_interleave) is no slot."""
+    x, y = node.inputs[0], node.outputs[0]
+    in_shape, out_shape = view.shape(x), view.shape(y)
+    families = []
+    for axis, size in enumerate(in_shape):
+        if size == out_shape[axis]:
+            families.append(
+                Family([(x, axis, ACTIVATION), (y, axis, ACTIVATION)], [(0, 1, *identity(size))])
+            )
+        elif size != 1:
+            families.append(
+                Family([(x, axis, ACTIVATION)], [], blocked=f"Tile repeats axis {axis}")
+            )
+    return families
+
+
 def _blocker(reason: str) -> Callable[[GraphView, ir.Node], list[Family]]:
     def handler(view: GraphView, node: ir.Node) -> list[Family]:
         raise _Blocked(reason)
@@ -1039,6 +1056,7 @@ HANDLERS: dict[str, Callable[[GraphView, ir.Node], list[Family]]] = {
     "Hardmax": softmax,
     "LayerNormalization": layer_norm,
     "Shape": shape_op,
+    "Tile": tile,
     "DepthToSpace": _blocker("DepthToSpace moves channels into space"),
     "SpaceToDepth": _blocker("SpaceToDepth moves space into channels"),
     "If": _blocker("control flow (If) is not followed"),
