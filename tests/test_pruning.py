@@ -638,3 +638,27 @@ def test_grouped_query_attention_prunes_whole_kv_groups(opset, tmp_path):
     pruned, summary = check_oracles(path, tmp_path, ratio=0.5, round_to=8)
     assert summary["channels_kept"]["/q/MatMul"] == [32, 16]
     assert summary["channels_kept"]["/k/MatMul"] == [16, 8]
+
+
+RESIZE_SIZES_PAD = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[1,3,8,8] x) => (float[1,4,18,18] y) <float[16,3,3,3] w1, float[16] b1, float[4,16,1,1] w2> {
+    h = Conv <pads = [1,1,1,1]> (x, w1, b1)
+    r = Relu (h)
+    roi = Constant <value = float[0] {}> ()
+    scales = Constant <value = float[0] {}> ()
+    sizes = Constant <value = int64[4] {1, 16, 16, 16}> ()
+    up = Resize <mode = "nearest"> (r, roi, scales, sizes)
+    pads = Constant <value = int64[8] {0, 0, 1, 1, 0, 0, 1, 1}> ()
+    padded = Pad (up, pads)
+    y = Conv <pads = [0,0,0,0], strides = [1,1], dilations = [1,1], kernel_shape = [1,1]> (padded, w2)
+}
+"""
+
+
+def test_resize_sizes_and_pad_are_rewritten(tmp_path):
+    path = tmp_path / "resize.onnx"
+    onnxslim.save(_with_weights(RESIZE_SIZES_PAD), path)
+    pruned, summary = check_oracles(path, tmp_path, ratio=0.5, round_to=8)
+    resize = next(n for n in pruned.graph if n.op_type == "Resize")
+    np.testing.assert_array_equal(constant_array(resize.inputs[3]), [1, 8, 16, 16])
