@@ -32,6 +32,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_BINS = 2048
+# Histograms take at most this many evenly strided elements per tensor per batch (min/max
+# see every element): with dozens of samples that is ample for the tails and bounds the cost.
+HISTOGRAM_SAMPLE_CAP = 1 << 18
 
 
 class StreamingHistogram:
@@ -89,15 +92,21 @@ class StreamingHistogram:
         self.offset = new_offset
         self.width *= 2.0
 
-    def update(self, values: np.ndarray) -> None:
+    def update(
+        self, values: np.ndarray, low: float | None = None, high: float | None = None
+    ) -> None:
         values = values.reshape(-1)
         if values.size == 0:
             return
-        low, high = float(values.min()), float(values.max())
+        if low is None or high is None:
+            low, high = float(values.min()), float(values.max())
         self._fit(low, high)
-        indices = np.floor(values / self.width).astype(np.int64) - self.offset
-        np.clip(indices, 0, self.bins - 1, out=indices)
-        self.counts += np.bincount(indices, minlength=self.bins)
+        # float32 bin positions relative to the window, then int indices: 12 bytes per element.
+        positions = np.multiply(values, np.float32(1.0 / self.width), dtype=np.float32)
+        np.subtract(positions, np.float32(self.offset), out=positions)
+        np.floor(positions, out=positions)
+        np.clip(positions, 0, self.bins - 1, out=positions)
+        self.counts += np.bincount(positions.astype(np.intp), minlength=self.bins)
 
     def nbytes(self) -> int:
         return self.counts.nbytes + 16
@@ -116,16 +125,25 @@ class TensorStatistics:
     elements: int = 0
     histogram: StreamingHistogram = dataclasses.field(default_factory=StreamingHistogram)
 
-    def update(self, values: np.ndarray, averaging_constant: float = 0.01) -> None:
+    def update(
+        self,
+        values: np.ndarray,
+        averaging_constant: float = 0.01,
+        histogram: bool = True,
+        max_histogram_elements: int = HISTOGRAM_SAMPLE_CAP,
+    ) -> None:
         values = np.asarray(values)
         if values.size == 0:
             return
         if values.dtype != np.float32:
             values = values.astype(np.float32)
-        finite = values[np.isfinite(values)] if not np.isfinite(values).all() else values
-        if finite.size == 0:
-            return
-        low, high = float(finite.min()), float(finite.max())
+        values = values.reshape(-1)
+        low, high = float(values.min()), float(values.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                return
+            low, high = float(values.min()), float(values.max())
         self.minimum = min(self.minimum, low)
         self.maximum = max(self.maximum, high)
         if self.average_minimum is None:
@@ -134,8 +152,12 @@ class TensorStatistics:
             self.average_minimum += averaging_constant * (low - self.average_minimum)
             self.average_maximum += averaging_constant * (high - self.average_maximum)
         self.batches += 1
-        self.elements += finite.size
-        self.histogram.update(finite)
+        self.elements += values.size
+        if histogram:
+            stride = -(-values.size // max_histogram_elements)
+            # Evenly strided elements of big tensors; the start moves so batches cover all phases.
+            sample = values[(self.batches - 1) % stride :: stride] if stride > 1 else values
+            self.histogram.update(sample, low, high)
 
     def nbytes(self) -> int:
         return self.histogram.nbytes() + 6 * 8
@@ -145,9 +167,14 @@ class StatisticsCollector:
     """Per-tensor statistics for a fixed set of tensor names; ``update`` takes one batch's arrays."""
 
     def __init__(
-        self, names: Iterable[str], bins: int = DEFAULT_BINS, averaging_constant: float = 0.01
+        self,
+        names: Iterable[str],
+        bins: int = DEFAULT_BINS,
+        averaging_constant: float = 0.01,
+        histograms: bool = True,
     ):
         self.bins = bins
+        self.histograms = histograms  # minmax alone needs none
         self.averaging_constant = averaging_constant
         self.tensors = {
             name: TensorStatistics(name, histogram=StreamingHistogram(bins)) for name in names
@@ -157,7 +184,7 @@ class StatisticsCollector:
     def update(self, arrays: Mapping[str, np.ndarray], samples: int = 1) -> None:
         for name, values in arrays.items():
             if name in self.tensors:
-                self.tensors[name].update(values, self.averaging_constant)
+                self.tensors[name].update(values, self.averaging_constant, self.histograms)
         self.samples += samples
 
     def retained_bytes(self) -> int:
@@ -244,6 +271,7 @@ def collect_statistics(
     reader: Iterable[Mapping[str, np.ndarray]],
     *,
     bins: int = DEFAULT_BINS,
+    histograms: bool = True,
     providers: Sequence[str] | None = None,
     intra_op_threads: int | None = None,
 ) -> StatisticsCollector:
@@ -256,7 +284,7 @@ def collect_statistics(
     options = session_options(intra_op_threads=intra_op_threads, optimization_level="basic")
     session = create_session(augmented, providers, options)
     del augmented
-    collector = StatisticsCollector(names, bins=bins)
+    collector = StatisticsCollector(names, bins=bins, histograms=histograms)
     wanted = set(names)
     started = time.perf_counter()
     for batch in reader:

@@ -166,8 +166,8 @@ def layer_sensitivity(
     node_outputs: Mapping[str, str],
     batches: Sequence[Feeds],
     providers: Sequence[str] = ("CPUExecutionProvider",),
-) -> dict[str, float]:
-    """Per-node SQNR loss (dB) in one pass with all layers quantized.
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-node SQNR loss (dB) and per-tensor SQNR (dB), in one pass with all layers quantized.
 
     ``node_outputs`` maps a node name to its output tensor (which keeps its name in the QDQ
     model). A node's loss is the SQNR of its inputs' worst tensor minus its output's SQNR:
@@ -175,21 +175,30 @@ def layer_sensitivity(
     """
     names = sorted(set(node_outputs.values()))
     quantized = ir.load(str(quantized_path))
+    quantized_values = {v.name for node in quantized.graph for v in node.outputs}
+    # What consumers see in a QDQ graph is the DequantizeLinear output, not the float tensor
+    # (ORT even renames a Conv's output to its folded Relu's).
+    seen_as = {}
+    for name in names:
+        dequantized = f"{name}_DequantizeLinear_Output"
+        if dequantized in quantized_values:
+            seen_as[name] = dequantized
+        elif name in quantized_values:
+            seen_as[name] = name
+    reference_values = {v.name for node in float_model.graph for v in node.outputs}
+    names = [n for n in names if n in seen_as and n in reference_values]
     reference_session = create_session(
         augment_with_outputs(float_model, names), providers, session_options()
     )
+    candidate_names = [seen_as[n] for n in names]
     candidate_session = create_session(
-        augment_with_outputs(quantized, names), providers, session_options()
+        augment_with_outputs(quantized, candidate_names), providers, session_options()
     )
-    available = {o.name for o in candidate_session.get_outputs()} & {
-        o.name for o in reference_session.get_outputs()
-    }
-    names = [n for n in names if n in available]
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
     for batch in batches:
         reference = dict(zip(names, reference_session.run(names, dict(batch))))
-        candidate = dict(zip(names, candidate_session.run(names, dict(batch))))
+        candidate = dict(zip(names, candidate_session.run(candidate_names, dict(batch))))
         for name in names:
             ref = reference[name].astype(np.float64)
             diff = ref - candidate[name].astype(np.float64)
@@ -220,4 +229,4 @@ def layer_sensitivity(
         before = min(inherited) if inherited else float("inf")
         after = tensor_sqnr[output_name]
         losses[node_name] = (min(before, 100.0) - min(after, 100.0)) if np.isfinite(after) else 0.0
-    return losses
+    return losses, tensor_sqnr

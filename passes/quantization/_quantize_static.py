@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+import onnxscript.optimizer
 
 from onnxslim._errors import RecipeError, UnsupportedModelError
 from onnxslim._fidelity import compare_outputs
@@ -230,6 +231,9 @@ class QuantizeStatic(SlimPass):
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(
             prepared
         )
+        # Exact folding (e.g. Identity of an initializer feeding a Conv bias), so ORT sees the
+        # weights and biases as initializers it can quantize.
+        onnxscript.optimizer.fold_constants(prepared)
         common_passes.RemoveUnusedNodesPass()(prepared)
         proto = ir.to_proto(prepared)
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -280,13 +284,21 @@ class QuantizeStatic(SlimPass):
         cache = StatisticsCache(self.cache_dir) if self.cache_dir else None
         key = None
         if cache is not None:
-            key = cache.key(model_fingerprint(prepared), reader.fingerprint(), names, self.bins)
+            histogram_bins = self.bins if self.method != "minmax" else 0
+            key = cache.key(
+                model_fingerprint(prepared), reader.fingerprint(), names, histogram_bins
+            )
             cached = cache.load(key)
             if cached is not None:
                 logger.info("statistics cache hit %s", key)
                 return cached, True
         collector = collect_statistics(
-            prepared, names, reader, bins=self.bins, providers=["CPUExecutionProvider"]
+            prepared,
+            names,
+            reader,
+            bins=self.bins,
+            histograms=self.method != "minmax",
+            providers=["CPUExecutionProvider"],
         )
         if cache is not None and key is not None:
             cache.store(key, collector)
@@ -496,7 +508,7 @@ class QuantizeStatic(SlimPass):
                 for n in proto.graph.node
                 if n.op_type in entry["op_types"] and n.output and n.name
             }
-            sensitivity = layer_sensitivity(prepared, entry["path"], node_outputs, eval_batches)
+            sensitivity, _ = layer_sensitivity(prepared, entry["path"], node_outputs, eval_batches)
             ranked = [
                 n
                 for n, loss in sorted(sensitivity.items(), key=lambda kv: -kv[1])
@@ -600,14 +612,31 @@ class QuantizeStatic(SlimPass):
                 logger.warning(message)
                 summary["warnings"].append(message)
             summary["excluded_verified_on_ort_graph"] = verdict
+        tensor_sqnr: dict[str, float] = {}
+        if op_types is not None:
+            # One pass with the chosen model: the SQNR of every tensor that kept its name.
+            outputs_of = {f"tensor {name}": name for name in ranges}
+            _, tensor_sqnr = layer_sensitivity(
+                prepared, chosen["path"], outputs_of, eval_batches[:2]
+            )
         summary["tensors"] = {
-            name: {"range": [round(lo, 6), round(hi, 6)], "method": self.method}
+            name: {
+                "range": [round(lo, 6), round(hi, 6)],
+                "method": self.method,
+                "sqnr_db": _finite(tensor_sqnr.get(name)),
+            }
             for name, (lo, hi) in ranges.items()
         }
         summary["seconds"] = round(time.perf_counter() - started, 3)
         result_model = load(chosen["path"])
         _replace_contents(model, result_model)
         return SlimPassResult(model, modified=True, summary=summary)
+
+
+def _finite(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    return round(float(value), 2) if np.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
 def _fixed_batch(model: ir.Model, name: str) -> int:
