@@ -662,3 +662,31 @@ def test_resize_sizes_and_pad_are_rewritten(tmp_path):
     pruned, summary = check_oracles(path, tmp_path, ratio=0.5, round_to=8)
     resize = next(n for n in pruned.graph if n.op_type == "Resize")
     np.testing.assert_array_equal(constant_array(resize.inputs[3]), [1, 8, 16, 16])
+
+
+def test_activation_criterion_removes_a_dead_channel_that_l2_keeps():
+    from onnxslim import PassContext
+
+    def dead_channel_model():
+        model = _with_weights(TWO_CONVS)
+        w1, b1 = model.graph.initializers["w1"], model.graph.initializers["b1"]
+        weights, bias = w1.const_value.numpy().copy(), b1.const_value.numpy().copy()
+        weights[0] *= 10.0  # the largest filter ...
+        bias[0] = -1e4  # ... is dead after Relu
+        w1.const_value, b1.const_value = ir.tensor(weights, name="w1"), ir.tensor(bias, name="b1")
+        return model, weights
+
+    class Reader:
+        def __iter__(self):
+            rng = np.random.default_rng(0)
+            for _ in range(3):
+                yield {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
+
+    for criterion, kept in (("l2", True), ("activation", False)):
+        model, weights = dead_channel_model()
+        StructuredPrune(ratio=0.5, round_to=8, criterion=criterion).apply(
+            model, PassContext(data=Reader())
+        )
+        conv = next(n for n in model.graph if n.op_type == "Conv")
+        survivors = conv.inputs[1].const_value.numpy()
+        assert any(np.array_equal(row, weights[0]) for row in survivors) == kept, criterion

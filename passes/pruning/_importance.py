@@ -63,18 +63,16 @@ def bn_gamma(group: Group) -> np.ndarray | None:
 
 def _consumer_inputs(group: Group) -> list[int]:
     """Slots of activations read by a consumer weight of the group (what the next layer sees)."""
-    by_key = {(id(s.value), s.axis): i for i, s in enumerate(group.slots)}
-    chosen = []
+    slots_of_value: dict[int, list[int]] = {}
+    for index, slot in enumerate(group.slots):
+        if slot.role == ACTIVATION:
+            slots_of_value.setdefault(id(slot.value), []).append(index)
+    chosen = set()
     for slot in group.slots:
-        if slot.role != CONSUMER:
-            continue
-        for node, _ in slot.value.uses():
-            for candidate in node.inputs[:1]:
-                for key in ((id(candidate), slot.axis), *((id(candidate), a) for a in range(8))):
-                    if key in by_key and group.slots[by_key[key]].role == ACTIVATION:
-                        chosen.append(by_key[key])
-                        break
-    return sorted(set(chosen)) or [0]
+        if slot.role == CONSUMER:
+            for node, _ in slot.value.uses():
+                chosen.update(slots_of_value.get(id(node.inputs[0]), []))
+    return sorted(chosen) or [0]
 
 
 def activation_statistics(
