@@ -6,7 +6,7 @@ exported to ONNX. Student: the teacher pruned by ``StructuredPrune(ratio=0.5)`` 
 Distillation: ``Distill`` with the teacher in ONNX Runtime, on the *training images without labels*.
 Reports teacher / pruned / distilled test accuracy, MACs and the epochs used.
 
-    python benchmarks/distill_digits.py [--teacher-epochs 15] [--distill-epochs 15] [--json out.json]
+    python benchmarks/distill_digits.py [--teacher-epochs 15] [--distill-epochs 40] [--lr 2e-3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def accuracy(path_or_model, test_x, test_y) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher-epochs", type=int, default=15)
-    parser.add_argument("--distill-epochs", type=int, default=15)
+    parser.add_argument("--distill-epochs", type=int, default=40)
     parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -116,7 +117,7 @@ def main() -> None:
             unlabeled,
             teacher=str(teacher_path),
             epochs=args.distill_epochs,
-            lr=2e-3,
+            lr=args.lr,
             batch_size=64,
             temperature=4.0,
             seed=args.seed,
