@@ -22,6 +22,8 @@ __all__ = [
     "AccuracyBound",
     "interleaved_latency",
     "run_outputs",
+    "run_with_logits",
+    "output_logits",
     "optimized_graph",
     "float_nodes_after_optimization",
     "layer_sensitivity",
@@ -131,6 +133,46 @@ def run_outputs(
     session = create_session(Path(path), providers, session_options())
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(names, dict(b)))) for b in batches]
+
+
+def output_logits(model: ir.Model) -> dict[str, str]:
+    """Graph outputs made by a final Sigmoid/Softmax -> the logits tensor feeding it.
+
+    A near-binary probability map has a low SQNR even when int8 barely moved the decision
+    boundary; the logits measure the damage int8 did.
+    """
+    logits = {}
+    for output in model.graph.outputs:
+        producer = output.producer()
+        if producer is not None and producer.op_type in ("Sigmoid", "Softmax", "LogSoftmax"):
+            source = producer.inputs[0]
+            if source is not None and source.producer() is not None:
+                logits[output.name] = source.name
+    return logits
+
+
+def run_with_logits(
+    path: str | os.PathLike,
+    batches: Sequence[Feeds],
+    logits: Mapping[str, str],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> list[dict[str, np.ndarray]]:
+    """Outputs per batch, with each Sigmoid/Softmax output replaced by its logits (the
+    dequantized logits in a QDQ model)."""
+    model = ir.load(str(path))
+    values = {v.name for node in model.graph for v in node.outputs}
+    seen_as = {}
+    for output, source in logits.items():
+        dequantized = f"{source}_DequantizeLinear_Output"
+        if dequantized in values:
+            seen_as[output] = dequantized
+        elif source in values:
+            seen_as[output] = source
+    augmented = augment_with_outputs(model, list(seen_as.values())) if seen_as else model
+    session = create_session(augmented, providers, session_options())
+    outputs = [o.name for o in model.graph.outputs]
+    fetch = [seen_as.get(name, name) for name in outputs]
+    return [dict(zip(outputs, session.run(fetch, dict(b)))) for b in batches]
 
 
 def optimized_graph(

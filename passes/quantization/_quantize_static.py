@@ -40,7 +40,9 @@ from onnxslim.passes.quantization._guards import (
     interleaved_latency,
     layer_sensitivity,
     optimized_graph,
+    output_logits,
     run_outputs,
+    run_with_logits,
 )
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
 
@@ -465,6 +467,11 @@ class QuantizeStatic(SlimPass):
             if sum(len(next(iter(b.values()))) for b in eval_batches) >= self.eval_samples:
                 break
         reference_outputs = run_outputs(input_path, eval_batches)
+        # The bound is checked on logits where an output is a Sigmoid/Softmax of them.
+        logits = output_logits(prepared)
+        reference_logits = (
+            run_with_logits(prepared_path, eval_batches, logits) if logits else reference_outputs
+        )
         bound = self.bound()
 
         def quantize(label: str, op_types: list[str] | None, excluded: Sequence[str]) -> Path:
@@ -479,7 +486,13 @@ class QuantizeStatic(SlimPass):
         def evaluate(path: Path) -> tuple[Any, list[str]]:
             outputs = run_outputs(path, eval_batches)
             fidelity = compare_outputs(reference_outputs, outputs)
-            return fidelity, bound.violations(fidelity, reference_outputs, outputs)
+            if not logits:
+                return fidelity, bound.violations(fidelity, reference_outputs, outputs)
+            candidate_logits = run_with_logits(path, eval_batches, logits)
+            logit_fidelity = compare_outputs(reference_logits, candidate_logits)
+            fidelity.logits_sqnr_db = logit_fidelity.sqnr_db
+            problems = bound.violations(logit_fidelity, reference_logits, candidate_logits)
+            return fidelity, [p.replace("output SQNR", "logits SQNR") for p in problems]
 
         excluded = dict.fromkeys(excluded_by_user, "excluded by the user")
         for name, selector in excluded_by_user.items():
@@ -515,7 +528,8 @@ class QuantizeStatic(SlimPass):
                 if n not in excluded
             ]
             count = 1
-            while entry["problems"] and count <= len(ranked):
+            # At most 6 retries (up to 32 layers in float): beyond that int8 is not worth it here.
+            while entry["problems"] and count <= min(len(ranked), 32):
                 extra = {
                     n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]
                 }
@@ -558,7 +572,7 @@ class QuantizeStatic(SlimPass):
             {
                 "label": e["label"],
                 "op_types": e["op_types"] if e["op_types"] is not None else "dynamic MatMul/Gemm",
-                "fidelity": e["fidelity"].to_dict(),
+                "fidelity": _fidelity_dict(e["fidelity"]),
                 "speedup": round(e["speedup"], 3) if "speedup" in e else None,
                 "extra_float_nodes": len(e.get("excluded", {})),
                 "chosen": e is chosen,
@@ -580,7 +594,7 @@ class QuantizeStatic(SlimPass):
 
         excluded.update(chosen.get("excluded", {}))
         summary["chosen"] = chosen["label"]
-        summary["fidelity"] = chosen["fidelity"].to_dict()
+        summary["fidelity"] = _fidelity_dict(chosen["fidelity"])
         if "latency_ms" in chosen:
             summary["latency_ms_after"] = round(chosen["latency_ms"], 3)
             summary["speedup"] = round(chosen["speedup"], 3)
@@ -631,6 +645,13 @@ class QuantizeStatic(SlimPass):
         result_model = load(chosen["path"])
         _replace_contents(model, result_model)
         return SlimPassResult(model, modified=True, summary=summary)
+
+
+def _fidelity_dict(fidelity) -> dict:
+    values = fidelity.to_dict()
+    if hasattr(fidelity, "logits_sqnr_db"):
+        values["logits_sqnr_db"] = _finite(fidelity.logits_sqnr_db)
+    return values
 
 
 def _finite(value: float | None) -> float | str | None:
