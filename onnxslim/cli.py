@@ -68,12 +68,25 @@ def _human_bytes(size: float) -> str:
 def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
     from onnxslim._recipe import build_pass
 
-    names = [n.strip() for n in (args.passes or "cleanup").split(",") if n.strip()]
+    flagged = {
+        "prune": args.prune is not None or args.prune_macs is not None,
+    }
+    if args.passes:
+        names = [n.strip() for n in args.passes.split(",") if n.strip()]
+    else:
+        names = ["cleanup", *(name for name, wanted in flagged.items() if wanted)]
     passes = []
     for name in names:
         options: dict[str, Any] = {}
         if name == "cleanup" and args.opset is not None:
             options["target_opset"] = args.opset
+        if name == "prune":
+            if args.prune is not None:
+                options["ratio"] = args.prune
+            if args.prune_macs is not None:
+                options["target_macs"] = args.prune_macs
+            if args.prune_round_to is not None:
+                options["round_to"] = args.prune_round_to
         passes.append(build_pass(name, options))
     return passes
 
@@ -214,7 +227,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         from onnxslim._io import load
         from onnxslim.passes.pruning import dependency_groups
 
-        info["groups"] = [group.to_dict() for group in dependency_groups(load(args.model))]
+        info["groups"] = dependency_groups(load(args.model), sizes or None)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -247,9 +260,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     for op, count in info["op_histogram"].items():
         print(f"  {op:28} {count}")
     if args.groups:
-        print(f"pruning groups: {len(info['groups'])}")
-        for group in info["groups"]:
-            print("  " + json.dumps(group))
+        groups = info["groups"]
+        prunable = [g for g in groups if g["prunable"]]
+        print(f"pruning groups: {len(groups)} ({len(prunable)} prunable)")
+        for group in groups:
+            producers = ", ".join(group["producers"][:3]) + (
+                " …" if len(group["producers"]) > 3 else ""
+            )
+            state = (
+                "prunable" if group["prunable"] else "blocked: " + "; ".join(group["reasons"][:2])
+            )
+            print(f"  #{group['group']:<4} size {group['size']:<5} {producers or '-'}  [{state}]")
     return 0
 
 
@@ -284,6 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--recipe", help="TOML recipe listing passes and options")
     how.add_argument("--passes", help="comma-separated pass names, e.g. cleanup (the default)")
     optimize.add_argument("--opset", type=int, help="upgrade to this opset during cleanup")
+    optimize.add_argument(
+        "--prune",
+        type=float,
+        metavar="RATIO",
+        help="structured pruning: fraction of channels to remove, e.g. 0.3",
+    )
+    optimize.add_argument(
+        "--prune-macs",
+        type=float,
+        metavar="FRACTION",
+        help="structured pruning to keep this fraction of the MACs, e.g. 0.5",
+    )
+    optimize.add_argument(
+        "--prune-round-to",
+        type=int,
+        metavar="N",
+        help="kept channel counts are multiples of N (default: ORT's CPU conv block, 8 or 16)",
+    )
     optimize.add_argument(
         "--shape",
         action="append",

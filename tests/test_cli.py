@@ -209,3 +209,41 @@ def test_optimize_with_bench_and_gates(conv_bn_path: Path, tmp_path: Path, capsy
     # the cleaned model is smaller than its input: a size ratio bound of 0.5 must fail with exit 4
     assert main([*args, "--max-size-ratio", "0.5"]) == 4
     assert "gate failed: output on CPU batch 1: file size ratio" in capsys.readouterr().err
+
+
+def test_optimize_prune_flags_and_inspect_groups(
+    resnet_bn_path: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "pruned.onnx"
+    assert (
+        main(
+            [
+                "optimize",
+                str(resnet_bn_path),
+                "-o",
+                str(out),
+                "--prune",
+                "0.5",
+                "--prune-round-to",
+                "4",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "prune" in text and "pruned_groups=" in text
+    widths = sorted(
+        {
+            onnx.numpy_helper.to_array(t).shape[0]
+            for t in onnx.load(out).graph.initializer
+            if t.name.endswith("weight") and len(t.dims) == 4
+        }
+    )
+    assert (
+        all(width % 4 == 0 for width in widths) and max(widths) <= 8
+    )  # 8/16 halved, multiples of 4
+    assert main(["inspect", str(resnet_bn_path), "--groups"]) == 0
+    listing = capsys.readouterr().out
+    assert (
+        "pruning groups:" in listing and "blocked: " in listing and "is a graph output" in listing
+    )
