@@ -265,6 +265,31 @@ def augment_with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
     return augmented
 
 
+def augment_with_reductions(
+    model: ir.Model, names: Sequence[str]
+) -> tuple[ir.Model, dict[str, tuple[str, str]]]:
+    """A copy of ``model`` with ReduceMin/ReduceMax outputs for tensors ``names``."""
+    augmented = ir.from_proto(ir.to_proto(model))
+    values = {v.name: v for v in augmented.graph.inputs}
+    for node in augmented.graph:
+        for output in node.outputs:
+            values[output.name] = output
+    reductions = {}
+    for name in names:
+        if name not in values:
+            continue
+        pair = []
+        for op in ("ReduceMin", "ReduceMax"):
+            node = ir.node(op, [values[name]], attributes={"keepdims": 0}, num_outputs=1)
+            node.outputs[0].name = f"{name}__{op}"
+            node.outputs[0].dtype = values[name].dtype or ir.DataType.FLOAT
+            augmented.graph.append(node)
+            augmented.graph.outputs.append(node.outputs[0])
+            pair.append(node.outputs[0].name)
+        reductions[name] = (pair[0], pair[1])
+    return augmented, reductions
+
+
 def collect_statistics(
     model: ir.Model,
     names: Sequence[str],
@@ -278,9 +303,14 @@ def collect_statistics(
     """Runs the model batch by batch with ``names`` as extra outputs and streams their statistics."""
     from onnxslim._runtime import create_session, session_options
 
-    augmented = augment_with_outputs(model, names)
-    output_names = [v.name for v in augmented.graph.outputs]
-    route = {f"{n}__calibration": n for n in names}
+    if histograms:
+        augmented = augment_with_outputs(model, names)
+        output_names = [v.name for v in augmented.graph.outputs]
+        route = {f"{n}__calibration": n for n in names}
+    else:
+        # Min/max alone: reduce inside the graph and fetch two scalars per tensor.
+        augmented, reductions = augment_with_reductions(model, names)
+        output_names = [o for pair in reductions.values() for o in pair]
     options = session_options(intra_op_threads=intra_op_threads, optimization_level="basic")
     session = create_session(augmented, providers, options)
     del augmented
@@ -290,10 +320,15 @@ def collect_statistics(
     for batch in reader:
         results = session.run(output_names, dict(batch))
         arrays = {}
-        for name, array in zip(output_names, results):
-            name = route.get(name, name)
-            if name in wanted:
-                arrays[name] = array
+        if histograms:
+            for name, array in zip(output_names, results):
+                name = route.get(name, name)
+                if name in wanted:
+                    arrays[name] = array
+        else:
+            fetched = dict(zip(output_names, results))
+            for name, (low, high) in reductions.items():
+                arrays[name] = np.array([fetched[low], fetched[high]], np.float32)
         collector.update(arrays, samples=len(next(iter(batch.values()))))
         del results, arrays
     logger.info(
