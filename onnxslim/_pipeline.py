@@ -74,6 +74,9 @@ class StageRecord:
     size_bytes: int = 0
     fidelity: dict[str, Any] | None = None
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_path: str | None = (
+        None  # where the stage's model was kept (``Pipeline.run(stage_dir=…)``)
+    )
 
 
 def _human(number: float, unit: str = "") -> str:
@@ -281,8 +284,12 @@ class Pipeline:
         sizes: DimSizes | None = None,
         providers: str | Sequence[str] | None = None,
         progress: Callable[[str], None] | None = None,
+        stage_dir: str | os.PathLike | None = None,
     ) -> Result:
         """Optimizes ``model`` (a path, or an in-memory model which is not modified).
+
+        ``stage_dir``: also keep every stage's model there (``01-cleanup.onnx`` …), e.g. to
+        benchmark the accuracy/latency trade-off across stages.
 
         Raises:
             VerificationError: a pass broke the model; the message names the pass.
@@ -321,6 +328,11 @@ class Pipeline:
             report.stages.append(
                 self._record("input", working, sizes, model_file_size(reference_path))
             )
+            report.stages[0].model_path = (
+                str(reference_path)
+                if stage_dir is None
+                else str(save(working, Path(stage_dir) / "00-input.onnx"))
+            )
             previous_outputs = reference_outputs
             for index, slim_pass in enumerate(self.passes, start=1):
                 if progress:
@@ -348,6 +360,9 @@ class Pipeline:
                 record.verify_time_s = time.perf_counter() - started
                 record.modified = result.modified
                 record.summary = dict(getattr(result, "summary", {}) or {})
+                if stage_dir is not None:
+                    kept = save(working, Path(stage_dir) / f"{index:02d}-{slim_pass.name}.onnx")
+                    record.model_path = str(kept)
                 report.stages.append(record)
                 if progress:
                     progress(

@@ -70,6 +70,8 @@ def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
 
     flagged = {
         "prune": args.prune is not None or args.prune_macs is not None,
+        "distill": args.distill is not None,
+        "quantize": args.quantize is not None,
     }
     if args.passes:
         names = [n.strip() for n in args.passes.split(",") if n.strip()]
@@ -87,6 +89,34 @@ def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
                 options["target_macs"] = args.prune_macs
             if args.prune_round_to is not None:
                 options["round_to"] = args.prune_round_to
+        if name == "distill":
+            options.update(
+                {
+                    k: v
+                    for k, v in (
+                        ("epochs", args.distill_epochs),
+                        ("lr", args.distill_lr),
+                        ("teacher", args.teacher),
+                    )
+                    if v is not None
+                }
+            )
+            if args.distill is not None:
+                options["data"] = args.distill
+        if name == "quantize":
+            for flag, option in (
+                ("calibration", "calibration"),
+                ("calibration_method", "method"),
+                ("calibration_samples", "samples"),
+                ("quant_target", "target"),
+                ("quant_exclude", "exclude"),
+            ):
+                if getattr(args, flag) is not None:
+                    options[option] = getattr(args, flag)
+            if args.no_latency_guard:
+                options["latency_guard"] = False
+            if args.no_accuracy_guard:
+                options["accuracy_guard"] = False
         passes.append(build_pass(name, options))
     return passes
 
@@ -122,7 +152,15 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     pipeline = Pipeline(
         passes, verify=verify and not args.no_verify, bounds=bounds, num_samples=num_samples
     )
-    result = pipeline.run(model, sizes=sizes, providers=providers, progress=_progress(args))
+    data = None
+    if args.data is not None:
+        from onnxslim.calibration import open_reader
+
+        data = open_reader(args.data, model, sizes=sizes or None)
+    # the path, not the loaded model: the distillation teacher is then the user's own file
+    result = pipeline.run(
+        args.model, data=data, sizes=sizes, providers=providers, progress=_progress(args)
+    )
     del model
     result.save(output, overwrite_input=args.overwrite)
     gate_failures: list[str] = []
@@ -324,6 +362,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="kept channel counts are multiples of N (default: ORT's CPU conv block, 8 or 16)",
     )
     optimize.add_argument(
+        "--distill",
+        metavar="DATA",
+        help="distill from the input model (ORT teacher) on this data: .npz or a folder; labels optional",
+    )
+    optimize.add_argument(
+        "--distill-epochs", type=int, metavar="N", help="distillation epochs (default 5)"
+    )
+    optimize.add_argument(
+        "--distill-lr", type=float, metavar="LR", help="distillation learning rate (default 1e-3)"
+    )
+    optimize.add_argument(
+        "--teacher",
+        metavar="FILE",
+        help="teacher model for distillation (default: the input model)",
+    )
+    optimize.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="static int8 quantization (QDQ, guarded: never slower, accuracy bound)",
+    )
+    optimize.add_argument(
+        "--calibration",
+        metavar="DATA",
+        help="calibration data: .npz, folder of .npy/.npz/images, or random[:N] (smoke only)",
+    )
+    optimize.add_argument(
+        "--calibration-method",
+        choices=["minmax", "percentile", "entropy", "mse"],
+        help="range method (default percentile)",
+    )
+    optimize.add_argument(
+        "--calibration-samples", type=int, metavar="N", help="use at most N calibration samples"
+    )
+    optimize.add_argument(
+        "--quant-target",
+        choices=["cpu", "tensorrt", "cuda"],
+        help="int8 profile for the deployment target (default cpu)",
+    )
+    optimize.add_argument(
+        "--quant-exclude",
+        action="append",
+        metavar="SEL",
+        help="keep nodes in float: a name, re:REGEX or op:Type (repeatable)",
+    )
+    optimize.add_argument(
+        "--no-latency-guard",
+        action="store_true",
+        help="keep int8 even when it is slower than float",
+    )
+    optimize.add_argument(
+        "--no-accuracy-guard", action="store_true", help="do not keep sensitive layers in float"
+    )
+    optimize.add_argument(
+        "--data",
+        metavar="DATA",
+        help="verification samples (.npz or folder); default: random inputs",
+    )
+    optimize.add_argument(
         "--shape",
         action="append",
         metavar="NAME=DIMS",
@@ -394,6 +490,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--recipe", action="store_true", help="print the equivalent TOML recipe and exit"
+    )
+    demo.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run (3 distillation epochs, fewer timing runs)",
     )
     demo.add_argument("-q", "--quiet", action="store_true")
     demo.set_defaults(handler=_cmd_demo)
