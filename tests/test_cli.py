@@ -181,12 +181,47 @@ def test_sigterm_leaves_no_output(resnet_bn_path: Path, tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_prints_recipe(tmp_path: Path) -> None:
-    process = cli("demo", "--output-dir", str(tmp_path / "demo"))
+    process = cli("demo", "--quick", "--output-dir", str(tmp_path / "demo"))
     assert process.returncode == 0, process.stderr
-    assert "test accuracy" in process.stdout
-    assert (tmp_path / "demo" / "report.json").is_file()
-    recipe = cli("demo", "--recipe")
-    assert recipe.returncode == 0 and '[[passes]]\nname = "cleanup"' in recipe.stdout
+    lines = process.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("stage"))
+    assert header.split() == [
+        "stage",
+        "params",
+        "MACs",
+        "size",
+        "p50",
+        "b1",
+        "p50",
+        "b32",
+        "speed",
+        "b32",
+        "accuracy",
+        "agrees",
+        "w/",
+        "input",
+    ]
+    stages = [line.split()[0] for line in lines[lines.index(header) + 2 :][:5]]
+    assert stages == ["input", "cleanup", "prune", "distill", "quantize"]
+    for name in (
+        "report.json",
+        "report.html",
+        "digits_resnet.slim.onnx",
+        "stages/04-quantize.onnx",
+    ):
+        assert (tmp_path / "demo" / name).is_file(), name
+    recipe = cli("demo", "--recipe", "--output-dir", str(tmp_path / "demo"))
+    assert recipe.returncode == 0
+    for name in ("cleanup", "prune", "distill", "quantize"):
+        assert f'name = "{name}"' in recipe.stdout
+    # the printed recipe is valid: every pass and option is accepted
+    import onnxslim
+
+    toml = tmp_path / "demo.toml"
+    toml.write_text(
+        "\n".join(line for line in recipe.stdout.splitlines() if not line.startswith("#"))
+    )
+    assert len(onnxslim.load_recipe(toml).passes) == 4
 
 
 def test_optimize_with_bench_and_gates(conv_bn_path: Path, tmp_path: Path, capsys) -> None:
