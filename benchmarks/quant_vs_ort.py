@@ -1,14 +1,17 @@
 """onnxslim QuantizeStatic vs ONNX Runtime's quantize_static, side by side.
 
-Same model, same calibration samples, per method (minmax, percentile, entropy):
-calibration wall time and peak RSS (each calibration runs in its own subprocess; ru_maxrss),
-output fidelity on held-out samples (SQNR, top-1 where outputs are class scores, IoU of the
-text map for PP-OCR det), and the int8/fp32 speed (fp32 time / int8 time, interleaved medians,
-spinning off). ORT runs with its best CPU configuration (U8 activations, S8 per-channel
-weights, reduce_range, opset upgraded); onnxslim runs with its defaults.
+Same model, same calibration samples, per method (minmax, percentile, entropy): calibration
+wall time and peak RSS (each calibration in its own fresh subprocess; VmHWM), output fidelity
+on held-out samples (SQNR; top-1 agreement on class scores; accuracy on the digits test set;
+IoU of the text map for PP-OCR det) and the fp32/int8 speed ratio (interleaved medians,
+spinning off, one sample). Three int8 models per row: onnxslim's defaults, ORT's default
+config (S8 activations, S8 per-tensor weights, QDQ) and ORT's best CPU config (U8 activations,
+S8 per-channel weights; reduce_range only without VNNI), both after an opset upgrade and bias
+folding so ORT's integer kernels can take the convs.
 
-    python benchmarks/quant_vs_ort.py                      # all models, all methods
-    python benchmarks/quant_vs_ort.py --models resnet18,ppocr_det --quick
+    python benchmarks/quant_vs_ort.py                       # all models, all methods
+    python benchmarks/quant_vs_ort.py --quick               # a few minutes
+    python benchmarks/quant_vs_ort.py --configs resnet18    # ORT int8 config sweep (types, format, options)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS = ("resnet18", "mobilenetv2", "bert", "ppocr_det")
+MODELS = ("digits", "resnet18", "mobilenetv2", "bert", "ppocr_det")
 METHODS = ("minmax", "percentile", "entropy")
 
 
@@ -36,6 +39,10 @@ def build_model(name: str, folder: Path, quick: bool) -> tuple[Path, dict]:
     from onnxslim import testing
 
     torch.manual_seed(0)
+    if name == "digits":
+        from onnxslim.data import demo_model_path
+
+        return demo_model_path(), {"image": (1, 32, 32)}
     if name == "resnet18":
         size = 160 if quick else 224
         path = testing.export_torch(
@@ -69,7 +76,9 @@ def build_model(name: str, folder: Path, quick: bool) -> tuple[Path, dict]:
         path = testing.ppocr_model_path("det")
         if path is None:
             raise SystemExit("ppocr_det needs the rapidocr-onnxruntime wheel")
-        size = 320 if quick else 480
+        # 320: ORT's percentile/entropy calibrators keep every activation (about 160 MB per
+        # sample here); at 480 x 64 samples they were OOM-killed on a 23 GB machine.
+        size = 256 if quick else 320
         return path, {"x": (3, size, size)}
     raise SystemExit(f"unknown model {name}; choose from {', '.join(MODELS)}")
 
@@ -98,6 +107,13 @@ def _text_image(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def make_data(name: str, shapes: dict, count: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    if name == "digits":
+        from onnxslim.data import demo_data
+
+        data = demo_data()
+        if seed == 0:
+            return {"image": data["calibration_images"][:count]}
+        return {"image": data["test_images"], "labels": data["test_labels"]}
     if name == "bert":
         seq = shapes["input_ids"][0]
         ids = rng.integers(0, 1000, (count, seq)).astype(np.int64)
@@ -127,10 +143,15 @@ def ort_prepare(model_path: Path, folder: Path) -> Path:
     import onnx
     import onnx_ir as ir
     import onnx_ir.passes.common as common
+    import onnxscript.optimizer
     from onnx import version_converter
 
     model = ir.load(str(model_path))
     common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    # Exact folding (the exporter's Identity of a bias initializer): ORT quantizes only
+    # initializer biases, and a float bias keeps the Conv out of its integer kernels.
+    onnxscript.optimizer.fold_constants(model)
+    common.RemoveUnusedNodesPass()(model)
     proto = ir.to_proto(model)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if opset < 13:
@@ -204,21 +225,30 @@ def worker(args: argparse.Namespace) -> None:
             quantize_static,
         )
 
+        from onnxslim.passes.quantization import cpu_features
+
         methods = {
             "minmax": CalibrationMethod.MinMax,
             "percentile": CalibrationMethod.Percentile,
             "entropy": CalibrationMethod.Entropy,
         }
+        if args.config == "default":
+            config = {}  # QDQ, S8 activations, S8 per-tensor weights
+        else:
+            features = cpu_features()
+            config = dict(
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=not (features.vnni or features.amx),
+            )
         quantize_static(
             args.model,
             args.output,
             _NpzReader(Path(args.data)),
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=True,
             calibrate_method=methods[args.method],
+            **config,
         )
     elif args.worker == "ours-quantize":
         import onnxslim
@@ -226,7 +256,11 @@ def worker(args: argparse.Namespace) -> None:
 
         model = onnxslim.load(args.model)
         quantizer = QuantizeStatic(
-            args.data, method=args.method, batch_size=args.batch, latency_runs=args.runs
+            args.data,
+            method=args.method,
+            batch_size=args.batch,
+            latency_runs=args.runs,
+            threads=int(args.threads),
         )
         outcome = quantizer.apply(model, onnxslim.PassContext())
         onnxslim.save(model, args.output)
@@ -247,8 +281,10 @@ def run_worker(
     batch: int,
     runs: int,
     output: Path | None = None,
+    config: str = "best",
+    threads: int = 2,
 ) -> dict:
-    result_path = folder / f"{kind}-{method}.json"
+    result_path = folder / f"{kind}-{method}-{config}.json"
     command = [
         sys.executable,
         __file__,
@@ -266,13 +302,19 @@ def run_worker(
         str(batch),
         "--runs",
         str(runs),
+        "--config",
+        config,
+        "--threads",
+        str(threads),
     ]
     if output is not None:
         command += ["--output", str(output)]
     completed = subprocess.run(command, capture_output=True, text=True)
     if completed.returncode != 0:
+        if completed.returncode in (-9, 137):
+            return {"error": "killed (out of memory)"}
         return {
-            "error": completed.stderr.strip().splitlines()[-1]
+            "error": completed.stderr.strip().splitlines()[-1][:80]
             if completed.stderr.strip()
             else f"exit {completed.returncode}"
         }
@@ -284,11 +326,18 @@ def fidelity(name: str, float_path: Path, int8_path: Path, eval_data: dict) -> d
     import onnxslim
     from onnxslim.passes.quantization._guards import run_outputs
 
-    count = len(next(iter(eval_data.values())))
-    batches = [{k: v[i : i + 1] for k, v in eval_data.items()} for i in range(count)]
+    labels = eval_data.get("labels")
+    feeds = {k: v for k, v in eval_data.items() if k != "labels"}
+    count = len(next(iter(feeds.values())))
+    step = 64 if name == "digits" else 1
+    batches = [{k: v[i : i + step] for k, v in feeds.items()} for i in range(0, count, step)]
     reference = run_outputs(float_path, batches)
     candidate = run_outputs(int8_path, batches)
     result = onnxslim.compare_outputs(reference, candidate).to_dict()
+    if labels is not None:
+        for key, outputs in (("accuracy_fp32", reference), ("accuracy", candidate)):
+            predicted = np.concatenate([next(iter(o.values())).argmax(-1) for o in outputs])
+            result[key] = float((predicted == labels).mean())
     if name == "ppocr_det":
         ious = []
         for ref, cand in zip(reference, candidate):
@@ -299,11 +348,89 @@ def fidelity(name: str, float_path: Path, int8_path: Path, eval_data: dict) -> d
     return result
 
 
-def speed(float_path: Path, paths: list[Path], feeds: dict, runs: int) -> list[float]:
+def speed(float_path: Path, paths: list[Path], feeds: dict, runs: int, threads: int) -> list[float]:
     from onnxslim.passes.quantization import interleaved_latency
 
-    latencies = interleaved_latency([float_path, *paths], feeds, runs=runs)
+    latencies = interleaved_latency([float_path, *paths], feeds, runs=runs, threads=threads)
     return [latencies[0] / t for t in latencies[1:]]
+
+
+def config_sweep(names: list[str], batches: list[int], runs: int, threads: int) -> None:
+    """fp32/int8 of ORT's int8 configurations (types, granularity, reduce_range, format,
+    session.qdqisint8allowed), interleaved with spinning off; SQNR vs fp32."""
+    import statistics
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from onnxslim._runtime import create_session, session_options
+
+    u8, s8 = QuantType.QUInt8, QuantType.QInt8
+    configs = {
+        "QDQ U8S8 per-channel": (QuantFormat.QDQ, u8, True, False),
+        "QDQ U8S8 per-channel reduce_range": (QuantFormat.QDQ, u8, True, True),
+        "QDQ U8S8 per-tensor": (QuantFormat.QDQ, u8, False, False),
+        "QDQ S8S8 per-channel": (QuantFormat.QDQ, s8, True, False),
+        "QDQ S8S8 per-tensor (ORT default)": (QuantFormat.QDQ, s8, False, False),
+        "QOperator U8S8 per-channel": (QuantFormat.QOperator, u8, True, False),
+        "QOperator U8S8 per-tensor": (QuantFormat.QOperator, u8, False, False),
+        "QOperator S8S8 per-channel": (QuantFormat.QOperator, s8, True, False),
+    }
+    print("| model | batch | configuration | ms | fp32/int8 | SQNR dB |\n|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="quant-configs-") as tmp:
+        folder = Path(tmp)
+        for name in names:
+            model_path, shapes = build_model(name, folder, quick=False)
+            ort_input = ort_prepare(model_path, folder)
+            data_path = folder / f"{name}-calibration.npz"
+            np.savez(data_path, **make_data(name, shapes, 8, seed=0))
+            variants = [("fp32", model_path, {})]
+            for label, (fmt, activation, per_channel, reduce_range) in configs.items():
+                path = folder / f"{name}-{len(variants)}.onnx"
+                quantize_static(
+                    str(ort_input),
+                    str(path),
+                    _NpzReader(data_path),
+                    quant_format=fmt,
+                    activation_type=activation,
+                    weight_type=s8,
+                    per_channel=per_channel,
+                    reduce_range=reduce_range,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
+                variants.append((label, path, {}))
+                if activation == s8 and fmt == QuantFormat.QDQ:
+                    variants.append(
+                        (label + " + qdqisint8allowed=1", path, {"session.qdqisint8allowed": "1"})
+                    )
+            for batch in batches:
+                feeds = make_data(name, shapes, batch, seed=1)
+                feeds.pop("labels", None)
+                sessions = []
+                for label, path, config in variants:
+                    options = session_options(intra_op_threads=threads, allow_spinning=False)
+                    for key, value in config.items():
+                        options.add_session_config_entry(key, value)
+                    sessions.append((label, create_session(path, None, options)))
+                outputs = {label: s.run(None, feeds)[0] for label, s in sessions}
+                times: dict[str, list[float]] = {label: [] for label, _ in sessions}
+                for round_index in range(runs):
+                    shift = round_index % len(sessions)
+                    for label, session in sessions[shift:] + sessions[:shift]:
+                        started = time.perf_counter()
+                        session.run(None, feeds)
+                        times[label].append(time.perf_counter() - started)
+                base = statistics.median(times["fp32"])
+                reference = outputs["fp32"]
+                for label, _ in sessions:
+                    median = statistics.median(times[label])
+                    noise = float(((reference - outputs[label]) ** 2).sum())
+                    sqnr = 10 * np.log10(float((reference**2).sum()) / max(noise, 1e-30))
+                    print(
+                        f"| {name} | {batch} | {label} | {1e3 * median:.2f} | "
+                        f"{base / median:.2f}x | {sqnr:.1f} |",
+                        flush=True,
+                    )
+                del sessions
 
 
 def main() -> None:
@@ -314,73 +441,86 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument(
-        "--quick", action="store_true", help="smaller inputs, 16 samples, minmax+percentile"
+        "--det-samples",
+        type=int,
+        default=16,
+        help="calibration samples for ppocr_det (ORT's histogram calibrators keep them all)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller inputs, 16 samples, percentile only"
     )
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="onnxslim calibration batch size")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument(
+        "--configs", metavar="MODELS", help="sweep ORT int8 configurations on these models"
+    )
+    parser.add_argument("--config-batches", default="1,8")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     for hidden in ("--model", "--data", "--method", "--json", "--output"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--config", default="best", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
+    logging.disable(logging.WARNING)
+    if args.configs:
+        batches = [int(b) for b in args.config_batches.split(",")]
+        config_sweep(args.configs.split(","), batches, args.runs, args.threads)
+        return
     if args.quick:
         args.samples = min(args.samples, 16)
+        args.det_samples = min(args.det_samples, 8)
+        args.runs = min(args.runs, 5)
         if args.methods == ",".join(METHODS):
-            args.methods = "minmax,percentile"
+            args.methods = "percentile"
     rows = []
+    print_header()
     with tempfile.TemporaryDirectory(prefix="quant-vs-ort-") as tmp:
         folder = Path(tmp)
         for name in args.models.split(","):
             model_path, shapes = build_model(name, folder, args.quick)
-            calibration = make_data(name, shapes, args.samples, seed=0)
+            count = args.det_samples if name == "ppocr_det" else args.samples
+            calibration = make_data(name, shapes, count, seed=0)
             held_out = make_data(name, shapes, 4 if args.quick else 8, seed=1)
             data_path = folder / f"{name}-calibration.npz"
             np.savez(data_path, **calibration)
             ort_input = ort_prepare(model_path, folder)
-            feeds = {k: v[:1] for k, v in held_out.items()}
+            feeds = {k: v[:1] for k, v in held_out.items() if k != "labels"}
             for method in args.methods.split(","):
-                ours_out = folder / f"{name}-{method}-ours.onnx"
-                ort_out = folder / f"{name}-{method}-ort.onnx"
-                ours_cal = run_worker(
-                    "ours-calibrate", model_path, data_path, method, folder, args.batch, args.runs
-                )
-                ort_cal = run_worker(
-                    "ort-calibrate", ort_input, data_path, method, folder, args.batch, args.runs
-                )
-                ours_q = run_worker(
-                    "ours-quantize",
-                    model_path,
-                    data_path,
-                    method,
-                    folder,
-                    args.batch,
-                    args.runs,
-                    ours_out,
-                )
-                ort_q = run_worker(
-                    "ort-quantize",
-                    ort_input,
-                    data_path,
-                    method,
-                    folder,
-                    args.batch,
-                    args.runs,
-                    ort_out,
-                )
-                row = {"model": name, "method": method, "ours_cal": ours_cal, "ort_cal": ort_cal}
-                produced = [p for p in (ours_out, ort_out) if p.is_file()]
-                ratios = speed(model_path, produced, feeds, args.runs) if produced else []
-                speeds = dict(zip(produced, ratios))
-                for label, path, quantized in (("ours", ours_out, ours_q), ("ort", ort_out, ort_q)):
-                    if path.is_file():
-                        row[f"{label}_fidelity"] = fidelity(name, model_path, path, held_out)
-                        row[f"{label}_speed"] = speeds[path]
-                    row[f"{label}_quantize"] = quantized
+                common = (data_path, method, folder, args.batch, args.runs)
+                row = {"model": name, "method": method, "samples": count, "tools": {}}
+                produced = {}
+                for tool in ("onnxslim", "ort-default", "ort-best"):
+                    output = folder / f"{name}-{method}-{tool}.onnx"
+                    if tool == "onnxslim":
+                        calibrated = run_worker("ours-calibrate", model_path, *common)
+                        quantized = run_worker(
+                            "ours-quantize", model_path, *common, output, threads=args.threads
+                        )
+                    else:
+                        config = tool.split("-")[1]
+                        calibrated = None
+                        if config == "best":  # the calibrator does not depend on the types
+                            calibrated = run_worker("ort-calibrate", ort_input, *common)
+                        quantized = run_worker(
+                            "ort-quantize", ort_input, *common, output, config=config
+                        )
+                    entry = {"calibration": calibrated, "quantize": quantized}
+                    if output.is_file():
+                        entry["fidelity"] = fidelity(name, model_path, output, held_out)
+                        produced[tool] = output
+                    row["tools"][tool] = entry
+                if produced:
+                    ratios = speed(
+                        model_path, list(produced.values()), feeds, args.runs, args.threads
+                    )
+                    for tool, ratio in zip(produced, ratios):
+                        row["tools"][tool]["speed"] = ratio
                 rows.append(row)
-                print_row(row, header=len(rows) == 1)
+                print_row(row)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=1, default=str))
 
@@ -389,27 +529,33 @@ def _fmt(value, spec: str) -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "-"
 
 
-def print_row(row: dict, header: bool) -> None:
-    if header:
-        print(
-            f"{'model':<12}{'method':<11}{'tool':<9}{'calib s':>8}{'peak MB':>9}{'SQNR dB':>9}"
-            f"{'top-1':>7}{'IoU':>6}{'speed':>7}  notes",
-            flush=True,
-        )
-    for label in ("ours", "ort"):
-        cal = row[f"{label}_cal"]
-        fid = row.get(f"{label}_fidelity", {})
-        quantized = row.get(f"{label}_quantize", {})
-        notes = cal.get("error") or quantized.get("error") or ""
+def print_header() -> None:
+    print(
+        "| model | method | tool | calib s | peak MB | SQNR dB | top-1 agr % | acc % | IoU "
+        "| fp32/int8 | notes |\n|---|---|---|---|---|---|---|---|---|---|---|",
+        flush=True,
+    )
+
+
+def print_row(row: dict) -> None:
+    for tool, entry in row["tools"].items():
+        calibration = entry.get("calibration") or {}
+        quantized = entry.get("quantize") or {}
+        fid = entry.get("fidelity", {})
+        notes = calibration.get("error") or quantized.get("error") or ""
         summary = quantized.get("summary", {})
         if summary:
-            notes = summary.get("chosen") or summary.get("fallback", "")[:60]
+            notes = summary.get("chosen") or summary.get("fallback", "")[:70]
         top1 = fid.get("top1_agreement")
+        accuracy = fid.get("accuracy")
+        if accuracy is not None:
+            notes += f" (fp32 acc {100 * fid['accuracy_fp32']:.1f}%)"
         print(
-            f"{row['model']:<12}{row['method']:<11}{'onnxslim' if label == 'ours' else 'ort':<9}"
-            f"{_fmt(cal.get('seconds'), '8.1f')}{_fmt(cal.get('peak_rss_mb'), '9.0f')}"
-            f"{_fmt(fid.get('sqnr_db'), '9.1f')}{_fmt(100 * top1 if top1 is not None else None, '7.1f')}"
-            f"{_fmt(fid.get('map_iou'), '6.2f')}{_fmt(row.get(f'{label}_speed'), '6.2f')}x  {notes}",
+            f"| {row['model']} | {row['method']} | {tool} | {_fmt(calibration.get('seconds'), '.1f')} "
+            f"| {_fmt(calibration.get('peak_rss_mb'), '.0f')} | {_fmt(fid.get('sqnr_db'), '.1f')} "
+            f"| {_fmt(100 * top1 if top1 is not None else None, '.1f')} "
+            f"| {_fmt(100 * accuracy if accuracy is not None else None, '.1f')} "
+            f"| {_fmt(fid.get('map_iou'), '.2f')} | {_fmt(entry.get('speed'), '.2f')} | {notes} |",
             flush=True,
         )
 

@@ -18,11 +18,13 @@ from onnxslim.calibration import (
     StatisticsCache,
     StatisticsCollector,
     TensorStatistics,
+    augment_with_statistics,
     collect_statistics,
     compute_range,
     entropy_threshold,
     open_reader,
 )
+from onnxslim.calibration._collector import PHASE_INPUT
 from onnxslim.calibration._thresholds import _abs_histogram
 
 MODEL_TEXT = """
@@ -200,6 +202,37 @@ def test_collect_statistics_runs_ort_batch_by_batch(model):
     assert collector.tensors["y"].maximum == pytest.approx(2 * data.max())
     assert collector.tensors["y"].minimum == 0.0
     assert collector.tensors["x"].histogram.counts.sum() == data.size
+
+
+def test_in_graph_sampling_matches_numpy_strided_samples(model):
+    # 3 samples x 48 elements = 144 per batch; cap 20 -> stride 144 // 20 + 1 = 8, phase = batch.
+    data = samples(9, seed=3)
+    reader = IterableReader([{"x": s} for s in data], batch_size=3)
+    collector = collect_statistics(model, ["scaled"], reader, bins=64, sample_cap=20)
+    stats = collector.tensors["scaled"]
+    batches = [2 * data[i : i + 3].reshape(-1) for i in range(0, 9, 3)]
+    expected = np.concatenate([b[i % 8 :: 8] for i, b in enumerate(batches)])
+    assert (stats.minimum, stats.maximum) == (2 * data.min(), 2 * data.max())
+    assert stats.elements == 9 * 48 and stats.batches == 3
+    assert stats.histogram.counts.sum() == expected.size == 3 * 18
+    reference, _ = np.histogram(expected.astype(np.float64), bins=stats.histogram.edges)
+    assert np.abs(reference - stats.histogram.counts).sum() <= 2
+
+
+def test_augmented_graph_fetches_only_reductions_and_capped_samples(model):
+    augmented, fetched = augment_with_statistics(model, ["scaled", "y"], sample_cap=10)
+    assert set(fetched) == {"scaled", "y"} and all(len(group) == 4 for group in fetched.values())
+    # Reductions sit right after their producer, not at the end of the graph.
+    order = [node.op_type for node in augmented.graph]
+    assert order.index("ReduceMin") < order.index("Relu")
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(ir.to_proto(augmented).SerializeToString())
+    feeds = {"x": samples(5), PHASE_INPUT: np.array([0], np.int64)}
+    low, high, size, sample = session.run(list(fetched["y"]), feeds)
+    y = np.maximum(2 * feeds["x"], 0).reshape(-1)
+    assert (float(low), float(high), int(size)) == (y.min(), y.max(), 240)
+    np.testing.assert_array_equal(sample, y[:: 240 // 10 + 1])
 
 
 def test_statistics_cache_roundtrip(tmp_path, model):

@@ -49,8 +49,13 @@ def test_cpu_profile_follows_int8_instructions():
     )
     vnni = target_profile("cpu", cpu_features(X86_VNNI, "x86_64"))
     assert vnni.activation_type == "uint8" and not vnni.reduce_range
+    assert any("full-range" in reason for reason in vnni.reasons)
+    amx = target_profile("cpu", cpu_features("flags : avx2 avx512f amx_int8\n", "x86_64"))
+    assert amx.activation_type == "uint8" and not amx.reduce_range
     arm = target_profile("cpu", cpu_features(ARM_DOT, "aarch64"))
-    assert arm.activation_type == "uint8" and not arm.reduce_range
+    assert arm.activation_type == "int8" and not arm.reduce_range
+    plain_arm = target_profile("cpu", cpu_features("Features : fp asimd\n", "aarch64"))
+    assert plain_arm.activation_type == "uint8"
 
 
 def test_tensorrt_is_symmetric_and_cuda_warns(caplog):

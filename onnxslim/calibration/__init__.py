@@ -6,6 +6,7 @@ from onnxslim.calibration._collector import (
     StreamingHistogram,
     TensorStatistics,
     augment_with_outputs,
+    augment_with_statistics,
     collect_statistics,
     model_fingerprint,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "StreamingHistogram",
     "TensorStatistics",
     "augment_with_outputs",
+    "augment_with_statistics",
     "collect_statistics",
     "compute_range",
     "entropy_threshold",

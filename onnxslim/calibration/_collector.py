@@ -25,6 +25,7 @@ __all__ = [
     "StatisticsCollector",
     "collect_statistics",
     "augment_with_outputs",
+    "augment_with_statistics",
     "StatisticsCache",
     "model_fingerprint",
 ]
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BINS = 2048
 # Histograms take at most this many evenly strided elements per tensor per batch (min/max
 # see every element): with dozens of samples that is ample for the tails and bounds the cost.
-HISTOGRAM_SAMPLE_CAP = 1 << 18
+HISTOGRAM_SAMPLE_CAP = 1 << 16
 
 
 class StreamingHistogram:
@@ -138,12 +139,39 @@ class TensorStatistics:
         if values.dtype != np.float32:
             values = values.astype(np.float32)
         values = values.reshape(-1)
-        low, high = float(values.min()), float(values.max())
+        stride = -(-values.size // max_histogram_elements)
+        # Evenly strided elements of big tensors; the start moves so batches cover all phases.
+        sample = values[self.batches % stride :: stride] if stride > 1 else values
+        self.update_reduced(
+            float(values.min()),
+            float(values.max()),
+            sample if histogram else None,
+            values.size,
+            averaging_constant,
+            values if not histogram else None,
+        )
+
+    def update_reduced(
+        self,
+        low: float,
+        high: float,
+        sample: np.ndarray | None,
+        elements: int,
+        averaging_constant: float = 0.01,
+        finite_source: np.ndarray | None = None,
+    ) -> None:
+        """One batch given as its exact min/max and (for the histogram) a strided sample."""
         if not (np.isfinite(low) and np.isfinite(high)):
-            values = values[np.isfinite(values)]
-            if values.size == 0:
+            source = sample if sample is not None else finite_source
+            if source is None:
                 return
-            low, high = float(values.min()), float(values.max())
+            source = np.asarray(source, np.float32).reshape(-1)
+            source = source[np.isfinite(source)]
+            if source.size == 0:
+                return
+            low, high = float(source.min()), float(source.max())
+            if sample is not None:
+                sample = source
         self.minimum = min(self.minimum, low)
         self.maximum = max(self.maximum, high)
         if self.average_minimum is None:
@@ -152,12 +180,10 @@ class TensorStatistics:
             self.average_minimum += averaging_constant * (low - self.average_minimum)
             self.average_maximum += averaging_constant * (high - self.average_maximum)
         self.batches += 1
-        self.elements += values.size
-        if histogram:
-            stride = -(-values.size // max_histogram_elements)
-            # Evenly strided elements of big tensors; the start moves so batches cover all phases.
-            sample = values[(self.batches - 1) % stride :: stride] if stride > 1 else values
-            self.histogram.update(sample, low, high)
+        self.elements += int(elements)
+        if sample is not None and np.size(sample):
+            sample = np.asarray(sample, np.float32).reshape(-1)
+            self.histogram.update(np.clip(sample, low, high), low, high)
 
     def nbytes(self) -> int:
         return self.histogram.nbytes() + 6 * 8
@@ -265,29 +291,82 @@ def augment_with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
     return augmented
 
 
-def augment_with_reductions(
-    model: ir.Model, names: Sequence[str]
-) -> tuple[ir.Model, dict[str, tuple[str, str]]]:
-    """A copy of ``model`` with ReduceMin/ReduceMax outputs for tensors ``names``."""
+PHASE_INPUT = "__onnxslim_calibration_phase"
+
+
+def augment_with_statistics(
+    model: ir.Model, names: Sequence[str], sample_cap: int | None = HISTOGRAM_SAMPLE_CAP
+) -> tuple[ir.Model, dict[str, tuple[str, ...]]]:
+    """A copy of ``model`` that reduces tensors ``names`` inside the graph.
+
+    Per tensor it outputs ReduceMin, ReduceMax and Size, and (with ``sample_cap``) at most
+    ``sample_cap`` evenly strided elements starting at ``phase mod stride`` (``phase`` is the
+    int64[1] input ``PHASE_INPUT``). ORT then frees every full activation after its last use
+    as in plain inference: peak memory is inference memory plus ``sample_cap`` floats per tensor.
+    """
     augmented = ir.from_proto(ir.to_proto(model))
-    values = {v.name: v for v in augmented.graph.inputs}
-    for node in augmented.graph:
+    graph = augmented.graph
+    values = {v.name: v for v in graph.inputs}
+    for node in graph:
         for output in node.outputs:
             values[output.name] = output
-    reductions = {}
+
+    def constant(name: str, array: np.ndarray) -> ir.Value:
+        value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+        graph.register_initializer(value)
+        return value
+
+    pending: list[ir.Node] = []
+
+    def add(op: str, inputs: list, name: str, **attributes) -> ir.Value:
+        node = ir.node(op, inputs, attributes=attributes, num_outputs=1)
+        node.outputs[0].name = name
+        pending.append(node)
+        return node.outputs[0]
+
+    phase = None
+    if sample_cap is not None and names:
+        prefix = "__onnxslim_calibration"
+        phase = ir.Value(
+            name=PHASE_INPUT, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([1])
+        )
+        graph.inputs.append(phase)
+        flat_shape = constant(f"{prefix}_flat", np.array([-1], np.int64))
+        one_shape = constant(f"{prefix}_one_shape", np.array([1], np.int64))
+        cap = constant(f"{prefix}_cap", np.array([sample_cap], np.int64))
+        one = constant(f"{prefix}_one", np.array([1], np.int64))
+        end = constant(f"{prefix}_end", np.array([np.iinfo(np.int64).max], np.int64))
+        axis = constant(f"{prefix}_axis", np.array([0], np.int64))
+    outputs: dict[str, tuple[str, ...]] = {}
     for name in names:
         if name not in values:
             continue
-        pair = []
-        for op in ("ReduceMin", "ReduceMax"):
-            node = ir.node(op, [values[name]], attributes={"keepdims": 0}, num_outputs=1)
-            node.outputs[0].name = f"{name}__{op}"
-            node.outputs[0].dtype = values[name].dtype or ir.DataType.FLOAT
-            augmented.graph.append(node)
-            augmented.graph.outputs.append(node.outputs[0])
-            pair.append(node.outputs[0].name)
-        reductions[name] = (pair[0], pair[1])
-    return augmented, reductions
+        value = values[name]
+        low = add("ReduceMin", [value], f"{name}__min", keepdims=0)
+        high = add("ReduceMax", [value], f"{name}__max", keepdims=0)
+        size = add("Size", [value], f"{name}__size")
+        fetched = [low, high, size]
+        if phase is not None:
+            # stride = size // cap + 1 keeps fewer than cap elements and is never 0.
+            size1 = add("Reshape", [size, one_shape], f"{name}__size1")
+            stride = add("Add", [add("Div", [size1, cap], f"{name}__div"), one], f"{name}__stride")
+            start = add("Mod", [phase, stride], f"{name}__start")
+            flat = add("Reshape", [value, flat_shape], f"{name}__flat")
+            fetched.append(add("Slice", [flat, start, end, axis, stride], f"{name}__sample"))
+        # Right after the producer: ORT runs nodes in graph order, and reductions placed at the
+        # end would keep every full activation alive until then.
+        producer = value.producer()
+        if producer is not None:
+            graph.insert_after(producer, pending)
+        elif len(graph):
+            graph.insert_before(next(iter(graph)), pending)
+        else:
+            graph.extend(pending)
+        pending.clear()
+        for output in fetched:
+            graph.outputs.append(output)
+        outputs[name] = tuple(o.name for o in fetched)
+    return augmented, outputs
 
 
 def collect_statistics(
@@ -299,38 +378,42 @@ def collect_statistics(
     histograms: bool = True,
     providers: Sequence[str] | None = None,
     intra_op_threads: int | None = None,
+    sample_cap: int = HISTOGRAM_SAMPLE_CAP,
 ) -> StatisticsCollector:
-    """Runs the model batch by batch with ``names`` as extra outputs and streams their statistics."""
+    """Runs the model batch by batch and streams the statistics of tensors ``names``.
+
+    The graph itself reduces every tensor to min/max/size and a strided sample of at most
+    ``sample_cap`` elements, so no full activation leaves ORT and memory does not grow with
+    the number of tensors, batches or samples.
+    """
     from onnxslim._runtime import create_session, session_options
 
-    if histograms:
-        augmented = augment_with_outputs(model, names)
-        output_names = [v.name for v in augmented.graph.outputs]
-        route = {f"{n}__calibration": n for n in names}
-    else:
-        # Min/max alone: reduce inside the graph and fetch two scalars per tensor.
-        augmented, reductions = augment_with_reductions(model, names)
-        output_names = [o for pair in reductions.values() for o in pair]
+    augmented, fetched = augment_with_statistics(model, names, sample_cap if histograms else None)
+    output_names = [o for group in fetched.values() for o in group]
+    import onnxruntime as ort
+
     options = session_options(intra_op_threads=intra_op_threads, optimization_level="basic")
+    # Ready nodes run lowest graph index first, so each reduction (placed right after its
+    # producer) runs as soon as it can and the full activation is freed as in inference.
+    options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     session = create_session(augmented, providers, options)
     del augmented
     collector = StatisticsCollector(names, bins=bins, histograms=histograms)
-    wanted = set(names)
+    phased = PHASE_INPUT in {i.name for i in session.get_inputs()}
     started = time.perf_counter()
-    for batch in reader:
-        results = session.run(output_names, dict(batch))
-        arrays = {}
-        if histograms:
-            for name, array in zip(output_names, results):
-                name = route.get(name, name)
-                if name in wanted:
-                    arrays[name] = array
-        else:
-            fetched = dict(zip(output_names, results))
-            for name, (low, high) in reductions.items():
-                arrays[name] = np.array([fetched[low], fetched[high]], np.float32)
-        collector.update(arrays, samples=len(next(iter(batch.values()))))
-        del results, arrays
+    for batch_index, batch in enumerate(reader):
+        feeds = dict(batch)
+        if phased:
+            feeds[PHASE_INPUT] = np.array([batch_index], np.int64)
+        results = dict(zip(output_names, session.run(output_names, feeds)))
+        for name, group in fetched.items():
+            low, high, size = (float(results[o]) for o in group[:3])
+            sample = results[group[3]] if histograms else None
+            collector.tensors[name].update_reduced(
+                low, high, sample, int(size), collector.averaging_constant
+            )
+        collector.samples += len(next(iter(batch.values())))
+        del results
     logger.info(
         "collected statistics of %d tensors over %d samples in %.1f s",
         len(names),
