@@ -21,7 +21,7 @@ from onnxslim._errors import SlimError
 from onnxslim._pipeline import Pipeline
 from onnxslim._runtime import create_session
 
-__all__ = ["Outcome", "corpus_models", "sweep_model", "reason_group", "stored_data"]
+__all__ = ["Outcome", "corpus_models", "sweep_model", "reason_group", "stored_data", "summarize"]
 
 PassFactory = Callable[[], list[Any]]
 
@@ -36,6 +36,8 @@ class Outcome:
     reason: str = ""
     stored_reference: str = ""  # "match", "mismatch", or "" when the corpus has no data
     seconds: float = 0.0
+    sqnr_db: float | None = None  # of the last stage vs the input (lossy pipelines)
+    modified: bool = False  # the last pass changed the model
 
 
 def corpus_models(root: str | Path | None = None) -> list[Path]:
@@ -103,6 +105,15 @@ def sweep_model(
     try:
         pipeline = Pipeline(passes(), num_samples=2)
         result = pipeline.run(path)
+        last = result.report.stages[-1]
+        outcome.modified = last.modified
+        fidelity = last.fidelity or {}
+        sqnr = fidelity.get("sqnr_db")
+        outcome.sqnr_db = float(sqnr) if sqnr is not None else None
+        # inf: a NaN appeared where the input model had a number, or a non-numeric output changed
+        if fidelity.get("max_abs_error") in (float("inf"), "inf"):
+            outcome.status = "crashed"
+            outcome.reason = "silently wrong output: NaN or a changed non-numeric output"
         if check_stored and workdir is not None:
             data = stored_data(path)
             if data is not None:
@@ -130,14 +141,21 @@ def summarize(outcomes: Sequence[Outcome]) -> str:
     """A table: per pipeline, models tried / verified / refused / crashed, then refusal reasons grouped."""
     from collections import Counter, defaultdict
 
-    lines = [f"{'pipeline':28} {'tried':>6} {'verified':>9} {'refused':>8} {'crashed':>8}"]
+    width = max([28, *(len(o.pipeline) for o in outcomes)])
+    header = f"{'pipeline':{width}} {'tried':>6} {'verified':>9} {'modified':>9} {'refused':>8} {'crashed':>8}"
+    lines = [header + "  median SQNR (verified)"]
     by_pipeline: dict[str, list[Outcome]] = defaultdict(list)
     for outcome in outcomes:
         by_pipeline[outcome.pipeline].append(outcome)
     for label, group in by_pipeline.items():
         counts = Counter(o.status for o in group)
+        verified = [o for o in group if o.status == "verified"]
+        modified = sum(o.modified for o in verified)
+        sqnrs = [o.sqnr_db for o in verified if o.sqnr_db is not None]
+        median = f"{float(np.median(sqnrs)):.1f} dB" if sqnrs else "-"
         lines.append(
-            f"{label:28} {len(group):6d} {counts['verified']:9d} {counts['refused']:8d} {counts['crashed']:8d}"
+            f"{label:{width}} {len(group):6d} {counts['verified']:9d} {modified:9d} "
+            f"{counts['refused']:8d} {counts['crashed']:8d}  {median}"
         )
     stored = Counter(o.stored_reference for o in outcomes if o.stored_reference)
     if stored:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from onnxslim._sweep import corpus_models, stored_data, summarize, sweep_model
-from onnxslim.passes import Cleanup
+from onnxslim.passes import Cleanup, QuantizeStatic, StructuredPrune
 
 MODELS = corpus_models()
 SUBSET = (
@@ -45,3 +45,52 @@ def test_light_models_have_constant_of_shape_weights_folded(tmp_path: Path) -> N
     result = onnxslim.Pipeline([Cleanup()], num_samples=1).run(path)
     assert not any(node.op_type == "ConstantOfShape" for node in result.model.graph)
     assert result.report.stages[-1].parameters > 0
+
+
+def _prune_passes() -> list:
+    return [Cleanup(), StructuredPrune(ratio=0.3)]
+
+
+def _quantize_passes() -> list:
+    # random calibration (smoke data); latency guard off: the outcome must not depend on timing
+    return [Cleanup(), QuantizeStatic(calibration="random", latency_guard=False, eval_samples=2)]
+
+
+LOSSY_SUBSET = [p for p in MODELS if "light_squeezenet" in str(p)] + [
+    p for p in MODELS if "pytorch-converted" in str(p)
+][1::7]
+
+
+@pytest.mark.parametrize(
+    "path",
+    LOSSY_SUBSET,
+    ids=lambda p: f"{p.parent.name}/{p.name}" if p.name == "model.onnx" else p.stem,
+)
+@pytest.mark.parametrize("label", ["prune", "quantize"])
+def test_prune_and_quantize_verified_or_refused(path: Path, label: str) -> None:
+    passes = _prune_passes if label == "prune" else _quantize_passes
+    outcome = sweep_model(path, label, passes)
+    assert outcome.status in ("verified", "refused"), summarize([outcome])
+    if outcome.status == "refused":
+        assert outcome.reason and "Traceback" not in outcome.reason
+
+
+def test_squeezenet_is_pruned_and_quantized() -> None:
+    import onnxslim
+
+    path = next(p for p in MODELS if "light_squeezenet" in str(p))
+    pruned = onnxslim.Pipeline(_prune_passes(), num_samples=1).run(path)
+    cleaned, after = pruned.report.stages[1], pruned.report.stages[2]
+    assert after.summary["units_removed"] > 0 and after.parameters < 0.9 * cleaned.parameters
+    quantized = onnxslim.Pipeline(_quantize_passes(), num_samples=1).run(path)
+    assert quantized.report.stages[-1].summary["smoke_data"] is True
+    assert sum(n.op_type == "QuantizeLinear" for n in quantized.model.graph) > 10
+
+
+def test_fixed_batch_and_sequence_models_no_longer_refused_or_crash() -> None:
+    # random calibration used to be refused for a fixed batch > 1 ("set batch_size=N"), and
+    # pruning crashed on sequence-typed values (np.shape of a list of arrays)
+    fixed = next(p for p in MODELS if "pytorch-converted/test_Conv2d/" in str(p))
+    assert sweep_model(fixed, "quantize", _quantize_passes).status == "verified"
+    sequence = next(p for p in MODELS if "simple/test_sequence_model1/" in str(p))
+    assert sweep_model(sequence, "prune", _prune_passes).status == "verified"

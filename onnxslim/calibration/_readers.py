@@ -83,6 +83,33 @@ def validate_feeds(
             )
 
 
+def _check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec], origin: str) -> None:
+    """One batch against the model's inputs; NaN is never calibration data (Inf may be: masks)."""
+    validate_feeds(batch, specs, origin)
+    for name, array in batch.items():
+        if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
+            raise InputDataError(
+                f"{origin}: input '{name}' contains NaN; remove or replace those samples."
+            )
+
+
+def _sample_count(chunk: Mapping[str, np.ndarray], origin: str) -> int:
+    """Samples in one item (axis 0 of every array); refuses scalars and unequal counts."""
+    counts = {}
+    for name, array in chunk.items():
+        if np.ndim(array) == 0:
+            raise InputDataError(
+                f"{origin}: input '{name}' is a scalar; calibration arrays need the sample axis first."
+            )
+        counts[name] = len(array)
+    if len(set(counts.values())) > 1:
+        raise InputDataError(
+            f"{origin}: arrays in one item have different sample counts {counts}; "
+            "axis 0 must count samples in every array."
+        )
+    return next(iter(counts.values()))
+
+
 class CalibrationReader(abc.ABC):
     """Base of all readers: batches of ``batch_size`` samples, at most ``limit`` samples.
 
@@ -92,6 +119,7 @@ class CalibrationReader(abc.ABC):
 
     kind: str = "data"
     smoke: bool = False  # random data: valid for smoke runs only, never for real calibration
+    rebatches: bool = True  # False: batches come shaped like the model's inputs already
 
     def __init__(self, *, batch_size: int = 1, limit: int | None = None):
         if batch_size < 1:
@@ -121,13 +149,23 @@ class CalibrationReader(abc.ABC):
         return digest.hexdigest()
 
     def __iter__(self) -> Iterator[Feeds]:
+        # After validate(), every batch is checked, not just the first one.
+        specs = getattr(self, "_validated_specs", None)
+        for index, batch in enumerate(self._batches()):
+            if specs is not None:
+                _check_batch(batch, specs, f"{self.describe()} (batch {index})")
+            yield batch
+
+    def _batches(self) -> Iterator[Feeds]:
         pending: list[Feeds] = []
         pending_count = 0
         emitted = 0
         for chunk in self._samples():
             if not chunk:
                 continue
-            count = len(next(iter(chunk.values())))
+            count = _sample_count(chunk, self.describe())
+            if count == 0:  # an empty item: skip it, not end the data
+                continue
             if self.limit is not None:
                 count = min(count, self.limit - emitted - pending_count)
                 chunk = {name: array[:count] for name, array in chunk.items()}
@@ -177,7 +215,9 @@ class CalibrationReader(abc.ABC):
             raise InputDataError(
                 f"{self.describe()}: no samples; give at least one calibration sample."
             )
-        fixed_batch = [s for s in specs if s.shape and isinstance(s.shape[0], int)]
+        fixed_batch = [
+            s for s in specs if self.rebatches and s.shape and isinstance(s.shape[0], int)
+        ]
         for spec in fixed_batch:
             if self.batch_size != spec.shape[0] and spec.shape[0] != 1:
                 raise InputDataError(
@@ -185,6 +225,7 @@ class CalibrationReader(abc.ABC):
                     f"batch_size is {self.batch_size}; set batch_size={spec.shape[0]}."
                 )
         validate_feeds(first, specs, self.describe())
+        self._validated_specs = specs
         return specs
 
 
@@ -478,6 +519,7 @@ class RandomReader(CalibrationReader):
 
     kind = "random (smoke data)"
     smoke = True
+    rebatches = False
 
     def __init__(
         self,
@@ -497,12 +539,20 @@ class RandomReader(CalibrationReader):
     def fingerprint(self) -> str:
         shapes = [s.describe() for s in input_specs(self.model)]
         return hashlib.sha256(
-            f"random|{self.seed}|{self.count}|{self.sizes}|{shapes}".encode()
+            f"random|{self.seed}|{self.count}|{self.batch_size}|{self.sizes}|{shapes}".encode()
         ).hexdigest()
 
     def _samples(self) -> Iterator[Feeds]:
         for index in range(self.count):
             yield random_inputs(self.model, self.sizes, seed=self.seed + index, batch=1)
+
+    def _batches(self) -> Iterator[Feeds]:
+        # Feeds shaped exactly like the model's inputs (fixed batch, scalars): no re-batching,
+        # which would cut a fixed first dim or fail on a scalar input.
+        for index in range(-(-self.count // self.batch_size)):
+            yield random_inputs(
+                self.model, self.sizes, seed=self.seed + index, batch=self.batch_size
+            )
 
 
 def open_reader(
@@ -528,7 +578,12 @@ def open_reader(
             raise InputDataError(
                 "random calibration data needs the model to read input shapes from."
             )
-        count = int(data.split(":", 1)[1]) if ":" in data else (limit or 8)
+        text = data.split(":", 1)[1] if ":" in data else str(limit or 8)
+        if data.split(":", 1)[0] != "random" or not text.lstrip("-").isdigit():
+            raise InputDataError(
+                f"calibration data '{data}' is not understood; write 'random' or 'random:N' (N samples)."
+            )
+        count = int(text)
         return RandomReader(model, count=count, sizes=sizes, batch_size=batch_size)
     if isinstance(data, (str, os.PathLike)):
         path = Path(data)

@@ -159,7 +159,8 @@ def observe_shapes(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str
         )
         names, results = [], []
     for name, array in zip(names, results):
-        shapes[name] = tuple(np.shape(array))
+        if isinstance(array, np.ndarray):  # sequence/map values (lists, dicts) have no shape
+            shapes[name] = array.shape
     for name, array in feeds.items():
         shapes[name] = tuple(array.shape)
     return shapes

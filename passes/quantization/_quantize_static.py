@@ -170,6 +170,25 @@ class QuantizeStatic(SlimPass):
             )
         if not 0.0 < percentile <= 100.0:
             raise RecipeError(f"percentile must be in (0, 100], got {percentile}.")
+        # Checked here, before any work: each used to fail late with a ValueError/re.error.
+        if bins < 16 or bins % 2:
+            raise RecipeError(f"bins must be an even number >= 16, got {bins}.")
+        for option, value in (("batch_size", batch_size), ("eval_samples", eval_samples)):
+            if value < 1:
+                raise RecipeError(f"{option} must be >= 1, got {value}.")
+        if samples is not None and samples < 1:
+            raise RecipeError(f"samples must be >= 1 (or unset for all), got {samples}.")
+        for option, value in (("activation_type", activation_type), ("weight_type", weight_type)):
+            if value not in (None, "int8", "uint8"):
+                raise RecipeError(f"{option} '{value}' is not supported; use 'uint8' or 'int8'.")
+        for selector in exclude or []:
+            if selector.startswith("re:"):
+                try:
+                    re.compile(selector[3:])
+                except re.error as error:
+                    raise RecipeError(
+                        f"exclude selector '{selector}' is not a valid regular expression ({error})."
+                    ) from None
         self.calibration = calibration
         self.method = method
         self.percentile = percentile
@@ -497,6 +516,11 @@ class QuantizeStatic(SlimPass):
         excluded = dict.fromkeys(excluded_by_user, "excluded by the user")
         for name, selector in excluded_by_user.items():
             excluded[name] = f"excluded by the user ('{selector}')"
+        # ORT needs a range for every tensor it quantizes: one never finite on the data has none.
+        unranged = set(names) - set(ranges)
+        for node in proto.graph.node:
+            if node.name and node.name not in excluded and unranged & {*node.input, *node.output}:
+                excluded[node.name] = "no finite calibration values on its tensors (NaN/Inf)"
         tried = []
         for label, op_types in candidates:
             path = quantize(label, op_types, list(excluded))
