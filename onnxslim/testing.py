@@ -305,3 +305,227 @@ def ppocr_model_path(kind: str = "det") -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / _RAPIDOCR_MODELS[kind]
     return path if path.is_file() else None
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """Tensors of a .safetensors file as torch tensors (the ``safetensors`` package if installed)."""
+    torch = _torch()
+    if importlib.util.find_spec("safetensors") is not None:
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    import json
+    import struct
+
+    import numpy as np
+
+    dtypes = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+    raw = Path(path).read_bytes()
+    # Format: 8-byte little-endian header length, JSON header, then the raw tensor bytes.
+    (header_size,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_size])
+    body = raw[8 + header_size :]
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        array = np.frombuffer(body[start:end], dtype=dtypes[entry["dtype"]]).reshape(entry["shape"])
+        tensors[name] = torch.from_numpy(array.copy())
+    return tensors
+
+
+def minilm_encoder(model_dir: str | Path, *, pooled: bool = True):
+    """The BERT encoder of a sentence-transformers checkpoint (e.g. all-MiniLM-L6-v2) in torch.
+
+    Reads ``config.json`` and ``model.safetensors`` from ``model_dir`` (no transformers needed):
+    post-LN BERT with erf GELU; inputs ``input_ids`` and ``attention_mask`` [batch, seq] int64.
+    ``pooled``: return the mean of the token states over the mask, L2-normalised (the sentence
+    embedding, as sentence-transformers' Pooling + Normalize); else the token states.
+    """
+    import json
+
+    torch = _torch()
+    nn = torch.nn
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    eps = config.get("layer_norm_eps", 1e-12)
+    head_dim = hidden // heads
+
+    class SelfAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query = nn.Linear(hidden, hidden)
+            self.key = nn.Linear(hidden, hidden)
+            self.value = nn.Linear(hidden, hidden)
+
+        def forward(self, x, bias):
+            batch, seq, _ = x.shape
+            q, k, v = (
+                t.reshape(batch, seq, heads, head_dim).transpose(1, 2)
+                for t in (self.query(x), self.key(x), self.value(x))
+            )
+            scores = q @ k.transpose(-1, -2) / (head_dim**0.5) + bias
+            return (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, seq, hidden)
+
+    class DenseNorm(nn.Module):
+        def __init__(self, width: int):
+            super().__init__()
+            self.dense = nn.Linear(width, hidden)
+            self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+        def forward(self, x, residual):
+            return self.LayerNorm(self.dense(x) + residual)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self = SelfAttention()
+            self.output = DenseNorm(hidden)
+
+    class Intermediate(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = nn.Linear(hidden, config["intermediate_size"])
+
+        def forward(self, x):
+            return nn.functional.gelu(self.dense(x))  # erf GELU, as BERT's "gelu"
+
+    class Layer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = Attention()
+            self.intermediate = Intermediate()
+            self.output = DenseNorm(config["intermediate_size"])
+
+        def forward(self, x, bias):
+            x = self.attention.output(self.attention.self(x, bias), x)
+            return self.output(self.intermediate(x), x)
+
+    class Embeddings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word_embeddings = nn.Embedding(config["vocab_size"], hidden)
+            self.position_embeddings = nn.Embedding(config["max_position_embeddings"], hidden)
+            self.token_type_embeddings = nn.Embedding(config.get("type_vocab_size", 2), hidden)
+            self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+
+        def forward(self, input_ids):
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+            # single-segment input: token type 0 everywhere
+            x = (
+                self.word_embeddings(input_ids)
+                + self.position_embeddings(positions)
+                + self.token_type_embeddings.weight[0]
+            )
+            return self.LayerNorm(x)
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.ModuleList(Layer() for _ in range(config["num_hidden_layers"]))
+
+    class Bert(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embeddings = Embeddings()
+            self.encoder = Encoder()
+
+        def forward(self, input_ids, attention_mask):
+            x = self.embeddings(input_ids)
+            mask = attention_mask.to(x.dtype)
+            bias = (1.0 - mask[:, None, None, :]) * -10000.0
+            for layer in self.encoder.layer:
+                x = layer(x, bias)
+            if not pooled:
+                return x
+            summed = (x * mask.unsqueeze(-1)).sum(1)
+            mean = summed / mask.sum(1, keepdim=True).clamp(min=1e-9)
+            return nn.functional.normalize(mean, p=2.0, dim=1)
+
+    module = Bert()
+    tensors = _read_safetensors(model_dir / "model.safetensors")
+    state = module.state_dict()
+    missing = sorted(set(state) - set(tensors))
+    if missing:
+        raise ValueError(f"{model_dir / 'model.safetensors'} lacks {missing[:3]}; is it a BERT checkpoint?")
+    module.load_state_dict({name: tensors[name] for name in state})
+    return module.eval()
+
+
+class WordPieceTokenizer:
+    """BERT's uncased tokenizer from a ``vocab.txt``: lowercase, strip accents, split on
+    whitespace and punctuation, then greedy longest-match-first word pieces."""
+
+    def __init__(self, vocab_path: str | Path, max_length: int = 128):
+        tokens = Path(vocab_path).read_text(encoding="utf-8").splitlines()
+        self.vocab = {token: index for index, token in enumerate(tokens)}
+        self.max_length = max_length
+        self.cls, self.sep = self.vocab["[CLS]"], self.vocab["[SEP]"]
+        self.unk, self.pad = self.vocab["[UNK]"], self.vocab["[PAD]"]
+
+    @staticmethod
+    def _is_punctuation(char: str) -> bool:
+        import unicodedata
+
+        code = ord(char)
+        # BERT counts all non-alphanumeric ASCII as punctuation, plus Unicode P* categories.
+        if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
+            return True
+        return unicodedata.category(char).startswith("P")
+
+    def _basic(self, text: str) -> list[str]:
+        import unicodedata
+
+        text = unicodedata.normalize("NFD", text.lower())
+        text = "".join(c for c in text if unicodedata.category(c) != "Mn")
+        words: list[str] = []
+        for chunk in text.split():
+            current = ""
+            for char in chunk:
+                if self._is_punctuation(char):
+                    if current:
+                        words.append(current)
+                    words.append(char)
+                    current = ""
+                else:
+                    current += char
+            if current:
+                words.append(current)
+        return words
+
+    def _word_pieces(self, word: str) -> list[int]:
+        if len(word) > 100:
+            return [self.unk]
+        pieces, start = [], 0
+        while start < len(word):
+            end = len(word)
+            while end > start:
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in self.vocab:
+                    pieces.append(self.vocab[piece])
+                    break
+                end -= 1
+            if end == start:
+                return [self.unk]
+            start = end
+        return pieces
+
+    def encode(self, text: str) -> list[int]:
+        """[CLS] word pieces [SEP], truncated to ``max_length``."""
+        ids = [piece for word in self._basic(text) for piece in self._word_pieces(word)]
+        return [self.cls, *ids[: self.max_length - 2], self.sep]
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, Any]:
+        """``input_ids`` and ``attention_mask`` (int64, padded to the longest text)."""
+        import numpy as np
+
+        encoded = [self.encode(text) for text in texts]
+        length = max(len(ids) for ids in encoded)
+        input_ids = np.full((len(texts), length), self.pad, dtype=np.int64)
+        attention_mask = np.zeros((len(texts), length), dtype=np.int64)
+        for row, ids in enumerate(encoded):
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
