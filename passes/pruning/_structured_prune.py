@@ -145,7 +145,13 @@ def _greedy_for_macs(
             if best_score is None or chunk_score < best_score:
                 best, best_score = (index, target), chunk_score
         if best is None:
-            logger.warning("MACs target not reachable within max_ratio %.2f", max_ratio)
+            logger.warning(
+                "prune: stopped at %.3f of the MACs (target %.3f): every group is at its rounding "
+                "step, min_kept or max_ratio %.2f limit",
+                predicted_macs(analysis.view, current) / analysis.base_macs,
+                goal / analysis.base_macs,
+                max_ratio,
+            )
             break
         kept[best[0]] = best[1]
         current = plan()
