@@ -194,6 +194,22 @@ def model_file_size(path: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in _files_of(Path(path)) if f.is_file())
 
 
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on a folder (flock on its descriptor; no lock file is left)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; each rename on its own stays atomic
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
+
+
 def save(
     model: ir.Model,
     path: str | os.PathLike,
@@ -235,10 +251,13 @@ def save(
         staged_model = staging / destination.name
         if external_data:
             ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=1024)
-            os.replace(staging / data_name, destination.parent / data_name)
+            # two renames: a concurrent save must not pair its model with our weights
+            with _folder_lock(destination.parent):
+                os.replace(staging / data_name, destination.parent / data_name)
+                os.replace(staged_model, destination)
         else:
             ir.save(model, staged_model)
-        os.replace(staged_model, destination)
+            os.replace(staged_model, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.debug("saved %s (external data: %s)", destination, external_data)
