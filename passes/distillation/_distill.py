@@ -57,7 +57,13 @@ class Distill(SlimPass):
         validation_data: Inputs for per-epoch fidelity (default: up to 16 training batches).
         patience: Stop after this many epochs without better validation fidelity.
         train_bn_stats: Update BatchNorm running statistics while training.
-        cache_teacher: Cache teacher outputs per batch. seed: Makes runs repeatable on CPU.
+        cache_teacher: Teacher outputs computed once and reused every epoch. None (default):
+            for in-memory data (readers, files, lists: the common case) up to 2 GiB, not for a
+            DataLoader (it may augment); True: always (a DataLoader's batches by content);
+            False: the teacher runs on every batch.
+        threads: torch threads while training; None: times a few steps with torch's setting
+            and with one thread and keeps the faster (small students on busy machines are
+            often faster on one). seed: With a fixed ``threads``, makes runs repeatable on CPU.
         checkpoint, resume: Resumable checkpoint file (written by rank 0 every epoch).
         device: torch device of the student. progress: progress line (default: on a terminal).
     """
@@ -92,7 +98,8 @@ class Distill(SlimPass):
         validation_data: Any = None,
         patience: int | None = None,
         train_bn_stats: bool = False,
-        cache_teacher: bool = False,
+        cache_teacher: bool | None = None,
+        threads: int | None = None,
         seed: int = 0,
         checkpoint: str | None = None,
         resume: bool = False,
@@ -102,6 +109,8 @@ class Distill(SlimPass):
         super().__init__()
         if epochs < 1 and not steps:
             raise SlimError(f"distill: epochs must be >= 1, got {epochs}.")
+        if threads is not None and threads < 1:
+            raise SlimError(f"distill: threads must be >= 1, got {threads}.")
         self.data = data
         self.teacher = teacher
         self.student = student
@@ -126,6 +135,7 @@ class Distill(SlimPass):
         self.patience = patience
         self.train_bn_stats = train_bn_stats
         self.cache_teacher = cache_teacher
+        self.threads = threads
         self.seed = seed
         self.checkpoint = checkpoint
         self.resume = resume
@@ -138,7 +148,9 @@ class Distill(SlimPass):
         if isinstance(data, (str, Path)) or isinstance(data, np.ndarray):
             from onnxslim.calibration import open_reader
 
-            return open_reader(data, model)
+            # Large reader batches: Batches splits them into samples anyway, and reading an
+            # .npz one sample at a time is slow.
+            return open_reader(data, model, batch_size=256 if self.batch_size else 1)
         return data
 
     def _hint_pairs(self) -> dict[str, str]:
@@ -197,7 +209,7 @@ class Distill(SlimPass):
             teacher_path,
             context.providers,
             extra_outputs=list(hints.values()),
-            cache=self.cache_teacher,
+            cache=bool(self.cache_teacher),
             workdir=workdir,
         )
         if teacher.input_names != input_names:
@@ -212,7 +224,8 @@ class Distill(SlimPass):
         )
         validation = self._validation(model, train_batches, input_names)
 
-        first_teacher = teacher(validation[0])
+        teacher_validation = [teacher(feeds) for feeds in validation]
+        first_teacher = teacher_validation[0]
         softmax_outputs = [
             v.name
             for v in model.graph.outputs
@@ -249,8 +262,19 @@ class Distill(SlimPass):
             resume=self.resume,
             progress=self.progress,
             device=self.device,
+            cache_teacher=self.cache_teacher,
+            threads=self.threads,
         )
-        result = train(student, teacher, loss_fn, train_batches, validation, output_names, config)
+        result = train(
+            student,
+            teacher,
+            loss_fn,
+            train_batches,
+            validation,
+            output_names,
+            config,
+            teacher_validation=teacher_validation,
+        )
         student.cpu()
 
         if self.student is None:
@@ -291,7 +315,7 @@ class Distill(SlimPass):
             )
         from onnxslim import compare_outputs
 
-        teacher_outputs = [{n: teacher(feeds)[n] for n in output_names} for feeds in validation]
+        teacher_outputs = [{n: outputs[n] for n in output_names} for outputs in teacher_validation]
         fidelity_after = compare_outputs(teacher_outputs, ort_outputs)
         summary = {
             "teacher": str(teacher_path),
@@ -301,6 +325,8 @@ class Distill(SlimPass):
             "best_epoch": result.best_epoch,
             "stopped_early": result.stopped_early,
             "samples": train_batches.sample_count,
+            "teacher_cache": result.teacher_cache,
+            "threads": result.threads,
             "world_size": world_size,
             "rank": rank,
             "losses": losses,
@@ -333,9 +359,9 @@ class Distill(SlimPass):
                 batch_size=self.batch_size,
                 label_key=self.label_key,
             )
-            return [feeds for feeds, _ in batches.epoch()]
+            return [feeds for feeds, _ in batches.in_order()]
         validation = []
-        for feeds, _ in train_batches.epoch():
+        for feeds, _ in train_batches.in_order():
             validation.append(feeds)
             if len(validation) >= 16:
                 break

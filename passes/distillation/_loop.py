@@ -33,6 +33,7 @@ __all__ = [
     "Batches",
     "train",
     "distributed_context",
+    "TeacherTargets",
 ]
 
 logger = logging.getLogger(__name__)
@@ -161,9 +162,14 @@ def _is_data_loader(data: Any) -> bool:
 class Batches:
     """Training/validation batches from readers, iterables of dicts, or a torch DataLoader.
 
-    Reader items are split into samples once (kept in memory) and re-batched to ``batch_size``
-    samples, shuffled per epoch with ``seed + epoch`` and sharded per rank; a DataLoader is used
-    as it batches (with its own DistributedSampler, or sharded by batch index).
+    With ``batch_size``, reader items are split into samples once, stacked in memory per input
+    and re-batched to ``batch_size`` samples, shuffled per epoch with ``seed + epoch`` and
+    sharded per rank; without it, items are used as given. A DataLoader is used as it batches
+    (with its own DistributedSampler, or sharded by batch index).
+
+    :meth:`epoch` yields ``(feeds, labels, key)``: ``key`` names the batch's samples (an index
+    array when stacked, the item index otherwise, ``None`` for a DataLoader) so that teacher
+    outputs can be looked up instead of recomputed.
     """
 
     def __init__(
@@ -178,8 +184,10 @@ class Batches:
         self.input_names = list(input_names)
         self.batch_size = batch_size
         self.label_key = label_key
-        self.samples: list[tuple[Feeds, np.ndarray | None]] | None = None
         self.items: list[tuple[Feeds, np.ndarray | None]] | None = None
+        # Stacked samples (batch_size given): input name -> [samples, ...] array, and labels.
+        self.arrays: Feeds | None = None
+        self.labels: np.ndarray | None = None
         if not _is_data_loader(data):
             self._materialize()
 
@@ -199,32 +207,50 @@ class Batches:
             raise InputDataError(
                 "distill: the training data is empty; give at least one batch of inputs."
             )
-        self.items = items
-        if self.batch_size:
-            samples = []
-            for feeds, labels in items:
-                count = len(next(iter(feeds.values())))
-                for index in range(count):
-                    sample = {name: array[index : index + 1] for name, array in feeds.items()}
-                    samples.append(
-                        (
-                            sample,
-                            None if labels is None else np.atleast_1d(labels)[index : index + 1],
-                        )
-                    )
-            self.samples = samples
+        if not self.batch_size:
+            self.items = items
+            return
+        arrays = {}
+        for name in self.input_names:
+            parts = [np.asarray(feeds[name]) for feeds, _ in items]
+            shapes = {p.shape[1:] for p in parts}
+            if any(p.ndim == 0 for p in parts) or len(shapes) > 1:
+                raise InputDataError(
+                    f"distill: samples of input '{name}' differ in shape ({', '.join(sorted(map(str, shapes)))}); "
+                    "give batch_size=None to train on the items as given."
+                )
+            arrays[name] = np.ascontiguousarray(np.concatenate(parts))
+        counts = {len(array) for array in arrays.values()}
+        if len(counts) > 1:
+            raise InputDataError(
+                f"distill: the inputs hold different sample counts {sorted(counts)}; axis 0 must count samples."
+            )
+        with_labels = [labels is not None for _, labels in items]
+        if any(with_labels) and not all(with_labels):
+            raise InputDataError(
+                f"distill: {sum(with_labels)} of {len(items)} data items have labels; label all items or none."
+            )
+        self.arrays = arrays
+        if all(with_labels):
+            self.labels = np.concatenate([np.atleast_1d(labels) for _, labels in items])
 
     @property
     def sample_count(self) -> int:
-        if self.samples is not None:
-            return len(self.samples)
+        if self.arrays is not None:
+            return len(next(iter(self.arrays.values())))
         if self.items is not None:
             return sum(len(next(iter(f.values()))) for f, _ in self.items)
         return len(self.data.dataset) if hasattr(self.data, "dataset") else 0
 
+    @property
+    def in_memory(self) -> bool:
+        """The data is a fixed list held in memory (every epoch sees the same samples)."""
+        return self.arrays is not None or self.items is not None
+
     def batches_per_epoch(self, world_size: int = 1) -> int | None:
-        if self.samples is not None:
-            per_rank = len(self.samples) // world_size if world_size > 1 else len(self.samples)
+        if self.arrays is not None:
+            count = self.sample_count
+            per_rank = count // world_size if world_size > 1 else count
             return math.ceil(per_rank / self.batch_size)
         if self.items is not None:
             return len(self.items) // world_size if world_size > 1 else len(self.items)
@@ -237,6 +263,11 @@ class Batches:
             return length // world_size
         return length
 
+    def in_order(self) -> Iterator[tuple[Feeds, Any]]:
+        """Every batch once, unshuffled and unsharded, with its key (see :meth:`epoch`)."""
+        for feeds, _, key in self.epoch():
+            yield feeds, key
+
     def epoch(
         self,
         epoch: int = 0,
@@ -245,26 +276,30 @@ class Batches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-    ) -> Iterator[tuple[Feeds, np.ndarray | None]]:
-        if self.items is None:
-            yield from self._loader_epoch(epoch, rank, world_size)
+    ) -> Iterator[tuple[Feeds, np.ndarray | None, Any]]:
+        if not self.in_memory:
+            for feeds, labels in self._loader_epoch(epoch, rank, world_size):
+                yield feeds, labels, None
             return
-        units = self.samples if self.samples is not None else self.items
-        order = np.arange(len(units))
+        count = self.sample_count if self.arrays is not None else len(self.items)
+        order = np.arange(count)
         if shuffle:
-            order = np.random.default_rng(seed + epoch).permutation(len(units))
+            order = np.random.default_rng(seed + epoch).permutation(count)
         if world_size > 1:
             # Same permutation on every rank; equal shares keep DDP's collective calls in step.
             order = order[: len(order) // world_size * world_size][rank::world_size]
-        if self.samples is None:
+        if self.arrays is None:
             for index in order:
-                yield self.items[index]
+                feeds, labels = self.items[index]
+                yield feeds, labels, int(index)
             return
         for start in range(0, len(order), self.batch_size):
-            chunk = [self.samples[i] for i in order[start : start + self.batch_size]]
-            feeds = {name: np.concatenate([c[0][name] for c in chunk]) for name in self.input_names}
-            labels = None if chunk[0][1] is None else np.concatenate([c[1] for c in chunk])
-            yield feeds, labels
+            index = order[start : start + self.batch_size]
+            if not shuffle and world_size == 1:
+                index = slice(int(index[0]), int(index[-1]) + 1)  # contiguous: views, no copies
+            feeds = {name: array[index] for name, array in self.arrays.items()}
+            labels = None if self.labels is None else self.labels[index]
+            yield feeds, labels, index
 
     def _loader_epoch(
         self, epoch: int, rank: int, world_size: int
@@ -306,6 +341,8 @@ class TrainConfig:
     resume: bool = False
     progress: bool | None = None
     device: str = "cpu"
+    cache_teacher: bool | None = None
+    threads: int | None = None
 
 
 @dataclasses.dataclass
@@ -326,6 +363,8 @@ class TrainResult:
     steps: int
     world_size: int
     stopped_early: bool = False
+    teacher_cache: str = "off"
+    threads: int = 1
 
 
 def _score(fidelity: Fidelity) -> tuple[float, float]:
@@ -388,11 +427,141 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _to_device(feeds: Mapping[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {
+def _to_device(
+    feeds: Mapping[str, np.ndarray], device: torch.device, channels_last: bool = False
+) -> dict[str, torch.Tensor]:
+    tensors = {
         name: torch.from_numpy(np.ascontiguousarray(array)).to(device)
         for name, array in feeds.items()
     }
+    if channels_last:
+        for name, tensor in tensors.items():
+            if tensor.dim() == 4 and tensor.is_floating_point():
+                tensors[name] = tensor.contiguous(memory_format=torch.channels_last)
+    return tensors
+
+
+def _uses_channels_last(student: nn.Module, device: torch.device) -> bool:
+    """oneDNN's convolutions (forward and backward) run markedly faster on NHWC tensors."""
+    return device.type == "cpu" and any(p.dim() == 4 for p in student.parameters())
+
+
+# Auto-caching keeps teacher outputs of in-memory data up to this size (all samples together).
+TEACHER_CACHE_BYTES = 2 << 30
+
+
+class TeacherTargets:
+    """Teacher outputs of a fixed in-memory data set, computed once and reused every epoch.
+
+    Stacked samples are run through the teacher in order, batch by batch, and kept per sample,
+    so shuffled batches look their targets up by index; items used as given are kept per item.
+    Use :meth:`build`, which declines (with the reason) when outputs are not per sample or would
+    exceed the memory budget.
+    """
+
+    def __init__(
+        self, stacked: dict[str, torch.Tensor] | None, per_item: list[dict[str, torch.Tensor]]
+    ):
+        self.stacked = stacked
+        self.per_item = per_item
+
+    @classmethod
+    def build(
+        cls, teacher: OrtTeacher, batches: Batches, max_bytes: int | None
+    ) -> tuple[TeacherTargets | None, str]:
+        """(targets, description) or (None, why not) for the teacher on ``batches``."""
+        if not batches.in_memory:
+            return None, "off (streamed data: the teacher runs on every batch)"
+        stacked = batches.arrays is not None
+        expected = batches.sample_count if stacked else len(batches.items)
+        chunks: list[dict[str, np.ndarray]] = []
+        for feeds, _ in batches.in_order():
+            outputs = teacher(feeds)
+            count = len(next(iter(feeds.values())))
+            if stacked and any(
+                array.ndim == 0 or array.shape[0] != count for array in outputs.values()
+            ):
+                return (
+                    None,
+                    "off (teacher outputs are not per sample: the teacher runs on every batch)",
+                )
+            chunks.append(outputs)
+            if len(chunks) == 1 and max_bytes is not None:
+                estimate = (
+                    sum(a.nbytes for a in outputs.values()) * expected / (count if stacked else 1)
+                )
+                if estimate > max_bytes:
+                    return None, (
+                        f"off (teacher outputs would take {estimate / 2**20:.0f} MiB > "
+                        f"{max_bytes / 2**20:.0f} MiB: the teacher runs on every batch)"
+                    )
+        names = list(chunks[0])
+        if stacked:
+            merged = {
+                name: torch.from_numpy(np.concatenate([chunk[name] for chunk in chunks]))
+                for name in names
+            }
+            return cls(merged, []), f"in memory ({expected} samples, computed once)"
+        items = [{name: torch.from_numpy(chunk[name]) for name in names} for chunk in chunks]
+        return cls(None, items), f"in memory ({expected} items, computed once)"
+
+    def __getitem__(self, key: Any) -> dict[str, torch.Tensor]:
+        if self.stacked is not None:
+            if isinstance(key, np.ndarray):
+                key = torch.from_numpy(key)
+            return {name: tensor[key] for name, tensor in self.stacked.items()}
+        return self.per_item[key]
+
+
+def _fastest_thread_count(
+    student: nn.Module, feeds: Feeds, device: torch.device, channels_last: bool
+) -> int:
+    """Times training steps with torch's thread count and with one thread; the faster wins.
+
+    Small students on busy or small machines often run faster on one thread (the OpenMP
+    team waits for descheduled threads at every op); large ones gain from all cores.
+    """
+    candidates = [torch.get_num_threads(), 1]
+    saved_buffers = [buffer.detach().clone() for buffer in student.buffers()]
+    inputs = _to_device(feeds, device, channels_last)
+
+    def step() -> float:
+        started = time.perf_counter()
+        outputs = student(**inputs)
+        loss = sum(
+            tensor.float().sum()
+            for tensor in outputs.values()
+            if isinstance(tensor, torch.Tensor) and tensor.requires_grad
+        )
+        if isinstance(loss, torch.Tensor):
+            loss.backward()
+        return time.perf_counter() - started
+
+    timings: dict[int, list[float]] = {count: [] for count in candidates}
+    try:
+        for count in candidates:  # warm-up: oneDNN builds its kernels per thread count
+            torch.set_num_threads(count)
+            step()
+        for _ in range(3):
+            for count in candidates:
+                torch.set_num_threads(count)
+                timings[count].append(step())
+            fastest, slowest = sorted(min(values) for values in timings.values())
+            if slowest > 2 * fastest:  # a clear winner: stop timing
+                break
+    finally:
+        student.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(student.buffers(), saved_buffers, strict=True):
+                buffer.copy_(saved)
+    medians = {count: float(np.median(values)) for count, values in timings.items()}
+    chosen = min(medians, key=medians.get)
+    logger.info(
+        "distill: %d torch thread(s) (median step %s)",
+        chosen,
+        ", ".join(f"{1000 * t:.1f} ms with {c}" for c, t in medians.items()),
+    )
+    return chosen
 
 
 def evaluate(
@@ -401,6 +570,7 @@ def evaluate(
     batches: Sequence[Feeds],
     output_names: Sequence[str],
     device: torch.device,
+    channels_last: bool = False,
 ) -> Fidelity:
     """Fidelity of the student's graph outputs against precomputed teacher outputs."""
     was_training = student.training
@@ -408,7 +578,7 @@ def evaluate(
     candidates = []
     with torch.no_grad():
         for feeds in batches:
-            outputs = student(**_to_device(feeds, device))
+            outputs = student(**_to_device(feeds, device, channels_last))
             candidates.append({name: outputs[name].detach().cpu().numpy() for name in output_names})
     student.train(was_training)
     reference = [{name: t[name] for name in output_names} for t in teacher_outputs]
@@ -430,18 +600,62 @@ def train(
     validation: Sequence[Feeds],
     output_names: Sequence[str],
     config: TrainConfig,
+    teacher_validation: Sequence[Mapping[str, np.ndarray]] | None = None,
 ) -> TrainResult:
     """Fine-tunes ``student`` on the teacher's outputs; on return it holds the best weights.
 
     Under an initialised torch.distributed group the student is wrapped in
     DistributedDataParallel, each rank trains on its shard, rank 0 validates and decides
-    (best epoch, early stop) and its weights are broadcast at the end.
+    (best epoch, early stop) and its weights are broadcast at the end. Teacher outputs of
+    in-memory data are computed once (``config.cache_teacher``); torch's thread count is set
+    for the loop (``config.threads``, or timed) and restored afterwards.
     """
     rank, world_size = distributed_context()
     device = torch.device(config.device)
-    torch.manual_seed(config.seed)
     student.to(device)
     student.train()
+    threads_before = torch.get_num_threads()
+    channels_last = _uses_channels_last(student, device)
+    try:
+        if channels_last:
+            student.to(memory_format=torch.channels_last)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        elif device.type == "cpu" and world_size == 1 and threads_before > 1 and validation:
+            chosen = _fastest_thread_count(student, validation[0], device, channels_last)
+            torch.set_num_threads(chosen)
+        return _train(
+            student,
+            teacher,
+            loss_fn,
+            train_batches,
+            validation,
+            output_names,
+            config,
+            device,
+            channels_last,
+            teacher_validation,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+        if channels_last:
+            student.to(memory_format=torch.contiguous_format)
+
+
+def _train(
+    student: nn.Module,
+    teacher: OrtTeacher,
+    loss_fn: Any,
+    train_batches: Batches,
+    validation: Sequence[Feeds],
+    output_names: Sequence[str],
+    config: TrainConfig,
+    device: torch.device,
+    channels_last: bool,
+    teacher_validation: Sequence[Mapping[str, np.ndarray]] | None,
+) -> TrainResult:
+    rank, world_size = distributed_context()
+    torch.manual_seed(config.seed)
     trainable = [p for p in student.parameters() if p.requires_grad]
     if not trainable:
         raise SlimError(
@@ -460,9 +674,18 @@ def train(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    teacher_validation = [teacher(feeds) for feeds in validation] if rank == 0 else []
+    targets, teacher_cache = None, "off"
+    if config.cache_teacher is not False:
+        targets, teacher_cache = TeacherTargets.build(
+            teacher, train_batches, None if config.cache_teacher else TEACHER_CACHE_BYTES
+        )
+    logger.info("distill: teacher outputs %s", teacher_cache)
+    if rank != 0:
+        teacher_validation = []
+    elif teacher_validation is None:
+        teacher_validation = [teacher(feeds) for feeds in validation]
     fidelity_before = (
-        evaluate(student, teacher_validation, validation, output_names, device)
+        evaluate(student, teacher_validation, validation, output_names, device, channels_last)
         if rank == 0
         else None
     )
@@ -495,15 +718,19 @@ def train(
         model.train()
         loss_sum, batch_count = 0.0, 0
         part_sums: dict[str, float] = {}
-        for feeds, labels in train_batches.epoch(
+        for feeds, labels, key in train_batches.epoch(
             epoch, shuffle=config.shuffle, seed=config.seed, rank=rank, world_size=world_size
         ):
             if config.steps and step >= config.steps:
                 break
-            teacher_outputs = {
-                name: torch.from_numpy(array).to(device) for name, array in teacher(feeds).items()
-            }
-            student_outputs = model(**_to_device(feeds, device))
+            if targets is not None:
+                teacher_outputs = {name: tensor.to(device) for name, tensor in targets[key].items()}
+            else:
+                teacher_outputs = {
+                    name: torch.from_numpy(array).to(device)
+                    for name, array in teacher(feeds).items()
+                }
+            student_outputs = model(**_to_device(feeds, device, channels_last))
             label_tensor = torch.from_numpy(labels).to(device) if labels is not None else None
             loss, parts = loss_fn(student_outputs, teacher_outputs, label_tensor)
             optimizer.zero_grad(set_to_none=True)
@@ -533,7 +760,9 @@ def train(
         )
         decision = torch.zeros(2, dtype=torch.float64)  # [improved, stop]
         if rank == 0:
-            fidelity = evaluate(student, teacher_validation, validation, output_names, device)
+            fidelity = evaluate(
+                student, teacher_validation, validation, output_names, device, channels_last
+            )
             record.fidelity = fidelity.to_dict()
             score = _score(fidelity)
             if best_score is None or score > best_score:
@@ -592,7 +821,16 @@ def train(
         best_epoch = summary[0]
         fidelity_before = Fidelity(**{k: _finite(v) for k, v in summary[1].items()})
     student.eval()
-    return TrainResult(history, fidelity_before, best_epoch, step, world_size, stopped_early)
+    return TrainResult(
+        history,
+        fidelity_before,
+        best_epoch,
+        step,
+        world_size,
+        stopped_early,
+        teacher_cache=teacher_cache,
+        threads=torch.get_num_threads(),
+    )
 
 
 def _finite(value: Any) -> Any:
