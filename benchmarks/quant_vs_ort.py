@@ -213,7 +213,7 @@ def worker(args: argparse.Namespace) -> None:
         prepared = ir.from_proto(proto)
         names = QuantizeStatic._tensors_to_calibrate(proto, quantizable_op_types())
         reader = open_reader(args.data, prepared, batch_size=args.batch)
-        collector = collect_statistics(prepared, names, reader)
+        collector = collect_statistics(prepared, names, reader, histograms=args.method != "minmax")
         for stats in collector.tensors.values():
             compute_range(stats, args.method)
         result["retained_bytes"] = collector.retained_bytes()

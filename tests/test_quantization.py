@@ -315,3 +315,26 @@ def test_options_are_validated():
         "target",
         "min_sqnr_db",
     }
+
+
+def test_top1_bound_ignores_near_ties_but_catches_clear_flips():
+    from onnxslim.passes.quantization import AccuracyBound
+    from onnxslim.passes.quantization._guards import decisive_top1_agreement
+
+    # Row 0: class 1 leads by 0.05% of the range (a tie); row 1: class 0 leads clearly.
+    reference = [{"scores": np.array([[0.0, 1.0, 0.9995, 0.2], [3.0, 1.0, 0.0, 0.5]], np.float32)}]
+    tie_flipped = [
+        {"scores": np.array([[0.0, 0.9995, 1.0, 0.2], [3.0, 1.0, 0.0, 0.5]], np.float32)}
+    ]
+    clear_flipped = [
+        {"scores": np.array([[0.0, 1.0, 0.9995, 0.2], [1.0, 3.0, 0.0, 0.5]], np.float32)}
+    ]
+    assert decisive_top1_agreement(reference, tie_flipped) == (1.0, 1)
+    assert decisive_top1_agreement(reference, clear_flipped) == (0.0, 1)
+    bound = AccuracyBound(min_sqnr_db=None, min_top1=0.95)
+    tie = onnxslim.compare_outputs(reference, tie_flipped)
+    assert tie.top1_agreement == 0.5 and bound.violations(tie, reference, tie_flipped) == []
+    clear = onnxslim.compare_outputs(reference, clear_flipped)
+    assert bound.violations(clear, reference, clear_flipped) == [
+        "top-1 agreement 0.0% < 95% (on 1 samples with a clear float top-1)"
+    ]

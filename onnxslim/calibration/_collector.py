@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -304,7 +305,7 @@ def augment_with_statistics(
     int64[1] input ``PHASE_INPUT``). ORT then frees every full activation after its last use
     as in plain inference: peak memory is inference memory plus ``sample_cap`` floats per tensor.
     """
-    augmented = ir.from_proto(ir.to_proto(model))
+    augmented = model.clone()  # weights shared, not copied
     graph = augmented.graph
     values = {v.name: v for v in graph.inputs}
     for node in graph:
@@ -396,8 +397,14 @@ def collect_statistics(
     # Ready nodes run lowest graph index first, so each reduction (placed right after its
     # producer) runs as soon as it can and the full activation is freed as in inference.
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    session = create_session(augmented, providers, options)
-    del augmented
+    with tempfile.TemporaryDirectory(prefix="onnxslim-calibration-") as tmp:
+        path = Path(tmp) / "augmented.onnx"
+        # onnxslim's save: external weights (> 2 GB models) are written beside the copy
+        from onnxslim._io import save
+
+        save(augmented, path)
+        del augmented  # ORT keeps its own copy of the weights: no second one in Python
+        session = create_session(path, providers, options)
     collector = StatisticsCollector(names, bins=bins, histograms=histograms)
     phased = PHASE_INPUT in {i.name for i in session.get_inputs()}
     started = time.perf_counter()

@@ -20,6 +20,7 @@ from onnxslim.calibration._collector import augment_with_outputs
 
 __all__ = [
     "AccuracyBound",
+    "decisive_top1_agreement",
     "interleaved_latency",
     "run_outputs",
     "run_with_logits",
@@ -81,17 +82,42 @@ class AccuracyBound:
         problems = []
         if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
             problems.append(f"output SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db:g} dB")
-        if (
-            self.min_top1 is not None
-            and fidelity.top1_agreement is not None
-            and fidelity.top1_agreement < self.min_top1
-        ):
-            problems.append(
-                f"top-1 agreement {100 * fidelity.top1_agreement:.1f}% < {100 * self.min_top1:g}%"
-            )
+        if self.min_top1 is not None and fidelity.top1_agreement is not None:
+            agreement, decisive = decisive_top1_agreement(reference, candidate)
+            if agreement is not None and agreement < self.min_top1:
+                problems.append(
+                    f"top-1 agreement {100 * agreement:.1f}% < {100 * self.min_top1:g}% "
+                    f"(on {decisive} samples with a clear float top-1)"
+                )
         if self.metric is not None and not self.metric(reference, candidate):
             problems.append("the user metric failed")
         return problems
+
+
+def decisive_top1_agreement(
+    reference: list, candidate: list, margin: float = 0.01
+) -> tuple[float | None, int]:
+    """Top-1 agreement over rows of class scores whose float top-1 leads the runner-up by more
+    than ``margin`` of the row's range; (None, 0) when there are none.
+
+    A near-tie (e.g. an untrained net whose scores barely depend on the input) flips under any
+    noise and says nothing about int8 damage; SQNR covers those outputs.
+    """
+    from onnxslim._fidelity import looks_like_scores
+
+    agree, total = 0, 0
+    for ref_outputs, cand_outputs in zip(reference, candidate):
+        for name, ref in ref_outputs.items():
+            if not looks_like_scores(ref) or ref.shape[-1] < 2:
+                continue
+            rows = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
+            cand = np.asarray(cand_outputs[name]).reshape(rows.shape)
+            ordered = np.sort(rows, axis=-1)
+            spread = ordered[:, -1] - ordered[:, 0]
+            clear = (ordered[:, -1] - ordered[:, -2]) > margin * np.maximum(spread, 1e-30)
+            agree += int(np.sum(rows[clear].argmax(-1) == cand[clear].argmax(-1)))
+            total += int(clear.sum())
+    return (agree / total if total else None), total
 
 
 def _timing_session(path: Path, providers: Sequence[str], threads: int | None):
