@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -111,7 +113,8 @@ def test_labels_add_cross_entropy_and_dataloader_input(teacher_path, digits):
 
 
 def test_same_seed_same_weights_and_resume_equals_uninterrupted(teacher_path, digits, tmp_path):
-    options = dict(teacher=str(teacher_path), lr=3e-3, batch_size=32, seed=7)
+    # a fixed thread count: float sums (hence weights) depend on it
+    options = dict(teacher=str(teacher_path), lr=3e-3, batch_size=32, seed=7, threads=1)
     uninterrupted = perturbed_student(teacher_path)
     Distill(reader(digits[0]), epochs=3, **options).apply(uninterrupted, onnxslim.PassContext())
     repeated = perturbed_student(teacher_path)
@@ -145,6 +148,69 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(teacher_path, di
     ).apply(resumed, onnxslim.PassContext())
     assert [r["epoch"] for r in result.summary["history"]] == [1, 2, 3]
     assert initializer_bytes(resumed) == initializer_bytes(uninterrupted)
+
+
+def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, monkeypatch):
+    from onnxslim.passes.distillation import _loop
+    from onnxslim.passes.distillation._loop import Batches, OrtTeacher, TeacherTargets
+
+    runs = []
+
+    class CountingTeacher(OrtTeacher):
+        def __call__(self, feeds):
+            runs.append(len(feeds["input0"]))
+            return super().__call__(feeds)
+
+    monkeypatch.setattr(_loop, "OrtTeacher", CountingTeacher)
+    summary = (
+        Distill(reader(digits[0]), teacher=str(teacher_path), epochs=3, batch_size=16, threads=1)
+        .apply(perturbed_student(teacher_path), onnxslim.PassContext())
+        .summary
+    )
+    assert summary["teacher_cache"] == f"in memory ({SAMPLES} samples, computed once)"
+    # validation (the first 6 batches of 16) once, then every training sample once, not per epoch
+    assert runs == [16] * (SAMPLES // 16) * 2
+    assert summary["steps"] == 3 * SAMPLES // 16
+
+    # shuffled batches look up exactly what the teacher computes for them
+    teacher = OrtTeacher(teacher_path)
+    batches = Batches(reader(digits[0]), ["input0"], batch_size=16)
+    targets, _ = TeacherTargets.build(teacher, batches, max_bytes=None)
+    for feeds, _, key in batches.epoch(1, shuffle=True, seed=3):
+        expected = teacher(feeds)["output"]
+        np.testing.assert_allclose(targets[key]["output"].numpy(), expected, rtol=0, atol=1e-5)
+    assert TeacherTargets.build(teacher, batches, max_bytes=1000)[1] == (
+        "off (teacher outputs would take 3.75 KiB > 1000 B: the teacher runs on every batch)"
+    )
+    loader = torch.utils.data.DataLoader(torch.from_numpy(digits[0]), batch_size=32)
+    assert TeacherTargets.build(teacher, Batches(loader, ["input0"]), None) == (
+        None,
+        "off (streamed data: the teacher runs on every batch)",
+    )
+
+
+def test_threads_option_and_restored_afterwards(teacher_path, digits):
+    before = torch.get_num_threads()
+    summary = (
+        Distill(reader(digits[0][:32]), teacher=str(teacher_path), epochs=1, threads=1)
+        .apply(perturbed_student(teacher_path), onnxslim.PassContext())
+        .summary
+    )
+    assert summary["threads"] == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(onnxslim.SlimError, match=r"^distill: threads must be >= 1, got 0\.$"):
+        Distill(threads=0)
+
+
+def test_samples_of_different_shapes_are_refused(teacher_path, digits):
+    items = [{"input0": digits[0][:2]}, {"input0": np.zeros((1, 1, 8, 8), np.float32)}]
+    with pytest.raises(
+        onnxslim.InputDataError,
+        match=r"^distill: samples of input 'input0' differ in shape \(\(1, 16, 16\), \(1, 8, 8\)\); give batch_size=None",
+    ):
+        Distill(items, teacher=str(teacher_path)).apply(
+            onnxslim.load(teacher_path), onnxslim.PassContext()
+        )
 
 
 def test_early_stopping_and_best_epoch(teacher_path, digits):
@@ -279,12 +345,22 @@ def test_hints_on_graph_intermediates(teacher_path, digits):
 # ----------------------------------------------------------------------------- torchrun
 
 WORKER = """
-import hashlib, sys
+import ctypes, hashlib, os, signal, sys, threading
+if sys.platform.startswith("linux"):
+    # Die with the launcher even when it is SIGKILLed (a timed-out test): PR_SET_PDEATHSIG.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(1)
+# Backstop against a hung collective: never outlive the test.
+deadline = threading.Timer(float(os.environ["WORKER_DEADLINE_S"]), os._exit, (3,))
+deadline.daemon = True
+deadline.start()
+from datetime import timedelta
 import numpy as np, onnx_ir as ir, torch, torch.distributed as dist
 import onnxslim
 from onnxslim.passes.distillation import Distill
 
-dist.init_process_group("gloo")
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
 rank = dist.get_rank()
 teacher, out = sys.argv[1], sys.argv[2]
 images = np.load(sys.argv[3])
@@ -304,6 +380,42 @@ if rank == 0:
     print("RESULT", s["world_size"], s["steps"], s["fidelity_before"]["sqnr_db"], s["fidelity_after"]["sqnr_db"])
 dist.destroy_process_group()
 """
+TORCHRUN_TIMEOUT_S = 150
+
+
+def _processes_running(marker: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``marker`` (a unique path)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next(
+                line
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("State:")
+            )
+        except (OSError, StopIteration):
+            continue
+        if marker in cmdline and "zombie" not in state:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _end_launch(launcher: subprocess.Popen, marker: str) -> None:
+    """Ends the torchrun launcher (its session) and any worker still running ``marker``."""
+    if launcher.poll() is None:
+        os.killpg(launcher.pid, signal.SIGTERM)  # torchrun forwards SIGTERM to its workers
+        try:
+            launcher.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    # Workers run in sessions of their own; end those this test started, by PID.
+    for pid in _processes_running(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_torchrun_two_processes_gloo(teacher_path, digits, tmp_path):
@@ -312,8 +424,12 @@ def test_torchrun_two_processes_gloo(teacher_path, digits, tmp_path):
     images = tmp_path / "images.npy"
     np.save(images, digits[0][:64])
     out = tmp_path / "distilled.onnx"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "WORKER_DEADLINE_S": str(TORCHRUN_TIMEOUT_S + 10),
+    }
+    launcher = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -325,13 +441,23 @@ def test_torchrun_two_processes_gloo(teacher_path, digits, tmp_path):
             str(out),
             str(images),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
         env=env,
+        start_new_session=True,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT"))
+    try:
+        stdout, stderr = launcher.communicate(timeout=TORCHRUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        _end_launch(launcher, str(script))
+        stdout, stderr = launcher.communicate()
+        pytest.fail(f"torchrun did not finish in {TORCHRUN_TIMEOUT_S} s:\n{stderr[-3000:]}")
+    finally:
+        _end_launch(launcher, str(script))
+    assert _processes_running(str(script)) == []
+    assert launcher.returncode == 0, stderr[-3000:]
+    line = next(line for line in stdout.splitlines() if line.startswith("RESULT"))
     _, world_size, steps, before, after = line.split()
     assert int(world_size) == 2
     assert int(steps) == 2 * (64 // 2 // 16)  # each rank trains on its half

@@ -24,6 +24,7 @@ from torch import nn
 import onnxslim
 from onnxslim._errors import InputDataError, SlimError
 from onnxslim._fidelity import Fidelity, compare_outputs
+from onnxslim._pipeline import _human_bytes
 
 __all__ = [
     "OrtTeacher",
@@ -492,8 +493,8 @@ class TeacherTargets:
                 )
                 if estimate > max_bytes:
                     return None, (
-                        f"off (teacher outputs would take {estimate / 2**20:.0f} MiB > "
-                        f"{max_bytes / 2**20:.0f} MiB: the teacher runs on every batch)"
+                        f"off (teacher outputs would take {_human_bytes(estimate)} > "
+                        f"{_human_bytes(max_bytes)}: the teacher runs on every batch)"
                     )
         names = list(chunks[0])
         if stacked:
