@@ -46,7 +46,8 @@ def generate(folder: Path, gib: float, width: int = 8192) -> tuple[Path, int]:
         for index in range(layers):
             offset = data.tell()
             for _ in range(8):  # 1/8 of a layer at a time keeps generation memory small
-                chunk = rng.standard_normal(width * width // 8, dtype=np.float32) * (
+                # a float32 scale: a NumPy float64 scalar would promote the chunk to float64
+                chunk = rng.standard_normal(width * width // 8, dtype=np.float32) * np.float32(
                     1.0 / np.sqrt(width)
                 )
                 data.write(chunk.tobytes())

@@ -267,7 +267,7 @@ class StatisticsCollector:
 
 def augment_with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
     """A copy of ``model`` whose tensors ``names`` are also graph outputs (for ORT to return)."""
-    augmented = ir.from_proto(ir.to_proto(model))
+    augmented = model.clone()  # weights shared (and external ones stay where they are)
     values = {}
     for node in augmented.graph:
         for output in node.outputs:

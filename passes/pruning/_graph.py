@@ -146,11 +146,28 @@ def observe_shapes(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    external_dir = next(
+        (
+            v.const_value.base_dir
+            for v in model.graph.initializers.values()
+            if isinstance(v.const_value, ir.ExternalTensor)
+        ),
+        None,
+    )
     try:
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "observe.onnx"
-            onnx.save(proto, str(path), save_as_external_data=proto.ByteSize() > (1 << 30))
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            if external_dir is not None and proto.ByteSize() < (1 << 30):
+                # external weights (> 2 GB models) are read where they are, not copied
+                options.add_session_config_entry(
+                    "session.model_external_initializers_file_folder_path", str(external_dir)
+                )
+                model_source = proto.SerializeToString()
+            else:
+                model_source = str(Path(folder) / "observe.onnx")
+                onnx.save(proto, model_source, save_as_external_data=proto.ByteSize() > (1 << 30))
+            session = ort.InferenceSession(
+                model_source, options, providers=["CPUExecutionProvider"]
+            )
             names = [o.name for o in session.get_outputs()]
             results = session.run(names, dict(feeds))
     except Exception as error:  # noqa: BLE001 - custom ops ORT lacks: fall back to inferred shapes

@@ -276,7 +276,10 @@ class QuantizeStatic(SlimPass):
         common_passes.ShapeInferencePass(strict_mode=False)(prepared)
         proto = ir.to_proto(prepared)
         path = workdir / "prepared.onnx"
-        onnx.save(proto, str(path))
+        base_dir = _external_base_dir(model)
+        if base_dir is not None:  # a copy from a proto lost where the external weights live
+            ir.external_data.set_base_dir(prepared.graph, base_dir)
+        save(prepared, path)  # weights > 1 GiB or external go beside it: no 2 GB proto limit
         return path, proto
 
     @staticmethod
@@ -379,7 +382,7 @@ class QuantizeStatic(SlimPass):
         )
         with _quiet_ort_quantizer():
             quantizer.quantize_model()
-        quantizer.model.save_model_to_file(str(output), False)
+        quantizer.model.save_model_to_file(str(output), _has_external_data(prepared_path))
         return output
 
     def _quantize_dynamic(
@@ -396,6 +399,7 @@ class QuantizeStatic(SlimPass):
                 reduce_range=profile.reduce_range,
                 weight_type=_quant_type(profile.weight_type),
                 nodes_to_exclude=list(excluded),
+                use_external_data_format=_has_external_data(prepared_path),
             )
         return output
 
@@ -462,7 +466,7 @@ class QuantizeStatic(SlimPass):
         input_path = workdir / "input.onnx"
         save(model, input_path)
         prepared_path, proto = self._prepare(model, workdir)
-        prepared = ir.from_proto(proto)
+        prepared = load(prepared_path, check=False)  # external weights resolve beside it
         excluded_by_user, unmatched = select_nodes(proto.graph, self.exclude)
         for selector in unmatched:
             message = f"exclude selector '{selector}' matches no node"
@@ -688,8 +692,30 @@ class QuantizeStatic(SlimPass):
         }
         summary["seconds"] = round(time.perf_counter() - started, 3)
         result_model = load(chosen["path"])
+        _materialize_workdir_weights(result_model, workdir)
         _replace_contents(model, result_model)
         return SlimPassResult(model, modified=True, summary=summary)
+
+
+def _external_base_dir(model: ir.Model) -> str | None:
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            return value.const_value.base_dir
+    return None
+
+
+def _has_external_data(path: Path) -> bool:
+    """Whether onnxslim's save wrote the model's weights to a side file (> 1 GiB or external)."""
+    return Path(f"{path}.data").is_file()
+
+
+def _materialize_workdir_weights(model: ir.Model, workdir: Path) -> None:
+    """Weights memory-mapped from the pass's scratch folder move to memory: the folder goes away
+    when the pipeline ends (int8 weights are a quarter of the float model)."""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor) and Path(tensor.base_dir) == workdir.resolve():
+            value.const_value = ir.Tensor(np.array(tensor.numpy()), name=tensor.name)
 
 
 def _fidelity_dict(fidelity) -> dict:
