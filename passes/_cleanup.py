@@ -46,6 +46,25 @@ def _should_fold(node: ir.Node) -> bool | None:
     return None
 
 
+def _axes_inputs_to_attributes(model: ir.Model) -> None:
+    """Before opset 13, Squeeze/Unsqueeze take axes as an attribute; onnxscript's folding of
+    ConcatFromSequence emits the opset-13 form (an axes input) even in older graphs."""
+    opset = _onnx_opset(model)
+    if opset is None or opset >= 13:
+        return
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if (
+            node.op_type in ("Squeeze", "Unsqueeze")
+            and node.domain in ("", "ai.onnx")
+            and len(node.inputs) == 2
+            and node.inputs[1] is not None
+            and node.inputs[1].const_value is not None
+        ):
+            axes = node.inputs[1].const_value.numpy().reshape(-1).tolist()
+            node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in axes])
+            node.resize_inputs(1)
+
+
 def _onnx_opset(model: ir.Model) -> int | None:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
 
@@ -145,6 +164,7 @@ class Cleanup(SlimPass):
             self._simplify_passes(_onnx_opset(model)), steps=self.iterations, early_stop=True
         )
         modified |= manager(model).modified
+        _axes_inputs_to_attributes(model)
         for step in (
             common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
             common_passes.DeduplicateInitializersPass(),

@@ -94,3 +94,29 @@ def test_fixed_batch_and_sequence_models_no_longer_refused_or_crash() -> None:
     assert sweep_model(fixed, "quantize", _quantize_passes).status == "verified"
     sequence = next(p for p in MODELS if "simple/test_sequence_model1/" in str(p))
     assert sweep_model(sequence, "prune", _prune_passes).status == "verified"
+
+
+def test_opset12_concat_from_sequence_cleanup_keeps_axes_attribute(tmp_path: Path) -> None:
+    # folding ConcatFromSequence emitted an opset-13 Unsqueeze (axes input) in an opset-12 graph
+    path = next(p for p in MODELS if "simple/test_sequence_model5/" in str(p))
+    outcome = sweep_model(path, "cleanup", lambda: [Cleanup()], check_stored=True, workdir=tmp_path)
+    assert (outcome.status, outcome.stored_reference) == ("verified", "match"), outcome.reason
+
+
+def test_a_pass_that_breaks_the_model_counts_as_a_crash(tmp_path: Path) -> None:
+    import onnx_ir as ir
+
+    from onnxslim import PassContext, SlimPass, SlimPassResult
+
+    class BreakModel(SlimPass):
+        name = "break"
+        description = "renames an op to one that does not exist"
+        exact = True
+
+        def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
+            next(iter(model.graph)).op_type = "NoSuchOp"
+            return SlimPassResult(model, modified=True)
+
+    path = next(p for p in MODELS if "light_squeezenet" in str(p))
+    outcome = sweep_model(path, "break", lambda: [BreakModel()])
+    assert outcome.status == "crashed" and "pass 'break'" in outcome.reason
