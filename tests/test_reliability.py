@@ -546,3 +546,42 @@ def test_external_data_models_are_pruned_and_quantized(tmp_path: Path, label: st
     (y,) = session.run(None, {"x": np.ones((2, 64), np.float32)})
     assert y.shape == (2, 64) and np.isfinite(y).all()
     assert digest(source.parent / "weights.bin") == before
+
+
+_distill_options = st.fixed_dictionaries(
+    {"epochs": st.integers(0, 1), "steps": st.sampled_from([None, 0, 1, 2])},
+    optional={
+        "batch_size": st.one_of(st.none(), st.integers(-1, 4)),
+        "optimizer": st.sampled_from(["adamw", "sgd", "adam", "lion"]),
+        "lr": st.sampled_from([-1.0, 0.0, 1e-3, float("inf"), float("nan")]),
+        "schedule": st.sampled_from(["cosine", "constant", "linear", "step", "wavy"]),
+        "warmup_steps": st.integers(-1, 3),
+        "grad_clip": st.one_of(st.none(), st.sampled_from([-1.0, 0.0, 1.0])),
+        "temperature": st.sampled_from([-1.0, 0.0, 1.0, 4.0]),
+        "kd_weight": st.sampled_from([-1.0, 0.0, 1.0]),
+        "output_losses": st.one_of(
+            st.none(),
+            st.dictionaries(st.sampled_from(["y", "z"]), st.sampled_from(["kl", "mse", "l7"])),
+        ),
+        "hints": st.one_of(st.none(), st.lists(st.sampled_from(["c", "nothing"]), max_size=1)),
+        "patience": st.one_of(st.none(), st.integers(-1, 2)),
+        "device": st.sampled_from(["cpu", "cuda:7", "tpu"]),
+    },
+)
+
+
+@FUZZ_RUNS
+@given(options=_distill_options)
+def test_distill_options_run_or_fail_cleanly(workspace, options: dict) -> None:
+    pytest.importorskip("torch")
+    source, output = workspace
+    try:
+        distill = build_pass("distill", options)
+    except SlimError:
+        return
+    data = [
+        {"x": np.random.default_rng(i).normal(size=(2, *X_SHAPE)).astype(np.float32)}
+        for i in range(3)
+    ]
+    outcome = optimize_to(source, output, [distill], data=data)
+    assert outcome == "ok" or outcome.endswith("."), outcome

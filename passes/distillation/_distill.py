@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,27 @@ STUDENT_ATOL = 1e-4
 def _require_torch() -> None:
     if importlib.util.find_spec("torch") is None:
         raise SlimError(_INSTALL_HINT)
+
+
+def _check_device(device: str) -> None:
+    """A torch device string that exists here; else a SlimError naming it."""
+    if importlib.util.find_spec("torch") is None:
+        return  # apply() reports the missing torch extra
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise SlimError(
+            f"distill: device '{device}' is not a torch device ({str(error).splitlines()[0]})."
+        ) from None
+    if parsed.type == "cuda" and (
+        not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()
+    ):
+        raise SlimError(
+            f"distill: device '{device}' is not available here "
+            f"({torch.cuda.device_count()} CUDA device(s)); use device='cpu'."
+        )
 
 
 class Distill(SlimPass):
@@ -109,6 +131,19 @@ class Distill(SlimPass):
         super().__init__()
         if epochs < 1 and not steps:
             raise SlimError(f"distill: epochs must be >= 1, got {epochs}.")
+        # Checked up front: each of these failed deep in torch with a ValueError/IndexError.
+        if not (math.isfinite(lr) and lr > 0):
+            raise SlimError(f"distill: lr must be a positive number, got {lr}.")
+        if batch_size is not None and batch_size < 0:
+            raise SlimError(f"distill: batch_size must be >= 1, got {batch_size}.")
+        for option, weight in (
+            ("kd_weight", kd_weight),
+            ("ce_weight", ce_weight),
+            ("hint_weight", hint_weight),
+        ):
+            if not (math.isfinite(weight) and weight >= 0):
+                raise SlimError(f"distill: {option} must be >= 0, got {weight}.")
+        _check_device(device)
         if threads is not None and threads < 1:
             raise SlimError(f"distill: threads must be >= 1, got {threads}.")
         self.data = data
