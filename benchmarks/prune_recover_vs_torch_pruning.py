@@ -220,7 +220,9 @@ def run(args: argparse.Namespace) -> dict:
         "target_macs": args.target_macs,
         "torch_pruning_ratio": tp_ratio,
         "torch_pruning_target": ours_fraction,
-        "onnxslim_prune": {k: v for k, v in prune_summary.items() if not isinstance(v, (list, dict))},
+        "onnxslim_prune": {
+            k: v for k, v in prune_summary.items() if not isinstance(v, (list, dict))
+        },
         "wall_seconds": {k: round(v, 1) for k, v in timings.items()},
         "machine": bench.machine.to_dict() if hasattr(bench.machine, "to_dict") else None,
     }
@@ -260,7 +262,9 @@ def print_table(result: dict) -> None:
     )
     for name in ("onnxslim", "torch-pruning"):
         print(f"{name} conv widths: {rows[name]['conv_widths']}")
-    print(f"Torch-Pruning ratio {result['torch_pruning_ratio']:.3f}; wall time {result['wall_seconds']}")
+    print(
+        f"Torch-Pruning ratio {result['torch_pruning_ratio']:.3f}; wall time {result['wall_seconds']}"
+    )
 
 
 def main() -> None:

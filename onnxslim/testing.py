@@ -16,6 +16,8 @@ __all__ = [
     "bert_style_encoder",
     "export_torch",
     "ppocr_model_path",
+    "minilm_encoder",
+    "WordPieceTokenizer",
 ]
 
 
@@ -449,7 +451,9 @@ def minilm_encoder(model_dir: str | Path, *, pooled: bool = True):
     state = module.state_dict()
     missing = sorted(set(state) - set(tensors))
     if missing:
-        raise ValueError(f"{model_dir / 'model.safetensors'} lacks {missing[:3]}; is it a BERT checkpoint?")
+        raise ValueError(
+            f"{model_dir / 'model.safetensors'} lacks {missing[:3]}; is it a BERT checkpoint?"
+        )
     module.load_state_dict({name: tensors[name] for name in state})
     return module.eval()
 
