@@ -132,8 +132,8 @@ class Distill(SlimPass):
         if epochs < 1 and not steps:
             raise SlimError(f"distill: epochs must be >= 1, got {epochs}.")
         # Checked up front: each of these failed deep in torch with a ValueError/IndexError.
-        if not (math.isfinite(lr) and lr > 0):
-            raise SlimError(f"distill: lr must be a positive number, got {lr}.")
+        if not (math.isfinite(lr) and lr >= 0):
+            raise SlimError(f"distill: lr must be a number >= 0, got {lr}.")
         if batch_size is not None and batch_size < 0:
             raise SlimError(f"distill: batch_size must be >= 1, got {batch_size}.")
         for option, weight in (
