@@ -113,8 +113,7 @@ def test_labels_add_cross_entropy_and_dataloader_input(teacher_path, digits):
 
 
 def test_same_seed_same_weights_and_resume_equals_uninterrupted(teacher_path, digits, tmp_path):
-    # a fixed thread count: float sums (hence weights) depend on it
-    options = dict(teacher=str(teacher_path), lr=3e-3, batch_size=32, seed=7, threads=1)
+    options = dict(teacher=str(teacher_path), lr=3e-3, batch_size=32, seed=7)
     uninterrupted = perturbed_student(teacher_path)
     Distill(reader(digits[0]), epochs=3, **options).apply(uninterrupted, onnxslim.PassContext())
     repeated = perturbed_student(teacher_path)
@@ -189,17 +188,30 @@ def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, m
     )
 
 
-def test_threads_option_and_restored_afterwards(teacher_path, digits):
+def test_threads_default_auto_and_restored_afterwards(teacher_path, digits):
+    from onnxslim.passes.distillation._loop import THREAD_GRAIN_MACS, default_thread_count
+
     before = torch.get_num_threads()
-    summary = (
-        Distill(reader(digits[0][:32]), teacher=str(teacher_path), epochs=1, threads=1)
-        .apply(perturbed_student(teacher_path), onnxslim.PassContext())
-        .summary
-    )
-    assert summary["threads"] == 1
-    assert torch.get_num_threads() == before
-    with pytest.raises(onnxslim.SlimError, match=r"^distill: threads must be >= 1, got 0\.$"):
-        Distill(threads=0)
+    runs = {}
+    for threads in (None, "auto", 1):
+        runs[threads] = (
+            Distill(reader(digits[0][:32]), teacher=str(teacher_path), epochs=1, threads=threads)
+            .apply(perturbed_student(teacher_path), onnxslim.PassContext())
+            .summary["threads"]
+        )
+        assert torch.get_num_threads() == before
+    # this student's batch costs far less than THREAD_GRAIN_MACS: one thread by default
+    assert runs[None] == 1 and runs[1] == 1
+    assert runs["auto"] in (1, before)
+    assert default_thread_count(3 * THREAD_GRAIN_MACS + 1, 16) == 4
+    assert default_thread_count(100 * THREAD_GRAIN_MACS, 16) == 16
+    assert default_thread_count(None, 16) == 16
+    for bad in (0, "fast", True):
+        with pytest.raises(
+            onnxslim.SlimError,
+            match=rf"^distill: threads must be a count >= 1 or 'auto', got {bad!r}\.$",
+        ):
+            Distill(threads=bad)
 
 
 def test_samples_of_different_shapes_are_refused(teacher_path, digits):

@@ -83,9 +83,11 @@ class Distill(SlimPass):
             for in-memory data (readers, files, lists: the common case) up to 2 GiB, not for a
             DataLoader (it may augment); True: always (a DataLoader's batches by content);
             False: the teacher runs on every batch.
-        threads: torch threads while training; None: times a few steps with torch's setting
-            and with one thread and keeps the faster (small students on busy machines are
-            often faster on one). seed: With a fixed ``threads``, makes runs repeatable on CPU.
+        threads: torch threads while training (restored afterwards). None (default): one per
+            1 G MACs of a batch's forward pass, at most torch's setting (small students run
+            faster on one thread, above all on shared machines); ``"auto"``: times a few steps
+            with torch's setting and with one thread and keeps the faster (results then depend
+            on the choice: float sums differ by thread count). seed: Makes runs repeatable on CPU.
         checkpoint, resume: Resumable checkpoint file (written by rank 0 every epoch).
         device: torch device of the student. progress: progress line (default: on a terminal).
     """
@@ -121,7 +123,7 @@ class Distill(SlimPass):
         patience: int | None = None,
         train_bn_stats: bool = False,
         cache_teacher: bool | None = None,
-        threads: int | None = None,
+        threads: int | str | None = None,
         seed: int = 0,
         checkpoint: str | None = None,
         resume: bool = False,
@@ -144,8 +146,12 @@ class Distill(SlimPass):
             if not (math.isfinite(weight) and weight >= 0):
                 raise SlimError(f"distill: {option} must be >= 0, got {weight}.")
         _check_device(device)
-        if threads is not None and threads < 1:
-            raise SlimError(f"distill: threads must be >= 1, got {threads}.")
+        if (
+            threads is not None
+            and threads != "auto"
+            and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)
+        ):
+            raise SlimError(f"distill: threads must be a count >= 1 or 'auto', got {threads!r}.")
         self.data = data
         self.teacher = teacher
         self.student = student
@@ -299,6 +305,7 @@ class Distill(SlimPass):
             device=self.device,
             cache_teacher=self.cache_teacher,
             threads=self.threads,
+            step_macs=_batch_forward_macs(model, validation[0]),
         )
         result = train(
             student,
@@ -401,6 +408,24 @@ class Distill(SlimPass):
             if len(validation) >= 16:
                 break
         return validation
+
+
+def _batch_forward_macs(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> int | None:
+    """MACs of the graph's forward pass over one training batch (None when unknown)."""
+    from onnxslim import input_specs, model_stats
+
+    try:
+        sizes = {
+            dim: int(feeds[spec.name].shape[axis])
+            for spec in input_specs(model)
+            if spec.name in feeds and spec.shape
+            for axis, dim in enumerate(spec.shape)
+            if isinstance(dim, str) and axis < feeds[spec.name].ndim
+        }
+        return model_stats(model, sizes).macs or None
+    except Exception as error:  # the estimate only picks a thread count
+        logger.debug("distill: no MACs estimate (%s)", error)
+        return None
 
 
 def _dict_outputs_class():
