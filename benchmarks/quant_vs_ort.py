@@ -324,7 +324,7 @@ def run_worker(
 # -- measurements ---------------------------------------------------------------------------
 def fidelity(name: str, float_path: Path, int8_path: Path, eval_data: dict) -> dict:
     import onnxslim
-    from onnxslim.passes.quantization._guards import run_outputs
+    from onnxslim.passes.quantization._guards import decisive_top1_agreement, run_outputs
 
     labels = eval_data.get("labels")
     feeds = {k: v for k, v in eval_data.items() if k != "labels"}
@@ -334,6 +334,8 @@ def fidelity(name: str, float_path: Path, int8_path: Path, eval_data: dict) -> d
     reference = run_outputs(float_path, batches)
     candidate = run_outputs(int8_path, batches)
     result = onnxslim.compare_outputs(reference, candidate).to_dict()
+    # Only samples with a clear float top-1 (untrained test nets tie: any noise flips those).
+    result["top1_agreement"], result["top1_samples"] = decisive_top1_agreement(reference, candidate)
     if labels is not None:
         for key, outputs in (("accuracy_fp32", reference), ("accuracy", candidate)):
             predicted = np.concatenate([next(iter(o.values())).argmax(-1) for o in outputs])
@@ -531,7 +533,7 @@ def _fmt(value, spec: str) -> str:
 
 def print_header() -> None:
     print(
-        "| model | method | tool | calib s | peak MB | SQNR dB | top-1 agr % | acc % | IoU "
+        "| model | method | tool | calib s | peak MB | SQNR dB | top-1 agr % (clear) | acc % | IoU "
         "| fp32/int8 | notes |\n|---|---|---|---|---|---|---|---|---|---|---|",
         flush=True,
     )

@@ -134,8 +134,11 @@ def interleaved_latency(
     warmup: int = 2,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
+    quantile: float = 0.5,
 ) -> list[float]:
-    """Median seconds per run of each model, timed in interleaved rounds (order rotated)."""
+    """Median (or another ``quantile``) seconds per run of each model, timed in interleaved
+    rounds (order rotated). A low quantile ranks models more stably on a busy machine:
+    interference only ever adds time."""
     sessions = [_timing_session(Path(p), providers, threads) for p in paths]
     for session in sessions:
         for _ in range(warmup):
@@ -148,7 +151,9 @@ def interleaved_latency(
             started = time.perf_counter()
             sessions[index].run(None, dict(feeds))
             samples[index].append(time.perf_counter() - started)
-    return [statistics.median(s) for s in samples]
+    if quantile == 0.5:
+        return [statistics.median(s) for s in samples]
+    return [float(np.quantile(s, quantile)) for s in samples]
 
 
 def run_outputs(

@@ -578,11 +578,14 @@ class QuantizeStatic(SlimPass):
         # One sample, as deployed (unless the model's batch is fixed at more).
         timing_feeds = {k: v[: max(1, _fixed_batch(model, k))] for k, v in eval_batches[0].items()}
         if acceptable and self.latency_guard:
+            # Ranking round: lower quartiles (stable under interference); acceptance below
+            # re-measures the chosen one against the input with medians.
             latencies = interleaved_latency(
                 [input_path, *[e["path"] for e in acceptable]],
                 timing_feeds,
                 runs=self.latency_runs,
                 threads=self.threads,
+                quantile=0.25,
             )
             float_latency = latencies[0]
             for entry, latency in zip(acceptable, latencies[1:]):
@@ -598,7 +601,15 @@ class QuantizeStatic(SlimPass):
             chosen = None
             # Best first; a second, independent interleaved measurement must confirm the gain
             # (one noisy round on a shared machine must not let a slower model through).
-            for entry in sorted(fast, key=lambda e: -e["speedup"]):
+            best = max((e["speedup"] for e in fast), default=0.0)
+
+            def preference(entry: dict) -> tuple:
+                # Within 10% of the fastest, the earlier candidate (more int8) wins: int8
+                # tensors flowing between integer kernels beat a noisy few percent.
+                tied = entry["speedup"] >= 0.9 * best
+                return (not tied, tried.index(entry) if tied else -entry["speedup"])
+
+            for entry in sorted(fast, key=preference):
                 before, after = interleaved_latency(
                     [input_path, entry["path"]],
                     timing_feeds,
@@ -623,6 +634,9 @@ class QuantizeStatic(SlimPass):
                 "op_types": e["op_types"] if e["op_types"] is not None else "dynamic MatMul/Gemm",
                 "fidelity": _fidelity_dict(e["fidelity"]),
                 "speedup": round(e["speedup"], 3) if "speedup" in e else None,
+                "speedup_confirmed": round(e["speedup_confirmed"], 3)
+                if "speedup_confirmed" in e
+                else None,
                 "extra_float_nodes": len(e.get("excluded", {})),
                 "chosen": e is chosen,
                 "rejected": e.get("rejected"),
