@@ -257,6 +257,14 @@ class QuantizeStatic(SlimPass):
         # weights and biases as initializers it can quantize.
         onnxscript.optimizer.fold_constants(prepared)
         common_passes.RemoveUnusedNodesPass()(prepared)
+        # the opset conversion and shape inference below type sequence values as tensors (ORT
+        # then refuses the model): keep their types
+        sequence_types = {
+            value.name: value.type
+            for node in prepared.graph
+            for value in node.outputs
+            if value.type is not None and not isinstance(value.type, ir.TensorType)
+        }
         proto = ir.to_proto(prepared)
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         if opset is not None and opset < _MIN_OPSET:
@@ -274,12 +282,18 @@ class QuantizeStatic(SlimPass):
         # onnx-ir's pass hands onnx a copy without the weights (memory: no model-sized copies);
         # shape inference is an aid, ORT's quantizer copes without it (the pass logs failures).
         common_passes.ShapeInferencePass(strict_mode=False)(prepared)
+        for node in prepared.graph:
+            for value in node.outputs:
+                if value.name in sequence_types:
+                    value.type = sequence_types[value.name]
         proto = ir.to_proto(prepared)
         path = workdir / "prepared.onnx"
+        # the file is exactly ``proto`` (the IR copy may carry stale value types, e.g. sequences)
+        saved = ir.from_proto(proto)
         base_dir = _external_base_dir(model)
         if base_dir is not None:  # a copy from a proto lost where the external weights live
-            ir.external_data.set_base_dir(prepared.graph, base_dir)
-        save(prepared, path)  # weights > 1 GiB or external go beside it: no 2 GB proto limit
+            ir.external_data.set_base_dir(saved.graph, base_dir)
+        save(saved, path)  # weights > 1 GiB or external go beside it: no 2 GB proto limit
         return path, proto
 
     @staticmethod
