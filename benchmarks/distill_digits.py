@@ -13,7 +13,7 @@ ONNX Runtime, on the *training images without labels*. Prints teacher / pruned /
 accuracy, MACs, epochs and seconds.
 
     python benchmarks/distill_digits.py [--teacher demo|train] [--ratio 0.5] [--epochs 40]
-        [--lr 3e-3] [--batch-size 32] [--threads N] [--json out.json]
+        [--lr 6e-3] [--batch-size 32] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5, help="share of channels removed")
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--epochs", "--distill-epochs", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=6e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument(

@@ -263,6 +263,8 @@ class Distill(SlimPass):
             batch_size=self.batch_size,
             label_key=self.label_key,
         )
+        if train_batches.in_memory:
+            teacher.cache = None  # the loop keeps per-sample outputs; no second copy by content
         validation = self._validation(model, train_batches, input_names)
 
         teacher_validation = [teacher(feeds) for feeds in validation]
