@@ -359,3 +359,14 @@ def test_mse_range_matches_brute_force_on_samples():
     assert high == pytest.approx(9.89, rel=0.05) and high < 0.85 * magnitude
     uniform = np.random.default_rng(9).uniform(0, 4, 100_000)
     assert compute_range(_stats(uniform), "mse")[1] == pytest.approx(4.0, rel=0.02)
+
+
+def test_entropy_ignores_a_spike_of_exact_zeros():
+    # ReLU output: the same positive half-normal with and without 60% exact zeros.
+    rng = np.random.default_rng(7)
+    positive = np.abs(rng.standard_normal(200_000)).astype(np.float32)
+    with_zeros = np.concatenate([positive, np.zeros(300_000, np.float32)])
+    _, plain = compute_range(_stats(positive), "entropy")
+    low, spiked = compute_range(_stats(with_zeros), "entropy")
+    assert low == 0.0 and spiked == pytest.approx(plain, rel=0.1)
+    assert spiked > 0.5 * positive.max()

@@ -109,6 +109,11 @@ def entropy_threshold(
 
 def entropy_range(stats: TensorStatistics, levels: int | None = None) -> tuple[float, float]:
     counts, width = _abs_histogram(stats)
+    if counts.size > 1 and counts[0] > 4 * counts[1]:
+        # A spike of exact zeros (ReLU outputs): zero is exact in any range, so it says nothing
+        # about the threshold, yet in KL it pulls the threshold down to resolve bin 0.
+        counts = counts.copy()
+        counts[0] = counts[1]
     one_sided = stats.minimum >= 0.0
     # A one-sided (e.g. post-ReLU) tensor spends all 255 uint8 levels on [0, t].
     threshold = entropy_threshold(counts, width, levels or (255 if one_sided else 128))

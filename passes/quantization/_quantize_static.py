@@ -618,10 +618,13 @@ class QuantizeStatic(SlimPass):
             best = max((e["speedup"] for e in fast), default=0.0)
 
             def preference(entry: dict) -> tuple:
-                # Within 10% of the fastest, the earlier candidate (more int8) wins: int8
-                # tensors flowing between integer kernels beat a noisy few percent.
+                # Within 10% of the fastest: dynamic MatMuls first (per-batch activation ranges,
+                # the best fidelity), then the earlier static candidate (more int8: tensors
+                # flowing between integer kernels beat a noisy few percent).
                 tied = entry["speedup"] >= 0.9 * best
-                return (not tied, tried.index(entry) if tied else -entry["speedup"])
+                if not tied:
+                    return (True, -entry["speedup"])
+                return (False, -1 if entry["op_types"] is None else tried.index(entry))
 
             for entry in sorted(fast, key=preference):
                 before, after = interleaved_latency(
