@@ -406,7 +406,7 @@ def config_sweep(names: list[str], batches: list[int], runs: int, threads: int) 
                     )
             for batch in batches:
                 feeds = make_data(name, shapes, batch, seed=1)
-                feeds.pop("labels", None)
+                feeds = {k: v[:batch] for k, v in feeds.items() if k != "labels"}
                 sessions = []
                 for label, path, config in variants:
                     options = session_options(intra_op_threads=threads, allow_spinning=False)
