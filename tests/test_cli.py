@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,7 +171,14 @@ def test_sigterm_leaves_no_output(resnet_bn_path: Path, tmp_path: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    # signal only once the run is under way (imports done, handler installed): the verification
+    # temp folder appears when the pipeline starts
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(p.name.startswith("onnxslim-run-") for p in Path(tempfile.gettempdir()).iterdir()):
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     if process.returncode == 0:
