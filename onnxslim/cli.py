@@ -55,13 +55,6 @@ def _progress(args: argparse.Namespace):
     return lambda message: print(message, file=sys.stderr, flush=True)
 
 
-def _human_bytes(size: float) -> str:
-    for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if size >= scale:
-            return f"{size / scale:.2f} {suffix}"
-    return f"{size:.0f} B"
-
-
 # --- optimize -------------------------------------------------------------------------------
 
 
@@ -288,6 +281,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             else ""
         )
     )
+    from onnxslim._pipeline import _human_bytes
+
     print(f"size:       {_human_bytes(info['size_bytes'])}")
     if info["external_data"]:
         for location, length in info["external_data"].items():
