@@ -39,9 +39,6 @@ from onnxslim.testing import export_torch, resnet_style
 
 logger = logging.getLogger("prune_recover_vs_torch_pruning")
 
-# The demo model's geometry (benchmarks/train_demo_model.py).
-DEMO_WIDTHS = (16, 32, 64)
-
 
 def demo_torch_module() -> torch.nn.Module:
     """The demo model as a torch module: its ONNX initializers are torch's state_dict entries."""
@@ -51,7 +48,9 @@ def demo_torch_module() -> torch.nn.Module:
     for node in graph.node:
         if node.op_type == "Identity" and node.input[0] in tensors:
             tensors[node.output[0]] = tensors[node.input[0]]
-    module = resnet_style(in_channels=1, num_classes=10, widths=DEMO_WIDTHS, blocks_per_stage=1)
+    # Its geometry (benchmarks/train_demo_model.py): the width of each stage's second conv.
+    widths = tuple(int(tensors[f"layers.{i}.conv2.weight"].shape[0]) for i in range(3))
+    module = resnet_style(in_channels=1, num_classes=10, widths=widths, blocks_per_stage=1)
     state = module.state_dict()
     missing = [name for name in state if name not in tensors and "num_batches" not in name]
     if missing:

@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DATA_DIR)
+    parser.add_argument(
+        "--widths", type=int, nargs=3, default=(32, 32, 64), help="channels of the three stages"
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     digits = load_digits()
@@ -33,7 +36,9 @@ def main() -> None:
     train_x, test_x, train_y, test_y = train_test_split(
         images, digits.target, test_size=0.25, random_state=args.seed, stratify=digits.target
     )
-    model = resnet_style(in_channels=1, num_classes=10, widths=(16, 32, 64), blocks_per_stage=1)
+    model = resnet_style(
+        in_channels=1, num_classes=10, widths=tuple(args.widths), blocks_per_stage=1
+    )
     inputs = torch.from_numpy(upsample_digits(train_x))
     labels = torch.from_numpy(train_y.astype(np.int64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)

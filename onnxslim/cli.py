@@ -103,6 +103,7 @@ def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
                 ("calibration_samples", "samples"),
                 ("quant_target", "target"),
                 ("quant_exclude", "exclude"),
+                ("latency_batch", "latency_batch"),
             ):
                 if getattr(args, flag) is not None:
                     options[option] = getattr(args, flag)
@@ -400,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SEL",
         help="keep nodes in float: a name, re:REGEX or op:Type (repeatable)",
+    )
+    optimize.add_argument(
+        "--latency-batch",
+        type=int,
+        metavar="N",
+        help="batch size the latency guard times int8 against float at (your deployment batch; default 1)",
     )
     optimize.add_argument(
         "--no-latency-guard",

@@ -203,6 +203,8 @@ def test_demo_runs_and_prints_recipe(tmp_path: Path) -> None:
         "p50",
         "b32",
         "speed",
+        "b1",
+        "speed",
         "b32",
         "accuracy",
         "agrees",
@@ -290,3 +292,16 @@ def test_optimize_prune_flags_and_inspect_groups(
     assert (
         "pruning groups:" in listing and "blocked: " in listing and "is a graph output" in listing
     )
+
+
+def test_quantize_flags_reach_the_pass() -> None:
+    from onnxslim.cli import _passes_from_flags, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "optimize", "m.onnx", "-o", "out.onnx", "--quantize", "int8",
+            "--calibration", "random:8", "--latency-batch", "16", "--quant-exclude", "op:Add",
+        ]
+    )  # fmt: skip
+    quantize = _passes_from_flags(args)[-1]
+    assert (quantize.name, quantize.latency_batch, quantize.exclude) == ("quantize", 16, ["op:Add"])

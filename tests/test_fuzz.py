@@ -21,7 +21,11 @@ from onnxslim._recipe import parse_recipe
 from onnxslim.cli import _parse_shapes
 from tests.conftest import conv_bn_model
 
-FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "60")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 VALID_BYTES = conv_bn_model().SerializeToString()
 
 
@@ -49,7 +53,11 @@ def test_truncated_models(tmp_path: Path, cut: int) -> None:
 
 
 @FUZZ
-@given(flips=st.lists(st.tuples(st.integers(0, len(VALID_BYTES) - 1), st.integers(0, 7)), min_size=1, max_size=8))
+@given(
+    flips=st.lists(
+        st.tuples(st.integers(0, len(VALID_BYTES) - 1), st.integers(0, 7)), min_size=1, max_size=8
+    )
+)
 def test_bit_flipped_models(tmp_path: Path, flips: list[tuple[int, int]]) -> None:
     data = bytearray(VALID_BYTES)
     for position, bit in flips:
@@ -97,18 +105,24 @@ _toml_scalars = st.one_of(
 @FUZZ
 @given(
     document=st.dictionaries(
-        st.sampled_from(["passes", "bounds", "sizes", "verify", "num_samples", "providers", "junk"]),
+        st.sampled_from(
+            ["passes", "bounds", "sizes", "verify", "num_samples", "providers", "junk"]
+        ),
         st.one_of(
             _toml_scalars,
             st.lists(
                 st.dictionaries(
-                    st.sampled_from(["name", "target_opset", "fold_constants", "iterations", "bogus"]),
+                    st.sampled_from(
+                        ["name", "target_opset", "fold_constants", "iterations", "bogus"]
+                    ),
                     st.one_of(_toml_scalars, st.sampled_from(["cleanup", "prunee"])),
                     max_size=4,
                 ),
                 max_size=3,
             ),
-            st.dictionaries(st.sampled_from(["min_sqnr_db", "x", "batch"]), _toml_scalars, max_size=2),
+            st.dictionaries(
+                st.sampled_from(["min_sqnr_db", "x", "batch"]), _toml_scalars, max_size=2
+            ),
         ),
         max_size=5,
     )
@@ -131,13 +145,17 @@ def test_shape_flags_parse_or_fail_cleanly(items: list[str]) -> None:
         assert all(isinstance(v, (int, list)) for v in sizes.values())
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     dtype=st.sampled_from([np.float32, np.float64, np.int64, np.float16, np.uint8]),
     shape=st.lists(st.integers(0, 9), min_size=0, max_size=5),
     special=st.sampled_from([None, np.nan, np.inf]),
 )
-def test_verification_data_checked_or_used(conv_bn_path: Path, dtype, shape: list[int], special) -> None:
+def test_verification_data_checked_or_used(
+    conv_bn_path: Path, dtype, shape: list[int], special
+) -> None:
     array = np.zeros(shape, dtype=dtype)
     if special is not None and array.size and np.issubdtype(dtype, np.floating):
         array.flat[0] = special
@@ -154,7 +172,9 @@ def test_empty_pipeline_reports_input_only(conv_bn_path: Path) -> None:
     assert [s.stage for s in result.report.stages] == ["input"]
 
 
-@pytest.mark.parametrize("bad", [[{"x": np.zeros((2, 3, 8, 8), np.float32)}, {"x": np.zeros((3, 3, 8, 8), np.float32)}]])
+@pytest.mark.parametrize(
+    "bad", [[{"x": np.zeros((2, 3, 8, 8), np.float32)}, {"x": np.zeros((3, 3, 8, 8), np.float32)}]]
+)
 def test_mismatched_batch_sizes_between_samples_are_fine(conv_bn_path: Path, bad) -> None:
     # each sample is its own batch: different batch sizes are legal for a dynamic batch axis
     result = onnxslim.Pipeline([], num_samples=2).run(conv_bn_path, data=bad)

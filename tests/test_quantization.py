@@ -191,6 +191,40 @@ def test_latency_guard_never_returns_a_slower_model(conv_net, tmp_path):
     assert all(c["rejected"] for c in result.summary["candidates"])
 
 
+def test_latency_guard_times_at_the_deployment_batch(conv_net, tmp_path):
+    path, images = conv_net
+    quantizer = QuantizeStatic(
+        [{"x": image} for image in images[:8]],
+        min_speedup=1000.0,
+        latency_runs=2,
+        latency_batch=12,
+        eval_samples=5,
+    )
+    result = quantizer.apply(onnxslim.load(path), PassContext(workdir=tmp_path))
+    # 12 samples cycled from the 5+ evaluation samples; the guard reports the batch it timed.
+    assert result.summary["latency_batch"] == 12
+
+
+def test_timing_feeds_cycle_samples_and_respect_a_fixed_batch():
+    from onnxslim.passes.quantization._quantize_static import _timing_feeds
+
+    dynamic = ir.from_onnx_text(
+        '<ir_version: 8, opset_import: ["" : 17]> g (float[N, 2] x) => (float[N, 2] y) { y = Relu(x) }'
+    )
+    fixed = ir.from_onnx_text(
+        '<ir_version: 8, opset_import: ["" : 17]> g (float[3, 2] x) => (float[3, 2] y) { y = Relu(x) }'
+    )
+    batches = [
+        {"x": np.arange(4, dtype=np.float32).reshape(2, 2)},
+        {"x": np.full((1, 2), 9, np.float32)},
+    ]
+    feeds = _timing_feeds(dynamic, batches, 5)["x"]
+    np.testing.assert_array_equal(feeds[:, 0], [0, 2, 9, 0, 2])
+    assert _timing_feeds(fixed, batches, 5)["x"].shape == (3, 2)
+    with pytest.raises(RecipeError, match="latency_batch must be >= 1, got 0"):
+        QuantizeStatic(latency_batch=0)
+
+
 def test_accuracy_guard_keeps_sensitive_layers_in_float(conv_net, tmp_path):
     path, images = conv_net
     model = onnxslim.load(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import statistics
 import time
@@ -135,22 +136,33 @@ def interleaved_latency(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     threads: int | None = None,
     quantile: float = 0.5,
+    min_block_s: float = 0.005,
 ) -> list[float]:
     """Median (or another ``quantile``) seconds per run of each model, timed in interleaved
     rounds (order rotated). A low quantile ranks models more stably on a busy machine:
-    interference only ever adds time."""
+    interference only ever adds time.
+
+    A model that runs in well under a millisecond is timed in blocks of back-to-back runs
+    lasting at least ``min_block_s`` (the same count for every model), so timer resolution and
+    one-off scheduler hiccups do not decide between two sub-millisecond models."""
     sessions = [_timing_session(Path(p), providers, threads) for p in paths]
+    fastest = float("inf")
     for session in sessions:
-        for _ in range(warmup):
+        for _ in range(max(1, warmup)):
+            started = time.perf_counter()
             session.run(None, dict(feeds))
+            fastest = min(fastest, time.perf_counter() - started)
+    repeat = max(1, min(1000, math.ceil(min_block_s / max(fastest, 1e-6))))
     samples: list[list[float]] = [[] for _ in sessions]
     order = list(range(len(sessions)))
     for round_index in range(runs):
         rotation = order[round_index % len(order) :] + order[: round_index % len(order)]
         for index in rotation:
+            run = sessions[index].run
             started = time.perf_counter()
-            sessions[index].run(None, dict(feeds))
-            samples[index].append(time.perf_counter() - started)
+            for _ in range(repeat):
+                run(None, dict(feeds))
+            samples[index].append((time.perf_counter() - started) / repeat)
     if quantile == 0.5:
         return [statistics.median(s) for s in samples]
     return [float(np.quantile(s, quantile)) for s in samples]

@@ -114,6 +114,8 @@ class QuantizeStatic(SlimPass):
         mode: "auto" (static QDQ or dynamic MatMul quantization, by measurement), "static", "dynamic".
         latency_guard: Time candidates vs the input; never return a slower model.
         latency_runs: Interleaved timing rounds (medians).
+        latency_batch: Batch size the latency guard times at: the batch you deploy with
+            (default 1, or the model's fixed batch). int8 can win at one batch and lose at another.
         min_speedup: A candidate must beat the input by this factor in two separate interleaved
             measurements (5% margin: a noisy tie must not ship a slower model).
         accuracy_guard: Keep sensitive layers in float until the bound holds.
@@ -151,6 +153,7 @@ class QuantizeStatic(SlimPass):
         mode: str = "auto",
         latency_guard: bool = True,
         latency_runs: int = 10,
+        latency_batch: int = 1,
         min_speedup: float = 1.05,
         accuracy_guard: bool = True,
         min_sqnr_db: float | None = 20.0,
@@ -174,7 +177,12 @@ class QuantizeStatic(SlimPass):
         # Checked here, before any work: each used to fail late with a ValueError/re.error.
         if bins < 16 or bins % 2:
             raise RecipeError(f"bins must be an even number >= 16, got {bins}.")
-        for option, value in (("batch_size", batch_size), ("eval_samples", eval_samples)):
+        for option, value in (
+            ("batch_size", batch_size),
+            ("eval_samples", eval_samples),
+            ("latency_batch", latency_batch),
+            ("latency_runs", latency_runs),
+        ):
             if value < 1:
                 raise RecipeError(f"{option} must be >= 1, got {value}.")
         if samples is not None and samples < 1:
@@ -209,6 +217,7 @@ class QuantizeStatic(SlimPass):
         self.mode = mode
         self.latency_guard = latency_guard
         self.latency_runs = latency_runs
+        self.latency_batch = latency_batch
         self.min_speedup = min_speedup
         self.accuracy_guard = accuracy_guard
         self.min_sqnr_db = min_sqnr_db
@@ -589,8 +598,8 @@ class QuantizeStatic(SlimPass):
         for entry in tried:
             if entry["problems"]:
                 entry["rejected"] = "accuracy: " + "; ".join(entry["problems"])
-        # One sample, as deployed (unless the model's batch is fixed at more).
-        timing_feeds = {k: v[: max(1, _fixed_batch(model, k))] for k, v in eval_batches[0].items()}
+        timing_feeds = _timing_feeds(model, eval_batches, self.latency_batch)
+        summary["latency_batch"] = len(next(iter(timing_feeds.values())))
         if acceptable and self.latency_guard:
             # Ranking round: lower quartiles (stable under interference); acceptance below
             # re-measures the chosen one against the input with medians.
@@ -627,8 +636,10 @@ class QuantizeStatic(SlimPass):
                 return (False, -1 if entry["op_types"] is None else tried.index(entry))
 
             for entry in sorted(fast, key=preference):
-                before, after = interleaved_latency(
-                    [input_path, entry["path"]],
+                # Sessions created in the other order than in the ranking round, so a bias of
+                # creation order (thread pools, memory placement) cannot confirm itself.
+                after, before = interleaved_latency(
+                    [entry["path"], input_path],
                     timing_feeds,
                     runs=self.latency_runs,
                     threads=self.threads,
@@ -762,6 +773,19 @@ def _finite(value: float | None) -> float | str | None:
     return round(float(value), 2) if np.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
+def _timing_feeds(model: ir.Model, batches: Sequence[dict], batch: int) -> dict:
+    """Feeds of ``batch`` samples (the model's fixed batch wins), cycling the eval samples."""
+    feeds = {}
+    for name in batches[0]:
+        if np.ndim(batches[0][name]) == 0:
+            feeds[name] = batches[0][name]
+            continue
+        size = _fixed_batch(model, name) or batch
+        pool = np.concatenate([b[name] for b in batches])
+        feeds[name] = np.take(pool, np.arange(size) % len(pool), axis=0)
+    return feeds
+
+
 def _fixed_batch(model: ir.Model, name: str) -> int:
     value = next((v for v in model.graph.inputs if v.name == name), None)
     if (
@@ -771,7 +795,7 @@ def _fixed_batch(model: ir.Model, name: str) -> int:
         and isinstance(value.shape[0], int)
     ):
         return value.shape[0]
-    return 1
+    return 0
 
 
 def _quantized_nodes(
