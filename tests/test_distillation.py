@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 import onnxslim  # noqa: E402
-from onnxslim import testing  # noqa: E402
+from onnxslim import VerificationError, testing  # noqa: E402
 from onnxslim.passes.distillation import Distill  # noqa: E402
 from onnxslim.passes.distillation._losses import (  # noqa: E402
     DistillationLoss,
@@ -480,3 +480,28 @@ def test_torchrun_two_processes_gloo(teacher_path, digits, tmp_path):
     reference = onnxslim.create_session(teacher_path).run(None, feeds)[0]
     distilled = onnxslim.create_session(out).run(None, feeds)[0]
     assert onnxslim.sqnr_db(reference, distilled) > float(before) + 5
+
+
+@pytest.mark.parametrize("wrong", [False, True])
+def test_write_back_check_tolerates_rounding_and_catches_wrong_kernels(
+    teacher_path, digits, monkeypatch, wrong
+):
+    """ORT must reproduce the torch student: a relative rounding difference (as float32
+    accumulation order gives on deep trained nets) passes on SQNR even above 1e-4 absolute; a
+    kernel that computes something else is refused."""
+    from onnxslim.torch_bridge import _kernels
+
+    if wrong:
+        kernel = lambda x: torch.nn.functional.leaky_relu(x, 0.2)  # noqa: E731
+    else:
+        kernel = lambda x: torch.relu(x) * (1 + 1e-3)  # noqa: E731
+    monkeypatch.setitem(_kernels.KERNELS, "Relu", lambda node, opset: kernel)
+    distill = Distill(reader(digits[0][:32]), teacher=str(teacher_path), epochs=1, batch_size=16)
+    model = perturbed_student(teacher_path)
+    if wrong:
+        with pytest.raises(VerificationError, match=r"differs from the torch student by .* dB"):
+            distill.apply(model, onnxslim.PassContext())
+        return
+    summary = distill.apply(model, onnxslim.PassContext()).summary
+    assert summary["student_vs_onnx_max_abs_error"] > 1e-4
+    assert 50.0 <= summary["student_vs_onnx_sqnr_db"] < 120.0

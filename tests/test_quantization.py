@@ -372,3 +372,29 @@ def test_top1_bound_ignores_near_ties_but_catches_clear_flips():
     assert bound.violations(clear, reference, clear_flipped) == [
         "top-1 agreement 0.0% < 95% (on 1 samples with a clear float top-1)"
     ]
+
+
+def test_statistics_cache_is_keyed_by_sample_limit_and_batching(conv_net, tmp_path):
+    path, images = conv_net
+    data = tmp_path / "calibration.npz"
+    np.savez(data, x=images[:12])
+    cache = tmp_path / "cache"
+
+    def calibrate(**options) -> dict:
+        quantizer = QuantizeStatic(
+            str(data),
+            method="minmax",
+            moving_average=True,
+            cache_dir=str(cache),
+            latency_guard=False,
+            accuracy_guard=False,
+            **options,
+        )
+        return quantizer.apply(onnxslim.load(path), PassContext()).summary["calibration"]
+
+    assert calibrate(samples=8)["cache_hit"] is False
+    assert calibrate(samples=8)["cache_hit"] is True
+    assert calibrate(samples=12)["cache_hit"] is False
+    assert calibrate(samples=12, batch_size=4)["cache_hit"] is False
+    assert calibrate(samples=12, batch_size=4)["cache_hit"] is True
+    assert len(list(cache.glob("*.npz"))) == 3

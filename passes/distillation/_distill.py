@@ -22,8 +22,11 @@ __all__ = ["Distill"]
 logger = logging.getLogger(__name__)
 
 _INSTALL_HINT = "distill needs PyTorch; install it with: pip install 'onnxslim[torch]'"
-# ORT(written model) must reproduce the torch student within this.
+# ORT(written model) must reproduce the torch student within this absolute error, or (deep
+# nets whose trained activations grow: float32 accumulation order differs between kernels)
+# with at least this SQNR; a kernel that computes the wrong thing lands far below it.
 STUDENT_ATOL = 1e-4
+STUDENT_MIN_SQNR_DB = 50.0
 
 
 def _require_torch() -> None:
@@ -344,21 +347,21 @@ class Distill(SlimPass):
                     **{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
                 )
                 torch_outputs.append({n: outputs[n].numpy() for n in output_names})
-        student_error = max(
-            float(np.abs(o[n].astype(np.float64) - t[n].astype(np.float64)).max())
-            if o[n].size
-            else 0.0
-            for o, t in zip(ort_outputs, torch_outputs, strict=True)
-            for n in output_names
-            if np.issubdtype(o[n].dtype, np.floating)
-        )
-        if student_error > STUDENT_ATOL:
-            raise VerificationError(
-                f"distill: the re-exported model differs from the torch student by {student_error:.3g} "
-                f"(> {STUDENT_ATOL}); this is a bug in the torch kernels, please report it with the model."
-            )
         from onnxslim import compare_outputs
 
+        floating = [n for n in output_names if np.issubdtype(ort_outputs[0][n].dtype, np.floating)]
+        student_parity = compare_outputs(
+            [{n: t[n] for n in floating} for t in torch_outputs],
+            [{n: o[n] for n in floating} for o in ort_outputs],
+        )
+        student_error = student_parity.max_abs_error if floating else 0.0
+        parity_sqnr = student_parity.sqnr_db if floating else float("inf")
+        if student_error > STUDENT_ATOL and not parity_sqnr >= STUDENT_MIN_SQNR_DB:
+            raise VerificationError(
+                f"distill: the re-exported model differs from the torch student by {student_error:.3g} "
+                f"(> {STUDENT_ATOL}, SQNR {parity_sqnr:.1f} dB < {STUDENT_MIN_SQNR_DB:g} dB); "
+                "this is a bug in the torch kernels, please report it with the model."
+            )
         teacher_outputs = [{n: outputs[n] for n in output_names} for outputs in teacher_validation]
         fidelity_after = compare_outputs(teacher_outputs, ort_outputs)
         summary = {
@@ -382,6 +385,7 @@ class Distill(SlimPass):
             "fidelity_before": result.fidelity_before.to_dict(),
             "fidelity_after": fidelity_after.to_dict(),
             "student_vs_onnx_max_abs_error": student_error,
+            "student_vs_onnx_sqnr_db": student_parity.to_dict()["sqnr_db"] if floating else None,
             "initializers_updated": len(changed),
         }
         logger.info(

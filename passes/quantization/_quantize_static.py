@@ -334,9 +334,10 @@ class QuantizeStatic(SlimPass):
         key = None
         if cache is not None:
             histogram_bins = self.bins if self.method != "minmax" else 0
-            key = cache.key(
-                model_fingerprint(prepared), reader.fingerprint(), names, histogram_bins
-            )
+            # Readers' fingerprints cover the data and the sample limit; moving-average minmax
+            # also depends on how the samples are batched.
+            data_digest = f"{reader.fingerprint()}|batch={self.batch_size}"
+            key = cache.key(model_fingerprint(prepared), data_digest, names, histogram_bins)
             cached = cache.load(key)
             if cached is not None:
                 logger.info("statistics cache hit %s", key)
