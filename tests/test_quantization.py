@@ -398,3 +398,33 @@ def test_statistics_cache_is_keyed_by_sample_limit_and_batching(conv_net, tmp_pa
     assert calibrate(samples=12, batch_size=4)["cache_hit"] is False
     assert calibrate(samples=12, batch_size=4)["cache_hit"] is True
     assert len(list(cache.glob("*.npz"))) == 3
+
+
+def test_slow_nodes_ranks_time_per_mac_against_the_median():
+    from onnxslim.passes.quantization._quantize_static import slow_nodes
+
+    seconds = {"stem": 40e-6, "a": 20e-6, "b": 22e-6, "c": 18e-6, "dw": 9e-6, "untimed_macs": 1.0}
+    macs = {"stem": 1e5, "a": 2e6, "b": 2e6, "c": 2e6, "dw": 2e5}
+    slow = slow_nodes(seconds, macs, ["stem", "a", "b", "c", "dw", "untimed_macs"])
+    # per MAC: stem 4e-10 (36.4x the median, b's 1.1e-11), dw 4.5e-11 (4.1x), a/b/c ~1e-11
+    assert list(slow) == ["stem", "dw"]
+    assert slow["stem"] == (
+        "latency guard: its int8 kernel takes 36.4x the median time per MAC (40 us per run)"
+    )
+    assert slow_nodes(seconds, macs, ["stem", "a", "b"]) == {}  # too few to have a median
+
+
+def test_node_kernel_seconds_names_the_model_nodes(conv_net, tmp_path):
+    from onnxslim.passes.quantization._guards import node_kernel_seconds
+
+    path, images = conv_net
+    model = onnxslim.load(path)
+    QuantizeStatic(
+        [{"x": image} for image in images[:8]], latency_guard=False, accuracy_guard=False
+    ).apply(model, PassContext(workdir=tmp_path))
+    quantized = onnxslim.save(model, tmp_path / "int8.onnx")
+    seconds = node_kernel_seconds(quantized, {"x": images[:1]}, runs=3)
+    convs = [n.name for n in model.graph if n.op_type == "Conv"]
+    # every Conv of the file runs as an integer kernel found under its own name
+    assert convs and set(convs) <= set(seconds)
+    assert all(value > 0 for value in seconds.values())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
+import re
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -166,6 +169,47 @@ def interleaved_latency(
     if quantile == 0.5:
         return [statistics.median(s) for s in samples]
     return [float(np.quantile(s, quantile)) for s in samples]
+
+
+_LAYOUT_SUFFIX = re.compile(r"(_token_\d+|_nchwc)$")
+
+
+def node_kernel_seconds(
+    path: str | os.PathLike,
+    feeds: Feeds,
+    *,
+    runs: int = 20,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+) -> dict[str, float]:
+    """Median seconds per run spent in each node's kernel, from ORT's profiler, keyed by the node
+    name in the model file (ORT's layout transformers append ``_token_N``; kernels it creates
+    itself, like layout Transposes and ReorderOutput, keep their own names)."""
+    options = session_options(intra_op_threads=threads, allow_spinning=False)
+    with tempfile.TemporaryDirectory(prefix="onnxslim-profile-") as folder:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "profile")
+        session = create_session(Path(path), providers, options)
+        for _ in range(2):
+            session.run(None, dict(feeds))
+        profile_path = session.end_profiling()  # drop warm-up events
+        session = create_session(Path(path), providers, options)
+        for _ in range(runs):
+            session.run(None, dict(feeds))
+        profile_path = session.end_profiling()
+        events = json.loads(Path(profile_path).read_text(encoding="utf-8"))
+    durations: dict[str, list[float]] = {}
+    for event in events:
+        name = event.get("name", "")
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        durations.setdefault(name, []).append(event["dur"] * 1e-6)
+    # Medians per kernel: a thread wake-up in one run must not make a node look slow.
+    seconds: dict[str, float] = {}
+    for name, values in durations.items():
+        node = _LAYOUT_SUFFIX.sub("", name[: -len("_kernel_time")])
+        seconds[node] = seconds.get(node, 0.0) + statistics.median(values)
+    return seconds
 
 
 def run_outputs(

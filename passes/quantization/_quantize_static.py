@@ -26,6 +26,7 @@ from onnxslim._errors import RecipeError, UnsupportedModelError
 from onnxslim._fidelity import compare_outputs
 from onnxslim._io import load, model_file_size, save
 from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+from onnxslim._stats import model_stats
 from onnxslim.calibration import (
     StatisticsCache,
     collect_statistics,
@@ -39,6 +40,7 @@ from onnxslim.passes.quantization._guards import (
     float_nodes_after_optimization,
     interleaved_latency,
     layer_sensitivity,
+    node_kernel_seconds,
     optimized_graph,
     output_logits,
     run_outputs,
@@ -451,6 +453,25 @@ class QuantizeStatic(SlimPass):
             candidates.append(("dynamic MatMul/Gemm", None))
         return candidates
 
+    def _slow_int8_nodes(
+        self, entry: dict, prepared: ir.Model, proto: onnx.ModelProto, feeds, context
+    ) -> dict[str, str]:
+        """Compute nodes of ``entry`` whose int8 kernel takes over 3x the median time per
+        MAC of its quantized compute nodes, measured with ORT's profiler; with reasons."""
+        seconds = node_kernel_seconds(
+            entry["path"], feeds, runs=max(5, self.latency_runs), threads=self.threads
+        )
+        macs = model_stats(prepared, context.sizes).macs_per_node
+        already = set(entry.get("excluded", {}))
+        quantized = [
+            node.name
+            for node in proto.graph.node
+            if node.op_type in _COMPUTE_OPS
+            and node.op_type in entry["op_types"]
+            and node.name not in already
+        ]
+        return slow_nodes(seconds, macs, quantized)
+
     # -- the pass ------------------------------------------------------------------------
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         started = time.perf_counter()
@@ -595,12 +616,34 @@ class QuantizeStatic(SlimPass):
             n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]
         }
 
+        timing_feeds = _timing_feeds(model, eval_batches, self.latency_batch)
+        summary["latency_batch"] = len(next(iter(timing_feeds.values())))
+        base = next((e for e in tried if not e["problems"] and e["op_types"] is not None), None)
+        if base is not None and self.latency_guard:
+            # Per node: the int8 kernels that cost far more per MAC than the rest (a 1-channel
+            # stem, depthwise or tiny layers, a conversion-bound island) go back to float in
+            # an extra candidate; the timing round below decides whether that is faster.
+            slow = self._slow_int8_nodes(base, prepared, proto, timing_feeds, context)
+            summary["slow_int8_nodes"] = {n: reason for n, reason in slow.items()}
+            if slow:
+                label = f"{base['label']}, slow int8 nodes in float"
+                extra = {**base.get("excluded", {}), **slow}
+                path = quantize(label, base["op_types"], [*excluded, *extra])
+                fidelity, problems = evaluate(path)
+                tried.append(
+                    {
+                        "label": label,
+                        "op_types": base["op_types"],
+                        "path": path,
+                        "fidelity": fidelity,
+                        "problems": problems,
+                        "excluded": extra,
+                    }
+                )
         acceptable = [e for e in tried if not e["problems"]]
         for entry in tried:
             if entry["problems"]:
                 entry["rejected"] = "accuracy: " + "; ".join(entry["problems"])
-        timing_feeds = _timing_feeds(model, eval_batches, self.latency_batch)
-        summary["latency_batch"] = len(next(iter(timing_feeds.values())))
         if acceptable and self.latency_guard:
             # Ranking round: lower quartiles (stable under interference); acceptance below
             # re-measures the chosen one against the input with medians.
@@ -772,6 +815,25 @@ def _finite(value: float | None) -> float | str | None:
     if value is None:
         return None
     return round(float(value), 2) if np.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def slow_nodes(
+    seconds: dict[str, float], macs: dict[str, int], names: Sequence[str], factor: float = 3.0
+) -> dict[str, str]:
+    """Among ``names`` (at least 4 timed, with MACs), those whose kernel time per MAC is over
+    ``factor`` x the median, slowest first, each with the reason."""
+    cost = {n: seconds[n] / macs[n] for n in names if n in seconds and macs.get(n)}
+    if len(cost) < 4:
+        return {}
+    median = float(np.median(list(cost.values())))
+    return {
+        name: (
+            f"latency guard: its int8 kernel takes {value / median:.1f}x the median time per "
+            f"MAC ({seconds[name] * 1e6:.0f} us per run)"
+        )
+        for name, value in sorted(cost.items(), key=lambda kv: -kv[1])
+        if value > factor * median
+    }
 
 
 def _timing_feeds(model: ir.Model, batches: Sequence[dict], batch: int) -> dict:
