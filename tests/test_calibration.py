@@ -370,3 +370,21 @@ def test_entropy_ignores_a_spike_of_exact_zeros():
     low, spiked = compute_range(_stats(with_zeros), "entropy")
     assert low == 0.0 and spiked == pytest.approx(plain, rel=0.1)
     assert spiked > 0.5 * positive.max()
+
+
+def test_batches_are_views_of_a_chunk_and_cross_chunk_boundaries_in_order(tmp_path):
+    from onnxslim.calibration import open_reader
+    from onnxslim.calibration._readers import NpyFolderReader
+
+    np.savez(tmp_path / "data.npz", x=np.arange(10, dtype=np.float32).reshape(10, 1))
+    reader = open_reader(str(tmp_path / "data.npz"), None, batch_size=3)
+    batches = [b["x"] for b in reader]
+    assert [b[:, 0].tolist() for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+    # inside the file's one chunk a batch is a slice of it, not a copy of the remaining samples
+    assert all(np.shares_memory(b, batches[0].base) for b in batches)
+    folder = tmp_path / "chunks"
+    folder.mkdir()
+    for index, (start, stop) in enumerate([(0, 2), (2, 5), (5, 6), (6, 10)]):
+        np.savez(folder / f"{index}.npz", x=np.arange(start, stop, dtype=np.float32)[:, None])
+    mixed = NpyFolderReader(folder, batch_size=4, stacked=True)  # each file holds a batch
+    assert [b["x"][:, 0].tolist() for b in mixed] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

@@ -399,10 +399,10 @@ def collect_statistics(
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
     with tempfile.TemporaryDirectory(prefix="onnxslim-calibration-") as tmp:
         path = Path(tmp) / "augmented.onnx"
-        # onnxslim's save: external weights (> 2 GB models) are written beside the copy
+        # Weights beside the copy: no serialized in-memory proto of them on the way to ORT.
         from onnxslim._io import save
 
-        save(augmented, path)
+        save(augmented, path, external_data=True)
         del augmented  # ORT keeps its own copy of the weights: no second one in Python
         session = create_session(path, providers, options)
     collector = StatisticsCollector(names, bins=bins, histograms=histograms)
