@@ -64,7 +64,8 @@ def entropy_threshold(
     Q = counts[:i] merged into ``levels`` quantization levels and spread back over its
     non-empty bins.
     The threshold is the right edge of the bin count minimizing KL(P || Q). All candidates are
-    evaluated in one vectorized step.
+    evaluated in one vectorized step, from prefix sums: the work is candidates x levels, not
+    candidates x bins.
     """
     counts = np.asarray(counts, np.float64)
     last_used = int(np.flatnonzero(counts)[-1]) + 1 if counts.any() else 0
@@ -77,34 +78,54 @@ def entropy_threshold(
     candidates = np.arange(levels, bins + 1, stride)
     if candidates[-1] != bins:
         candidates = np.append(candidates, bins)
-    count = candidates.size
-    column = np.arange(bins)
-    inside = column[None, :] < candidates[:, None]
-    tail = np.cumsum(counts[::-1])[::-1]  # tail[i] = counts[i:].sum()
-    p = np.where(inside, counts[None, :], 0.0)
-    outliers = np.where(candidates < bins, tail[np.minimum(candidates, bins - 1)], 0.0)
-    p[np.arange(count), candidates - 1] += outliers
-    # Q quantizes the kept bins *without* the clipped tail, so clipping costs divergence.
-    kept = np.where(inside, counts[None, :], 0.0)
-    # Level of bin j for candidate i: floor(j * levels / i).
-    level = (column[None, :] * levels) // candidates[:, None]
-    flat_level = (np.arange(count)[:, None] * levels + np.minimum(level, levels - 1)).ravel()
-    nonzero = (kept > 0).ravel()
-    level_mass = np.bincount(flat_level, weights=kept.ravel(), minlength=count * levels)
-    level_support = np.bincount(flat_level, weights=nonzero, minlength=count * levels)
-    spread = np.divide(
-        level_mass, level_support, out=np.zeros_like(level_mass), where=level_support > 0
-    )
-    q = np.where(kept > 0, spread[flat_level].reshape(count, bins), 0.0)
-    p_norm = p / p.sum(axis=1, keepdims=True)
-    q_norm = q / q.sum(axis=1, keepdims=True)
-    # A bin with mass in P but none in Q (only clipped mass landed there) gets a tiny Q.
-    q_norm = np.where((p_norm > 0) & (q_norm == 0), 1e-12, q_norm)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p_norm > 0, p_norm * np.log(p_norm / q_norm), 0.0)
-    divergence = terms.sum(axis=1)
+    divergence = _kl_per_candidate(counts, candidates, levels)
     best = int(candidates[int(np.argmin(divergence))])
     return best * width
+
+
+def _kl_per_candidate(counts: np.ndarray, candidates: np.ndarray, levels: int) -> np.ndarray:
+    """KL(P || Q) for every candidate bin count i, without materializing P or Q.
+
+    With T the total count, S_i the kept mass (bins < i), t_i the clipped tail and level l of
+    candidate i covering bins [ceil(l i / L), ceil((l + 1) i / L)):
+      T KL = sum_{j<i} p_j log p_j - T log T - sum_l M_l log(M_l / N_l) + S_i log S_i - tail term,
+    where M_l / N_l are a level's mass / non-empty bins, and the tail term puts the clipped mass
+    t_i on bin i-1 at that bin's Q (or at the 1e-12 floor when bin i-1 is empty).
+    """
+    total = counts.sum()
+    prefix_mass = np.concatenate([[0.0], np.cumsum(counts)])
+    prefix_support = np.concatenate([[0.0], np.cumsum(counts > 0)])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(counts > 0, counts * np.log(counts), 0.0)
+    prefix_plogp = np.concatenate([[0.0], np.cumsum(plogp)])
+    # Level boundaries per candidate: ceil(l * i / L) for l = 0..L.
+    boundary = -((-np.arange(levels + 1)[None, :] * candidates[:, None]) // levels)
+    mass = np.diff(prefix_mass[boundary], axis=1)
+    support = np.diff(prefix_support[boundary], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level_terms = np.where(mass > 0, mass * np.log(mass / support), 0.0)
+    kept = prefix_mass[candidates]
+    tail = total - kept
+    last = counts[candidates - 1]
+    # P's last bin holds counts[i-1] + tail.
+    last_p = last + tail
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_entropy = (
+            prefix_plogp[candidates - 1]
+            + np.where(last_p > 0, last_p * np.log(last_p), 0.0)
+            - total * np.log(total)
+        )
+        # Q's value at bin i-1: its level's mass spread over that level's non-empty bins.
+        last_level = np.minimum(((candidates - 1) * levels) // candidates, levels - 1)
+        rows = np.arange(candidates.size)
+        last_q = np.log(mass[rows, last_level] / support[rows, last_level]) - np.log(kept)
+        log_q_last = np.where(last > 0, last_q, np.log(1e-12))
+        cross = (
+            level_terms.sum(axis=1)
+            - kept * np.log(kept)
+            + np.where(tail > 0, tail * log_q_last, 0.0)
+        )
+    return (p_entropy - cross) / total
 
 
 def entropy_range(stats: TensorStatistics, levels: int | None = None) -> tuple[float, float]:
