@@ -428,3 +428,29 @@ def test_node_kernel_seconds_names_the_model_nodes(conv_net, tmp_path):
     # every Conv of the file runs as an integer kernel found under its own name
     assert convs and set(convs) <= set(seconds)
     assert all(value > 0 for value in seconds.values())
+
+
+def test_accuracy_guard_widens_ranges_a_clipping_method_cut_too_far(tmp_path):
+    """On the demo digits net, entropy (KL) thresholds clip the rare large activations of the
+    strokes (most of a digit image is blank): 12 dB at the output. The guard widens the most
+    clipped ranges back to min/max before keeping layers in float."""
+    from onnxslim.data import demo_data, demo_model_path
+
+    images = demo_data()["calibration_images"][:32]
+    model = onnxslim.load(demo_model_path())
+    quantizer = QuantizeStatic(
+        {"image": images}, method="entropy", latency_guard=False, batch_size=4
+    )
+    summary = quantizer.apply(model, PassContext(workdir=tmp_path)).summary
+    chosen = next(c for c in summary["candidates"] if c["chosen"])
+    assert chosen["ranges_widened_to_minmax"] > 0 and chosen["extra_float_nodes"] == 0
+    assert summary["fidelity"]["sqnr_db"] >= 20.0
+    widened = {
+        name: entry
+        for name, entry in summary["tensors"].items()
+        if entry["method"].startswith("minmax (accuracy guard")
+    }
+    assert len(widened) == chosen["ranges_widened_to_minmax"]
+    # a widened range is the tensor's full min/max: wider than entropy's
+    stem = widened["/stem/stem.2/Relu_output_0"]["range"]
+    assert stem[0] == 0.0 and stem[1] > 5.0

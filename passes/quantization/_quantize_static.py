@@ -544,14 +544,22 @@ class QuantizeStatic(SlimPass):
         )
         bound = self.bound()
 
-        def quantize(label: str, op_types: list[str] | None, excluded: Sequence[str]) -> Path:
+        def quantize(
+            label: str,
+            op_types: list[str] | None,
+            excluded: Sequence[str],
+            entry_ranges: dict[str, tuple[float, float]] | None = None,
+        ) -> Path:
+            widened = len(set((entry_ranges or ranges).items()) - set(ranges.items()))
             path = (
                 workdir
-                / f"candidate-{re.sub(r'[^a-z0-9]+', '-', label.lower())}-{len(excluded)}.onnx"
+                / f"candidate-{re.sub(r'[^a-z0-9]+', '-', label.lower())}-{len(excluded)}-{widened}.onnx"
             )
             if op_types is None:
                 return self._quantize_dynamic(prepared_path, path, excluded, profile)
-            return self._quantize_qdq(prepared_path, path, ranges, op_types, excluded, profile)
+            return self._quantize_qdq(
+                prepared_path, path, entry_ranges or ranges, op_types, excluded, profile
+            )
 
         def evaluate(path: Path) -> tuple[Any, list[str]]:
             outputs = run_outputs(path, eval_batches)
@@ -586,7 +594,29 @@ class QuantizeStatic(SlimPass):
                 }
             )
 
-        # Accuracy guard: on static candidates that break the bound, keep the most sensitive layers in float.
+        # Accuracy guard, step 1: a clipping method (percentile/entropy/mse) can cut off the
+        # rare large values that carry the signal (digit strokes on a blank page): widen the
+        # most clipped ranges back to min/max, most clipped first, until the bound holds.
+        clipped = _clipped_tensors(ranges, collector)
+        for entry in tried:
+            if not entry["problems"] or entry["op_types"] is None or not clipped:
+                continue
+            best = entry
+            for fraction in (0.25, 0.5, 1.0):
+                count = max(1, round(fraction * len(clipped)))
+                widened = {**ranges, **{n: clipped[n] for n in list(clipped)[:count]}}
+                path = quantize(entry["label"], entry["op_types"], list(excluded), widened)
+                fidelity, problems = evaluate(path)
+                trial = dict(fidelity=fidelity, problems=problems, path=path, ranges=widened)
+                if not problems or _score(fidelity) > _score(best["fidelity"]):
+                    best = {**trial, "widened": count}
+                if not problems:
+                    break
+            if best is not entry:
+                entry.update(best)
+
+        # Step 2: on static candidates that still break the bound, keep the most sensitive
+        # layers in float.
         sensitivity: dict[str, float] = {}
         for entry in tried:
             if not entry["problems"] or entry["op_types"] is None:
@@ -608,7 +638,9 @@ class QuantizeStatic(SlimPass):
                 extra = {
                     n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]
                 }
-                path = quantize(entry["label"], entry["op_types"], [*excluded, *extra])
+                path = quantize(
+                    entry["label"], entry["op_types"], [*excluded, *extra], entry.get("ranges")
+                )
                 fidelity, problems = evaluate(path)
                 entry.update(path=path, fidelity=fidelity, problems=problems, excluded=extra)
                 count *= 2
@@ -628,7 +660,7 @@ class QuantizeStatic(SlimPass):
             if slow:
                 label = f"{base['label']}, slow int8 nodes in float"
                 extra = {**base.get("excluded", {}), **slow}
-                path = quantize(label, base["op_types"], [*excluded, *extra])
+                path = quantize(label, base["op_types"], [*excluded, *extra], base.get("ranges"))
                 fidelity, problems = evaluate(path)
                 tried.append(
                     {
@@ -638,6 +670,11 @@ class QuantizeStatic(SlimPass):
                         "fidelity": fidelity,
                         "problems": problems,
                         "excluded": extra,
+                        **(
+                            {"ranges": base["ranges"], "widened": base["widened"]}
+                            if "ranges" in base
+                            else {}
+                        ),
                     }
                 )
         acceptable = [e for e in tried if not e["problems"]]
@@ -710,6 +747,7 @@ class QuantizeStatic(SlimPass):
                 if "speedup_confirmed" in e
                 else None,
                 "extra_float_nodes": len(e.get("excluded", {})),
+                "ranges_widened_to_minmax": e.get("widened", 0),
                 "chosen": e is chosen,
                 "rejected": e.get("rejected"),
             }
@@ -728,6 +766,7 @@ class QuantizeStatic(SlimPass):
             return SlimPassResult(model, modified=False, summary=summary)
 
         excluded.update(chosen.get("excluded", {}))
+        chosen_ranges = chosen.get("ranges", ranges)
         summary["chosen"] = chosen["label"]
         summary["fidelity"] = _fidelity_dict(chosen["fidelity"])
         if "latency_ms" in chosen:
@@ -771,16 +810,44 @@ class QuantizeStatic(SlimPass):
         summary["tensors"] = {
             name: {
                 "range": [round(lo, 6), round(hi, 6)],
-                "method": self.method,
+                "method": self.method
+                if chosen_ranges[name] == ranges[name]
+                else f"minmax (accuracy guard: {self.method} clipped too much)",
                 "sqnr_db": _finite(tensor_sqnr.get(name)),
             }
-            for name, (lo, hi) in ranges.items()
+            for name, (lo, hi) in chosen_ranges.items()
         }
         summary["seconds"] = round(time.perf_counter() - started, 3)
         result_model = load(chosen["path"])
         _materialize_workdir_weights(result_model, workdir)
         _replace_contents(model, result_model)
         return SlimPassResult(model, modified=True, summary=summary)
+
+
+def _clipped_tensors(
+    ranges: dict[str, tuple[float, float]], collector
+) -> dict[str, tuple[float, float]]:
+    """Tensors whose range the method clipped below min/max -> their min/max range, the most
+    clipped (smallest share of the min/max width kept) first."""
+    shares = {}
+    for name, (low, high) in ranges.items():
+        stats = collector.tensors[name]
+        width = stats.maximum - stats.minimum
+        if width > 0 and (high - low) < 0.999 * width:
+            shares[name] = (high - low) / width
+    return {
+        name: (collector.tensors[name].minimum, collector.tensors[name].maximum)
+        for name in sorted(shares, key=shares.get)
+    }
+
+
+def _score(fidelity) -> float:
+    """Higher is better: the logits SQNR where the guard checks logits, else the output SQNR."""
+    value = getattr(fidelity, "logits_sqnr_db", None)
+    value = fidelity.sqnr_db if value is None else value
+    if value is None or np.isnan(value):
+        return float("-inf")
+    return float(value)
 
 
 def _external_base_dir(model: ir.Model) -> str | None:
