@@ -423,7 +423,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="det,minilm")
     parser.add_argument("--quick", action="store_true", help="fewer/smaller images, fewer epochs")
-    parser.add_argument("--det-macs", type=float, default=0.7, help="MACs kept by pruning")
+    parser.add_argument("--det-macs", type=float, default=0.85, help="MACs kept by pruning")
     parser.add_argument("--det-lr", type=float, default=1e-4)
     parser.add_argument("--minilm-macs", type=float, default=0.8, help="MACs kept by pruning")
     parser.add_argument(
