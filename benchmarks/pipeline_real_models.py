@@ -312,12 +312,12 @@ def run_minilm(args, folder: Path) -> dict:
     eval_batches = [tokenizer(eval_texts[i : i + 25]) for i in range(0, len(eval_texts), 25)]
     passes = [
         Cleanup(target_opset=14),
-        StructuredPrune(target_macs=args.minilm_macs),
+        StructuredPrune(target_macs=args.minilm_macs, criterion=args.minilm_criterion),
         Distill(
             train_items,
             epochs=args.minilm_epochs or (2 if args.quick else 8),
             batch_size=16,
-            lr=5e-4,
+            lr=args.minilm_lr,
             output_losses={"embedding": "mse"},
             seed=0,
         ),
@@ -331,10 +331,13 @@ def run_minilm(args, folder: Path) -> dict:
         ),
     ]
     started = time.perf_counter()
+    # Verification batches (and the activation criterion's data) come from the training texts:
+    # the held-out sentences stay unseen until the fidelity columns.
+    train_batches = [tokenizer(train_texts[i : i + 25]) for i in (0, 25)]
     stages = run_pipeline(
         passes,
         source,
-        eval_batches[:2],
+        train_batches,
         folder / "minilm",
         sizes={"batch": 1, "sequence": 32},
     )
@@ -426,6 +429,12 @@ def main() -> None:
     parser.add_argument("--det-macs", type=float, default=0.85, help="MACs kept by pruning")
     parser.add_argument("--det-lr", type=float, default=1e-4)
     parser.add_argument("--minilm-macs", type=float, default=0.8, help="MACs kept by pruning")
+    parser.add_argument("--minilm-lr", type=float, default=5e-4)
+    parser.add_argument(
+        "--minilm-criterion",
+        default="l2",
+        help="pruning importance: l2 (weights) or activation (training texts through ORT)",
+    )
     parser.add_argument(
         "--min-cosine", type=float, default=0.98, help="MiniLM int8 guard: mean cosine to keep"
     )
