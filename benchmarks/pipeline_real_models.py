@@ -429,14 +429,14 @@ def main() -> None:
     parser.add_argument("--det-macs", type=float, default=0.85, help="MACs kept by pruning")
     parser.add_argument("--det-lr", type=float, default=1e-4)
     parser.add_argument("--minilm-macs", type=float, default=0.8, help="MACs kept by pruning")
-    parser.add_argument("--minilm-lr", type=float, default=5e-4)
+    parser.add_argument("--minilm-lr", type=float, default=1e-4)
     parser.add_argument(
         "--minilm-criterion",
-        default="l2",
+        default="activation",
         help="pruning importance: l2 (weights) or activation (training texts through ORT)",
     )
     parser.add_argument(
-        "--min-cosine", type=float, default=0.98, help="MiniLM int8 guard: mean cosine to keep"
+        "--min-cosine", type=float, default=0.95, help="MiniLM int8 guard: mean cosine to keep"
     )
     parser.add_argument("--det-epochs", type=int, help="distillation epochs (default 3 / 10)")
     parser.add_argument("--minilm-epochs", type=int, help="distillation epochs (default 2 / 8)")
