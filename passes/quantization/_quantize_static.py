@@ -602,8 +602,8 @@ class QuantizeStatic(SlimPass):
             if not entry["problems"] or entry["op_types"] is None or not clipped:
                 continue
             best = entry
-            for fraction in (0.25, 0.5, 1.0):
-                count = max(1, round(fraction * len(clipped)))
+            counts = sorted({max(1, round(f * len(clipped))) for f in (0.25, 0.5, 1.0)})
+            for count in counts:
                 widened = {**ranges, **{n: clipped[n] for n in list(clipped)[:count]}}
                 path = quantize(entry["label"], entry["op_types"], list(excluded), widened)
                 fidelity, problems = evaluate(path)
