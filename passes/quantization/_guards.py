@@ -190,18 +190,21 @@ def node_kernel_seconds(
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
         session = create_session(Path(path), providers, options)
-        for _ in range(2):
+        warmup = 2
+        for _ in range(warmup + runs):
             session.run(None, dict(feeds))
-        profile_path = session.end_profiling()  # drop warm-up events
-        session = create_session(Path(path), providers, options)
-        for _ in range(runs):
-            session.run(None, dict(feeds))
-        profile_path = session.end_profiling()
-        events = json.loads(Path(profile_path).read_text(encoding="utf-8"))
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    # Kernel events of the warm-up runs are dropped: they end before the first timed run starts.
+    run_starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    timed_from = run_starts[warmup] if len(run_starts) > warmup else 0
     durations: dict[str, list[float]] = {}
     for event in events:
         name = event.get("name", "")
-        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+        if (
+            event.get("cat") != "Node"
+            or not name.endswith("_kernel_time")
+            or event["ts"] < timed_from
+        ):
             continue
         durations.setdefault(name, []).append(event["dur"] * 1e-6)
     # Medians per kernel: a thread wake-up in one run must not make a node look slow.

@@ -8,6 +8,7 @@ sensitive layers in float until a fidelity bound holds.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import tempfile
@@ -544,17 +545,16 @@ class QuantizeStatic(SlimPass):
         )
         bound = self.bound()
 
+        candidate_number = itertools.count()
+
         def quantize(
             label: str,
             op_types: list[str] | None,
             excluded: Sequence[str],
             entry_ranges: dict[str, tuple[float, float]] | None = None,
         ) -> Path:
-            widened = len(set((entry_ranges or ranges).items()) - set(ranges.items()))
-            path = (
-                workdir
-                / f"candidate-{re.sub(r'[^a-z0-9]+', '-', label.lower())}-{len(excluded)}-{widened}.onnx"
-            )
+            slug = re.sub(r"[^a-z0-9]+", "-", label.lower())
+            path = workdir / f"candidate-{next(candidate_number)}-{slug}.onnx"
             if op_types is None:
                 return self._quantize_dynamic(prepared_path, path, excluded, profile)
             return self._quantize_qdq(
@@ -662,19 +662,15 @@ class QuantizeStatic(SlimPass):
                 extra = {**base.get("excluded", {}), **slow}
                 path = quantize(label, base["op_types"], [*excluded, *extra], base.get("ranges"))
                 fidelity, problems = evaluate(path)
+                # the base's op types and (widened) ranges, with the slow nodes in float too
                 tried.append(
                     {
+                        **base,
                         "label": label,
-                        "op_types": base["op_types"],
                         "path": path,
                         "fidelity": fidelity,
                         "problems": problems,
                         "excluded": extra,
-                        **(
-                            {"ranges": base["ranges"], "widened": base["widened"]}
-                            if "ranges" in base
-                            else {}
-                        ),
                     }
                 )
         acceptable = [e for e in tried if not e["problems"]]
