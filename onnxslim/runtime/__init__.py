@@ -1,0 +1,1 @@
+"""ONNX Runtime on this machine: sessions, interleaved timing, CPU features."""
