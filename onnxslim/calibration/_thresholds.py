@@ -178,7 +178,11 @@ def compute_range(
 ) -> tuple[float, float]:
     """The (low, high) range of one tensor under ``method``; always contains 0 for ORT."""
     if method == "minmax":
-        if moving_average and stats.average_minimum is not None:
+        if (
+            moving_average
+            and stats.average_minimum is not None
+            and stats.average_maximum is not None
+        ):
             low, high = stats.average_minimum, stats.average_maximum
         else:
             low, high = stats.minimum, stats.maximum

@@ -86,11 +86,11 @@ def _norm_axes(axes: Sequence[int], rank: int) -> list[int]:
 # ----------------------------------------------------------------------------- elementwise
 
 
-def _unary(fn: Callable[[torch.Tensor], torch.Tensor]) -> Builder:
+def _unary(fn: Callable[..., Any]) -> Builder:
     return lambda node, opset: fn
 
 
-for _op, _fn in {
+_UNARY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "Relu": torch.relu,
     "Sigmoid": torch.sigmoid,
     "Tanh": torch.tanh,
@@ -112,11 +112,12 @@ for _op, _fn in {
     "Softsign": F.softsign,
     "Mish": F.mish,
     "IsNaN": torch.isnan,
-}.items():
+}
+for _op, _fn in _UNARY_FUNCTIONS.items():
     KERNELS[_op] = _unary(_fn)
 
 
-def _binary(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Builder:
+def _binary(fn: Callable[..., Any]) -> Builder:
     return lambda node, opset: fn
 
 
@@ -130,7 +131,7 @@ def _pow(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.pow(a, b).to(a.dtype)
 
 
-for _op, _fn in {
+_BINARY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "Add": torch.add,
     "Sub": torch.sub,
     "Mul": torch.mul,
@@ -145,7 +146,8 @@ for _op, _fn in {
     "Or": torch.logical_or,
     "Xor": torch.logical_xor,
     "PRelu": lambda x, slope: torch.where(x < 0, x * slope, x),
-}.items():
+}
+for _op, _fn in _BINARY_FUNCTIONS.items():
     KERNELS[_op] = _binary(_fn)
 
 
@@ -370,13 +372,13 @@ _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 @_kernel("Conv")
 def _conv(node: ir.Node, opset: int):
     weight_shape = node.inputs[1].shape if node.inputs[1] is not None else None
-    kernel = node.attributes.get_ints("kernel_shape", None)
+    kernel: Sequence[int] | None = node.attributes.get_ints("kernel_shape", None)
     if kernel is None:
         if weight_shape is None or not weight_shape.is_static():
             raise UnsupportedKernelError(
                 "Conv without kernel_shape and with a weight of unknown shape"
             )
-        kernel = list(weight_shape)[2:]
+        kernel = list(weight_shape.numpy())[2:]
     spatial = len(kernel)
     if spatial not in _CONV:
         raise UnsupportedKernelError(f"Conv with {spatial} spatial dims")
@@ -399,13 +401,13 @@ def _conv(node: ir.Node, opset: int):
 @_kernel("ConvTranspose")
 def _conv_transpose(node: ir.Node, opset: int):
     weight_shape = node.inputs[1].shape if node.inputs[1] is not None else None
-    kernel = node.attributes.get_ints("kernel_shape", None)
+    kernel: Sequence[int] | None = node.attributes.get_ints("kernel_shape", None)
     if kernel is None:
         if weight_shape is None or not weight_shape.is_static():
             raise UnsupportedKernelError(
                 "ConvTranspose without kernel_shape and with a weight of unknown shape"
             )
-        kernel = list(weight_shape)[2:]
+        kernel = list(weight_shape.numpy())[2:]
     spatial = len(kernel)
     if spatial not in _CONV_T:
         raise UnsupportedKernelError(f"ConvTranspose with {spatial} spatial dims")
@@ -956,7 +958,7 @@ def _resize(node: ir.Node, opset: int):
                 f"cubic Resize with coordinate_transformation_mode={coordinate_mode}"
             )
         if node.attributes.get_float("cubic_coeff_a", -0.75) != -0.75 or node.attributes.get_int(
-            "exclude_outside", 0
+            "exclude_outside", False
         ):
             raise UnsupportedKernelError(
                 "cubic Resize with cubic_coeff_a != -0.75 or exclude_outside=1"
