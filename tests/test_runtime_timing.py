@@ -11,10 +11,14 @@ import pytest
 from onnxslim.benchmark import benchmark
 from onnxslim.benchmark._benchmark import _timed_rounds
 from onnxslim.benchmark._runner import SessionRunner
-from onnxslim._runtime import session_options
+from onnxslim.runtime import session_options
 
-_RELU = '<ir_version: 8, opset_import: ["" : 13]> g (float[N,4] x) => (float[N,4] y) { y = Relu(x) }'
-_TANH = '<ir_version: 8, opset_import: ["" : 13]> g (float[N,4] x) => (float[N,4] y) { y = Tanh(x) }'
+_RELU = (
+    '<ir_version: 8, opset_import: ["" : 13]> g (float[N,4] x) => (float[N,4] y) { y = Relu(x) }'
+)
+_TANH = (
+    '<ir_version: 8, opset_import: ["" : 13]> g (float[N,4] x) => (float[N,4] y) { y = Tanh(x) }'
+)
 
 
 @pytest.fixture(scope="module")
