@@ -11,7 +11,13 @@ import pytest
 from onnxslim.benchmark import benchmark
 from onnxslim.benchmark._benchmark import _timed_rounds
 from onnxslim.benchmark._runner import SessionRunner
-from onnxslim.runtime import session_options
+from onnxslim.runtime import (
+    create_session,
+    interleaved_timing,
+    rotation,
+    session_options,
+    session_run,
+)
 
 _RELU = (
     '<ir_version: 8, opset_import: ["" : 13]> g (float[N,4] x) => (float[N,4] y) { y = Relu(x) }'
@@ -87,3 +93,71 @@ def test_latency_guard_returns_one_figure_per_model(paths):
 
     latencies = interleaved_latency(paths, _FEEDS[0], runs=3, warmup=1)
     assert len(latencies) == 3 and all(isinstance(s, float) and s > 0 for s in latencies)
+
+
+# ---------------------------------------------------------------- the timer itself
+
+
+def _logged_runs(paths: list[Path], log: list[tuple[int, int]]) -> list:
+    """A real session per model; each run records (model index, feed index)."""
+    runs = []
+    for model_index, path in enumerate(paths):
+        run = session_run(
+            create_session(path, "cpu", session_options(allow_spinning=False)), _FEEDS
+        )
+
+        def logged(index: int, run=run, model_index=model_index) -> object:
+            log.append((model_index, index))
+            return run(index)
+
+        runs.append(logged)
+    return runs
+
+
+def test_rotation_is_a_left_shift_by_the_round():
+    assert [rotation(r, 3) for r in range(4)] == [[0, 1, 2], [1, 2, 0], [2, 0, 1], [0, 1, 2]]
+    assert [rotation(r, 1) for r in range(2)] == [[0], [0]]
+
+
+def test_timer_records_order_rounds_and_round_by_round_ratios(paths):
+    log: list[tuple[int, int]] = []
+    timing = interleaved_timing(_logged_runs(paths, log), rounds=4, warmup=2)
+    # warm-up: each model alone, feeds 0..warmup-1; then one run of each model per round
+    assert log[:6] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert log[6:] == [(m, r) for r in range(4) for m in rotation(r, 3)]
+    assert timing.rounds == 4 and timing.repeat == 1
+    assert timing.order == [rotation(r, 3) for r in range(4)]
+    assert [len(s) for s in timing.seconds] == [4, 4, 4]
+    assert timing.ratios(2) == [c / r for c, r in zip(timing.seconds[2], timing.seconds[0])]
+    assert timing.ratios(0, reference=1) == [
+        c / r for c, r in zip(timing.seconds[0], timing.seconds[1])
+    ]
+    assert timing.quantiles() == [float(np.median(s)) for s in timing.seconds]
+    assert timing.quantiles(0.1) == [float(np.quantile(s, 0.1)) for s in timing.seconds]
+
+
+def test_timer_budget_runs_the_minimum_rounds_then_stops(paths):
+    log: list[tuple[int, int]] = []
+    timing = interleaved_timing(_logged_runs(paths[:2], log), time_budget_s=0.0, min_rounds=5)
+    assert timing.rounds == 5 and len(log) == 10
+    assert timing.order == [[0, 1], [1, 0], [0, 1], [1, 0], [0, 1]]
+
+
+def test_timer_blocks_fast_models_in_equal_counts(paths):
+    """A sub-millisecond model is timed in blocks; the count is capped at 1000 runs a block."""
+    log: list[tuple[int, int]] = []
+    timing = interleaved_timing(_logged_runs(paths[:2], log), rounds=2, warmup=1, min_block_s=60.0)
+    assert timing.repeat == 1000
+    assert len(log) == 2 + 2 * 2 * 1000
+    assert log[2:1002] == [(0, 0)] * 1000 and log[1002:2002] == [(1, 0)] * 1000
+    assert [len(s) for s in timing.seconds] == [2, 2]
+
+
+def test_timer_needs_rounds_or_a_budget(paths):
+    with pytest.raises(ValueError, match="give rounds or time_budget_s"):
+        interleaved_timing([lambda index: None])
+
+
+def test_session_run_cycles_through_the_feeds(paths):
+    run = session_run(create_session(paths[0], "cpu"), _FEEDS)
+    assert [float(run(i)[0][0, 0]) for i in range(4)] == [0.0, 1.0, 0.0, 1.0]

@@ -312,6 +312,47 @@ def _notes(allow_spinning: bool, memory_method: str) -> list[str]:
     return notes
 
 
+def _settings(
+    providers: list[str],
+    provider_options: Mapping[str, Mapping[str, object]] | None,
+    batches: list[int],
+    samples: list[dict[str, np.ndarray]] | None,
+    memory_method: str,
+    *,
+    intra_op_threads: int | None,
+    inter_op_threads: int | None,
+    optimization_level: str,
+    warmup: int,
+    runs: int | None,
+    time_budget_s: float | None,
+    fidelity_samples: int,
+    allow_spinning: bool,
+) -> dict:
+    """The settings record: what was asked for and how it was measured."""
+    return {
+        "providers": providers,
+        "provider_options": {
+            provider: _provider_options_for(provider, provider_options) or {}
+            for provider in providers
+        },
+        "batch_sizes": batches,
+        "intra_op_threads": intra_op_threads,
+        "inter_op_threads": inter_op_threads,
+        "optimization_level": optimization_level,
+        "warmup_runs": warmup,
+        "runs": runs,
+        "time_budget_s": time_budget_s,
+        "inputs": "data" if samples is not None else "generated",
+        "fidelity_samples": len(samples[:fidelity_samples])
+        if samples is not None
+        else fidelity_samples,
+        "interleaved": True,
+        "allow_spinning": allow_spinning,
+        "memory_method": memory_method,
+        "notes": _notes(allow_spinning, memory_method),
+    }
+
+
 def benchmark(
     models: Sequence[str | os.PathLike | ir.Model],
     *,
@@ -414,28 +455,21 @@ def benchmark(
                     entries, sessions, provider, batch, seconds, fidelity_feeds, coverages, metric
                 )
                 del sessions
-    settings = {
-        "providers": resolved_providers,
-        "provider_options": {
-            provider: _provider_options_for(provider, provider_options) or {}
-            for provider in resolved_providers
-        },
-        "batch_sizes": batches,
-        "intra_op_threads": intra_op_threads,
-        "inter_op_threads": inter_op_threads,
-        "optimization_level": optimization_level,
-        "warmup_runs": warmup,
-        "runs": runs,
-        "time_budget_s": time_budget_s,
-        "inputs": "data" if samples is not None else "generated",
-        "fidelity_samples": len(samples[:fidelity_samples])
-        if samples is not None
-        else fidelity_samples,
-        "interleaved": True,
-        "allow_spinning": allow_spinning,
-        "memory_method": memory_method,
-        "notes": _notes(allow_spinning, memory_method),
-    }
+    settings = _settings(
+        resolved_providers,
+        provider_options,
+        batches,
+        samples,
+        memory_method,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        optimization_level=optimization_level,
+        warmup=warmup,
+        runs=runs,
+        time_budget_s=time_budget_s,
+        fidelity_samples=fidelity_samples,
+        allow_spinning=allow_spinning,
+    )
     return BenchmarkResult(
         measurements=measurements,
         machine=machine_info(),

@@ -44,7 +44,8 @@ OPTIMIZATION_LEVELS = {
 
 # ORT severities: 0 verbose, 1 info, 2 warning, 3 error, 4 fatal.
 ERROR_SEVERITY = 3
-_PYTHON_LEVELS = (logging.DEBUG, logging.DEBUG, logging.WARNING, logging.ERROR, logging.CRITICAL)
+# ORT's warnings judge the graph it was given (unused initializers, ...): INFO, not the user's warning.
+_PYTHON_LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _ORT_LOGGER = logging.getLogger("onnxslim.ort")
 
 
