@@ -539,3 +539,48 @@ def test_onnxslim_bench_command(models, tmp_path, capsys):
     if not HAS_CUDA:
         assert main(["bench", str(models["float"]), "--providers", "cuda"]) == 2
         assert "available: " in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- JSON edge and module layout
+
+
+def test_records_keep_floats_and_json_writes_inf_and_nan_as_strings(models):
+    def not_a_number(reference, candidate):
+        return float("nan")
+
+    result = benchmark(
+        [models["float"], models["float"]], runs=2, warmup=0, coverage=False, metric=not_a_number
+    )
+    twin = result.find("float#2")
+    assert math.isinf(twin.fidelity.sqnr_db) and math.isnan(twin.metric_value)  # floats stay floats
+    record = result.record()["measurements"][1]
+    assert math.isinf(record["fidelity"]["sqnr_db"]) and math.isnan(record["metric"]["value"])
+    written = json.loads(result.to_json())["measurements"][1]
+    assert written["fidelity"]["sqnr_db"] == "inf"
+    assert written["metric"] == {"name": "not_a_number", "value": "nan"}  # was null: one encoding
+    assert written["fidelity"]["max_abs_error"] == 0.0
+    assert result.to_dict() == json.loads(result.to_json())
+
+
+def test_json_value_encodes_every_non_finite_float():
+    from onnxslim.benchmark._records import _json_value
+
+    value = {"a": [math.inf, -math.inf, math.nan, np.float32(1.5)], "b": (2, None, "x")}
+    assert _json_value(value) == {"a": ["inf", "-inf", "nan", 1.5], "b": [2, None, "x"]}
+
+
+def test_report_does_not_import_the_result_module():
+    """The reports render the records; only BenchmarkResult (in _results) imports the reports."""
+    import ast
+
+    import onnxslim.benchmark._records as records
+    import onnxslim.benchmark._report as report
+
+    for module, forbidden in ((report, "_results"), (records, "_report")):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module is not None
+        }
+        assert f"onnxslim.benchmark.{forbidden}" not in imported

@@ -3,7 +3,6 @@
 from onnxslim.benchmark._benchmark import Metric, benchmark
 from onnxslim.benchmark._coverage import Int8Coverage, int8_coverage
 from onnxslim.benchmark._gates import GATE_EXIT_CODE, Gates, check_gates
-from onnxslim.benchmark._machine import MachineInfo, machine_info
 from onnxslim.benchmark._results import (
     SCHEMA_VERSION,
     BenchmarkResult,
@@ -11,6 +10,7 @@ from onnxslim.benchmark._results import (
     Measurement,
     RatioStats,
 )
+from onnxslim.runtime import MachineInfo, machine_info
 
 __all__ = [
     "GATE_EXIT_CODE",

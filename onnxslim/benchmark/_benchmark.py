@@ -3,24 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 
 import onnxslim
 from onnxslim._errors import InputDataError, SlimError
 from onnxslim._fidelity import compare_outputs
 from onnxslim._inputs import DimSizes
 from onnxslim.benchmark._coverage import Int8Coverage, int8_coverage
-from onnxslim.benchmark._machine import machine_info
-from onnxslim.benchmark._results import BenchmarkResult, LatencyStats, Measurement, RatioStats
-from onnxslim.benchmark._runner import MemoryProbe, SessionRunner, gpu_memory_used
+from onnxslim.benchmark._records import LatencyStats, Measurement, RatioStats
+from onnxslim.benchmark._results import BenchmarkResult
+from onnxslim.benchmark._runner import MemoryProbe, SessionRunner
+from onnxslim.runtime import (
+    gpu_memory_used,
+    interleaved_timing,
+    machine_info,
+    resolve_providers,
+    session_options,
+)
 
 __all__ = ["benchmark", "Metric"]
 
@@ -55,7 +63,7 @@ def _provider_options_for(
     if not provider_options:
         return None
     for key, options in provider_options.items():
-        if onnxslim.resolve_providers([key])[0] == provider:
+        if resolve_providers([key])[0] == provider:
             return dict(options)
     return None
 
@@ -106,25 +114,243 @@ def _timed_rounds(
     runners: Sequence[SessionRunner], runs: int | None, time_budget_s: float | None
 ) -> list[list[float]]:
     """Runs every model once per round, rotating the order (A B, B A, ...); seconds per model."""
-    timings: list[list[float]] = [[] for _ in runners]
-    started = time.perf_counter()
-    round_index = 0
-    while True:
-        if runs is not None and round_index >= runs:
-            break
-        if (
-            runs is None
-            and time_budget_s is not None
-            and round_index >= _MIN_RUNS_IN_BUDGET
-            and time.perf_counter() - started >= time_budget_s
-        ):
-            break
-        shift = round_index % len(runners)
-        for position in range(len(runners)):
-            index = (position + shift) % len(runners)
-            timings[index].append(runners[index].run(round_index))
-        round_index += 1
-    return timings
+    timing = interleaved_timing(
+        [runner.run for runner in runners],
+        rounds=runs,
+        time_budget_s=time_budget_s,
+        min_rounds=_MIN_RUNS_IN_BUDGET,
+    )
+    return timing.seconds
+
+
+@dataclasses.dataclass
+class _Model:
+    """One benchmarked model: its label, the file ORT loads, what the reports show."""
+
+    label: str
+    path: Path
+    shown_path: str
+    file_size_bytes: int
+    loaded: ir.Model
+
+
+@dataclasses.dataclass
+class _Session:
+    """A model's warmed-up session and the memory its creation and warm-up took."""
+
+    runner: SessionRunner
+    memory: MemoryProbe
+    gpu_memory_bytes: int | None
+
+
+def _models(
+    models: Sequence[str | os.PathLike | ir.Model],
+    labels: Sequence[str] | None,
+    stack: contextlib.ExitStack,
+) -> list[_Model]:
+    """Files for every model (in-memory ones written to temporary files) with distinct labels."""
+    paths, loaded = [], []
+    for model in models:
+        if isinstance(model, ir.Model):
+            paths.append(stack.enter_context(onnxslim.temporary_model_file(model)))
+            loaded.append(model)
+        else:
+            paths.append(Path(model))
+            loaded.append(onnxslim.load(model))
+    return [
+        _Model(
+            label=label,
+            path=path,
+            shown_path="<in-memory>" if isinstance(model, ir.Model) else str(path),
+            file_size_bytes=onnxslim.model_file_size(path),
+            loaded=loaded_model,
+        )
+        for label, path, model, loaded_model in zip(_labels(paths, labels), paths, models, loaded)
+    ]
+
+
+def _feeds(
+    reference: ir.Model,
+    samples: list[dict[str, np.ndarray]] | None,
+    sizes: DimSizes | None,
+    batch: int,
+    fidelity_samples: int,
+    seed: int,
+) -> tuple[list[dict], list[dict]]:
+    """(timed feeds, fidelity feeds): the data's samples, or inputs generated for ``batch``."""
+    if samples is not None:
+        return samples, samples[:fidelity_samples]
+    fidelity_feeds = _generated_feeds(reference, sizes, batch, max(1, fidelity_samples), seed)
+    return fidelity_feeds[:1], fidelity_feeds
+
+
+def _start_session(
+    model: _Model,
+    provider: str,
+    options: ort.SessionOptions,
+    provider_options: dict | None,
+    feeds: list[dict],
+    warmup: int,
+) -> _Session:
+    """Creates and warms up one session alone, measuring the memory that window took."""
+    gc.collect()
+    gpu_before = gpu_memory_used()
+    probe = MemoryProbe().start()
+    runner = SessionRunner(model.path, provider, options, provider_options, feeds)
+    for warm_index in range(warmup):
+        runner.run(warm_index)
+    probe.stop()
+    gpu_after = gpu_memory_used()
+    gpu = (
+        max(0, gpu_after - gpu_before) if gpu_before is not None and gpu_after is not None else None
+    )
+    logger.info("%s on %s: session in %.2f s", model.label, provider, runner.create_seconds)
+    return _Session(runner, probe, gpu)
+
+
+def _measurement(
+    model: _Model,
+    session: _Session,
+    provider: str,
+    batch: int,
+    seconds: list[float],
+    coverage: Int8Coverage | None,
+) -> Measurement:
+    """The latency, size and memory figures of one model (ratios and fidelity come after)."""
+    latency = LatencyStats.from_seconds(seconds)
+    return Measurement(
+        model=model.label,
+        path=model.shown_path,
+        provider=provider,
+        batch=batch,
+        latency=latency,
+        latencies_ms=[1000.0 * t for t in seconds],
+        throughput_per_s=batch / (latency.mean_ms / 1000.0),
+        session_create_s=session.runner.create_seconds,
+        file_size_bytes=model.file_size_bytes,
+        io_binding=session.runner.io_binding,
+        session_memory_bytes=session.memory.increase,
+        peak_rss_bytes=session.memory.peak,
+        gpu_memory_bytes=session.gpu_memory_bytes,
+        coverage=coverage,
+    )
+
+
+def _add_fidelity(
+    measurement: Measurement,
+    model: _Model,
+    reference: str,
+    reference_outputs: list[dict[str, np.ndarray]],
+    outputs: list[dict[str, np.ndarray]],
+    metric: Metric | None,
+) -> None:
+    """Fidelity (and the user metric) of a model's outputs against the reference's."""
+    try:
+        measurement.fidelity = compare_outputs(reference_outputs, outputs)
+    except (KeyError, ValueError) as error:
+        raise SlimError(
+            f"model '{model.label}' ({model.path}): its outputs cannot be compared with the "
+            f"reference '{reference}' ({error}); benchmark models with the same outputs."
+        ) from None
+    if metric is not None:
+        measurement.metric_name = getattr(metric, "__name__", "metric")
+        measurement.metric_value = float(metric(reference_outputs, outputs))
+
+
+def _measure_batch(
+    models: list[_Model],
+    sessions: list[_Session],
+    provider: str,
+    batch: int,
+    seconds: list[list[float]],
+    fidelity_feeds: list[dict],
+    coverages: Mapping[str, Int8Coverage],
+    metric: Metric | None,
+) -> list[Measurement]:
+    """Every model's measurement at one provider and batch: figures, ratio, fidelity."""
+    runners = [session.runner for session in sessions]
+    reference_outputs = [runners[0].outputs(feed) for feed in fidelity_feeds]
+    measurements = []
+    for index, (model, session) in enumerate(zip(models, sessions)):
+        measurement = _measurement(
+            model, session, provider, batch, seconds[index], coverages.get(model.label)
+        )
+        if index > 0:
+            measurement.size_ratio = model.file_size_bytes / models[0].file_size_bytes
+            measurement.latency_ratio = RatioStats.from_pairs(
+                [c / r for c, r in zip(seconds[index], seconds[0])]
+            )
+        outputs = (
+            reference_outputs
+            if index == 0
+            else [session.runner.outputs(feed) for feed in fidelity_feeds]
+        )
+        _add_fidelity(measurement, model, models[0].label, reference_outputs, outputs, metric)
+        measurements.append(measurement)
+    return measurements
+
+
+def _notes(allow_spinning: bool, memory_method: str) -> list[str]:
+    notes = []
+    if allow_spinning:
+        notes.append(
+            "WARNING: thread spinning was ON: sessions steal cores from each other, ratios are unreliable"
+        )
+    notes.append(
+        "models run interleaved in one process (one run of each per round, order rotated every "
+        "round); latency ratios are taken round by round"
+    )
+    if not allow_spinning:
+        notes.append(
+            "ORT thread spinning is off (session.intra_op.allow_spinning=0) so an idle session "
+            "cannot steal cores from the timed one"
+        )
+    notes.append(
+        "memory: each session is created and warmed up alone; its figure is the peak RSS "
+        "increase over that window (" + memory_method + ")"
+    )
+    return notes
+
+
+def _settings(
+    providers: list[str],
+    provider_options: Mapping[str, Mapping[str, object]] | None,
+    batches: list[int],
+    samples: list[dict[str, np.ndarray]] | None,
+    memory_method: str,
+    *,
+    intra_op_threads: int | None,
+    inter_op_threads: int | None,
+    optimization_level: str,
+    warmup: int,
+    runs: int | None,
+    time_budget_s: float | None,
+    fidelity_samples: int,
+    allow_spinning: bool,
+) -> dict:
+    """The settings record: what was asked for and how it was measured."""
+    return {
+        "providers": providers,
+        "provider_options": {
+            provider: _provider_options_for(provider, provider_options) or {}
+            for provider in providers
+        },
+        "batch_sizes": batches,
+        "intra_op_threads": intra_op_threads,
+        "inter_op_threads": inter_op_threads,
+        "optimization_level": optimization_level,
+        "warmup_runs": warmup,
+        "runs": runs,
+        "time_budget_s": time_budget_s,
+        "inputs": "data" if samples is not None else "generated",
+        "fidelity_samples": len(samples[:fidelity_samples])
+        if samples is not None
+        else fidelity_samples,
+        "interleaved": True,
+        "allow_spinning": allow_spinning,
+        "memory_method": memory_method,
+        "notes": _notes(allow_spinning, memory_method),
+    }
 
 
 def benchmark(
@@ -183,172 +409,75 @@ def benchmark(
         raise SlimError(f"runs={runs}: give at least 1 timed run.")
     if runs is None and time_budget_s is None:
         runs = _DEFAULT_RUNS
-    resolved_providers = onnxslim.resolve_providers(providers)
+    resolved_providers = resolve_providers(providers)
     samples = _read_data(data) if data is not None else None
     if samples is not None and batch_sizes:
         raise SlimError(
             "batch sizes apply to generated inputs; with a data reader the batch is the data's own."
         )
     batches = [_data_batch(samples[0])] if samples is not None else list(batch_sizes or [1])
-
+    memory_method = MemoryProbe().start().stop().method
+    options = session_options(
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        allow_spinning=allow_spinning,
+        optimization_level=optimization_level,
+    )
+    measurements: list[Measurement] = []
     with contextlib.ExitStack() as stack:
-        paths, loaded = [], []
-        for model in models:
-            if isinstance(model, ir.Model):
-                paths.append(stack.enter_context(onnxslim.temporary_model_file(model)))
-                loaded.append(model)
-            else:
-                paths.append(Path(model))
-                loaded.append(onnxslim.load(model))
-        names = _labels(paths, labels)
-        displayed_paths = [
-            "<in-memory>" if isinstance(model, ir.Model) else str(path)
-            for model, path in zip(models, paths)
-        ]
-        sizes_on_disk = [onnxslim.model_file_size(path) for path in paths]
-        memory_method = MemoryProbe().start().stop().method
-        options = onnxslim.session_options(
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
-            allow_spinning=allow_spinning,
-            optimization_level=optimization_level,
-        )
-        measurements: list[Measurement] = []
+        entries = _models(models, labels, stack)
         for provider in resolved_providers:
             options_for_provider = _provider_options_for(provider, provider_options)
-            coverages = {}
+            coverages: dict[str, Int8Coverage] = {}
             for batch in batches:
-                if samples is not None:
-                    timed_feeds, fidelity_feeds = samples, samples[:fidelity_samples]
-                else:
-                    fidelity_feeds = _generated_feeds(
-                        loaded[0], sizes, batch, max(1, fidelity_samples), seed
-                    )
-                    timed_feeds = fidelity_feeds[:1]
+                timed_feeds, fidelity_feeds = _feeds(
+                    entries[0].loaded, samples, sizes, batch, fidelity_samples, seed
+                )
                 if coverage and not coverages:
-                    for name, path in zip(names, paths):
-                        coverages[name] = _coverage_or_note(
-                            path,
+                    coverages = {
+                        model.label: _coverage_or_note(
+                            model.path,
                             provider,
                             optimization_level,
                             fidelity_feeds[0],
                             options_for_provider,
                         )
-                runners, memory, gpu_memory = [], [], []
-                for name, path in zip(names, paths):
-                    gc.collect()
-                    gpu_before = gpu_memory_used()
-                    probe = MemoryProbe().start()
-                    runner = SessionRunner(
-                        path, provider, options, options_for_provider, timed_feeds
+                        for model in entries
+                    }
+                sessions = [
+                    _start_session(
+                        model, provider, options, options_for_provider, timed_feeds, warmup
                     )
-                    for warm_index in range(warmup):
-                        runner.run(warm_index)
-                    memory.append(probe.stop())
-                    gpu_after = gpu_memory_used()
-                    gpu_memory.append(
-                        max(0, gpu_after - gpu_before)
-                        if gpu_before is not None and gpu_after is not None
-                        else None
-                    )
-                    runners.append(runner)
-                    logger.info(
-                        "%s on %s: session in %.2f s", name, provider, runner.create_seconds
-                    )
-                timings = _timed_rounds(runners, runs, time_budget_s)
-                reference_outputs = [runners[0].outputs(feed) for feed in fidelity_feeds]
-                for index, (name, path, runner) in enumerate(zip(names, paths, runners)):
-                    latency = LatencyStats.from_seconds(timings[index])
-                    measurement = Measurement(
-                        model=name,
-                        path=str(path)
-                        if not isinstance(models[index], ir.Model)
-                        else "<in-memory>",
-                        provider=provider,
-                        batch=batch,
-                        latency=latency,
-                        latencies_ms=[1000.0 * t for t in timings[index]],
-                        throughput_per_s=batch / (latency.mean_ms / 1000.0),
-                        session_create_s=runner.create_seconds,
-                        file_size_bytes=sizes_on_disk[index],
-                        io_binding=runner.io_binding,
-                        session_memory_bytes=memory[index].increase,
-                        peak_rss_bytes=memory[index].peak,
-                        gpu_memory_bytes=gpu_memory[index],
-                        coverage=coverages.get(name),
-                    )
-                    if index > 0:
-                        measurement.size_ratio = sizes_on_disk[index] / sizes_on_disk[0]
-                        measurement.latency_ratio = RatioStats.from_pairs(
-                            [c / r for c, r in zip(timings[index], timings[0])]
-                        )
-                    outputs = (
-                        reference_outputs
-                        if index == 0
-                        else [runner.outputs(feed) for feed in fidelity_feeds]
-                    )
-                    try:
-                        measurement.fidelity = compare_outputs(reference_outputs, outputs)
-                    except (KeyError, ValueError) as error:
-                        raise SlimError(
-                            f"model '{name}' ({path}): its outputs cannot be compared with the "
-                            f"reference '{names[0]}' ({error}); benchmark models with the same outputs."
-                        ) from None
-                    if metric is not None:
-                        measurement.metric_name = getattr(metric, "__name__", "metric")
-                        measurement.metric_value = float(metric(reference_outputs, outputs))
-                    measurements.append(measurement)
-                del runners
-    settings = {
-        "providers": resolved_providers,
-        "provider_options": {
-            provider: _provider_options_for(provider, provider_options) or {}
-            for provider in resolved_providers
-        },
-        "batch_sizes": batches,
-        "intra_op_threads": intra_op_threads,
-        "inter_op_threads": inter_op_threads,
-        "optimization_level": optimization_level,
-        "warmup_runs": warmup,
-        "runs": runs,
-        "time_budget_s": time_budget_s,
-        "inputs": "data" if samples is not None else "generated",
-        "fidelity_samples": len(samples[:fidelity_samples])
-        if samples is not None
-        else fidelity_samples,
-        "interleaved": True,
-        "allow_spinning": allow_spinning,
-        "memory_method": memory_method,
-        "notes": [
-            *(
-                [
-                    "WARNING: thread spinning was ON: sessions steal cores from each other, ratios are unreliable"
+                    for model in entries
                 ]
-                if allow_spinning
-                else []
-            ),
-            "models run interleaved in one process (one run of each per round, order rotated every "
-            "round); latency ratios are taken round by round",
-            *(
-                []
-                if allow_spinning
-                else [
-                    "ORT thread spinning is off (session.intra_op.allow_spinning=0) so an idle session "
-                    "cannot steal cores from the timed one"
-                ]
-            ),
-            "memory: each session is created and warmed up alone; its figure is the peak RSS "
-            "increase over that window (" + memory_method + ")",
-        ],
-    }
+                seconds = _timed_rounds([s.runner for s in sessions], runs, time_budget_s)
+                measurements += _measure_batch(
+                    entries, sessions, provider, batch, seconds, fidelity_feeds, coverages, metric
+                )
+                del sessions
+    settings = _settings(
+        resolved_providers,
+        provider_options,
+        batches,
+        samples,
+        memory_method,
+        intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads,
+        optimization_level=optimization_level,
+        warmup=warmup,
+        runs=runs,
+        time_budget_s=time_budget_s,
+        fidelity_samples=fidelity_samples,
+        allow_spinning=allow_spinning,
+    )
     return BenchmarkResult(
         measurements=measurements,
         machine=machine_info(),
         settings=settings,
         models=[
-            {"label": name, "path": display, "file_size_bytes": size}
-            for name, display, size in zip(names, displayed_paths, sizes_on_disk)
+            {"label": m.label, "path": m.shown_path, "file_size_bytes": m.file_size_bytes}
+            for m in entries
         ],
-        reference=names[0],
+        reference=entries[0].label,
         tool=f"onnxslim {onnxslim.__version__}",
     )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from onnxslim.benchmark._results import BenchmarkResult, Measurement
+from onnxslim.benchmark._records import Measurement, ResultRecord
 
 __all__ = ["markdown_report", "html_report", "measurement_rows"]
 
@@ -49,7 +49,7 @@ def _sqnr_text(measurement: Measurement) -> str:
     return "∞" if math.isinf(value) and value > 0 else f"{value:.1f}"
 
 
-def measurement_rows(result: BenchmarkResult) -> list[list[str]]:
+def measurement_rows(result: ResultRecord) -> list[list[str]]:
     """One row of text per measurement, columns as in the Markdown table."""
     rows = []
     for m in result.measurements:
@@ -93,7 +93,7 @@ def measurement_rows(result: BenchmarkResult) -> list[list[str]]:
     return rows
 
 
-def _context_lines(result: BenchmarkResult) -> list[str]:
+def _context_lines(result: ResultRecord) -> list[str]:
     settings = result.settings
     runs = (
         f"{settings['runs']} timed rounds"
@@ -110,7 +110,7 @@ def _context_lines(result: BenchmarkResult) -> list[str]:
     ]
 
 
-def markdown_report(result: BenchmarkResult) -> str:
+def markdown_report(result: ResultRecord) -> str:
     """A Markdown table of all measurements, preceded by the machine and method."""
     lines = [f"- {line}" for line in _context_lines(result)]
     header = [column.replace("|", "\\|") for column in _COLUMNS]
@@ -148,7 +148,7 @@ def _svg(width: int, height: int, body: list[str], label: str) -> str:
     )
 
 
-def _groups(result: BenchmarkResult) -> list[tuple[str, int, list[Measurement]]]:
+def _groups(result: ResultRecord) -> list[tuple[str, int, list[Measurement]]]:
     groups: dict[tuple[str, int], list[Measurement]] = {}
     for m in result.measurements:
         groups.setdefault((m.provider, m.batch), []).append(m)
@@ -380,7 +380,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str 
     return f'<table class="{css_class}">{thead}<tbody>{body}</tbody></table>'
 
 
-def html_report(result: BenchmarkResult, title: str = "onnxslim benchmark") -> str:
+def html_report(result: ResultRecord, title: str = "onnxslim benchmark") -> str:
     """A single HTML file: context, charts per provider x batch, tables. No script, no external URL."""
     machine = result.machine
     facts = [

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -14,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-import onnxslim
+from onnxslim.runtime import create_session, gpu_memory_used
 
 __all__ = ["SessionRunner", "MemoryProbe", "gpu_memory_used", "DEVICE_PROVIDERS"]
 
@@ -89,45 +87,8 @@ class MemoryProbe:
         return max(0, self.peak - self.baseline)
 
 
-def _nvidia_smi(query: str) -> list[list[str]] | None:
-    nvidia_smi = shutil.which("nvidia-smi")
-    if nvidia_smi is None:
-        return None
-    try:
-        output = subprocess.run(
-            [nvidia_smi, query, "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return [[part.strip() for part in line.split(",")] for line in output.strip().splitlines()]
-
-
-def gpu_memory_used(pid: int | None = None) -> int | None:
-    """GPU memory (bytes) held by process ``pid`` (nvidia-smi); None without an NVIDIA GPU.
-
-    In a container nvidia-smi may list host PIDs only; then the device-wide figure is used
-    (other processes on the same GPU would then count too; the benchmark records a delta).
-    """
-    pid = os.getpid() if pid is None else pid
-    apps = _nvidia_smi("--query-compute-apps=pid,used_memory")
-    if apps is None:
-        return None
-    mine = [
-        int(row[1]) for row in apps if len(row) == 2 and row[0] == str(pid) and row[1].isdigit()
-    ]
-    if mine:
-        return sum(mine) * 1024 * 1024
-    devices = _nvidia_smi("--query-gpu=memory.used") or []
-    used = [int(row[0]) for row in devices if row and row[0].isdigit()]
-    return sum(used) * 1024 * 1024 if used else None
-
-
 def _device_id(provider_options: Mapping[str, object] | None) -> int:
-    return int((provider_options or {}).get("device_id", 0))
+    return int(str((provider_options or {}).get("device_id", 0)))  # ORT takes "0" or 0
 
 
 class SessionRunner:
@@ -146,7 +107,7 @@ class SessionRunner:
         feeds: Sequence[Mapping[str, np.ndarray]],
     ) -> None:
         started = time.perf_counter()
-        self.session = onnxslim.create_session(
+        self.session = create_session(
             path, [provider], options, [dict(provider_options)] if provider_options else None
         )
         self.create_seconds = time.perf_counter() - started
@@ -170,17 +131,19 @@ class SessionRunner:
                     binding.bind_output(name, "cuda", device_id)
                 self._bindings.append(binding)
 
-    def run(self, index: int = 0) -> float:
-        """Seconds for one inference on feed ``index`` (cycled)."""
+    def infer(self, index: int = 0) -> None:
+        """One inference on feed ``index`` (cycled); on the device with IOBinding."""
         if self.io_binding:
             binding = self._bindings[index % len(self._bindings)]
-            started = time.perf_counter()
             self.session.run_with_iobinding(binding)
             binding.synchronize_outputs()
-            return time.perf_counter() - started
-        feed = self._feeds[index % len(self._feeds)]
+            return
+        self.session.run(self.output_names, self._feeds[index % len(self._feeds)])
+
+    def run(self, index: int = 0) -> float:
+        """Seconds for one inference on feed ``index`` (cycled)."""
         started = time.perf_counter()
-        self.session.run(self.output_names, feed)
+        self.infer(index)
         return time.perf_counter() - started
 
     def outputs(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,1 +1,33 @@
-"""ONNX Runtime on this machine: sessions, interleaved timing, CPU features."""
+"""ONNX Runtime on this machine: sessions, interleaved timing, CPU features, machine facts."""
+
+from onnxslim.runtime._cpu import INT8_ISA_FLAGS, CpuFeatures, cpu_features
+from onnxslim.runtime._machine import GpuInfo, MachineInfo, gpu_memory_used, machine_info
+from onnxslim.runtime._session import (
+    OPTIMIZATION_LEVELS,
+    PROVIDER_ALIASES,
+    create_session,
+    ort_log_to_python,
+    resolve_providers,
+    session_options,
+)
+from onnxslim.runtime._timing import InterleavedTiming, interleaved_timing, rotation, session_run
+
+__all__ = [
+    "INT8_ISA_FLAGS",
+    "OPTIMIZATION_LEVELS",
+    "PROVIDER_ALIASES",
+    "CpuFeatures",
+    "GpuInfo",
+    "InterleavedTiming",
+    "MachineInfo",
+    "cpu_features",
+    "create_session",
+    "gpu_memory_used",
+    "interleaved_timing",
+    "machine_info",
+    "ort_log_to_python",
+    "resolve_providers",
+    "rotation",
+    "session_options",
+    "session_run",
+]

@@ -1,4 +1,4 @@
-"""Facts about the machine a benchmark ran on: CPU model, int8 instruction sets, GPUs, ORT build."""
+"""Facts about the machine a figure was measured on: CPU model, int8 instruction sets, GPUs, ORT build."""
 
 from __future__ import annotations
 
@@ -10,19 +10,9 @@ import subprocess
 
 import onnxruntime as ort
 
-__all__ = ["MachineInfo", "machine_info", "INT8_ISA_FLAGS"]
+from onnxslim.runtime._cpu import INT8_ISA_FLAGS, cpu_features
 
-# /proc/cpuinfo flags that decide which int8 GEMM kernels ORT's MLAS can use.
-INT8_ISA_FLAGS = (
-    "avx2",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "amx_tile",
-    "amx_int8",
-    "asimddp",
-    "i8mm",
-)
+__all__ = ["GpuInfo", "MachineInfo", "gpu_memory_used", "machine_info", "nvidia_smi"]
 
 
 @dataclasses.dataclass
@@ -62,43 +52,47 @@ class MachineInfo:
         )
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                key = key.strip().lower()
-                if key in ("model name", "hardware", "cpu model") and value.strip():
-                    model = value.strip()
-                elif key in ("flags", "features") and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux: the model name from platform is all we have
-        pass
-    return model, flags
-
-
-def _gpus() -> list[GpuInfo]:
-    nvidia_smi = shutil.which("nvidia-smi")
-    if nvidia_smi is None:
-        return []
+def nvidia_smi(query: str) -> list[list[str]] | None:
+    """Rows of ``nvidia-smi <query> --format=csv,noheader,nounits``; None without nvidia-smi."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return None
     try:
         output = subprocess.run(
-            [
-                nvidia_smi,
-                "--query-gpu=name,memory.total,driver_version",
-                "--format=csv,noheader,nounits",
-            ],
+            [executable, query, "--format=csv,noheader,nounits"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
-        return []
+        return None
+    return [[part.strip() for part in line.split(",")] for line in output.strip().splitlines()]
+
+
+def gpu_memory_used(pid: int | None = None) -> int | None:
+    """GPU memory (bytes) held by process ``pid`` (nvidia-smi); None without an NVIDIA GPU.
+
+    In a container nvidia-smi may list host PIDs only; then the device-wide figure is used
+    (other processes on the same GPU would then count too; the benchmark records a delta).
+    """
+    pid = os.getpid() if pid is None else pid
+    apps = nvidia_smi("--query-compute-apps=pid,used_memory")
+    if apps is None:
+        return None
+    mine = [
+        int(row[1]) for row in apps if len(row) == 2 and row[0] == str(pid) and row[1].isdigit()
+    ]
+    if mine:
+        return sum(mine) * 1024 * 1024
+    devices = nvidia_smi("--query-gpu=memory.used") or []
+    used = [int(row[0]) for row in devices if row and row[0].isdigit()]
+    return sum(used) * 1024 * 1024 if used else None
+
+
+def _gpus() -> list[GpuInfo]:
     gpus = []
-    for line in output.strip().splitlines():
-        parts = [part.strip() for part in line.split(",")]
+    for parts in nvidia_smi("--query-gpu=name,memory.total,driver_version") or []:
         if len(parts) >= 3:
             memory = int(parts[1]) if parts[1].isdigit() else None
             gpus.append(GpuInfo(parts[0], memory, parts[2]))
@@ -107,11 +101,11 @@ def _gpus() -> list[GpuInfo]:
 
 def machine_info() -> MachineInfo:
     """CPU model and int8 flags from /proc/cpuinfo, GPUs from nvidia-smi, ORT version/providers."""
-    model, flags = _cpuinfo()
+    cpu = cpu_features()
     return MachineInfo(
-        cpu_model=model,
+        cpu_model=cpu.model,
         logical_cpus=os.cpu_count() or 1,
-        int8_isa=[flag for flag in INT8_ISA_FLAGS if flag in flags],
+        int8_isa=cpu.int8_isa,
         gpus=_gpus(),
         onnxruntime_version=ort.__version__,
         available_providers=ort.get_available_providers(),
