@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Temp files of this test run (and of the CLI subprocesses it starts) in a folder of its own,
+    so tests that look for the pipeline's scratch folder never see another run's."""
+    folder = tmp_path_factory.mktemp("tmpdir")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None
+    yield folder
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+    tempfile.tempdir = None
 
 CONV_BN_TEXT = """
 <ir_version: 8, opset_import: ["" : 13]>
