@@ -17,10 +17,15 @@ import pytest
 
 import onnxslim
 import onnxslim.testing
-from onnxslim.passes.pruning import StructuredPrune, analyze, dependency_groups, plan_pruning
+from onnxslim.passes.pruning import (
+    StructuredPrune,
+    analyze,
+    dependency_groups,
+    plan_pruning,
+    score_groups,
+)
 from onnxslim.passes.pruning._apply import zero_consumers
-from onnxslim.passes.pruning._graph import constant_array
-from onnxslim.passes.pruning._importance import score_groups
+from onnxslim.passes.pruning._ir import constant_array
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

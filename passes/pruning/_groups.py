@@ -10,16 +10,16 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.passes.pruning._graph import (
+from onnxslim.passes.pruning._family import (
     ACTIVATION,
     CONSUMER,
     PARAM,
     PRODUCER,
     STAT,
     Family,
-    GraphView,
-    is_constant,
 )
+from onnxslim.passes.pruning._ir import is_constant
+from onnxslim.passes.pruning._view import GraphView
 
 _PRODUCER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
 
