@@ -768,3 +768,25 @@ def test_a_handler_that_cannot_handle_reports_its_reason(text, reason):
     assert groups[0]["reasons"] == [reason]
     assert not groups[0]["prunable"]
     assert not StructuredPrune(ratio=0.5, round_to=1)(_with_weights(text)).modified
+
+
+def test_a_handler_returns_blocked_as_a_value():
+    from onnxslim.passes.pruning import HANDLERS, Blocked, Family
+
+    view = analyze(_with_weights(GROUPED_CONV_TRANSPOSE)).view
+    conv, conv_transpose = list(view.graph)
+    assert HANDLERS["ConvTranspose"](view, conv_transpose) == Blocked(
+        "grouped ConvTranspose is not handled"
+    )
+    assert view.families(conv_transpose) == "grouped ConvTranspose is not handled"
+    assert HANDLERS["DepthToSpace"](view, conv) == Blocked("DepthToSpace moves channels into space")
+    families = HANDLERS["Conv"](view, conv)
+    assert [type(f) for f in families] == [Family] * 5  # batch, in, out, 2 spatial axes
+    assert [f.blocked for f in families] == [
+        None,
+        None,
+        None,
+        "Conv reads spatial axis 2",
+        "Conv reads spatial axis 3",
+    ]
+    assert view.families(conv) is view.families(conv)  # computed once per node

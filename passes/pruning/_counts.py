@@ -24,10 +24,11 @@ def _node_macs(node: ir.Node, shape_of: ShapeOf) -> int:
     op = node.op_type
     if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or node.domain not in ("", "ai.onnx"):
         return 0
-    shapes = [shape_of(v) for v in node.inputs[:2]] + [shape_of(node.outputs[0])]
-    if any(s is None for s in shapes):
+    x_shape, w_shape, y_shape = (
+        None if v is None else shape_of(v) for v in (*node.inputs[:2], node.outputs[0])
+    )
+    if x_shape is None or w_shape is None or y_shape is None:
         return 0
-    x_shape, w_shape, y_shape = shapes
     if op == "Conv":
         return math.prod(y_shape) * math.prod(w_shape[1:])
     if op == "ConvTranspose":

@@ -76,7 +76,7 @@ def conv(view: GraphView, node: ir.Node) -> HandlerResult:
     return [batch, in_family, Family(out_members, out_links), *spatial]
 
 
-def _rewrite_group(node: ir.Node, x: ir.Value) -> Callable[[Any], None]:
+def _rewrite_group(node: ir.Node, x: ir.Value | None) -> Callable[[Any], None]:
     def rewrite(plan) -> None:
         node.attributes["group"] = ir.AttrInt64("group", plan.new_size(x, 1))
 

@@ -55,6 +55,8 @@ def elementwise(view: GraphView, node: ir.Node) -> HandlerResult:
         members = [(out, axis, ACTIVATION)]
         for operand in node.inputs:
             shape = view.shape(operand)
+            if operand is None or shape is None:  # an omitted optional input couples nothing
+                continue
             operand_axis = axis - (rank - len(shape))
             if operand_axis < 0 or (shape[operand_axis] == 1 and out_shape[axis] != 1):
                 continue
@@ -157,11 +159,11 @@ def _rewrite_vector_entry(
     view: GraphView, node: ir.Node, input_index: int, position: int, value: ir.Value
 ):
     def rewrite(plan) -> None:
-        array = constant_array(node.inputs[input_index]).copy()
+        source = node.inputs[input_index]
+        array = constant_array(source).copy()
         array[position] = plan.new_size(value, position)
-        node.replace_input_with(
-            input_index, new_constant(view.graph, array, node.inputs[input_index].name or "sizes")
-        )
+        hint = source.name if source is not None and source.name else "sizes"
+        node.replace_input_with(input_index, new_constant(view.graph, array, hint))
 
     return rewrite
 

@@ -68,7 +68,7 @@ def matmul(view: GraphView, node: ir.Node) -> HandlerResult:
         members = [(y, axis, ACTIVATION)]
         for operand, shape in ((a, a_shape), (b, b_shape)):
             operand_axis = axis - (rank - len(shape))
-            if operand_axis >= 0 and shape[operand_axis] != 1:
+            if operand is not None and operand_axis >= 0 and shape[operand_axis] != 1:
                 members.append((operand, operand_axis, ACTIVATION))
         families.append(
             Family(members, [(0, j, *identity(y_shape[axis])) for j in range(1, len(members))])

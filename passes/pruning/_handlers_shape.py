@@ -25,6 +25,8 @@ def concat(view: GraphView, node: ir.Node) -> HandlerResult:
         links = []
         offset = 0
         for operand in node.inputs:
+            if operand is None:
+                continue
             size = view.shape(operand)[slot_axis]
             index = len(members)
             # The same tensor twice is one member linked at two offsets.
@@ -112,7 +114,9 @@ def slice_(view: GraphView, node: ir.Node) -> HandlerResult:
         blocked = next((r for r in read if isinstance(r, Blocked)), None)
         if blocked is not None:
             return blocked
-        starts, ends, axes, steps = read
+        starts, ends, axes, steps = read  # type: ignore[assignment]  # no Blocked left
+    if starts is None or ends is None:
+        return Blocked("Slice without starts or ends")
     axes = [norm_axis(a, rank) for a in (axes or range(len(starts)))]
     steps = steps or [1] * len(starts)
     families = []
@@ -257,9 +261,9 @@ def reshape(view: GraphView, node: ir.Node) -> HandlerResult:
     return families
 
 
-def _shape_pieces(view: GraphView, value: ir.Value) -> list[tuple[ir.Node | None, int, int]] | None:
+def _shape_pieces(view: GraphView, value: ir.Value | None) -> list[tuple[ir.Node, int, int]] | None:
     """For a Concat-built shape: (concat node, input index, position) per target entry."""
-    producer = value.producer()
+    producer = None if value is None else value.producer()
     if producer is None or producer.op_type != "Concat":
         return None
     pieces = []
@@ -288,6 +292,10 @@ def _target_entry_problem(view: GraphView, node: ir.Node, out_axis: int) -> str 
     return None
 
 
+def _hint(value: ir.Value | None, default: str) -> str:
+    return value.name if value is not None and value.name else default
+
+
 def _rewrite_reshape(view: GraphView, node: ir.Node, out_axis: int) -> Callable[[Any], None]:
     def rewrite(plan) -> None:
         y = node.outputs[0]
@@ -299,16 +307,19 @@ def _rewrite_reshape(view: GraphView, node: ir.Node, out_axis: int) -> Callable[
                 return
             array = array.copy()
             array[out_axis] = new_size
-            node.replace_input_with(1, new_constant(view.graph, array, target.name or "shape"))
+            node.replace_input_with(1, new_constant(view.graph, array, _hint(target, "shape")))
             return
-        concat_node, input_index, offset = _shape_pieces(view, target)[out_axis]
+        pieces = _shape_pieces(view, target)
+        if pieces is None:  # _target_entry_problem vetted the target before this rewrite was made
+            return
+        concat_node, input_index, offset = pieces[out_axis]
         piece = concat_node.inputs[input_index]
         piece_array = constant_array(piece).copy()
         if piece_array.reshape(-1)[offset] == -1:
             return
         piece_array.reshape(-1)[offset] = new_size
         concat_node.replace_input_with(
-            input_index, new_constant(view.graph, piece_array, piece.name or "shape")
+            input_index, new_constant(view.graph, piece_array, _hint(piece, "shape"))
         )
 
     return rewrite

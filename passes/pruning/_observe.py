@@ -20,8 +20,8 @@ def observe_shapes(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str
     """Concrete shapes of every value, from one ORT run with all intermediates as outputs."""
     shapes: dict[str, tuple[int, ...]] = {}
     for value in _all_values(model.graph):
-        if value.shape is not None and value.shape.is_static():
-            shapes[value.name] = tuple(int(d) for d in value.shape)
+        if value.name is not None and value.shape is not None and value.shape.is_static():
+            shapes[value.name] = tuple(int(d) for d in value.shape.numpy())
     proto = ir.serde.serialize_model(model)
     try:
         proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)

@@ -34,7 +34,7 @@ class GraphView:
             array = constant_array(value)
         if array is not None:
             return tuple(array.shape)
-        return self.shapes.get(value.name)
+        return None if value.name is None else self.shapes.get(value.name)
 
     def families(self, node: ir.Node) -> list[Family] | str:
         """All families of ``node``, or a reason string when the node blocks every slot."""
