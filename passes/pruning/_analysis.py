@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim._inputs import random_inputs
+from onnxslim import random_inputs
 from onnxslim.passes.pruning._counts import macs_of_node
 from onnxslim.passes.pruning._groups import Group, apply_ignores, build_groups, make_segments
 from onnxslim.passes.pruning._observe import observe_shapes

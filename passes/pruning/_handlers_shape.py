@@ -98,23 +98,28 @@ def _rewrite_split(view: GraphView, node: ir.Node, axis: int) -> Callable[[Any],
     return rewrite
 
 
+def _slice_bounds(view: GraphView, node: ir.Node) -> list[list[int] | None] | Blocked:
+    """starts, ends, axes, steps: attributes before opset 10, constant inputs after."""
+    names = ("starts", "ends", "axes", "steps")
+    if view.opset < 10 or node.attributes.get("starts") is not None:
+        return [list(node.attributes[k].as_ints()) if k in node.attributes else None for k in names]
+    bounds = []
+    for input_index, name in enumerate(names, start=1):
+        read = ints(node, name, input_index)
+        if isinstance(read, Blocked):
+            return read
+        bounds.append(read)
+    return bounds
+
+
 def slice_(view: GraphView, node: ir.Node) -> HandlerResult:
     x, y = node.inputs[0], node.outputs[0]
     in_shape = view.shape(x)
     rank = len(in_shape)
-    if view.opset < 10 or node.attributes.get("starts") is not None:
-        starts, ends, axes, steps = (
-            list(node.attributes[k].as_ints()) if k in node.attributes else None
-            for k in ("starts", "ends", "axes", "steps")
-        )
-    else:
-        read = [
-            ints(node, name, i) for i, name in enumerate(("starts", "ends", "axes", "steps"), 1)
-        ]
-        blocked = next((r for r in read if isinstance(r, Blocked)), None)
-        if blocked is not None:
-            return blocked
-        starts, ends, axes, steps = read  # type: ignore[assignment]  # no Blocked left
+    bounds = _slice_bounds(view, node)
+    if isinstance(bounds, Blocked):
+        return bounds
+    starts, ends, axes, steps = bounds
     if starts is None or ends is None:
         return Blocked("Slice without starts or ends")
     axes = [norm_axis(a, rank) for a in (axes or range(len(starts)))]

@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim._errors import SlimError
-from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
 from onnxslim.passes.pruning._counts import count_parameters, predicted_macs
