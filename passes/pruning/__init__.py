@@ -1,19 +1,32 @@
-"""Graph-level structured pruning: dependency groups on the ONNX IR, channels/features/heads removed."""
+"""Graph-level structured pruning: dependency groups on the ONNX IR, channels/features/heads removed.
 
-from onnxslim.passes.pruning._structured_prune import (
-    PruneAnalysis,
-    StructuredPrune,
-    analyze,
-    cpu_channel_block,
-    dependency_groups,
-    plan_pruning,
-)
+Stages: observe shapes and build the view (``analyze``), dependency groups, importance
+(``score_groups``), selection (``plan_pruning``), graph surgery (``apply_plan``), summary.
+"""
+
+from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze, dependency_groups
+from onnxslim.passes.pruning._apply import apply_plan
+from onnxslim.passes.pruning._family import Blocked, Family
+from onnxslim.passes.pruning._groups import Group
+from onnxslim.passes.pruning._handlers import HANDLERS
+from onnxslim.passes.pruning._importance import score_groups
+from onnxslim.passes.pruning._plan import Plan, plan_pruning
+from onnxslim.passes.pruning._structured_prune import StructuredPrune, cpu_channel_block
+from onnxslim.passes.pruning._view import GraphView
 
 __all__ = [
+    "HANDLERS",
+    "Blocked",
+    "Family",
+    "GraphView",
+    "Group",
+    "Plan",
     "PruneAnalysis",
     "StructuredPrune",
     "analyze",
+    "apply_plan",
     "cpu_channel_block",
     "dependency_groups",
     "plan_pruning",
+    "score_groups",
 ]

@@ -1,145 +1,26 @@
-"""Choosing what to remove (ratio, MACs target, rounding) and cutting it out of the graph."""
+"""Graph surgery: cut the planned units out of constants, run the rewrites, re-infer shapes."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common
 
-from onnxslim.passes.pruning._graph import (
-    CONSUMER,
-    GraphView,
+from onnxslim.passes.pruning._family import CONSUMER
+from onnxslim.passes.pruning._groups import Group, Slot
+from onnxslim.passes.pruning._ir import (
     constant_array,
     is_stored_constant,
-    macs_of_node,
     new_constant,
     set_constant,
 )
-from onnxslim.passes.pruning._groups import Group
+from onnxslim.passes.pruning._plan import Plan
+from onnxslim.passes.pruning._view import GraphView
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class Plan:
-    """Removed units per group, and the per-slot view of it that rewrites read."""
-
-    groups: Sequence[Group]
-    removed_units: dict[int, np.ndarray]
-
-    def __post_init__(self) -> None:
-        self._removed: dict[tuple[int, int], np.ndarray] = {}
-        self._sizes: dict[tuple[int, int], int] = {}
-        for group in self.groups:
-            units = self.removed_units.get(group.index)
-            if units is None or len(units) == 0:
-                continue
-            for slot, unit_of in zip(group.slots, group.unit_of):
-                removed = np.flatnonzero(np.isin(unit_of, units))
-                self._removed[(id(slot.value), slot.axis)] = removed
-                self._sizes[(id(slot.value), slot.axis)] = slot.size
-
-    def removed(self, value: ir.Value, axis: int) -> np.ndarray:
-        return self._removed.get((id(value), axis), np.zeros(0, dtype=np.int64))
-
-    def fraction(self, value: ir.Value | None, axis: int) -> float:
-        key = (id(value), axis)
-        if value is None or key not in self._removed:
-            return 1.0
-        return 1.0 - len(self._removed[key]) / self._sizes[key]
-
-    def new_size(self, value: ir.Value, axis: int) -> int:
-        key = (id(value), axis)
-        return self._sizes[key] - len(self._removed[key])
-
-    @property
-    def empty(self) -> bool:
-        return not self._removed
-
-
-def select(
-    groups: Sequence[Group],
-    scores: Mapping[int, np.ndarray],
-    ratio: float,
-    *,
-    global_ranking: bool = False,
-    max_ratio: float = 0.9,
-    min_kept: int = 1,
-) -> dict[int, np.ndarray]:
-    """Units to remove per group: lowest scores first, per segment, kept counts rounded up."""
-    threshold = None
-    if global_ranking and ratio > 0:
-        normalized = [
-            scores[g.index] / (np.mean(scores[g.index]) or 1.0) for g in groups if g.index in scores
-        ]
-        if normalized:
-            threshold = np.quantile(np.concatenate(normalized), ratio)
-    removed: dict[int, np.ndarray] = {}
-    for group in groups:
-        if group.index not in scores:
-            continue
-        group_scores = scores[group.index]
-        normalized_scores = group_scores / (np.mean(group_scores) or 1.0)
-        chosen = []
-        for segment in group.segments:
-            size = len(segment.units)
-            if threshold is not None:
-                to_remove = int(np.sum(normalized_scores[segment.units] < threshold))
-            else:
-                to_remove = int(math.floor(ratio * size + 1e-9))
-            to_remove = min(to_remove, int(math.floor(max_ratio * size + 1e-9)))
-            kept = max(size - to_remove, min_kept, 1)
-            kept = min(size, math.ceil(kept / segment.step) * segment.step)
-            if kept >= size:
-                continue
-            order = np.lexsort((segment.units, group_scores[segment.units]))
-            chosen.append(segment.units[order[: size - kept]])
-        if chosen:
-            removed[group.index] = np.sort(np.concatenate(chosen))
-    return removed
-
-
-def node_macs(view: GraphView) -> dict[str, int]:
-    return {node.name or f"#{i}": macs_of_node(view, node) for i, node in enumerate(view.graph)}
-
-
-def predicted_macs(view: GraphView, plan: Plan) -> int:
-    """MACs after the plan, from kept fractions of the axes each op multiplies over."""
-    total = 0.0
-    for node in view.graph:
-        macs = macs_of_node(view, node)
-        if not macs:
-            continue
-        x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        rank = len(view.shape(y))
-        if node.op_type == "Conv":
-            fraction = plan.fraction(y, 1) * plan.fraction(w, 1)
-        elif node.op_type == "ConvTranspose":
-            fraction = plan.fraction(x, 1) * plan.fraction(w, 1)
-        elif node.op_type == "Gemm":
-            k_axis = 0 if node.attributes.get_int("transA", 0) else 1
-            fraction = plan.fraction(y, 0) * plan.fraction(y, 1) * plan.fraction(x, k_axis)
-        else:
-            fraction = math.prod(plan.fraction(y, a) for a in range(rank))
-            fraction *= plan.fraction(x, len(view.shape(x)) - 1)
-        total += macs * fraction
-    return int(round(total))
-
-
-def count_parameters(model: ir.Model) -> int:
-    """Elements of initializers and Constant nodes (Paddle exports keep weights in Constant nodes)."""
-    total = sum(
-        v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None
-    )
-    for node in model.graph:
-        if node.op_type == "Constant" and "value" in node.attributes:
-            total += node.attributes["value"].as_tensor().size
-    return int(total)
 
 
 def apply_plan(view: GraphView, plan: Plan) -> None:
@@ -167,7 +48,7 @@ def apply_plan(view: GraphView, plan: Plan) -> None:
     reinfer_shapes(view.model)
 
 
-def _cut_param_copy(view: GraphView, slot, plan: Plan) -> None:
+def _cut_param_copy(view: GraphView, slot: Slot, plan: Plan) -> None:
     array = np.delete(
         constant_array(slot.value), plan.removed(slot.value, slot.axis), axis=slot.axis
     )

@@ -10,16 +10,16 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.passes.pruning._graph import (
+from onnxslim.passes.pruning._family import (
     ACTIVATION,
     CONSUMER,
     PARAM,
     PRODUCER,
     STAT,
     Family,
-    GraphView,
-    is_constant,
 )
+from onnxslim.passes.pruning._ir import is_constant
+from onnxslim.passes.pruning._view import GraphView
 
 _PRODUCER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
 
@@ -231,7 +231,7 @@ def _build_units(group: Group, slots: dict, families: list[tuple[Family, ir.Node
     roots = np.array([union.find(e) for e in range(offset)], dtype=np.int64)
     # Units are numbered by their first appearance in the seed's output slot, so unit i is channel i there.
     _, unit_ids = np.unique(roots, return_inverse=True)
-    order = {}
+    order: dict[int, int] = {}
     for u in unit_ids.tolist():
         order.setdefault(u, len(order))
     renumber = np.array([order[u] for u in range(len(order))])
@@ -253,14 +253,14 @@ def make_segments(group: Group, round_to: int) -> None:
     for unit, slot_indices in signature.items():
         by_signature.setdefault(tuple(slot_indices), []).append(unit)
     segments = []
-    for slot_indices, units in by_signature.items():
+    for member_slots, members in by_signature.items():
         step = 1
         if round_to > 1:
             # Only weight slots matter for kernels: a head is one unit but dh weight columns.
-            for slot_index in (i for i in slot_indices if is_constant(group.slots[i].value)):
-                multiplicity = math.gcd(*(counts[(slot_index, u)] for u in units))
+            for slot_index in (i for i in member_slots if is_constant(group.slots[i].value)):
+                multiplicity = math.gcd(*(counts[(slot_index, u)] for u in members))
                 step = math.lcm(step, round_to // math.gcd(round_to, multiplicity))
-        segments.append(Segment(np.array(sorted(units)), step))
+        segments.append(Segment(np.array(sorted(members)), step))
     group.segments = segments
 
 

@@ -15,15 +15,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim.passes.pruning._graph import (
+from onnxslim.passes.pruning._family import (
     ACTIVATION,
     CONSUMER,
     PARAM,
     PRODUCER,
-    GraphView,
-    constant_array,
 )
 from onnxslim.passes.pruning._groups import Group
+from onnxslim.passes.pruning._ir import constant_array
+from onnxslim.passes.pruning._view import GraphView
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ def activation_statistics(
     view: GraphView, groups: Sequence[Group], batches: Iterable[Mapping[str, np.ndarray]]
 ) -> dict[int, np.ndarray]:
     """Mean |activation| per unit over the calibration batches, one ORT run per batch."""
+    # wave 2: onnxslim.model.probe_values (the one expose-values-and-run helper) replaces this
+    # hand-built ort.InferenceSession.
     import onnxruntime as ort
 
     wanted: dict[str, tuple[Group, int]] = {}

@@ -1,0 +1,56 @@
+"""The first stages: observe shapes, build the view, find the dependency groups."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxslim import random_inputs
+from onnxslim.passes.pruning._counts import macs_of_node
+from onnxslim.passes.pruning._groups import Group, apply_ignores, build_groups, make_segments
+from onnxslim.passes.pruning._observe import observe_shapes
+from onnxslim.passes.pruning._view import GraphView
+
+
+@dataclasses.dataclass
+class PruneAnalysis:
+    """The view of the graph at observed shapes and its dependency groups (segments made)."""
+
+    view: GraphView
+    groups: list[Group]
+
+    @property
+    def base_macs(self) -> int:
+        return sum(macs_of_node(self.view, node) for node in self.view.graph)
+
+
+def analyze(
+    model: ir.Model,
+    sizes: Mapping[str, Any] | None = None,
+    *,
+    prune_hidden: bool = False,
+    round_to: int = 1,
+    ignore: Iterable[str] = (),
+) -> PruneAnalysis:
+    """Observes concrete shapes (one ORT run on random inputs) and builds the dependency groups."""
+    # wave 2: onnxslim.inputs.random_inputs and onnxslim.model.observed_shapes
+    feeds = random_inputs(model, sizes)
+    view = GraphView(model, observe_shapes(model, feeds), prune_hidden=prune_hidden)
+    groups = build_groups(view)
+    apply_ignores(groups, ignore)
+    for group in groups:
+        make_segments(group, round_to)
+    return PruneAnalysis(view, groups)
+
+
+def dependency_groups(
+    model: ir.Model, sizes: Mapping[str, Any] | None = None, *, prune_hidden: bool = False
+) -> list[dict[str, Any]]:
+    """Every dependency group of ``model``: size, members, prunable or the blocking reasons.
+
+    This is what ``onnxslim inspect --groups`` prints.
+    """
+    return [group.describe() for group in analyze(model, sizes, prune_hidden=prune_hidden).groups]

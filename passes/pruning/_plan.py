@@ -1,0 +1,182 @@
+"""Choosing what to remove: per-group selection by ``ratio``, or a greedy search for ``target_macs``.
+
+``ratio`` is the fraction of units REMOVED (0.3 removes 30 %); ``target_macs`` is the fraction of
+MACs KEPT (0.5 keeps half). When ``target_macs`` is given, ``ratio`` is not used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.passes.pruning._analysis import PruneAnalysis
+from onnxslim.passes.pruning._counts import predicted_macs
+from onnxslim.passes.pruning._groups import Group
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Plan:
+    """Removed units per group, and the per-slot view of it that rewrites read."""
+
+    groups: Sequence[Group]
+    removed_units: dict[int, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self._removed: dict[tuple[int, int], np.ndarray] = {}
+        self._sizes: dict[tuple[int, int], int] = {}
+        for group in self.groups:
+            units = self.removed_units.get(group.index)
+            if units is None or len(units) == 0:
+                continue
+            for slot, unit_of in zip(group.slots, group.unit_of):
+                removed = np.flatnonzero(np.isin(unit_of, units))
+                self._removed[(id(slot.value), slot.axis)] = removed
+                self._sizes[(id(slot.value), slot.axis)] = slot.size
+
+    def removed(self, value: ir.Value, axis: int) -> np.ndarray:
+        return self._removed.get((id(value), axis), np.zeros(0, dtype=np.int64))
+
+    def fraction(self, value: ir.Value | None, axis: int) -> float:
+        """The KEPT fraction of ``value``'s ``axis`` (1.0 when the plan does not touch it)."""
+        key = (id(value), axis)
+        if value is None or key not in self._removed:
+            return 1.0
+        return 1.0 - len(self._removed[key]) / self._sizes[key]
+
+    def new_size(self, value: ir.Value, axis: int) -> int:
+        key = (id(value), axis)
+        return self._sizes[key] - len(self._removed[key])
+
+    @property
+    def empty(self) -> bool:
+        return not self._removed
+
+
+def select(
+    groups: Sequence[Group],
+    scores: Mapping[int, np.ndarray],
+    ratio: float,
+    *,
+    global_ranking: bool = False,
+    max_ratio: float = 0.9,
+    min_kept: int = 1,
+) -> dict[int, np.ndarray]:
+    """Units to remove per group (``ratio`` = removed fraction): lowest scores first, per segment,
+    kept counts rounded up."""
+    threshold = None
+    if global_ranking and ratio > 0:
+        normalized = [
+            scores[g.index] / (np.mean(scores[g.index]) or 1.0) for g in groups if g.index in scores
+        ]
+        if normalized:
+            threshold = np.quantile(np.concatenate(normalized), ratio)
+    removed: dict[int, np.ndarray] = {}
+    for group in groups:
+        if group.index not in scores:
+            continue
+        group_scores = scores[group.index]
+        normalized_scores = group_scores / (np.mean(group_scores) or 1.0)
+        chosen = []
+        for segment in group.segments:
+            size = len(segment.units)
+            if threshold is not None:
+                to_remove = int(np.sum(normalized_scores[segment.units] < threshold))
+            else:
+                to_remove = int(math.floor(ratio * size + 1e-9))
+            to_remove = min(to_remove, int(math.floor(max_ratio * size + 1e-9)))
+            kept = max(size - to_remove, min_kept, 1)
+            kept = min(size, math.ceil(kept / segment.step) * segment.step)
+            if kept >= size:
+                continue
+            order = np.lexsort((segment.units, group_scores[segment.units]))
+            chosen.append(segment.units[order[: size - kept]])
+        if chosen:
+            removed[group.index] = np.sort(np.concatenate(chosen))
+    return removed
+
+
+def plan_pruning(
+    analysis: PruneAnalysis,
+    scores: Mapping[int, np.ndarray],
+    *,
+    ratio: float | None,
+    target_macs: float | None,
+    global_ranking: bool,
+    max_ratio: float,
+    min_kept: int,
+) -> Plan:
+    """A plan removing ``ratio`` of each group's units, or, when ``target_macs`` is given, the
+    plan keeping at most that fraction of the MACs (met after rounding; ``ratio`` unused)."""
+    if target_macs is None:
+        removed = select(
+            analysis.groups,
+            scores,
+            ratio or 0.0,
+            global_ranking=global_ranking,
+            max_ratio=max_ratio,
+            min_kept=min_kept,
+        )
+        return Plan(analysis.groups, removed)
+    return _greedy_for_macs(analysis, scores, target_macs * analysis.base_macs, max_ratio, min_kept)
+
+
+def _greedy_for_macs(
+    analysis: PruneAnalysis,
+    scores: Mapping[int, np.ndarray],
+    goal: float,
+    max_ratio: float,
+    min_kept: int,
+) -> Plan:
+    """Removes whole rounding steps, least important first (scores normalized per group), until MACs <= goal."""
+    segments = []  # (group index, units sorted by score, normalized scores, step)
+    for group in analysis.groups:
+        if group.index not in scores:
+            continue
+        group_scores = scores[group.index]
+        normalized = group_scores / (np.mean(group_scores) or 1.0)
+        for segment in group.segments:
+            order = np.lexsort((segment.units, group_scores[segment.units]))
+            segments.append(
+                (group.index, segment.units[order], normalized[segment.units[order]], segment.step)
+            )
+    kept = [len(units) for _, units, _, _ in segments]
+
+    def plan() -> Plan:
+        removed: dict[int, list[np.ndarray]] = {}
+        for (group_index, units, _, _), count in zip(segments, kept):
+            if count < len(units):
+                removed.setdefault(group_index, []).append(units[: len(units) - count])
+        return Plan(
+            analysis.groups, {g: np.sort(np.concatenate(parts)) for g, parts in removed.items()}
+        )
+
+    current = plan()
+    while predicted_macs(analysis.view, current) > goal:
+        best, best_score = None, None
+        for index, (_, units, normalized, step) in enumerate(segments):
+            size, count = len(units), kept[index]
+            target = (count - 1) // step * step if count % step == 0 else count // step * step
+            if target < max(min_kept, 1) or size - target > max_ratio * size + 1e-9:
+                continue
+            chunk_score = float(np.mean(normalized[size - count : size - target]))
+            if best_score is None or chunk_score < best_score:
+                best, best_score = (index, target), chunk_score
+        if best is None:
+            logger.warning(
+                "prune: stopped at %.3f of the MACs (target %.3f): every group is at its rounding "
+                "step, min_kept or max_ratio %.2f limit",
+                predicted_macs(analysis.view, current) / analysis.base_macs,
+                goal / analysis.base_macs,
+                max_ratio,
+            )
+            break
+        kept[best[0]] = best[1]
+        current = plan()
+    return current
