@@ -10,6 +10,14 @@ from onnxslim.calibration._collector import (
     collect_statistics,
     model_fingerprint,
 )
+from onnxslim.calibration._thresholds import (
+    METHODS,
+    compute_range,
+    entropy_threshold,
+    mse_range,
+    percentile_range,
+)
+
 # shim: removed in wave 2 (the readers' home is onnxslim.inputs)
 from onnxslim.inputs import (
     BatchedReader as CalibrationReader,
@@ -23,13 +31,6 @@ from onnxslim.inputs import (
     RandomReader,
     open_reader,
     validate_feeds,
-)
-from onnxslim.calibration._thresholds import (
-    METHODS,
-    compute_range,
-    entropy_threshold,
-    mse_range,
-    percentile_range,
 )
 
 __all__ = [

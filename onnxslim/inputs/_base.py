@@ -198,7 +198,9 @@ class BatchedReader(abc.ABC):
     def _stack_one(self, sample: Mapping[str, np.ndarray]) -> Feeds:
         """One sample (no batch axis) -> a chunk of one sample; constants stay as they are."""
         return {
-            name: array if self._is_constant_sample(name, array) else np.expand_dims(array, self._axis(name))
+            name: array
+            if self._is_constant_sample(name, array)
+            else np.expand_dims(array, self._axis(name))
             for name, array in sample.items()
         }
 
@@ -254,7 +256,9 @@ class BatchedReader(abc.ABC):
             )
         return next(iter(counts.values()), 1)
 
-    def _with_constants(self, batch: Feeds, constants: Mapping[str, np.ndarray], size: int) -> Feeds:
+    def _with_constants(
+        self, batch: Feeds, constants: Mapping[str, np.ndarray], size: int
+    ) -> Feeds:
         """Adds the constants; one lacking the model's batch axis is repeated ``size`` times."""
         ranks = self._ranks()
         for name, value in {**constants, **self.constants}.items():

@@ -85,7 +85,7 @@ def _resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         from PIL import Image
 
         planes = [
-            np.asarray(Image.fromarray(image[:, :, c]).resize((width, height), Image.BILINEAR))
+            np.asarray(Image.fromarray(image[:, :, c]).resize((width, height), Image.BILINEAR))  # type: ignore[attr-defined]
             for c in range(image.shape[2])
         ]
         return np.stack(planes, axis=2)
@@ -148,7 +148,9 @@ class ImageFolderReader(BatchedReader):
     def fingerprint(self) -> str:
         parts = [f"{p.name}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in self.files]
         return hashlib.sha256(
-            ("\n".join([repr(self.preprocessing), str(self.limit), *parts]) + self._layout_key()).encode()
+            (
+                "\n".join([repr(self.preprocessing), str(self.limit), *parts]) + self._layout_key()
+            ).encode()
         ).hexdigest()
 
     def _load(self, path: Path) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +147,10 @@ def open_samples(
     if isinstance(source, BatchedReader):
         return source
     if isinstance(preprocessing, Mapping):
-        preprocessing = ImagePreprocessing(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()}
-        )
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()
+        }
+        preprocessing = ImagePreprocessing(**fields)
     options: dict[str, Any] = {"batch_size": batch_size, "constants": constants}
     if isinstance(source, str) and source.startswith("random"):
         return _random(source, model, limit, sizes=sizes, **options)

@@ -76,7 +76,9 @@ class NpzReader(BatchedReader):
             arrays = {name: archive[name] for name in archive.files}
         stacked, _ = self._split(arrays)
         lengths = {
-            name: a.shape[self._axis(name)] for name, a in stacked.items() if a.ndim > self._axis(name)
+            name: a.shape[self._axis(name)]
+            for name, a in stacked.items()
+            if a.ndim > self._axis(name)
         }
         if len(set(lengths.values())) > 1:
             raise InputDataError(

@@ -56,7 +56,7 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
                 else (d.value if isinstance(d, ir.SymbolicDim) else None)
                 for d in value.shape
             )
-        specs.append(InputSpec(value.name, value.dtype.numpy(), shape))
+        specs.append(InputSpec(value.name or "", value.dtype.numpy(), shape))
     return specs
 
 
@@ -100,7 +100,8 @@ def _index_upper_bound(model: ir.Model, name: str) -> int | None:
             if table.shape is not None and table.shape.is_static():
                 axis = node.attributes.get_int("axis", 0)
                 size = table.shape[axis]
-                bound = size if bound is None else min(bound, size)
+                if isinstance(size, int):  # is_static(): always, but typed int | SymbolicDim
+                    bound = size if bound is None else min(bound, size)
     return bound
 
 
