@@ -1,4 +1,4 @@
-"""Calibration data readers, streaming activation statistics and threshold search."""
+"""Streaming activation statistics and threshold search (the readers live in onnxslim.inputs)."""
 
 from onnxslim.calibration._collector import (
     StatisticsCache,
@@ -10,8 +10,19 @@ from onnxslim.calibration._collector import (
     collect_statistics,
     model_fingerprint,
 )
-from onnxslim.calibration._readers import (
-    CalibrationReader,
+from onnxslim.calibration._thresholds import (
+    METHODS,
+    compute_range,
+    entropy_threshold,
+    mse_range,
+    percentile_range,
+)
+
+# shim: removed in wave 2 (the readers' home is onnxslim.inputs)
+from onnxslim.inputs import (
+    BatchedReader as CalibrationReader,
+)
+from onnxslim.inputs import (
     ImageFolderReader,
     ImagePreprocessing,
     IterableReader,
@@ -20,13 +31,6 @@ from onnxslim.calibration._readers import (
     RandomReader,
     open_reader,
     validate_feeds,
-)
-from onnxslim.calibration._thresholds import (
-    METHODS,
-    compute_range,
-    entropy_threshold,
-    mse_range,
-    percentile_range,
 )
 
 __all__ = [

@@ -1,1 +1,46 @@
-"""User data, one door: input specs, sample readers for every pass, size arguments."""
+"""User data, one door: input specs, sample readers for every pass, size arguments.
+
+``open_samples(source, model)`` turns what the user gave (an ``.npz`` of samples stacked on the
+batch axis, folders of ``.npy``/``.npz``/images, iterables, DataLoaders, ``random[:N]``, whole
+feed dicts) into a :class:`SampleReader`; ``samples`` and ``benchmark_feeds`` take feeds from it.
+"""
+
+from onnxslim.inputs._base import BatchAxes, BatchedReader, Feeds, SampleReader, validate_feeds
+from onnxslim.inputs._images import IMAGE_SUFFIXES, ImageFolderReader, ImagePreprocessing
+from onnxslim.inputs._open import benchmark_feeds, open_reader, open_samples, samples
+from onnxslim.inputs._readers import (
+    FeedsReader,
+    IterableReader,
+    NpyFolderReader,
+    NpzReader,
+    RandomReader,
+)
+from onnxslim.inputs._sizes import SizeArgumentError, parse_size_argument
+from onnxslim.inputs._specs import DimSizes, InputSpec, input_specs, random_inputs, resolve_shape
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "BatchAxes",
+    "BatchedReader",
+    "DimSizes",
+    "Feeds",
+    "FeedsReader",
+    "ImageFolderReader",
+    "ImagePreprocessing",
+    "InputSpec",
+    "IterableReader",
+    "NpyFolderReader",
+    "NpzReader",
+    "RandomReader",
+    "SampleReader",
+    "SizeArgumentError",
+    "benchmark_feeds",
+    "input_specs",
+    "open_reader",
+    "open_samples",
+    "parse_size_argument",
+    "random_inputs",
+    "resolve_shape",
+    "samples",
+    "validate_feeds",
+]
