@@ -19,12 +19,14 @@ import onnx
 import onnx_ir as ir
 
 from onnxslim._errors import InputDataError, SlimError, VerificationError
-from onnxslim._fidelity import Fidelity, compare_outputs
 from onnxslim._inputs import DimSizes, input_specs, random_inputs
 from onnxslim._io import load, model_file_size, save
-from onnxslim._pass import PassContext, SlimPass
+from onnxslim._json import json_safe
+from onnxslim._pass import PassContext, SampleSource, SlimPass, run_pass
 from onnxslim._runtime import create_session, resolve_providers, session_options
 from onnxslim._stats import model_stats
+from onnxslim.fidelity import FidelityBounds, compare_outputs
+from onnxslim.formatting import human_bytes, human_count
 
 __all__ = ["Bounds", "Pipeline", "Report", "StageRecord", "Result", "collect_samples"]
 
@@ -33,29 +35,7 @@ logger = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 
 
-@dataclasses.dataclass(frozen=True)
-class Bounds:
-    """Fidelity bounds a lossy pass must meet against the reference; None = report only."""
-
-    min_sqnr_db: float | None = None
-    min_top1_agreement: float | None = None
-    max_abs_error: float | None = None
-
-    def violations(self, fidelity: Fidelity) -> list[str]:
-        problems = []
-        if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
-            problems.append(f"SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db} dB")
-        if (
-            self.min_top1_agreement is not None
-            and fidelity.top1_agreement is not None
-            and fidelity.top1_agreement < self.min_top1_agreement
-        ):
-            problems.append(
-                f"top-1 agreement {fidelity.top1_agreement:.3f} < {self.min_top1_agreement}"
-            )
-        if self.max_abs_error is not None and fidelity.max_abs_error > self.max_abs_error:
-            problems.append(f"max abs error {fidelity.max_abs_error:.3g} > {self.max_abs_error}")
-        return problems
+Bounds = FidelityBounds  # the public name of the pipeline's bounds; one type behind it
 
 
 @dataclasses.dataclass
@@ -79,34 +59,9 @@ class StageRecord:
     )
 
 
-def _human(number: float, unit: str = "") -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(number) >= scale:
-            return f"{number / scale:.2f}{suffix}{unit}"
-    return f"{number:.0f}{unit}"
-
-
-def _human_bytes(size: float) -> str:
-    for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if size >= scale:
-            return f"{size / scale:.2f} {suffix}"
-    return f"{size:.0f} B"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return _json_safe(float(value))
-    if isinstance(value, Path):
-        return str(value)
-    return value
+# shim: removed in wave 2 (distillation and benchmarks/ still import these names)
+_human = human_count
+_human_bytes = human_bytes
 
 
 @dataclasses.dataclass
@@ -128,7 +83,7 @@ class Report:
         }
         if self.benchmark is not None:
             document["benchmark"] = self.benchmark
-        return _json_safe(document)
+        return json_safe(document)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
@@ -141,10 +96,8 @@ class Report:
             if stage.fidelity:
                 sqnr = stage.fidelity.get("sqnr_db")
                 max_abs = stage.fidelity.get("max_abs_error")
-                fidelity = (
-                    f"max|Δ| {max_abs:.2g}" if isinstance(max_abs, float) else f"max|Δ| {max_abs}"
-                )
-                fidelity += f", SQNR {sqnr:.1f} dB" if isinstance(sqnr, float) else f", SQNR {sqnr}"
+                fidelity = f"max|Δ| {max_abs:.2g}" if _finite(max_abs) else f"max|Δ| {max_abs}"
+                fidelity += f", SQNR {sqnr:.1f} dB" if _finite(sqnr) else f", SQNR {sqnr}"
                 top1 = stage.fidelity.get("top1_agreement")
                 if isinstance(top1, float):
                     fidelity += f", top-1 {100 * top1:.1f}%"
@@ -152,9 +105,9 @@ class Report:
                 [
                     stage.stage,
                     f"{stage.wall_time_s:.2f}s" if stage.stage != "input" else "-",
-                    _human(stage.parameters),
-                    _human(stage.macs),
-                    _human_bytes(stage.size_bytes),
+                    human_count(stage.parameters),
+                    human_count(stage.macs),
+                    human_bytes(stage.size_bytes),
                     str(stage.nodes),
                     fidelity,
                 ]
@@ -172,6 +125,10 @@ class Report:
                     )
         lines.append(f"verified on {self.samples} sample(s) from {self.sample_source}")
         return "\n".join(lines)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
 
 
 @dataclasses.dataclass
@@ -265,7 +222,7 @@ class Pipeline:
         passes: Sequence[SlimPass],
         *,
         verify: bool = True,
-        bounds: Bounds | Mapping[str, float] | None = None,
+        bounds: FidelityBounds | Mapping[str, float] | None = None,
         num_samples: int = 4,
     ) -> None:
         for item in passes:
@@ -273,23 +230,33 @@ class Pipeline:
                 raise TypeError(f"{item!r} is not an onnxslim pass (SlimPass)")
         self.passes = list(passes)
         self.verify = verify
-        self.bounds = Bounds(**bounds) if isinstance(bounds, Mapping) else (bounds or Bounds())
+        self.bounds = (
+            FidelityBounds(**bounds)
+            if isinstance(bounds, Mapping)
+            else (bounds or FidelityBounds())
+        )
+        if self.bounds.metric is not None:
+            raise TypeError("Pipeline bounds take no metric: it runs on a pass's own outputs")
         self.num_samples = num_samples
 
     def run(
         self,
         model: ir.Model | str | os.PathLike,
         *,
-        data: Any = None,
+        data: SampleSource | None = None,
         sizes: DimSizes | None = None,
         providers: str | Sequence[str] | None = None,
         progress: Callable[[str], None] | None = None,
         stage_dir: str | os.PathLike | None = None,
+        source: str | os.PathLike | None = None,
     ) -> Result:
         """Optimizes ``model`` (a path, or an in-memory model which is not modified).
 
         ``stage_dir``: also keep every stage's model there (``01-cleanup.onnx`` …), e.g. to
         benchmark the accuracy/latency trade-off across stages.
+        ``source``: the file an in-memory ``model`` was just loaded from. That file is then the
+        reference (teacher, fidelity) and ``model`` itself is optimized, not a copy: the caller
+        hands it over, and nothing is loaded or saved twice.
 
         Raises:
             VerificationError: a pass broke the model; the message names the pass.
@@ -297,7 +264,9 @@ class Pipeline:
         resolved_providers = resolve_providers(providers)
         with tempfile.TemporaryDirectory(prefix="onnxslim-run-") as workdir:
             workdir_path = Path(workdir)
-            if isinstance(model, ir.Model):
+            if isinstance(model, ir.Model) and source is not None:
+                reference_path, working, label = Path(source), model, str(source)
+            elif isinstance(model, ir.Model):
                 reference_path = workdir_path / "reference.onnx"
                 save(model, reference_path)
                 working = ir.serde.deserialize_model(ir.serde.serialize_model(model))
@@ -340,9 +309,7 @@ class Pipeline:
                         f"[{index}/{len(self.passes)}] {slim_pass.name}: {slim_pass.description}"
                     )
                 started = time.perf_counter()
-                slim_pass.requires(working)
-                result = slim_pass.apply(working, context)
-                slim_pass.ensures(result.model)
+                result = run_pass(slim_pass, working, context)
                 working = result.model
                 elapsed = time.perf_counter() - started
                 started = time.perf_counter()
@@ -359,7 +326,7 @@ class Pipeline:
                 record.wall_time_s = elapsed
                 record.verify_time_s = time.perf_counter() - started
                 record.modified = result.modified
-                record.summary = dict(getattr(result, "summary", {}) or {})
+                record.summary = dict(result.summary)
                 if stage_dir is not None:
                     kept = save(working, Path(stage_dir) / f"{index:02d}-{slim_pass.name}.onnx")
                     record.model_path = str(kept)
@@ -470,7 +437,7 @@ class Pipeline:
                             f"(tolerance atol={slim_pass.atol}); this is a bug in the pass."
                         )
         fidelity = compare_outputs(reference_outputs, outputs)
-        record.fidelity = fidelity.to_dict()
+        record.fidelity = dataclasses.asdict(fidelity)  # floats; encoded at the JSON edge
         if not slim_pass.exact:
             problems = self.bounds.violations(fidelity)
             if problems:
