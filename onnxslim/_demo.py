@@ -103,7 +103,7 @@ def run_demo(args: argparse.Namespace, progress: Callable[[str], None] | None = 
     output = result.save(out_dir / "digits_resnet.slim.onnx")
     (out_dir / "report.json").write_text(result.report.to_json() + "\n", encoding="utf-8")
     stages = result.report.stages
-    stage_paths = [Path(stage.model_path) for stage in stages]
+    stage_paths = [Path(str(stage.model_path)) for stage in stages]  # stage_dir: all kept
     labels = [stage.stage for stage in stages]
     if progress:
         progress(

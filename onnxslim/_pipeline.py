@@ -200,7 +200,7 @@ def collect_samples(model: ir.Model, data: Any, limit: int) -> list[Feeds]:
     return samples
 
 
-def _signature(model: ir.Model) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+def _signature(model: ir.Model) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
     inputs = [(spec.name, spec.dtype) for spec in input_specs(model)]
     outputs = [(value.name, value.dtype) for value in model.graph.outputs]
     return inputs, outputs
@@ -231,7 +231,7 @@ class Pipeline:
         self.passes = list(passes)
         self.verify = verify
         self.bounds = (
-            FidelityBounds(**bounds)
+            FidelityBounds(**bounds)  # type: ignore[arg-type]
             if isinstance(bounds, Mapping)
             else (bounds or FidelityBounds())
         )
@@ -264,25 +264,8 @@ class Pipeline:
         resolved_providers = resolve_providers(providers)
         with tempfile.TemporaryDirectory(prefix="onnxslim-run-") as workdir:
             workdir_path = Path(workdir)
-            if isinstance(model, ir.Model) and source is not None:
-                reference_path, working, label = Path(source), model, str(source)
-            elif isinstance(model, ir.Model):
-                reference_path = workdir_path / "reference.onnx"
-                save(model, reference_path)
-                working = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-                label = model.graph.name or "<in-memory model>"
-            else:
-                reference_path = Path(model)
-                working = load(reference_path)
-                label = str(model)
-            if data is not None:
-                samples = collect_samples(working, data, self.num_samples)
-                source = "the given data"
-            else:
-                samples = [
-                    random_inputs(working, sizes, seed=seed) for seed in range(self.num_samples)
-                ]
-                source = "random inputs (smoke data)"
+            reference_path, working, label = _working_model(model, source, workdir_path)
+            samples, sample_source = self._samples(working, data, sizes)
             context = PassContext(
                 reference_path=reference_path,
                 sample_inputs=samples,
@@ -291,7 +274,7 @@ class Pipeline:
                 providers=resolved_providers,
                 workdir=workdir_path,
             )
-            report = Report(model=label, samples=len(samples), sample_source=source)
+            report = Report(model=label, samples=len(samples), sample_source=sample_source)
             signature = _signature(working)
             reference_outputs = self._outputs(working, samples, resolved_providers, stage="input")
             report.stages.append(
@@ -336,6 +319,14 @@ class Pipeline:
                         f"      done in {elapsed:.1f}s (verified in {record.verify_time_s:.1f}s)"
                     )
             return Result(model=working, report=report)
+
+    def _samples(
+        self, working: ir.Model, data: SampleSource | None, sizes: DimSizes | None
+    ) -> tuple[list[Feeds], str]:
+        if data is not None:
+            return collect_samples(working, data, self.num_samples), "the given data"
+        samples = [random_inputs(working, sizes, seed=seed) for seed in range(self.num_samples)]
+        return samples, "random inputs (smoke data)"
 
     @staticmethod
     def _outputs(
@@ -416,26 +407,7 @@ class Pipeline:
                         f"{list(array.shape)} -> {list(out[output_name].shape)}."
                     )
         if slim_pass.exact:
-            for before, after in zip(previous_outputs, outputs):
-                for output_name, expected in before.items():
-                    actual = after[output_name]
-                    if not np.issubdtype(expected.dtype, np.number):
-                        if not np.array_equal(actual, expected):
-                            raise VerificationError(
-                                f"pass '{name}' is exact but changed output '{output_name}'; "
-                                "this is a bug in the pass."
-                            )
-                        continue
-                    if not np.allclose(
-                        actual, expected, atol=slim_pass.atol, rtol=slim_pass.rtol, equal_nan=True
-                    ):
-                        error = float(
-                            np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-                        )
-                        raise VerificationError(
-                            f"pass '{name}' is exact but changed output '{output_name}' by up to {error:.3g} "
-                            f"(tolerance atol={slim_pass.atol}); this is a bug in the pass."
-                        )
+            _check_exact(slim_pass, previous_outputs, outputs)
         fidelity = compare_outputs(reference_outputs, outputs)
         record.fidelity = dataclasses.asdict(fidelity)  # floats; encoded at the JSON edge
         if not slim_pass.exact:
@@ -446,6 +418,48 @@ class Pipeline:
                     "loosen the bound or make the pass less aggressive."
                 )
         return record, outputs
+
+
+def _working_model(
+    model: ir.Model | str | os.PathLike,
+    source: str | os.PathLike | None,
+    workdir: Path,
+) -> tuple[Path, ir.Model, str]:
+    """The reference file, the model the passes work on, and the report's label."""
+    if isinstance(model, ir.Model) and source is not None:
+        return Path(source), model, str(source)
+    if isinstance(model, ir.Model):
+        reference_path = workdir / "reference.onnx"
+        save(model, reference_path)
+        # a copy: the caller's in-memory model is not modified
+        working = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        return reference_path, working, model.graph.name or "<in-memory model>"
+    return Path(model), load(Path(model)), str(model)
+
+
+def _check_exact(slim_pass: SlimPass, previous: list[Feeds], outputs: list[Feeds]) -> None:
+    """An exact pass must reproduce the previous stage's outputs within its tolerance."""
+    name = slim_pass.name
+    for before, after in zip(previous, outputs):
+        for output_name, expected in before.items():
+            actual = after[output_name]
+            if not np.issubdtype(expected.dtype, np.number):
+                if not np.array_equal(actual, expected):
+                    raise VerificationError(
+                        f"pass '{name}' is exact but changed output '{output_name}'; "
+                        "this is a bug in the pass."
+                    )
+                continue
+            if not np.allclose(
+                actual, expected, atol=slim_pass.atol, rtol=slim_pass.rtol, equal_nan=True
+            ):
+                largest = float(
+                    np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
+                )
+                raise VerificationError(
+                    f"pass '{name}' is exact but changed output '{output_name}' by up to {largest:.3g} "
+                    f"(tolerance atol={slim_pass.atol}); this is a bug in the pass."
+                )
 
 
 def _first_line(error: BaseException) -> str:

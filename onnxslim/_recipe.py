@@ -98,7 +98,7 @@ def parse_recipe(document: Mapping[str, Any], source: str = "recipe") -> Recipe:
         raise RecipeError(f"{source}: 'providers' must be a list of provider names.")
     return Recipe(
         passes=passes,
-        bounds=FidelityBounds(**{k: float(v) for k, v in bounds.items()}),
+        bounds=FidelityBounds(**{str(k): float(v) for k, v in bounds.items()}),  # type: ignore[arg-type]
         sizes=dict(sizes),
         verify=verify,
         num_samples=num_samples,
@@ -137,9 +137,7 @@ def recipe_to_toml(passes: list[SlimPass], bounds: FidelityBounds | None = None)
     lines = []
     if bounds is not None:
         set_bounds = {
-            key: getattr(bounds, key)
-            for key in _BOUND_FIELDS
-            if getattr(bounds, key) is not None
+            key: getattr(bounds, key) for key in _BOUND_FIELDS if getattr(bounds, key) is not None
         }
         if set_bounds:
             lines.append("[bounds]")

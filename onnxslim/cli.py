@@ -228,7 +228,7 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
     external: dict[str, int] = {}
     for value in model.graph.initializers.values():
         if isinstance(value.const_value, ir.ExternalTensor):
-            location = value.const_value.location
+            location = str(value.const_value.location)
             external[location] = external.get(location, 0) + (value.const_value.length or 0)
 
     def shape_text(value: ir.Value) -> str:

@@ -27,6 +27,7 @@ from onnxslim._errors import RecipeError
 
 __all__ = [
     "OptionSpec",
+    "REQUIRED",
     "add_option_flags",
     "check_value",
     "describe_type",
@@ -39,6 +40,16 @@ __all__ = [
 _MISSING: Any = dataclasses.MISSING
 
 
+class _Required:
+    """The default of an option that has none (the user must give it)."""
+
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
 def option(
     default: Any = _MISSING, *, help: str, flag: str | None = None, metavar: str | None = None
 ) -> Any:
@@ -49,18 +60,18 @@ def option(
 
 @dataclasses.dataclass(frozen=True)
 class OptionSpec:
-    """One option of a pass: its name, resolved type, default (``MISSING`` = required), help."""
+    """One option of a pass: its name, resolved type, default (``REQUIRED``: none), help."""
 
     name: str
     annotation: Any
-    default: Any = _MISSING
+    default: Any = REQUIRED
     help: str = ""
     flag: str | None = None
     metavar: str | None = None
 
     @property
     def required(self) -> bool:
-        return self.default is _MISSING
+        return self.default is REQUIRED
 
 
 def option_specs(pass_class: type) -> dict[str, OptionSpec]:
@@ -75,7 +86,7 @@ def option_specs(pass_class: type) -> dict[str, OptionSpec]:
             field.name: OptionSpec(
                 name=field.name,
                 annotation=hints[field.name],
-                default=field.default,
+                default=_field_default(field),
                 help=field.metadata.get("help", ""),
                 flag=field.metadata.get("flag"),
                 metavar=field.metadata.get("metavar"),
@@ -91,9 +102,17 @@ def option_specs(pass_class: type) -> dict[str, OptionSpec]:
             parameter.POSITIONAL_OR_KEYWORD,
         ):
             continue
-        default = _MISSING if parameter.default is parameter.empty else parameter.default
+        default = REQUIRED if parameter.default is parameter.empty else parameter.default
         specs[name] = OptionSpec(name, hints.get(name, Any), default)
     return specs
+
+
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not _MISSING:
+        return field.default
+    if field.default_factory is not _MISSING:
+        return field.default_factory()  # type: ignore[misc,operator]
+    return REQUIRED
 
 
 def option_values(slim_pass: Any) -> dict[str, Any]:

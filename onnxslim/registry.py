@@ -11,9 +11,12 @@ import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxslim._errors import RecipeError
+
+if TYPE_CHECKING:
+    from onnxslim._pass import SlimPass
 
 __all__ = [
     "PASSES",
@@ -80,7 +83,7 @@ def _entry(name: str) -> PassEntry:
     return PASSES[name]
 
 
-def get_pass_class(name: str) -> type:
+def get_pass_class(name: str) -> type[SlimPass]:
     """The pass class registered under ``name``; an unknown name lists the valid ones."""
     return _resolve(_entry(name).target)
 

@@ -87,7 +87,11 @@ class Cleanup(SlimPass):
 
     def _upgrade_opset(self, model: ir.Model) -> bool:
         current = _onnx_opset(model)
-        if self.settings.target_opset is None or current is None or current >= self.settings.target_opset:
+        if (
+            self.settings.target_opset is None
+            or current is None
+            or current >= self.settings.target_opset
+        ):
             return False
         result = ConvertVersionPass(self.settings.target_opset, fallback=True)(model)
         after = _onnx_opset(result.model)
@@ -149,7 +153,9 @@ class Cleanup(SlimPass):
         # unlisting them lets folding see them as constants (input_specs already skips them)
         modified |= common_passes.RemoveInitializersFromInputsPass()(model).modified
         manager = ir.passes.PassManager(
-            self._simplify_passes(_onnx_opset(model)), steps=self.settings.iterations, early_stop=True
+            self._simplify_passes(_onnx_opset(model)),
+            steps=self.settings.iterations,
+            early_stop=True,
         )
         modified |= manager(model).modified
         _axes_inputs_to_attributes(model)
