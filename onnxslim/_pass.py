@@ -17,9 +17,8 @@ from onnxslim.options import OptionSpec, option_specs, option_values
 __all__ = ["PassContext", "SampleSource", "SlimPass", "SlimPassResult", "run_pass"]
 
 # What a pass may read samples from: a reader with ``get_next()``, or an iterable of feeds.
-SampleSource: TypeAlias = (
-    Any | Iterable[Mapping[str, np.ndarray]]
-)  # wave 2: onnxslim.inputs.SampleReader
+# wave 2: onnxslim.inputs.SampleReader
+SampleSource: TypeAlias = Any | Iterable[Mapping[str, np.ndarray]]
 
 
 @dataclasses.dataclass
