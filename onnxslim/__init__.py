@@ -9,7 +9,6 @@ from onnxslim._errors import (
     UnsupportedModelError,
     VerificationError,
 )
-from onnxslim._fidelity import Fidelity, compare_outputs, sqnr_db
 from onnxslim._inputs import InputSpec, input_specs, random_inputs, resolve_shape
 from onnxslim._io import load, model_file_size, save, temporary_model_file
 from onnxslim._pass import PassContext, SlimPass, SlimPassResult
@@ -17,6 +16,7 @@ from onnxslim._pipeline import Bounds, Pipeline, Report, Result, StageRecord
 from onnxslim._recipe import Recipe, load_recipe, parse_recipe
 from onnxslim._runtime import create_session, resolve_providers, session_options
 from onnxslim._stats import ModelStats, model_stats
+from onnxslim.fidelity import Fidelity, FidelityBounds, compare_outputs, sqnr_db
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,7 @@ __all__ = [
     "model_stats",
     "parse_recipe",
     "Fidelity",
+    "FidelityBounds",
     "InputDataError",
     "InputSpec",
     "ModelLoadError",

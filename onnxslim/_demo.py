@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from onnxslim._pipeline import Pipeline, _human, _human_bytes
+from onnxslim._pipeline import Pipeline
 from onnxslim._recipe import recipe_to_toml
 from onnxslim._runtime import create_session
 from onnxslim.data import demo_data, demo_model_path
+from onnxslim.formatting import human_bytes, human_count
+from onnxslim.registry import get_pass_class
 
 __all__ = ["demo_passes", "run_demo", "predict"]
 
@@ -39,13 +41,11 @@ def write_demo_data(out_dir: Path) -> dict[str, Path]:
 
 
 def demo_passes(paths: dict[str, Path], epochs: int = DISTILL_EPOCHS) -> list:
-    from onnxslim.passes import Cleanup, Distill, QuantizeStatic, StructuredPrune
-
     return [
-        Cleanup(target_opset=13),
-        StructuredPrune(target_macs=TARGET_MACS),
-        Distill(str(paths["train"]), epochs=epochs, lr=3e-3, temperature=4.0),
-        QuantizeStatic(calibration=str(paths["calibration"]), method="percentile"),
+        get_pass_class("cleanup")(target_opset=13),
+        get_pass_class("prune")(target_macs=TARGET_MACS),
+        get_pass_class("distill")(str(paths["train"]), epochs=epochs, lr=3e-3, temperature=4.0),
+        get_pass_class("quantize")(calibration=str(paths["calibration"]), method="percentile"),
     ]
 
 
@@ -103,7 +103,7 @@ def run_demo(args: argparse.Namespace, progress: Callable[[str], None] | None = 
     output = result.save(out_dir / "digits_resnet.slim.onnx")
     (out_dir / "report.json").write_text(result.report.to_json() + "\n", encoding="utf-8")
     stages = result.report.stages
-    stage_paths = [Path(stage.model_path) for stage in stages]
+    stage_paths = [Path(str(stage.model_path)) for stage in stages]  # stage_dir: all kept
     labels = [stage.stage for stage in stages]
     if progress:
         progress(
@@ -140,9 +140,9 @@ def run_demo(args: argparse.Namespace, progress: Callable[[str], None] | None = 
         rows.append(
             [
                 stage.stage,
-                _human(stage.parameters),
-                _human(stage.macs),
-                _human_bytes(stage.size_bytes),
+                human_count(stage.parameters),
+                human_count(stage.macs),
+                human_bytes(stage.size_bytes),
                 f"{by_batch[1].latency.p50_ms:.3f} ms",
                 f"{by_batch[32].latency.p50_ms:.2f} ms",
                 *speeds,

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["PassContext", "SlimPass", "SlimPassResult"]
+from onnxslim._errors import SlimError, VerificationError
+from onnxslim.options import OptionSpec, option_specs, option_values
+
+__all__ = ["PassContext", "SampleSource", "SlimPass", "SlimPassResult", "run_pass"]
+
+# What a pass may read samples from: a reader with ``get_next()``, or an iterable of feeds.
+# wave 2: onnxslim.inputs.SampleReader
+SampleSource: TypeAlias = Any | Iterable[Mapping[str, np.ndarray]]
 
 
 @dataclasses.dataclass
@@ -37,7 +43,7 @@ class PassContext:
 
     reference_path: Path | None = None
     sample_inputs: Sequence[Mapping[str, np.ndarray]] = ()
-    data: Any = None
+    data: SampleSource | None = None
     sizes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     providers: Sequence[str] = ("CPUExecutionProvider",)
     workdir: Path | None = None
@@ -47,15 +53,38 @@ class SlimPass(ir.passes.InPlacePass, abc.ABC):
     """Base of onnxslim's public passes.
 
     Subclasses set ``name`` (stable CLI/recipe name), ``description`` (one line), ``exact``
-    (outputs must match the input within ``atol``) and implement :meth:`apply`. Options are the
-    keyword arguments of ``__init__``, with type hints; the registry validates recipes against them.
+    (outputs must match the input within ``atol``) and implement :meth:`apply`. Options are
+    declared once as a frozen dataclass in ``Options`` (see :mod:`onnxslim.options`); the
+    instance then takes them as keywords (or one ``Options`` value) and reads them as attributes.
+    Passes without ``Options`` take them as typed ``__init__`` keywords (until wave 2).
     """
 
+    Options: ClassVar[type | None] = None
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     exact: ClassVar[bool] = False
     atol: ClassVar[float] = 1e-5
     rtol: ClassVar[float] = 1e-4
+
+    def __init__(self, options: Any = None, /, **values: Any) -> None:
+        super().__init__()
+        declared = type(self).Options
+        if declared is None:
+            if options is not None or values:
+                raise TypeError(f"{type(self).__name__} declares no Options")
+            return
+        if options is not None and values:
+            raise TypeError(f"{type(self).__name__}: give an Options value or keywords, not both")
+        if options is not None and not isinstance(options, declared):
+            raise TypeError(f"{type(self).__name__} takes {declared.__name__}, got {options!r}")
+        self.settings = options if options is not None else declared(**values)
+
+    def __getattr__(self, name: str) -> Any:
+        # declared options read as attributes: ``Cleanup(target_opset=13).target_opset``
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in {f.name for f in dataclasses.fields(settings)}:
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @abc.abstractmethod
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
@@ -66,24 +95,73 @@ class SlimPass(ir.passes.InPlacePass, abc.ABC):
         return self.apply(model, PassContext())
 
     @classmethod
-    def options(cls) -> dict[str, inspect.Parameter]:
-        """The pass's keyword options (name -> parameter with annotation and default)."""
-        signature = inspect.signature(cls.__init__)
-        return {
-            name: parameter
-            for name, parameter in signature.parameters.items()
-            if name != "self"
-            and parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
-        }
+    def options(cls) -> dict[str, OptionSpec]:
+        """The pass's options (name -> type, default, help), from ``Options`` or ``__init__``."""
+        return option_specs(cls)
 
     def config(self) -> dict[str, Any]:
-        """Current option values (attributes named like the options), for the report."""
-        values = {}
-        for option in self.options():
-            if hasattr(self, option):
-                value = getattr(self, option)
-                if isinstance(value, (str, int, float, bool, type(None), list, tuple, dict)):
-                    values[option] = value
-                else:
-                    values[option] = type(value).__name__
-        return values
+        """Current option values, for the report and recipes."""
+        return option_values(self)
+
+
+def _fingerprint(model: ir.Model) -> tuple[Any, ...]:
+    """Identity of the graph's structure (nodes, their wiring, initializers, I/O) without
+    copying tensors: what a functional pass must leave unchanged in its input."""
+    graph = model.graph
+    nodes = tuple(
+        (
+            id(node),
+            node.op_type,
+            tuple(id(v) for v in node.inputs),
+            tuple(id(v) for v in node.outputs),
+            tuple(sorted(node.attributes)),
+        )
+        for node in ir.traversal.RecursiveGraphIterator(graph)
+    )
+    initializers = tuple((name, id(v.const_value)) for name, v in graph.initializers.items())
+    return (
+        nodes,
+        initializers,
+        tuple(id(v) for v in graph.inputs),
+        tuple(id(v) for v in graph.outputs),
+        tuple(sorted(model.opset_imports.items())),
+    )
+
+
+def run_pass(slim_pass: SlimPass, model: ir.Model, context: PassContext) -> SlimPassResult:
+    """The one way the pipeline runs a pass: ``requires``, ``apply``, ``ensures``, and the pass's
+    in-place promise (an in-place pass returns the same model object; a functional one leaves
+    its input unchanged). A broken promise is a VerificationError naming the pass."""
+    name = slim_pass.name or type(slim_pass).__name__
+    try:
+        slim_pass.requires(model)
+    except SlimError:
+        raise
+    except Exception as error:
+        raise VerificationError(f"pass '{name}': precondition failed: {error}") from error
+    before = None if slim_pass.in_place else _fingerprint(model)
+    result = slim_pass.apply(model, context)
+    if not isinstance(result, ir.passes.PassResult):
+        raise VerificationError(
+            f"pass '{name}' returned {type(result).__name__}, not a SlimPassResult; "
+            "this is a bug in the pass."
+        )
+    if slim_pass.in_place and result.model is not model:
+        raise VerificationError(
+            f"pass '{name}' is declared in place but returned a different model object; "
+            "this is a bug in the pass."
+        )
+    if not slim_pass.in_place and (result.model is model or _fingerprint(model) != before):
+        raise VerificationError(
+            f"pass '{name}' is declared functional but changed its input model; "
+            "this is a bug in the pass."
+        )
+    try:
+        slim_pass.ensures(result.model)
+    except SlimError:
+        raise
+    except Exception as error:
+        raise VerificationError(f"pass '{name}': postcondition failed: {error}") from error
+    if not isinstance(result, SlimPassResult):
+        result = SlimPassResult(result.model, result.modified)
+    return result

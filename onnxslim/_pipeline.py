@@ -19,12 +19,14 @@ import onnx
 import onnx_ir as ir
 
 from onnxslim._errors import InputDataError, SlimError, VerificationError
-from onnxslim._fidelity import Fidelity, compare_outputs
 from onnxslim._inputs import DimSizes, input_specs, random_inputs
 from onnxslim._io import load, model_file_size, save
-from onnxslim._pass import PassContext, SlimPass
+from onnxslim._json import json_safe
+from onnxslim._pass import PassContext, SampleSource, SlimPass, run_pass
 from onnxslim._runtime import create_session, resolve_providers, session_options
 from onnxslim._stats import model_stats
+from onnxslim.fidelity import FidelityBounds, compare_outputs
+from onnxslim.formatting import human_bytes, human_count
 
 __all__ = ["Bounds", "Pipeline", "Report", "StageRecord", "Result", "collect_samples"]
 
@@ -33,29 +35,7 @@ logger = logging.getLogger(__name__)
 Feeds = dict[str, np.ndarray]
 
 
-@dataclasses.dataclass(frozen=True)
-class Bounds:
-    """Fidelity bounds a lossy pass must meet against the reference; None = report only."""
-
-    min_sqnr_db: float | None = None
-    min_top1_agreement: float | None = None
-    max_abs_error: float | None = None
-
-    def violations(self, fidelity: Fidelity) -> list[str]:
-        problems = []
-        if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
-            problems.append(f"SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db} dB")
-        if (
-            self.min_top1_agreement is not None
-            and fidelity.top1_agreement is not None
-            and fidelity.top1_agreement < self.min_top1_agreement
-        ):
-            problems.append(
-                f"top-1 agreement {fidelity.top1_agreement:.3f} < {self.min_top1_agreement}"
-            )
-        if self.max_abs_error is not None and fidelity.max_abs_error > self.max_abs_error:
-            problems.append(f"max abs error {fidelity.max_abs_error:.3g} > {self.max_abs_error}")
-        return problems
+Bounds = FidelityBounds  # the public name of the pipeline's bounds; one type behind it
 
 
 @dataclasses.dataclass
@@ -79,34 +59,9 @@ class StageRecord:
     )
 
 
-def _human(number: float, unit: str = "") -> str:
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(number) >= scale:
-            return f"{number / scale:.2f}{suffix}{unit}"
-    return f"{number:.0f}{unit}"
-
-
-def _human_bytes(size: float) -> str:
-    for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if size >= scale:
-            return f"{size / scale:.2f} {suffix}"
-    return f"{size:.0f} B"
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return _json_safe(float(value))
-    if isinstance(value, Path):
-        return str(value)
-    return value
+# shim: removed in wave 2 (distillation and benchmarks/ still import these names)
+_human = human_count
+_human_bytes = human_bytes
 
 
 @dataclasses.dataclass
@@ -128,7 +83,7 @@ class Report:
         }
         if self.benchmark is not None:
             document["benchmark"] = self.benchmark
-        return _json_safe(document)
+        return json_safe(document)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
@@ -141,10 +96,8 @@ class Report:
             if stage.fidelity:
                 sqnr = stage.fidelity.get("sqnr_db")
                 max_abs = stage.fidelity.get("max_abs_error")
-                fidelity = (
-                    f"max|Δ| {max_abs:.2g}" if isinstance(max_abs, float) else f"max|Δ| {max_abs}"
-                )
-                fidelity += f", SQNR {sqnr:.1f} dB" if isinstance(sqnr, float) else f", SQNR {sqnr}"
+                fidelity = f"max|Δ| {max_abs:.2g}" if _finite(max_abs) else f"max|Δ| {max_abs}"
+                fidelity += f", SQNR {sqnr:.1f} dB" if _finite(sqnr) else f", SQNR {sqnr}"
                 top1 = stage.fidelity.get("top1_agreement")
                 if isinstance(top1, float):
                     fidelity += f", top-1 {100 * top1:.1f}%"
@@ -152,9 +105,9 @@ class Report:
                 [
                     stage.stage,
                     f"{stage.wall_time_s:.2f}s" if stage.stage != "input" else "-",
-                    _human(stage.parameters),
-                    _human(stage.macs),
-                    _human_bytes(stage.size_bytes),
+                    human_count(stage.parameters),
+                    human_count(stage.macs),
+                    human_bytes(stage.size_bytes),
                     str(stage.nodes),
                     fidelity,
                 ]
@@ -172,6 +125,10 @@ class Report:
                     )
         lines.append(f"verified on {self.samples} sample(s) from {self.sample_source}")
         return "\n".join(lines)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float) and math.isfinite(value)
 
 
 @dataclasses.dataclass
@@ -243,7 +200,7 @@ def collect_samples(model: ir.Model, data: Any, limit: int) -> list[Feeds]:
     return samples
 
 
-def _signature(model: ir.Model) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+def _signature(model: ir.Model) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
     inputs = [(spec.name, spec.dtype) for spec in input_specs(model)]
     outputs = [(value.name, value.dtype) for value in model.graph.outputs]
     return inputs, outputs
@@ -265,7 +222,7 @@ class Pipeline:
         passes: Sequence[SlimPass],
         *,
         verify: bool = True,
-        bounds: Bounds | Mapping[str, float] | None = None,
+        bounds: FidelityBounds | Mapping[str, float] | None = None,
         num_samples: int = 4,
     ) -> None:
         for item in passes:
@@ -273,23 +230,33 @@ class Pipeline:
                 raise TypeError(f"{item!r} is not an onnxslim pass (SlimPass)")
         self.passes = list(passes)
         self.verify = verify
-        self.bounds = Bounds(**bounds) if isinstance(bounds, Mapping) else (bounds or Bounds())
+        self.bounds = (
+            FidelityBounds(**bounds)  # type: ignore[arg-type]
+            if isinstance(bounds, Mapping)
+            else (bounds or FidelityBounds())
+        )
+        if self.bounds.metric is not None:
+            raise TypeError("Pipeline bounds take no metric: it runs on a pass's own outputs")
         self.num_samples = num_samples
 
     def run(
         self,
         model: ir.Model | str | os.PathLike,
         *,
-        data: Any = None,
+        data: SampleSource | None = None,
         sizes: DimSizes | None = None,
         providers: str | Sequence[str] | None = None,
         progress: Callable[[str], None] | None = None,
         stage_dir: str | os.PathLike | None = None,
+        source: str | os.PathLike | None = None,
     ) -> Result:
         """Optimizes ``model`` (a path, or an in-memory model which is not modified).
 
         ``stage_dir``: also keep every stage's model there (``01-cleanup.onnx`` …), e.g. to
         benchmark the accuracy/latency trade-off across stages.
+        ``source``: the file an in-memory ``model`` was just loaded from. That file is then the
+        reference (teacher, fidelity) and ``model`` itself is optimized, not a copy: the caller
+        hands it over, and nothing is loaded or saved twice.
 
         Raises:
             VerificationError: a pass broke the model; the message names the pass.
@@ -297,23 +264,8 @@ class Pipeline:
         resolved_providers = resolve_providers(providers)
         with tempfile.TemporaryDirectory(prefix="onnxslim-run-") as workdir:
             workdir_path = Path(workdir)
-            if isinstance(model, ir.Model):
-                reference_path = workdir_path / "reference.onnx"
-                save(model, reference_path)
-                working = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-                label = model.graph.name or "<in-memory model>"
-            else:
-                reference_path = Path(model)
-                working = load(reference_path)
-                label = str(model)
-            if data is not None:
-                samples = collect_samples(working, data, self.num_samples)
-                source = "the given data"
-            else:
-                samples = [
-                    random_inputs(working, sizes, seed=seed) for seed in range(self.num_samples)
-                ]
-                source = "random inputs (smoke data)"
+            reference_path, working, label = _working_model(model, source, workdir_path)
+            samples, sample_source = self._samples(working, data, sizes)
             context = PassContext(
                 reference_path=reference_path,
                 sample_inputs=samples,
@@ -322,7 +274,7 @@ class Pipeline:
                 providers=resolved_providers,
                 workdir=workdir_path,
             )
-            report = Report(model=label, samples=len(samples), sample_source=source)
+            report = Report(model=label, samples=len(samples), sample_source=sample_source)
             signature = _signature(working)
             reference_outputs = self._outputs(working, samples, resolved_providers, stage="input")
             report.stages.append(
@@ -340,9 +292,7 @@ class Pipeline:
                         f"[{index}/{len(self.passes)}] {slim_pass.name}: {slim_pass.description}"
                     )
                 started = time.perf_counter()
-                slim_pass.requires(working)
-                result = slim_pass.apply(working, context)
-                slim_pass.ensures(result.model)
+                result = run_pass(slim_pass, working, context)
                 working = result.model
                 elapsed = time.perf_counter() - started
                 started = time.perf_counter()
@@ -359,7 +309,7 @@ class Pipeline:
                 record.wall_time_s = elapsed
                 record.verify_time_s = time.perf_counter() - started
                 record.modified = result.modified
-                record.summary = dict(getattr(result, "summary", {}) or {})
+                record.summary = dict(result.summary)
                 if stage_dir is not None:
                     kept = save(working, Path(stage_dir) / f"{index:02d}-{slim_pass.name}.onnx")
                     record.model_path = str(kept)
@@ -369,6 +319,14 @@ class Pipeline:
                         f"      done in {elapsed:.1f}s (verified in {record.verify_time_s:.1f}s)"
                     )
             return Result(model=working, report=report)
+
+    def _samples(
+        self, working: ir.Model, data: SampleSource | None, sizes: DimSizes | None
+    ) -> tuple[list[Feeds], str]:
+        if data is not None:
+            return collect_samples(working, data, self.num_samples), "the given data"
+        samples = [random_inputs(working, sizes, seed=seed) for seed in range(self.num_samples)]
+        return samples, "random inputs (smoke data)"
 
     @staticmethod
     def _outputs(
@@ -449,28 +407,9 @@ class Pipeline:
                         f"{list(array.shape)} -> {list(out[output_name].shape)}."
                     )
         if slim_pass.exact:
-            for before, after in zip(previous_outputs, outputs):
-                for output_name, expected in before.items():
-                    actual = after[output_name]
-                    if not np.issubdtype(expected.dtype, np.number):
-                        if not np.array_equal(actual, expected):
-                            raise VerificationError(
-                                f"pass '{name}' is exact but changed output '{output_name}'; "
-                                "this is a bug in the pass."
-                            )
-                        continue
-                    if not np.allclose(
-                        actual, expected, atol=slim_pass.atol, rtol=slim_pass.rtol, equal_nan=True
-                    ):
-                        error = float(
-                            np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
-                        )
-                        raise VerificationError(
-                            f"pass '{name}' is exact but changed output '{output_name}' by up to {error:.3g} "
-                            f"(tolerance atol={slim_pass.atol}); this is a bug in the pass."
-                        )
+            _check_exact(slim_pass, previous_outputs, outputs)
         fidelity = compare_outputs(reference_outputs, outputs)
-        record.fidelity = fidelity.to_dict()
+        record.fidelity = dataclasses.asdict(fidelity)  # floats; encoded at the JSON edge
         if not slim_pass.exact:
             problems = self.bounds.violations(fidelity)
             if problems:
@@ -479,6 +418,48 @@ class Pipeline:
                     "loosen the bound or make the pass less aggressive."
                 )
         return record, outputs
+
+
+def _working_model(
+    model: ir.Model | str | os.PathLike,
+    source: str | os.PathLike | None,
+    workdir: Path,
+) -> tuple[Path, ir.Model, str]:
+    """The reference file, the model the passes work on, and the report's label."""
+    if isinstance(model, ir.Model) and source is not None:
+        return Path(source), model, str(source)
+    if isinstance(model, ir.Model):
+        reference_path = workdir / "reference.onnx"
+        save(model, reference_path)
+        # a copy: the caller's in-memory model is not modified
+        working = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+        return reference_path, working, model.graph.name or "<in-memory model>"
+    return Path(model), load(Path(model)), str(model)
+
+
+def _check_exact(slim_pass: SlimPass, previous: list[Feeds], outputs: list[Feeds]) -> None:
+    """An exact pass must reproduce the previous stage's outputs within its tolerance."""
+    name = slim_pass.name
+    for before, after in zip(previous, outputs):
+        for output_name, expected in before.items():
+            actual = after[output_name]
+            if not np.issubdtype(expected.dtype, np.number):
+                if not np.array_equal(actual, expected):
+                    raise VerificationError(
+                        f"pass '{name}' is exact but changed output '{output_name}'; "
+                        "this is a bug in the pass."
+                    )
+                continue
+            if not np.allclose(
+                actual, expected, atol=slim_pass.atol, rtol=slim_pass.rtol, equal_nan=True
+            ):
+                largest = float(
+                    np.max(np.abs(actual.astype(np.float64) - expected.astype(np.float64)))
+                )
+                raise VerificationError(
+                    f"pass '{name}' is exact but changed output '{output_name}' by up to {largest:.3g} "
+                    f"(tolerance atol={slim_pass.atol}); this is a bug in the pass."
+                )
 
 
 def _first_line(error: BaseException) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import tomllib
 from collections.abc import Mapping
@@ -12,13 +11,16 @@ from typing import Any
 
 from onnxslim._errors import RecipeError
 from onnxslim._pass import SlimPass
-from onnxslim._pipeline import Bounds
+from onnxslim.fidelity import FidelityBounds
+from onnxslim.options import check_value
 from onnxslim.registry import get_pass_class
 
 __all__ = ["Recipe", "load_recipe", "parse_recipe", "build_pass", "recipe_to_toml"]
 
 _TOP_LEVEL_KEYS = {"passes", "bounds", "sizes", "verify", "num_samples", "providers"}
-_BOUND_KEYS = {field.name for field in dataclasses.fields(Bounds)}
+# a recipe cannot hold a callable: the metric is Python-API only
+_BOUND_FIELDS = tuple(f.name for f in dataclasses.fields(FidelityBounds) if f.name != "metric")
+_BOUND_KEYS = set(_BOUND_FIELDS)
 
 
 @dataclasses.dataclass
@@ -26,52 +28,11 @@ class Recipe:
     """A parsed recipe: pass instances plus pipeline settings."""
 
     passes: list[SlimPass]
-    bounds: Bounds = dataclasses.field(default_factory=Bounds)
+    bounds: FidelityBounds = dataclasses.field(default_factory=FidelityBounds)
     sizes: dict[str, Any] = dataclasses.field(default_factory=dict)
     verify: bool = True
     num_samples: int = 4
     providers: list[str] | None = None
-
-
-def _annotation_types(annotation: Any) -> tuple[type, ...] | None:
-    """Python types accepted for an option annotation (string annotations included)."""
-    if annotation is inspect.Parameter.empty:
-        return None
-    text = annotation if isinstance(annotation, str) else str(annotation)
-    accepted: list[type] = []
-    for name, kind in (
-        ("bool", bool),
-        ("int", int),
-        ("float", float),
-        ("str", str),
-        ("list", list),
-        ("Sequence", list),
-        ("tuple", list),
-        ("dict", dict),
-        ("Mapping", dict),
-    ):
-        if name in text:
-            accepted.append(kind)
-    if "None" in text or "Optional" in text:
-        accepted.append(type(None))
-    return tuple(accepted) or None
-
-
-def _check_type(pass_name: str, option: str, value: Any, annotation: Any) -> Any:
-    accepted = _annotation_types(annotation)
-    if accepted is None or "Any" in str(annotation) or "Callable" in str(annotation):
-        return value
-    if isinstance(value, bool):
-        if bool in accepted:
-            return value
-    elif isinstance(value, int) and (int in accepted or float in accepted):
-        return float(value) if int not in accepted else value
-    elif isinstance(value, accepted):
-        return value
-    names = "/".join(sorted({t.__name__ for t in accepted}))
-    raise RecipeError(
-        f"option '{option}' of pass '{pass_name}' expects {names}, got {type(value).__name__} {value!r}."
-    )
 
 
 def build_pass(name: str, options: Mapping[str, Any]) -> SlimPass:
@@ -84,7 +45,7 @@ def build_pass(name: str, options: Mapping[str, Any]) -> SlimPass:
             raise RecipeError(
                 f"unknown option '{option}' for pass '{name}'; valid options: {', '.join(valid) or '(none)'}."
             )
-        checked[option] = _check_type(name, option, value, valid[option].annotation)
+        checked[option] = check_value(name, valid[option], value)
     try:
         return pass_class(**checked)
     except (TypeError, ValueError) as error:
@@ -137,7 +98,7 @@ def parse_recipe(document: Mapping[str, Any], source: str = "recipe") -> Recipe:
         raise RecipeError(f"{source}: 'providers' must be a list of provider names.")
     return Recipe(
         passes=passes,
-        bounds=Bounds(**{k: float(v) for k, v in bounds.items()}),
+        bounds=FidelityBounds(**{str(k): float(v) for k, v in bounds.items()}),  # type: ignore[arg-type]
         sizes=dict(sizes),
         verify=verify,
         num_samples=num_samples,
@@ -171,11 +132,13 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} to TOML")
 
 
-def recipe_to_toml(passes: list[SlimPass], bounds: Bounds | None = None) -> str:
+def recipe_to_toml(passes: list[SlimPass], bounds: FidelityBounds | None = None) -> str:
     """The TOML recipe equivalent to a list of passes (options with TOML-representable values)."""
     lines = []
     if bounds is not None:
-        set_bounds = {k: v for k, v in dataclasses.asdict(bounds).items() if v is not None}
+        set_bounds = {
+            key: getattr(bounds, key) for key in _BOUND_FIELDS if getattr(bounds, key) is not None
+        }
         if set_bounds:
             lines.append("[bounds]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in set_bounds.items()]

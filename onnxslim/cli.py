@@ -32,6 +32,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _parse_shapes(items: list[str] | None) -> dict[str, Any]:
     """``name=1x3x224x224`` (an input's full shape) or ``dim=8`` (a symbolic dim)."""
+    # wave 2: onnxslim.inputs.parse_size_argument (one parser with benchmark._cli.parse_shape)
     sizes: dict[str, Any] = {}
     for item in items or []:
         name, sep, text = item.partition("=")
@@ -60,6 +61,8 @@ def _progress(args: argparse.Namespace):
 
 def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
     from onnxslim._recipe import build_pass
+    from onnxslim.options import options_from_flags
+    from onnxslim.registry import get_options_class
 
     flagged = {
         "prune": args.prune is not None or args.prune_macs is not None,
@@ -72,9 +75,11 @@ def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
         names = ["cleanup", *(name for name, wanted in flagged.items() if wanted)]
     passes = []
     for name in names:
-        options: dict[str, Any] = {}
-        if name == "cleanup" and args.opset is not None:
-            options["target_opset"] = args.opset
+        declared = get_options_class(name)
+        # passes with declared Options get their flags from the declaration
+        options: dict[str, Any] = (
+            options_from_flags(args, name, declared) if declared is not None else {}
+        )
         if name == "prune":
             if args.prune is not None:
                 options["ratio"] = args.prune
@@ -117,8 +122,9 @@ def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from onnxslim._io import load
-    from onnxslim._pipeline import Bounds, Pipeline
+    from onnxslim._pipeline import Pipeline
     from onnxslim._recipe import load_recipe
+    from onnxslim.fidelity import FidelityBounds
 
     sizes = _parse_shapes(args.shape)
     output = Path(args.output)
@@ -126,7 +132,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         raise SlimError(
             f"{output}: output would overwrite the input model; choose another path or pass --overwrite."
         )
-    model = load(args.model)  # fail fast on a bad file, before any other work
+    model = load(args.model)  # fail fast on a bad file, before any other work; loaded once
     if args.recipe:
         recipe = load_recipe(args.recipe)
         passes, bounds, verify = recipe.passes, recipe.bounds, recipe.verify
@@ -135,8 +141,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         providers = args.providers or recipe.providers
     else:
         passes = _passes_from_flags(args)
-        bounds, verify, num_samples, providers = Bounds(), True, 4, args.providers
-    bounds = Bounds(
+        bounds, verify, num_samples, providers = FidelityBounds(), True, 4, args.providers
+    bounds = FidelityBounds(
         min_sqnr_db=args.min_sqnr if args.min_sqnr is not None else bounds.min_sqnr_db,
         min_top1_agreement=args.min_top1
         if args.min_top1 is not None
@@ -151,17 +157,22 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         from onnxslim.calibration import open_reader
 
         data = open_reader(args.data, model, sizes=sizes or None)
-    # the path, not the loaded model: the distillation teacher is then the user's own file
+    # source: the user's file is the reference (the distillation teacher), not a saved copy
     result = pipeline.run(
-        args.model, data=data, sizes=sizes, providers=providers, progress=_progress(args)
+        model,
+        data=data,
+        sizes=sizes,
+        providers=providers,
+        progress=_progress(args),
+        source=args.model,
     )
     del model
     result.save(output, overwrite_input=args.overwrite)
     gate_failures: list[str] = []
     bench_text = ""
     if args.bench:
-        gate_failures, bench_text = _bench_input_output(args, output, sizes)
-        result.report.benchmark = args.bench_result.to_dict()
+        bench, gate_failures, bench_text = _bench_input_output(args, output, sizes)
+        result.report.benchmark = bench.to_dict()
     if args.report:
         Path(args.report).write_text(result.report.to_json() + "\n", encoding="utf-8")
     if not args.quiet:
@@ -180,14 +191,13 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 def _bench_input_output(
     args: argparse.Namespace, output: Path, sizes: dict[str, Any]
-) -> tuple[list[str], str]:
+) -> tuple[Any, list[str], str]:
     """Benchmarks input vs output on the ``--bench`` providers; writes the HTML page beside the output."""
     from onnxslim.benchmark import Gates, benchmark, check_gates
 
     bench = benchmark(
         [args.model, output], providers=args.bench, sizes=sizes or None, labels=["input", "output"]
     )
-    args.bench_result = bench
     html = output.with_suffix(".bench.html")
     bench.write(html_path=html)
     gates = Gates(
@@ -196,7 +206,7 @@ def _bench_input_output(
         min_top1_agreement=args.gate_min_top1,
         max_size_ratio=args.max_size_ratio,
     )
-    return check_gates(bench, gates), bench.to_markdown() + f"\nbenchmark page: {html}"
+    return bench, check_gates(bench, gates), bench.to_markdown() + f"\nbenchmark page: {html}"
 
 
 # --- inspect --------------------------------------------------------------------------------
@@ -218,7 +228,7 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
     external: dict[str, int] = {}
     for value in model.graph.initializers.values():
         if isinstance(value.const_value, ir.ExternalTensor):
-            location = value.const_value.location
+            location = str(value.const_value.location)
             external[location] = external.get(location, 0) + (value.const_value.length or 0)
 
     def shape_text(value: ir.Value) -> str:
@@ -257,9 +267,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     info = _inspect_dict(args.model, sizes)
     if args.groups:
         from onnxslim._io import load
-        from onnxslim.passes.pruning import dependency_groups
+        from onnxslim.registry import get_pass_hook
 
-        info["groups"] = dependency_groups(load(args.model), sizes or None)
+        info["groups"] = get_pass_hook("prune", "groups")(load(args.model), sizes or None)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -282,12 +292,12 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             else ""
         )
     )
-    from onnxslim._pipeline import _human_bytes
+    from onnxslim.formatting import human_bytes
 
-    print(f"size:       {_human_bytes(info['size_bytes'])}")
+    print(f"size:       {human_bytes(info['size_bytes'])}")
     if info["external_data"]:
         for location, length in info["external_data"].items():
-            print(f"external:   {location} ({_human_bytes(length)})")
+            print(f"external:   {location} ({human_bytes(length)})")
     else:
         print("external:   none")
     print(f"nodes:      {info['nodes']}")
@@ -320,6 +330,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --- entry point ----------------------------------------------------------------------------
 
 
+def _add_declared_flags(optimize: argparse.ArgumentParser) -> None:
+    """The flags of passes with declared Options (help and default from the declaration)."""
+    from onnxslim.options import add_option_flags
+    from onnxslim.registry import get_options_class, pass_names
+
+    for name in pass_names():
+        declared = get_options_class(name)
+        if declared is not None:
+            add_option_flags(optimize, name, declared)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onnxslim",
@@ -338,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     how = optimize.add_mutually_exclusive_group()
     how.add_argument("--recipe", help="TOML recipe listing passes and options")
     how.add_argument("--passes", help="comma-separated pass names, e.g. cleanup (the default)")
-    optimize.add_argument("--opset", type=int, help="upgrade to this opset during cleanup")
+    _add_declared_flags(optimize)
     optimize.add_argument(
         "--prune",
         type=float,

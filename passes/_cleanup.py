@@ -12,8 +12,9 @@ from onnxscript.version_converter import ConvertVersionPass
 
 from onnxslim._errors import UnsupportedModelError
 from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+from onnxslim.passes._cleanup_options import CleanupOptions
 
-__all__ = ["Cleanup"]
+__all__ = ["Cleanup", "CleanupOptions"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Cleanup(SlimPass):
     """Constant folding, Constant -> initializer, dead code and identity removal, Conv/Gemm+BN
     folding, CSE, optional opset upgrade, and shape inference. Outputs are unchanged."""
 
+    Options = CleanupOptions
+    settings: CleanupOptions
     name = "cleanup"
     description = (
         "fold constants and BatchNorm, remove dead/identity nodes, upgrade opset, infer shapes"
@@ -82,30 +85,19 @@ class Cleanup(SlimPass):
     atol = 1e-4
     rtol = 1e-4
 
-    def __init__(
-        self,
-        target_opset: int | None = None,
-        fold_constants: bool = True,
-        fuse_batchnorm: bool = True,
-        shape_inference: bool = True,
-        iterations: int = 3,
-    ) -> None:
-        super().__init__()
-        self.target_opset = target_opset
-        self.fold_constants = fold_constants
-        self.fuse_batchnorm = fuse_batchnorm
-        self.shape_inference = shape_inference
-        self.iterations = iterations
-
     def _upgrade_opset(self, model: ir.Model) -> bool:
         current = _onnx_opset(model)
-        if self.target_opset is None or current is None or current >= self.target_opset:
+        if (
+            self.settings.target_opset is None
+            or current is None
+            or current >= self.settings.target_opset
+        ):
             return False
-        result = ConvertVersionPass(self.target_opset, fallback=True)(model)
+        result = ConvertVersionPass(self.settings.target_opset, fallback=True)(model)
         after = _onnx_opset(result.model)
-        if after != self.target_opset:
+        if after != self.settings.target_opset:
             raise UnsupportedModelError(
-                f"cannot upgrade the model from opset {current} to {self.target_opset} "
+                f"cannot upgrade the model from opset {current} to {self.settings.target_opset} "
                 "(the version converter has no adapter for one of its ops); re-export at a newer opset."
             )
         return True
@@ -113,7 +105,7 @@ class Cleanup(SlimPass):
     def _simplify_passes(self, opset: int | None) -> list[ir.passes.PassBase]:
         def keep(rule: object) -> bool:
             label = f"{type(rule).__name__} {getattr(rule, 'name', '')}"
-            if not self.fuse_batchnorm and "BatchNorm" in label:
+            if not self.settings.fuse_batchnorm and "BatchNorm" in label:
                 return False
             # these rules emit opset-13 forms (axes as an input): wrong in older graphs
             return not (
@@ -122,7 +114,7 @@ class Cleanup(SlimPass):
 
         rules = [rule for rule in rewriter._DEFAULT_REWRITE_RULES if keep(rule)]
         steps: list[ir.passes.PassBase] = []
-        if self.fold_constants:
+        if self.settings.fold_constants:
             steps.append(
                 _constant_folding.FoldConstantsPass(
                     shape_inference=True,
@@ -161,7 +153,9 @@ class Cleanup(SlimPass):
         # unlisting them lets folding see them as constants (input_specs already skips them)
         modified |= common_passes.RemoveInitializersFromInputsPass()(model).modified
         manager = ir.passes.PassManager(
-            self._simplify_passes(_onnx_opset(model)), steps=self.iterations, early_stop=True
+            self._simplify_passes(_onnx_opset(model)),
+            steps=self.settings.iterations,
+            early_stop=True,
         )
         modified |= manager(model).modified
         _axes_inputs_to_attributes(model)
@@ -173,7 +167,7 @@ class Cleanup(SlimPass):
             common_passes.TopologicalSortPass(),
         ):
             modified |= step(model).modified
-        if self.shape_inference:
+        if self.settings.shape_inference:
             # Inferred shapes are annotations, not a change of computation.
             common_passes.ShapeInferencePass()(model)
         nodes_after = sum(1 for _ in model.graph)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -156,6 +155,9 @@ def test_inspect(conv_bn_path: Path, capsys) -> None:
 def test_sigterm_leaves_no_output(resnet_bn_path: Path, tmp_path: Path) -> None:
     # a slow-enough run: many verification samples; SIGTERM arrives mid-run
     out = tmp_path / "out.onnx"
+    # a private temp folder: another process's onnxslim-run-* folder must not look like ours
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -170,12 +172,13 @@ def test_sigterm_leaves_no_output(resnet_bn_path: Path, tmp_path: Path) -> None:
         ],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(private_tmp)},
     )
     # signal only once the run is under way (imports done, handler installed): the verification
     # temp folder appears when the pipeline starts
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
-        if any(p.name.startswith("onnxslim-run-") for p in Path(tempfile.gettempdir()).iterdir()):
+        if any(p.name.startswith("onnxslim-run-") for p in private_tmp.iterdir()):
             break
         time.sleep(0.05)
     time.sleep(0.3)

@@ -141,3 +141,119 @@ def test_unavailable_provider_is_an_error(conv_bn_path: Path) -> None:
 def test_non_pass_is_rejected() -> None:
     with pytest.raises(TypeError, match="is not an onnxslim pass"):
         onnxslim.Pipeline([object()])  # type: ignore[list-item]
+
+
+class ReturnsCopy(SlimPass):
+    """Declared in place (the default) but hands back a fresh model: a broken promise."""
+
+    name = "returns-copy"
+    description = "test pass: returns a copy"
+
+    def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
+        return SlimPassResult(ir.serde.deserialize_model(ir.serde.serialize_model(model)), False)
+
+
+class FunctionalCopy(ReturnsCopy):
+    """Functional and honest: the input is left alone, a copy comes back."""
+
+    name = "functional-copy"
+
+    @property
+    def in_place(self) -> bool:
+        return False
+
+    @property
+    def changes_input(self) -> bool:
+        return False
+
+
+class FunctionalButMutates(FunctionalCopy):
+    name = "functional-but-mutates"
+
+    def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
+        model.graph.remove(model.graph.node(len(model.graph) - 1), safe=False)
+        return super().apply(model, context)
+
+
+class RequiresOpset99(ScaleWeights):
+    name = "needs-opset-99"
+
+    def requires(self, model: ir.Model) -> None:
+        if model.opset_imports.get("", 0) < 99:
+            raise ValueError("needs opset 99")
+
+
+def test_in_place_promise_is_checked(conv_bn_path: Path) -> None:
+    with pytest.raises(VerificationError) as error:
+        onnxslim.Pipeline([ReturnsCopy()]).run(conv_bn_path)
+    assert str(error.value) == (
+        "pass 'returns-copy' is declared in place but returned a different model object; "
+        "this is a bug in the pass."
+    )
+
+
+def test_functional_pass_must_leave_its_input_alone(conv_bn_path: Path) -> None:
+    result = onnxslim.Pipeline([FunctionalCopy(), Cleanup()]).run(conv_bn_path)
+    assert [stage.stage for stage in result.report.stages] == [
+        "input",
+        "functional-copy",
+        "cleanup",
+    ]
+    with pytest.raises(VerificationError) as error:
+        onnxslim.Pipeline([FunctionalButMutates()]).run(conv_bn_path)
+    assert str(error.value) == (
+        "pass 'functional-but-mutates' is declared functional but changed its input model; "
+        "this is a bug in the pass."
+    )
+
+
+def test_requires_is_honoured(conv_bn_path: Path) -> None:
+    with pytest.raises(VerificationError) as error:
+        onnxslim.Pipeline([RequiresOpset99()]).run(conv_bn_path)
+    assert str(error.value) == "pass 'needs-opset-99': precondition failed: needs opset 99"
+
+
+def test_loaded_model_with_its_source_is_optimized_in_place(conv_bn_path: Path) -> None:
+    model = onnxslim.load(conv_bn_path)
+    result = onnxslim.Pipeline([Cleanup()]).run(model, source=conv_bn_path)
+    assert result.model is model  # no copy, no second load
+    assert [node.op_type for node in model.graph] == ["Conv", "Relu"]
+    assert result.report.model == str(conv_bn_path)
+    assert result.report.stages[0].model_path == str(conv_bn_path)
+
+
+def test_records_keep_floats_json_encodes(conv_bn_path: Path) -> None:
+    import math
+
+    result = onnxslim.Pipeline([ScaleWeights(1.0)]).run(conv_bn_path)
+    fidelity = result.report.stages[1].fidelity
+    assert fidelity is not None and math.isinf(fidelity["sqnr_db"]) and fidelity["sqnr_db"] > 0
+    document = json.loads(result.report.to_json())
+    assert document["stages"][1]["fidelity"]["sqnr_db"] == "inf"
+    assert "SQNR inf" in result.report.table() and "SQNR inf dB" not in result.report.table()
+
+
+def test_bounds_is_the_one_fidelity_bounds_type() -> None:
+    assert onnxslim.Bounds is onnxslim.FidelityBounds
+    with pytest.raises(TypeError, match="Pipeline bounds take no metric"):
+        onnxslim.Pipeline([Cleanup()], bounds=onnxslim.FidelityBounds(metric=lambda r, c: True))
+
+
+def test_human_formatting() -> None:
+    from onnxslim._pipeline import _human, _human_bytes
+    from onnxslim.formatting import human_bytes, human_count
+
+    assert [human_count(n) for n in (999, 1000, 1234567, 2.5e9)] == [
+        "999",
+        "1.00k",
+        "1.23M",
+        "2.50G",
+    ]
+    assert human_count(1500, "B") == "1.50kB"
+    assert [human_bytes(n) for n in (512, 2048, 3 << 20, 5 << 30)] == [
+        "512 B",
+        "2.00 KiB",
+        "3.00 MiB",
+        "5.00 GiB",
+    ]
+    assert (_human, _human_bytes) == (human_count, human_bytes)  # shim for wave 1 callers

@@ -94,3 +94,19 @@ def test_recipe_round_trip(tmp_path: Path) -> None:
     recipe = onnxslim.load_recipe(write(tmp_path, text))
     assert recipe.passes[0].config() == Cleanup(target_opset=15, iterations=2).config()
     assert recipe.bounds.min_sqnr_db == 20.0
+
+
+def test_one_pass_table() -> None:
+    import onnxslim.passes
+    from onnxslim.registry import PASSES, get_pass_class, get_pass_hook, pass_names
+
+    assert pass_names() == ["cleanup", "prune", "distill", "quantize"]
+    assert onnxslim.passes.__all__ == ["Cleanup", "StructuredPrune", "Distill", "QuantizeStatic"]
+    for name, entry in PASSES.items():
+        pass_class = get_pass_class(name)
+        assert pass_class.name == name
+        assert getattr(onnxslim.passes, entry.class_name) is pass_class
+    groups = get_pass_hook("prune", "groups")
+    assert groups.__name__ == "dependency_groups"
+    with pytest.raises(RecipeError, match=r"pass 'cleanup' has no 'groups' hook; it has: \[\]"):
+        get_pass_hook("cleanup", "groups")

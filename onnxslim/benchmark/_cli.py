@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 def parse_shape(text: str) -> tuple[str, list[int] | int]:
     """``name=1x3x224x224`` (an input's full shape) or ``dim=8`` (a symbolic dim)."""
+    # wave 2: onnxslim.inputs.parse_size_argument (one parser with cli._parse_shapes)
     name, sep, dims = text.partition("=")
     try:
         if not sep or not name:
