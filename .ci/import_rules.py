@@ -35,16 +35,29 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(path: Path) -> Iterator[tuple[int, str]]:
-    """(line, absolute module name) of every import in the file."""
+def type_checking_only(tree: ast.Module) -> set[int]:
+    """Lines of imports under `if TYPE_CHECKING:` (annotations only: no runtime edge)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                for inner in ast.walk(child):
+                    if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                        lines.add(inner.lineno)
+    return lines
+
+
+def imports_of(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line, absolute module name, only for type checking) of every import in the file."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    annotations_only = type_checking_only(tree)
     package = module_name(path)
     if path.name != "__init__.py":
         package = package.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                yield node.lineno, alias.name
+                yield node.lineno, alias.name, node.lineno in annotations_only
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
@@ -52,11 +65,12 @@ def imports_of(path: Path) -> Iterator[tuple[int, str]]:
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            yield node.lineno, target
+            typing_only = node.lineno in annotations_only
+            yield node.lineno, target, typing_only
             for alias in node.names:
                 # `from onnxslim.model import _probe` names a module too
                 if alias.name.startswith("_") and not alias.name.startswith("__"):
-                    yield node.lineno, f"{target}.{alias.name}"
+                    yield node.lineno, f"{target}.{alias.name}", typing_only
 
 
 def is_private_engine_module(name: str) -> bool:
@@ -75,7 +89,7 @@ def main() -> int:
         source = module_name(path)
         in_passes = path.is_relative_to(PASSES)
         where = path.relative_to(ROOT)
-        for line, target in imports_of(path):
+        for line, target, typing_only in imports_of(path):
             if not in_passes and (
                 target == "onnxslim.passes" or target.startswith("onnxslim.passes.")
             ):
@@ -87,7 +101,7 @@ def main() -> int:
                     f"{where}:{line}: a pass imports the engine's private {target}; use its public module"
                 )
             is_module = target in known and known[target].name != "__init__.py"
-            if is_module and target != source and path.name != "__init__.py":
+            if is_module and not typing_only and target != source and path.name != "__init__.py":
                 graph.setdefault(source, set()).add(target)
     problems += [f"import cycle: {' -> '.join(cycle)}" for cycle in cycles(graph)]
     for problem in problems:
