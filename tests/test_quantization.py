@@ -206,7 +206,7 @@ def test_latency_guard_times_at_the_deployment_batch(conv_net, tmp_path):
 
 
 def test_timing_feeds_cycle_samples_and_respect_a_fixed_batch():
-    from onnxslim.passes.quantization._quantize_static import _timing_feeds
+    from onnxslim.passes.quantization._latency_guard import timing_feeds as _timing_feeds
 
     dynamic = ir.from_onnx_text(
         '<ir_version: 8, opset_import: ["" : 17]> g (float[N, 2] x) => (float[N, 2] y) { y = Relu(x) }'
@@ -401,7 +401,7 @@ def test_statistics_cache_is_keyed_by_sample_limit_and_batching(conv_net, tmp_pa
 
 
 def test_slow_nodes_ranks_time_per_mac_against_the_median():
-    from onnxslim.passes.quantization._quantize_static import slow_nodes
+    from onnxslim.passes.quantization._latency_guard import slow_nodes
 
     seconds = {"stem": 40e-6, "a": 20e-6, "b": 22e-6, "c": 18e-6, "dw": 9e-6, "untimed_macs": 1.0}
     macs = {"stem": 1e5, "a": 2e6, "b": 2e6, "c": 2e6, "dw": 2e5}

@@ -20,7 +20,9 @@ import onnx_ir as ir
 
 from onnxslim._fidelity import Fidelity
 from onnxslim._runtime import create_session, session_options
-from onnxslim.calibration._collector import augment_with_outputs
+from onnxslim.calibration._collector import (  # wave 2: onnxslim.model probe (probe_values)
+    augment_with_outputs,
+)
 
 __all__ = [
     "AccuracyBound",
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 Feeds = Mapping[str, np.ndarray]
 
 # Ops of ORT's optimized graph that compute in integers.
+# wave 2: onnxslim.model.INTEGER_OPS
 INTEGER_OPS = frozenset(
     {
         "QLinearConv",
@@ -62,6 +65,7 @@ INTEGER_OPS = frozenset(
 )
 
 
+# wave 2: onnxslim.fidelity.FidelityBounds (min_top1 renamed min_top1_agreement)
 @dataclasses.dataclass(frozen=True)
 class AccuracyBound:
     """What the quantized outputs must keep: output SQNR (dB) and top-1 agreement on class scores.
@@ -73,6 +77,11 @@ class AccuracyBound:
     min_sqnr_db: float | None = 20.0
     min_top1: float | None = 0.95
     metric: Callable[[list, list], bool] | None = None
+
+    @property
+    def min_top1_agreement(self) -> float | None:
+        """The engine's name for ``min_top1`` (FidelityBounds); both work until wave 2."""
+        return self.min_top1
 
     @classmethod
     def off(cls) -> AccuracyBound:
@@ -124,12 +133,14 @@ def decisive_top1_agreement(
     return (agree / total if total else None), total
 
 
+# wave 2: onnxslim.runtime interleaved timer (with interleaved_latency below)
 def _timing_session(path: Path, providers: Sequence[str], threads: int | None):
     # Spinning off: with two sessions alive on few cores the idle one steals them.
     options = session_options(intra_op_threads=threads, allow_spinning=False)
     return create_session(path, providers, options)
 
 
+# wave 2: onnxslim.runtime interleaved timer
 def interleaved_latency(
     paths: Sequence[str | os.PathLike],
     feeds: Feeds,

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 TARGETS = ("cpu", "tensorrt", "cuda")
 
 
+# wave 2: onnxslim.runtime.CpuFeatures
 @dataclasses.dataclass(frozen=True)
 class CpuFeatures:
     """The CPU's integer dot-product instructions, read from /proc/cpuinfo flags."""
@@ -31,6 +32,7 @@ class CpuFeatures:
         return f"{self.arch} ({', '.join(found) if found else 'no int8 dot-product instructions'})"
 
 
+# wave 2: onnxslim.runtime.cpu_features (the one /proc/cpuinfo parser)
 def cpu_features(cpuinfo_text: str | None = None, machine: str | None = None) -> CpuFeatures:
     """Parses the CPU flags (``cpuinfo_text`` for tests; /proc/cpuinfo otherwise)."""
     if cpuinfo_text is None:
