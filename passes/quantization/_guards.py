@@ -242,13 +242,13 @@ def output_logits(model: ir.Model) -> dict[str, str]:
     A near-binary probability map has a low SQNR even when int8 barely moved the decision
     boundary; the logits measure the damage int8 did.
     """
-    logits = {}
+    logits: dict[str, str] = {}
     for output in model.graph.outputs:
         producer = output.producer()
         if producer is not None and producer.op_type in ("Sigmoid", "Softmax", "LogSoftmax"):
             source = producer.inputs[0]
             if source is not None and source.producer() is not None:
-                logits[output.name] = source.name
+                logits[output.name or ""] = source.name or ""
     return logits
 
 
@@ -262,7 +262,7 @@ def run_with_logits(
     dequantized logits in a QDQ model)."""
     model = ir.load(str(path))
     values = {v.name for node in model.graph for v in node.outputs}
-    seen_as = {}
+    seen_as: dict[str, str] = {}
     for output, source in logits.items():
         dequantized = f"{source}_DequantizeLinear_Output"
         if dequantized in values:
@@ -271,7 +271,7 @@ def run_with_logits(
             seen_as[output] = source
     augmented = augment_with_outputs(model, list(seen_as.values())) if seen_as else model
     session = create_session(augmented, providers, session_options())
-    outputs = [o.name for o in model.graph.outputs]
+    outputs = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
     fetch = [seen_as.get(name, name) for name in outputs]
     return [dict(zip(outputs, session.run(fetch, dict(b)))) for b in batches]
 
@@ -363,10 +363,10 @@ def layer_sensitivity(
     for node_name, output_name in node_outputs.items():
         if output_name not in tensor_sqnr:
             continue
-        node = next((n for n in float_model.graph if n.name == node_name), None)
+        named = next((n for n in float_model.graph if n.name == node_name), None)
         inherited = [
             tensor_sqnr[v.name]
-            for v in (node.inputs if node else [])
+            for v in (named.inputs if named else [])
             if v is not None and v.name in tensor_sqnr
         ]
         before = min(inherited) if inherited else float("inf")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 import onnx
@@ -86,7 +87,7 @@ def _upgrade_opset(prepared: ir.Model) -> ir.Model:
     return ir.from_proto(proto)
 
 
-def _external_base_dir(model: ir.Model) -> str | None:
+def _external_base_dir(model: ir.Model) -> str | os.PathLike | None:
     for value in model.graph.initializers.values():
         if isinstance(value.const_value, ir.ExternalTensor):
             return value.const_value.base_dir

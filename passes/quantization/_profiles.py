@@ -146,13 +146,13 @@ def target_profile(target: str = "cpu", features: CpuFeatures | None = None) -> 
         # ORT fuses int8 QDQ on ARM by default (QDQIsInt8Allowed) and MLAS has native
         # s8s8 SDOT/SMMLA kernels; not measured on this project's x86 machines.
         if features.arm_dot or features.arm_i8mm:
-            reasons = (
+            arm_reasons = (
                 f"{features.describe()}: ORT fuses int8 QDQ on ARM and MLAS runs s8 x s8 "
                 "with SDOT/SMMLA (ORT's recommended S8S8); not measured here",
             )
             activation = "int8"
         else:
-            reasons = (f"{features.describe()}: uint8 x int8 widening kernels",)
+            arm_reasons = (f"{features.describe()}: uint8 x int8 widening kernels",)
             activation = "uint8"
         return TargetProfile(
             target,
@@ -163,7 +163,7 @@ def target_profile(target: str = "cpu", features: CpuFeatures | None = None) -> 
             activation_symmetric=False,
             weight_symmetric=True,
             providers=("CPUExecutionProvider",),
-            reasons=reasons,
+            reasons=arm_reasons,
         )
     return TargetProfile(
         target,
