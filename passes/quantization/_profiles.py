@@ -110,7 +110,11 @@ def target_profile(target: str = "cpu", features: CpuFeatures | None = None) -> 
             reasons=("symmetric int8 keeps the graph TensorRT-ready",),
             warnings=(message,),
         )
-    features = features or cpu_features()
+    return _cpu_profile(target, features or cpu_features())
+
+
+def _cpu_profile(target: str, features: CpuFeatures) -> TargetProfile:
+    """The CPU profile from its int8 dot-product instructions."""
     if features.arch == "x86":
         # Measured with ORT 1.32 on AVX512-VNNI, 2 threads (benchmarks/quant_vs_ort.py --configs):
         # ResNet-18-style fp32/int8 at batch 1: U8S8 3.9x, S8S8 1.5x, S8S8 with

@@ -246,9 +246,9 @@ class QuantizeStatic(SlimPass):
         reader, smoke = self._open_reader(model, context)
         with _scratch_folder(context.workdir) as workdir:
             summary = start_summary(reader, smoke, self.method, profile)
-            run = self._prepare_and_calibrate(model, context, reader, profile, workdir, summary)
-            run = dataclasses.replace(run, started=started)
-            run.summary["calibration"] = run.calibration.summary()
+            run = self._prepare_and_calibrate(
+                model, context, reader, profile, workdir, summary, started
+            )
             tried = self._accuracy_guard(run)
             tried, chosen = self._latency_guard(run, tried)
             summary["candidates"] = candidates_summary(tried, chosen)
@@ -280,6 +280,7 @@ class QuantizeStatic(SlimPass):
         profile: TargetProfile,
         workdir: Path,
         summary: dict[str, Any],
+        started: float,
     ) -> _Run:
         input_path = workdir / "input.onnx"
         save(model, input_path)
@@ -292,6 +293,7 @@ class QuantizeStatic(SlimPass):
         static_ops = sorted({op for _, ops in op_sets if ops for op in ops})
         names = tensors_to_calibrate(prepared.proto, static_ops)
         calibration = collect_ranges(prepared.model, names, reader, self.calibration_settings())
+        summary["calibration"] = calibration.summary()
         batches = evaluation_batches(reader, self.eval_samples)
         evaluator = Evaluator(input_path, prepared, batches, self.bound())
         excluded.update(unranged_exclusions(prepared.proto, names, calibration.ranges, excluded))
@@ -309,7 +311,7 @@ class QuantizeStatic(SlimPass):
             emitter,
             evaluator,
             summary,
-            started=time.perf_counter(),
+            started,
         )
 
     def _accuracy_guard(self, run: _Run) -> list[Candidate]:
