@@ -509,7 +509,7 @@ def test_candidate_is_a_frozen_value_with_a_rejection_reason(tmp_path):
 
 def test_calibrate_only_gives_the_full_pass_ranges(conv_net, tmp_path):
     from onnxslim.calibration import collect_statistics, compute_range, open_reader
-    from onnxslim.passes.quantization import calibrate, quantizable_op_types
+    from onnxslim.passes.quantization import calibrate, quantizable_op_types, run_calibration
     from onnxslim.passes.quantization._prepare import prepare
     from onnxslim.passes.quantization._tensors import tensors_to_calibrate
 
@@ -533,6 +533,11 @@ def test_calibrate_only_gives_the_full_pass_ranges(conv_net, tmp_path):
     )
     by_hand = {n: compute_range(s, "percentile", levels=255) for n, s in collector.tensors.items()}
     assert ranges == by_hand
+    # the statistics behind them, for the benchmark's memory column
+    detailed = run_calibration(onnxslim.load(path), data, method="percentile", batch_size=4)
+    assert detailed.ranges == ranges and detailed.names == tuple(names)
+    assert detailed.summary()["samples"] == 16
+    assert detailed.summary()["retained_bytes"] == collector.retained_bytes() > 0
     with pytest.raises(RecipeError, match="unknown calibration method 'kl'"):
         calibrate(onnxslim.load(path), data, method="kl")
 

@@ -1,6 +1,11 @@
 """Static int8 quantization: streamed calibration, ORT QDQ emission, target profiles, guards."""
 
-from onnxslim.passes.quantization._calibrate import CalibrationSettings, calibrate
+from onnxslim.passes.quantization._calibrate import (
+    Calibration,
+    CalibrationSettings,
+    calibrate,
+    run_calibration,
+)
 from onnxslim.passes.quantization._candidates import (
     Candidate,
     Evaluation,
@@ -23,6 +28,7 @@ from onnxslim.passes.quantization._quantize_static import QuantizeStatic
 
 __all__ = [
     "AccuracyBound",
+    "Calibration",
     "CalibrationSettings",
     "Candidate",
     "CpuFeatures",
@@ -35,6 +41,7 @@ __all__ = [
     "interleaved_latency",
     "layer_sensitivity",
     "quantizable_op_types",
+    "run_calibration",
     "select_nodes",
     "target_profile",
 ]

@@ -25,7 +25,7 @@ from onnxslim.passes.quantization._candidates import quantizable_op_types
 from onnxslim.passes.quantization._prepare import prepare
 from onnxslim.passes.quantization._tensors import tensors_to_calibrate
 
-__all__ = ["Calibration", "CalibrationSettings", "calibrate", "collect_ranges"]
+__all__ = ["Calibration", "CalibrationSettings", "calibrate", "collect_ranges", "run_calibration"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _statistics(prepared: ir.Model, names: list[str], reader: Any, settings: Cal
     return collector, False
 
 
-def calibrate(
+def run_calibration(
     model: ir.Model,
     data: Any,
     *,
@@ -143,8 +143,8 @@ def calibrate(
     op_types: Sequence[str] | None = None,
     cache_dir: str | None = None,
     sizes: Mapping[str, int] | None = None,
-) -> Ranges:
-    """Calibration only: the (low, high) range QuantizeStatic would give each tensor it calibrates.
+) -> Calibration:
+    """Calibration only, with its statistics: what QuantizeStatic computes before emitting.
 
     ``data`` is anything QuantizeStatic's ``calibration`` takes; ``op_types`` (default: every op
     ORT can quantize) picks the nodes whose float activations are calibrated. ``model`` is not
@@ -157,4 +157,13 @@ def calibrate(
         prepared = prepare(model, Path(folder))
         ops = quantizable_op_types() if op_types is None else op_types
         names = tensors_to_calibrate(prepared.proto, ops)
-        return collect_ranges(prepared.model, names, reader, settings).ranges
+        return collect_ranges(prepared.model, names, reader, settings)
+
+
+def calibrate(model: ir.Model, data: Any, **options: Any) -> Ranges:
+    """Calibration only: tensor name -> the (low, high) range QuantizeStatic would use.
+
+    Takes :func:`run_calibration`'s options (method, percentile, moving_average, bins,
+    batch_size, samples, op_types, cache_dir, sizes).
+    """
+    return run_calibration(model, data, **options).ranges
