@@ -206,7 +206,7 @@ def test_latency_guard_times_at_the_deployment_batch(conv_net, tmp_path):
 
 
 def test_timing_feeds_cycle_samples_and_respect_a_fixed_batch():
-    from onnxslim.passes.quantization._quantize_static import _timing_feeds
+    from onnxslim.passes.quantization._latency_guard import timing_feeds as _timing_feeds
 
     dynamic = ir.from_onnx_text(
         '<ir_version: 8, opset_import: ["" : 17]> g (float[N, 2] x) => (float[N, 2] y) { y = Relu(x) }'
@@ -401,7 +401,7 @@ def test_statistics_cache_is_keyed_by_sample_limit_and_batching(conv_net, tmp_pa
 
 
 def test_slow_nodes_ranks_time_per_mac_against_the_median():
-    from onnxslim.passes.quantization._quantize_static import slow_nodes
+    from onnxslim.passes.quantization._latency_guard import slow_nodes
 
     seconds = {"stem": 40e-6, "a": 20e-6, "b": 22e-6, "c": 18e-6, "dw": 9e-6, "untimed_macs": 1.0}
     macs = {"stem": 1e5, "a": 2e6, "b": 2e6, "c": 2e6, "dw": 2e5}
@@ -454,3 +454,166 @@ def test_accuracy_guard_widens_ranges_a_clipping_method_cut_too_far(tmp_path):
     # a widened range is the tensor's full min/max: wider than entropy's
     stem = widened["/stem/stem.2/Relu_output_0"]["range"]
     assert stem[0] == 0.0 and stem[1] > 5.0
+
+
+# -- stages -------------------------------------------------------------------------------------
+def test_candidate_is_a_frozen_value_with_a_rejection_reason(tmp_path):
+    import dataclasses
+
+    from onnxslim.passes.quantization import Candidate, Evaluation, Rejected
+    from onnxslim.passes.quantization._summary import candidates_summary
+
+    fidelity = onnxslim.Fidelity(max_abs_error=0.5, mean_abs_error=0.1, sqnr_db=12.0)
+    static = Candidate(
+        "all quantizable ops",
+        ("Conv", "MatMul"),
+        tmp_path / "c0.onnx",
+        Evaluation(fidelity, ("output SQNR 12.0 dB < 20 dB",)),
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        static.label = "changed"  # type: ignore[misc]
+    rejected = static.replace(rejected=Rejected("accuracy: output SQNR 12.0 dB < 20 dB"))
+    assert (
+        static.rejected is None
+        and str(rejected.rejected) == "accuracy: output SQNR 12.0 dB < 20 dB"
+    )
+    on_logits = Evaluation(fidelity, (), logits_sqnr_db=31.5, on_logits=True)
+    dynamic = Candidate(
+        "dynamic MatMul/Gemm", None, tmp_path / "c1.onnx", on_logits, speedup=1.23456
+    )
+    assert dynamic.dynamic and not static.dynamic
+    assert (on_logits.score, static.evaluation.score) == (31.5, 12.0)
+    assert Evaluation(onnxslim.Fidelity(0.0, 0.0, float("nan"))).score == float("-inf")
+    summary = candidates_summary([rejected, dynamic], chosen=1)
+    assert summary[0]["rejected"] == "accuracy: output SQNR 12.0 dB < 20 dB"
+    assert summary[0]["op_types"] == ["Conv", "MatMul"] and not summary[0]["chosen"]
+    assert summary[1] == {
+        "label": "dynamic MatMul/Gemm",
+        "op_types": "dynamic MatMul/Gemm",
+        "fidelity": {
+            "max_abs_error": 0.5,
+            "mean_abs_error": 0.1,
+            "sqnr_db": 12.0,
+            "top1_agreement": None,
+            "samples": 0,
+            "logits_sqnr_db": 31.5,
+        },
+        "speedup": 1.235,
+        "speedup_confirmed": None,
+        "extra_float_nodes": 0,
+        "ranges_widened_to_minmax": 0,
+        "chosen": True,
+        "rejected": None,
+    }
+
+
+def test_calibrate_only_gives_the_full_pass_ranges(conv_net, tmp_path):
+    from onnxslim.calibration import collect_statistics, compute_range, open_reader
+    from onnxslim.passes.quantization import calibrate, quantizable_op_types, run_calibration
+    from onnxslim.passes.quantization._prepare import prepare
+    from onnxslim.passes.quantization._tensors import tensors_to_calibrate
+
+    path, images = conv_net
+    data = [{"x": image} for image in images[:16]]
+    ranges = calibrate(onnxslim.load(path), data, method="percentile", batch_size=4)
+    result = QuantizeStatic(
+        data, method="percentile", batch_size=4, latency_guard=False, accuracy_guard=False
+    ).apply(onnxslim.load(path), PassContext(workdir=tmp_path / "pass"))
+    tensors = result.summary["tensors"]
+    assert len(ranges) == len(tensors) == result.summary["calibration"]["tensors"] > 10
+    assert {n: [round(lo, 6), round(hi, 6)] for n, (lo, hi) in ranges.items()} == {
+        n: entry["range"] for n, entry in tensors.items()
+    }
+    # ... and exactly what the benchmark computed by hand from the pass's private steps
+    (tmp_path / "hand").mkdir()
+    prepared = prepare(onnxslim.load(path), tmp_path / "hand")
+    names = tensors_to_calibrate(prepared.proto, quantizable_op_types())
+    collector = collect_statistics(
+        prepared.model, names, open_reader(data, prepared.model, batch_size=4)
+    )
+    by_hand = {n: compute_range(s, "percentile", levels=255) for n, s in collector.tensors.items()}
+    assert ranges == by_hand
+    # the statistics behind them, for the benchmark's memory column
+    detailed = run_calibration(onnxslim.load(path), data, method="percentile", batch_size=4)
+    assert detailed.ranges == ranges and detailed.names == tuple(names)
+    assert detailed.summary()["samples"] == 16
+    assert detailed.summary()["retained_bytes"] == collector.retained_bytes() > 0
+    with pytest.raises(RecipeError, match="unknown calibration method 'kl'"):
+        calibrate(onnxslim.load(path), data, method="kl")
+
+
+def test_ort_compat_names_import_and_build_a_qdq_model_with_keywords():
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer as OrtQDQQuantizer
+
+    from onnxslim.passes.quantization import _ort_compat
+
+    assert _ort_compat.QDQQuantizer is OrtQDQQuantizer
+    assert callable(_ort_compat.load_model_with_shape_infer)
+    assert (_ort_compat.ORT_QUANTIZATION_DIR / "qdq_quantizer.py").is_file()
+    proto = onnx.parser.parse_model(SELECTOR_MODEL)
+    for node, name in zip(proto.graph.node, ["first", "second", "relu", "add"]):
+        node.name = name
+    quantizer = _ort_compat.qdq_quantizer(
+        onnx.shape_inference.infer_shapes(proto),
+        per_channel=False,
+        reduce_range=False,
+        weight_type="int8",
+        activation_type="uint8",
+        ranges={"x": (-1.0, 1.0), "a_mm": (-1.0, 1.0), "b_mm": (-1.0, 1.0)},
+        nodes_to_exclude=["second"],
+        op_types_to_quantize=["MatMul"],
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+    quantizer.quantize_model()
+    ops = Counter(n.op_type for n in quantizer.model.model.graph.node)
+    # "first" quantized: x and its weight through Q/DQ (the weight shared with "second" too)
+    assert (ops["QuantizeLinear"], ops["DequantizeLinear"], ops["MatMul"]) == (2, 3, 2)
+    with pytest.raises(RecipeError, match="quantization type 'int4' is not supported"):
+        _ort_compat.quant_type("int4")
+
+
+def test_ort_quantizer_is_silenced_without_touching_the_root_level(caplog):
+    from onnxslim.passes.quantization._emit import quiet_ort_quantizer
+    from onnxslim.passes.quantization._ort_compat import ORT_QUANTIZATION_DIR
+
+    root = logging.getLogger()
+    ort_file = str(ORT_QUANTIZATION_DIR / "qdq_quantizer.py")
+
+    def record(message: str, level: int, pathname: str) -> logging.LogRecord:
+        return logging.LogRecord("root", level, pathname, 1, message, None, None)
+
+    with caplog.at_level(logging.INFO):
+        level = root.level
+        with quiet_ort_quantizer():
+            assert root.level == level
+            root.handle(record("ORT bias warning", logging.WARNING, ort_file))
+            root.handle(record("ORT failure", logging.ERROR, ort_file))
+            root.handle(record("our warning", logging.WARNING, __file__))
+            logging.getLogger("onnxslim.passes.quantization").warning("pass warning")
+        root.handle(record("ORT after", logging.WARNING, ort_file))
+    assert [r.getMessage() for r in caplog.records] == [
+        "ORT failure",
+        "our warning",
+        "pass warning",
+        "ORT after",
+    ]
+
+
+def test_a_batch_dim_declared_minus_one_is_timed_at_the_deployment_batch():
+    from onnx import TensorProto, helper
+
+    from onnxslim.passes.quantization._latency_guard import fixed_batch, timing_feeds
+
+    # Paddle exports declare a dynamic batch as -1 (it used to be timed as an empty 0 x 2 batch)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "paddle",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 2])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert model.graph.inputs[0].shape[0] == -1 and fixed_batch(model, "x") == 0
+    batches = [{"x": np.arange(6, dtype=np.float32).reshape(3, 2)}]
+    feeds = timing_feeds(model, batches, 1)["x"]
+    np.testing.assert_array_equal(feeds, [[0, 1]])
+    assert timing_feeds(model, batches, 4)["x"].shape == (4, 2)

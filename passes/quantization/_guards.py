@@ -20,7 +20,9 @@ import onnx_ir as ir
 
 from onnxslim._fidelity import Fidelity
 from onnxslim._runtime import create_session, session_options
-from onnxslim.calibration._collector import augment_with_outputs
+from onnxslim.calibration._collector import (  # wave 2: onnxslim.model probe (probe_values)
+    augment_with_outputs,
+)
 
 __all__ = [
     "AccuracyBound",
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 Feeds = Mapping[str, np.ndarray]
 
 # Ops of ORT's optimized graph that compute in integers.
+# wave 2: onnxslim.model.INTEGER_OPS
 INTEGER_OPS = frozenset(
     {
         "QLinearConv",
@@ -62,6 +65,7 @@ INTEGER_OPS = frozenset(
 )
 
 
+# wave 2: onnxslim.fidelity.FidelityBounds (min_top1 renamed min_top1_agreement)
 @dataclasses.dataclass(frozen=True)
 class AccuracyBound:
     """What the quantized outputs must keep: output SQNR (dB) and top-1 agreement on class scores.
@@ -73,6 +77,11 @@ class AccuracyBound:
     min_sqnr_db: float | None = 20.0
     min_top1: float | None = 0.95
     metric: Callable[[list, list], bool] | None = None
+
+    @property
+    def min_top1_agreement(self) -> float | None:
+        """The engine's name for ``min_top1`` (FidelityBounds); both work until wave 2."""
+        return self.min_top1
 
     @classmethod
     def off(cls) -> AccuracyBound:
@@ -124,12 +133,14 @@ def decisive_top1_agreement(
     return (agree / total if total else None), total
 
 
+# wave 2: onnxslim.runtime interleaved timer (with interleaved_latency below)
 def _timing_session(path: Path, providers: Sequence[str], threads: int | None):
     # Spinning off: with two sessions alive on few cores the idle one steals them.
     options = session_options(intra_op_threads=threads, allow_spinning=False)
     return create_session(path, providers, options)
 
 
+# wave 2: onnxslim.runtime interleaved timer
 def interleaved_latency(
     paths: Sequence[str | os.PathLike],
     feeds: Feeds,
@@ -231,13 +242,13 @@ def output_logits(model: ir.Model) -> dict[str, str]:
     A near-binary probability map has a low SQNR even when int8 barely moved the decision
     boundary; the logits measure the damage int8 did.
     """
-    logits = {}
+    logits: dict[str, str] = {}
     for output in model.graph.outputs:
         producer = output.producer()
         if producer is not None and producer.op_type in ("Sigmoid", "Softmax", "LogSoftmax"):
             source = producer.inputs[0]
             if source is not None and source.producer() is not None:
-                logits[output.name] = source.name
+                logits[output.name or ""] = source.name or ""
     return logits
 
 
@@ -251,7 +262,7 @@ def run_with_logits(
     dequantized logits in a QDQ model)."""
     model = ir.load(str(path))
     values = {v.name for node in model.graph for v in node.outputs}
-    seen_as = {}
+    seen_as: dict[str, str] = {}
     for output, source in logits.items():
         dequantized = f"{source}_DequantizeLinear_Output"
         if dequantized in values:
@@ -260,7 +271,7 @@ def run_with_logits(
             seen_as[output] = source
     augmented = augment_with_outputs(model, list(seen_as.values())) if seen_as else model
     session = create_session(augmented, providers, session_options())
-    outputs = [o.name for o in model.graph.outputs]
+    outputs = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
     fetch = [seen_as.get(name, name) for name in outputs]
     return [dict(zip(outputs, session.run(fetch, dict(b)))) for b in batches]
 
@@ -352,10 +363,10 @@ def layer_sensitivity(
     for node_name, output_name in node_outputs.items():
         if output_name not in tensor_sqnr:
             continue
-        node = next((n for n in float_model.graph if n.name == node_name), None)
+        named = next((n for n in float_model.graph if n.name == node_name), None)
         inherited = [
             tensor_sqnr[v.name]
-            for v in (node.inputs if node else [])
+            for v in (named.inputs if named else [])
             if v is not None and v.name in tensor_sqnr
         ]
         before = min(inherited) if inherited else float("inf")

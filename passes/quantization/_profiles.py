@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 TARGETS = ("cpu", "tensorrt", "cuda")
 
 
+# wave 2: onnxslim.runtime.CpuFeatures
 @dataclasses.dataclass(frozen=True)
 class CpuFeatures:
     """The CPU's integer dot-product instructions, read from /proc/cpuinfo flags."""
@@ -31,6 +32,7 @@ class CpuFeatures:
         return f"{self.arch} ({', '.join(found) if found else 'no int8 dot-product instructions'})"
 
 
+# wave 2: onnxslim.runtime.cpu_features (the one /proc/cpuinfo parser)
 def cpu_features(cpuinfo_text: str | None = None, machine: str | None = None) -> CpuFeatures:
     """Parses the CPU flags (``cpuinfo_text`` for tests; /proc/cpuinfo otherwise)."""
     if cpuinfo_text is None:
@@ -108,7 +110,11 @@ def target_profile(target: str = "cpu", features: CpuFeatures | None = None) -> 
             reasons=("symmetric int8 keeps the graph TensorRT-ready",),
             warnings=(message,),
         )
-    features = features or cpu_features()
+    return _cpu_profile(target, features or cpu_features())
+
+
+def _cpu_profile(target: str, features: CpuFeatures) -> TargetProfile:
+    """The CPU profile from its int8 dot-product instructions."""
     if features.arch == "x86":
         # Measured with ORT 1.32 on AVX512-VNNI, 2 threads (benchmarks/quant_vs_ort.py --configs):
         # ResNet-18-style fp32/int8 at batch 1: U8S8 3.9x, S8S8 1.5x, S8S8 with
@@ -144,13 +150,13 @@ def target_profile(target: str = "cpu", features: CpuFeatures | None = None) -> 
         # ORT fuses int8 QDQ on ARM by default (QDQIsInt8Allowed) and MLAS has native
         # s8s8 SDOT/SMMLA kernels; not measured on this project's x86 machines.
         if features.arm_dot or features.arm_i8mm:
-            reasons = (
+            arm_reasons = (
                 f"{features.describe()}: ORT fuses int8 QDQ on ARM and MLAS runs s8 x s8 "
                 "with SDOT/SMMLA (ORT's recommended S8S8); not measured here",
             )
             activation = "int8"
         else:
-            reasons = (f"{features.describe()}: uint8 x int8 widening kernels",)
+            arm_reasons = (f"{features.describe()}: uint8 x int8 widening kernels",)
             activation = "uint8"
         return TargetProfile(
             target,
@@ -161,7 +167,7 @@ def target_profile(target: str = "cpu", features: CpuFeatures | None = None) -> 
             activation_symmetric=False,
             weight_symmetric=True,
             providers=("CPUExecutionProvider",),
-            reasons=reasons,
+            reasons=arm_reasons,
         )
     return TargetProfile(
         target,

@@ -1,0 +1,173 @@
+"""The accuracy guard: evaluate candidates against the float model; widen clipped ranges, then
+keep the most sensitive layers in float until the bound holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxslim._fidelity import compare_outputs
+from onnxslim.passes.quantization._candidates import Candidate, Evaluation
+from onnxslim.passes.quantization._emit import Emitter
+from onnxslim.passes.quantization._guards import (
+    AccuracyBound,
+    layer_sensitivity,
+    output_logits,
+    run_outputs,
+    run_with_logits,
+)
+from onnxslim.passes.quantization._prepare import Prepared
+
+__all__ = [
+    "Evaluator",
+    "evaluation_batches",
+    "first_candidates",
+    "keep_sensitive_layers_in_float",
+    "widen_clipped_ranges",
+]
+
+Feeds = Mapping[str, np.ndarray]
+
+
+def evaluation_batches(reader: Iterable[dict], samples: int) -> list[dict]:
+    """The first batches of the calibration data holding at least ``samples`` samples."""
+    batches: list[dict] = []
+    for batch in reader:
+        batches.append(batch)
+        if sum(len(next(iter(b.values()))) for b in batches) >= samples:
+            break
+    return batches
+
+
+class Evaluator:
+    """Runs a candidate on the evaluation batches and checks the bound against the float model
+    (on logits where an output is a Sigmoid/Softmax of them)."""
+
+    def __init__(
+        self, input_path: Path, prepared: Prepared, batches: list[dict], bound: AccuracyBound
+    ) -> None:
+        self.batches = batches
+        self.bound = bound
+        self.reference = run_outputs(input_path, batches)
+        self.logits = output_logits(prepared.model)
+        self.reference_logits = (
+            run_with_logits(prepared.path, batches, self.logits) if self.logits else self.reference
+        )
+
+    def evaluate(self, path: Path) -> Evaluation:
+        outputs = run_outputs(path, self.batches)
+        fidelity = compare_outputs(self.reference, outputs)
+        if not self.logits:
+            problems = self.bound.violations(fidelity, self.reference, outputs)
+            return Evaluation(fidelity, tuple(problems))
+        candidate_logits = run_with_logits(path, self.batches, self.logits)
+        logit_fidelity = compare_outputs(self.reference_logits, candidate_logits)
+        problems = self.bound.violations(logit_fidelity, self.reference_logits, candidate_logits)
+        return Evaluation(
+            fidelity,
+            tuple(p.replace("output SQNR", "logits SQNR") for p in problems),
+            logits_sqnr_db=logit_fidelity.sqnr_db,
+            on_logits=True,
+        )
+
+
+def first_candidates(
+    op_sets: Sequence[tuple[str, tuple[str, ...] | None]],
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+) -> list[Candidate]:
+    """One evaluated candidate per op set, with the calibrated ranges."""
+    tried = []
+    for label, op_types in op_sets:
+        path = emitter.emit(label, op_types, list(excluded))
+        tried.append(Candidate(label, op_types, path, evaluator.evaluate(path)))
+    return tried
+
+
+def widen_clipped_ranges(
+    tried: list[Candidate],
+    clipped: Mapping[str, tuple[float, float]],
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+) -> list[Candidate]:
+    """Step 1: a clipping method (percentile/entropy/mse) can cut off the rare large values that
+    carry the signal (digit strokes on a blank page): widen the most clipped ranges back to
+    min/max, most clipped first, until the bound holds (else keep the best-scoring try)."""
+    result = []
+    for entry in tried:
+        if entry.evaluation.accurate or entry.dynamic or not clipped:
+            result.append(entry)
+            continue
+        best = entry
+        counts = sorted({max(1, round(f * len(clipped))) for f in (0.25, 0.5, 1.0)})
+        for count in counts:
+            widened = {**emitter.ranges, **{n: clipped[n] for n in list(clipped)[:count]}}
+            path = emitter.emit(entry.label, entry.op_types, list(excluded), widened)
+            evaluation = evaluator.evaluate(path)
+            if evaluation.accurate or evaluation.score > best.evaluation.score:
+                best = entry.replace(
+                    path=path, evaluation=evaluation, ranges=widened, widened=count
+                )
+            if evaluation.accurate:
+                break
+        result.append(best)
+    return result
+
+
+def keep_sensitive_layers_in_float(
+    tried: list[Candidate],
+    prepared: Prepared,
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+) -> tuple[list[Candidate], dict[str, float]]:
+    """Step 2: on static candidates that still break the bound, keep the most sensitive layers
+    in float (1, 2, 4, ... up to 32); also the last per-layer SQNR loss ranking (dB)."""
+    sensitivity: dict[str, float] = {}
+    result = []
+    for entry in tried:
+        if entry.evaluation.accurate or entry.op_types is None:
+            result.append(entry)
+            continue
+        sensitivity = _sensitivity(entry, prepared, evaluator.batches)
+        ranked = [
+            n for n, _ in sorted(sensitivity.items(), key=lambda kv: -kv[1]) if n not in excluded
+        ]
+        count = 1
+        # At most 6 retries (up to 32 layers in float): beyond that int8 is not worth it here.
+        while not entry.evaluation.accurate and count <= min(len(ranked), 32):
+            extra = {
+                n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]
+            }
+            path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
+            entry = entry.replace(path=path, evaluation=evaluator.evaluate(path), excluded=extra)
+            count *= 2
+        result.append(entry)
+    return result, sensitivity
+
+
+def _sensitivity(entry: Candidate, prepared: Prepared, batches: Sequence[Feeds]) -> dict:
+    op_types = entry.op_types or ()
+    node_outputs = {
+        n.name: n.output[0]
+        for n in prepared.proto.graph.node
+        if n.op_type in op_types and n.output and n.name
+    }
+    sensitivity, _ = layer_sensitivity(prepared.model, entry.path, node_outputs, batches)
+    return sensitivity
+
+
+def tensor_sqnr(
+    prepared: Prepared, chosen: Candidate, ranges: Mapping[str, Any], batches: Sequence[Feeds]
+) -> dict[str, float]:
+    """The SQNR (dB) of every calibrated tensor that kept its name in the chosen static model."""
+    if chosen.op_types is None:
+        return {}
+    outputs_of = {f"tensor {name}": name for name in ranges}
+    _, sqnr = layer_sensitivity(prepared.model, chosen.path, outputs_of, batches[:2])
+    return sqnr

@@ -1,0 +1,169 @@
+"""Calibrate: streamed statistics of the chosen tensors (cached), then a range per tensor."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+from onnxslim._errors import RecipeError
+from onnxslim.calibration import (
+    StatisticsCache,
+    collect_statistics,
+    compute_range,
+    model_fingerprint,
+    open_reader,
+)
+from onnxslim.calibration._thresholds import METHODS
+from onnxslim.passes.quantization._candidates import quantizable_op_types
+from onnxslim.passes.quantization._prepare import prepare
+from onnxslim.passes.quantization._tensors import tensors_to_calibrate
+
+__all__ = ["Calibration", "CalibrationSettings", "calibrate", "collect_ranges", "run_calibration"]
+
+logger = logging.getLogger(__name__)
+
+Ranges = dict[str, tuple[float, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationSettings:
+    """How ranges are computed from the statistics (the pass's calibration options)."""
+
+    method: str = "percentile"
+    percentile: float = 99.999
+    moving_average: bool = False
+    bins: int = 2048
+    batch_size: int = 1
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RecipeError(
+                f"unknown calibration method '{self.method}'; choose one of {', '.join(METHODS)}."
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Statistics and ranges of the calibrated tensors; ``ranges`` lacks never-finite tensors."""
+
+    names: tuple[str, ...]
+    collector: Any  # onnxslim.calibration's StatisticsCollector
+    ranges: Ranges
+    cache_hit: bool
+    seconds: float
+
+    def summary(self) -> dict:
+        return {
+            "samples": self.collector.samples,
+            "tensors": len(self.names),
+            "seconds": round(self.seconds, 3),
+            "cache_hit": self.cache_hit,
+            "retained_bytes": self.collector.retained_bytes(),
+        }
+
+    def clipped(self) -> Ranges:
+        """Tensors whose range the method clipped below min/max -> their min/max range, the
+        most clipped (smallest share of the min/max width kept) first."""
+        shares = {}
+        for name, (low, high) in self.ranges.items():
+            stats = self.collector.tensors[name]
+            width = stats.maximum - stats.minimum
+            if width > 0 and (high - low) < 0.999 * width:
+                shares[name] = (high - low) / width
+        return {
+            name: (self.collector.tensors[name].minimum, self.collector.tensors[name].maximum)
+            for name in sorted(shares, key=shares.__getitem__)
+        }
+
+
+def collect_ranges(
+    prepared: ir.Model, names: Sequence[str], reader: Any, settings: CalibrationSettings
+) -> Calibration:
+    """Streams ``reader`` through ``prepared`` once (or reads the cache) and computes ranges."""
+    started = time.perf_counter()
+    collector, cache_hit = _statistics(prepared, list(names), reader, settings)
+    ranges = {
+        name: compute_range(
+            stats,
+            settings.method,
+            percentile=settings.percentile,
+            moving_average=settings.moving_average,
+            levels=255,
+        )
+        for name, stats in collector.tensors.items()
+        if stats.batches
+    }
+    return Calibration(tuple(names), collector, ranges, cache_hit, time.perf_counter() - started)
+
+
+def _statistics(prepared: ir.Model, names: list[str], reader: Any, settings: CalibrationSettings):
+    cache = StatisticsCache(settings.cache_dir) if settings.cache_dir else None
+    key = None
+    if cache is not None:
+        histogram_bins = settings.bins if settings.method != "minmax" else 0
+        # Readers' fingerprints cover the data and the sample limit; moving-average minmax
+        # also depends on how the samples are batched.
+        data_digest = f"{reader.fingerprint()}|batch={settings.batch_size}"
+        key = cache.key(model_fingerprint(prepared), data_digest, names, histogram_bins)
+        cached = cache.load(key)
+        if cached is not None:
+            logger.info("statistics cache hit %s", key)
+            return cached, True
+    collector = collect_statistics(
+        prepared,
+        names,
+        reader,
+        bins=settings.bins,
+        histograms=settings.method != "minmax",
+        providers=["CPUExecutionProvider"],
+    )
+    if cache is not None and key is not None:
+        cache.store(key, collector)
+    return collector, False
+
+
+def run_calibration(
+    model: ir.Model,
+    data: Any,
+    *,
+    method: str = "percentile",
+    percentile: float = 99.999,
+    moving_average: bool = False,
+    bins: int = 2048,
+    batch_size: int = 1,
+    samples: int | None = None,
+    op_types: Sequence[str] | None = None,
+    cache_dir: str | None = None,
+    sizes: Mapping[str, int] | None = None,
+) -> Calibration:
+    """Calibration only, with its statistics: what QuantizeStatic computes before emitting.
+
+    ``data`` is anything QuantizeStatic's ``calibration`` takes; ``op_types`` (default: every op
+    ORT can quantize) picks the nodes whose float activations are calibrated. ``model`` is not
+    modified. The same code path as the pass: on the same data the ranges are equal.
+    """
+    settings = CalibrationSettings(method, percentile, moving_average, bins, batch_size, cache_dir)
+    reader = open_reader(data, model, batch_size=batch_size, limit=samples, sizes=sizes)
+    reader.validate(model)
+    with tempfile.TemporaryDirectory(prefix="onnxslim-calibrate-") as folder:
+        prepared = prepare(model, Path(folder))
+        ops = quantizable_op_types() if op_types is None else op_types
+        names = tensors_to_calibrate(prepared.proto, ops)
+        return collect_ranges(prepared.model, names, reader, settings)
+
+
+def calibrate(model: ir.Model, data: Any, **options: Any) -> Ranges:
+    """Calibration only: tensor name -> the (low, high) range QuantizeStatic would use.
+
+    Takes :func:`run_calibration`'s options (method, percentile, moving_average, bins,
+    batch_size, samples, op_types, cache_dir, sizes).
+    """
+    return run_calibration(model, data, **options).ranges

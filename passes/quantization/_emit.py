@@ -1,0 +1,151 @@
+"""Emit a candidate: static QDQ with our ranges, or dynamic MatMul/Gemm quantization, by ORT."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import onnx
+
+from onnxslim.passes.quantization._ort_compat import (
+    ORT_QUANTIZATION_DIR,
+    qdq_quantizer,
+    quant_type,
+    shape_inferred_proto,
+)
+from onnxslim.passes.quantization._profiles import TargetProfile
+
+__all__ = ["Emitter", "emit_dynamic", "emit_qdq", "quiet_ort_quantizer"]
+
+Ranges = Mapping[str, tuple[float, float]]
+
+
+class _DropOrtQuantizerChatter(logging.Filter):
+    """Drops records below ERROR that ORT's quantizer modules log (they use the root logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or record.name != "root":
+            return True
+        return not Path(record.pathname).resolve().is_relative_to(ORT_QUANTIZATION_DIR)
+
+
+@contextlib.contextmanager
+def quiet_ort_quantizer() -> Iterator[None]:
+    """Silences ORT's quantizer (a warning per non-initializer bias) and nothing else.
+
+    ORT's quantizer calls ``logging.warning(...)`` on the root logger: there is no logger of its
+    own to quieten, so a filter on the root logger drops only records from its modules; the root
+    logger's level, and every other record, are untouched.
+    """
+    root = logging.getLogger()
+    quiet = _DropOrtQuantizerChatter()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
+def _has_external_data(path: Path) -> bool:
+    """Whether onnxslim's save wrote the model's weights to a side file (> 1 GiB or external)."""
+    return Path(f"{path}.data").is_file()
+
+
+def emit_qdq(
+    prepared: onnx.ModelProto,
+    output: Path,
+    ranges: Ranges,
+    op_types: Sequence[str],
+    excluded: Sequence[str],
+    profile: TargetProfile,
+    *,
+    external_data: bool,
+) -> Path:
+    """Writes the QDQ model ORT's quantizer makes of ``prepared`` (consumed: ORT edits it)."""
+    quantizer = qdq_quantizer(
+        prepared,
+        per_channel=profile.per_channel,
+        reduce_range=profile.reduce_range,
+        weight_type=profile.weight_type,
+        activation_type=profile.activation_type,
+        ranges=ranges,
+        nodes_to_exclude=excluded,
+        op_types_to_quantize=op_types,
+        extra_options={
+            "ActivationSymmetric": profile.activation_symmetric,
+            "WeightSymmetric": profile.weight_symmetric,
+        },
+    )
+    with quiet_ort_quantizer():
+        quantizer.quantize_model()
+    quantizer.model.save_model_to_file(str(output), external_data)
+    return output
+
+
+def emit_dynamic(
+    prepared_path: Path, output: Path, excluded: Sequence[str], profile: TargetProfile
+) -> Path:
+    """Writes ORT's dynamic quantization of the MatMul/Gemm weights of the model at the path."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    with quiet_ort_quantizer():
+        quantize_dynamic(
+            prepared_path,
+            output,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            per_channel=False,
+            reduce_range=profile.reduce_range,
+            weight_type=quant_type(profile.weight_type),
+            nodes_to_exclude=list(excluded),
+            use_external_data_format=_has_external_data(prepared_path),
+        )
+    return output
+
+
+class Emitter:
+    """Emits numbered candidate files from one prepared model; ORT's shape inference runs once."""
+
+    def __init__(
+        self, prepared_path: Path, workdir: Path, profile: TargetProfile, ranges: Ranges
+    ) -> None:
+        self.prepared_path = prepared_path
+        self.workdir = workdir
+        self.profile = profile
+        self.ranges = ranges
+        self._numbers = itertools.count()
+        self._inferred: onnx.ModelProto | None = None
+
+    def emit(
+        self,
+        label: str,
+        op_types: Sequence[str] | None,
+        excluded: Sequence[str],
+        ranges: Ranges | None = None,
+    ) -> Path:
+        """The candidate file: op types None means dynamic MatMul/Gemm quantization."""
+        slug = re.sub(r"[^a-z0-9]+", "-", label.lower())
+        path = self.workdir / f"candidate-{next(self._numbers)}-{slug}.onnx"
+        if op_types is None:
+            return emit_dynamic(self.prepared_path, path, excluded, self.profile)
+        return emit_qdq(
+            self._fresh_inferred_copy(),
+            path,
+            ranges or self.ranges,
+            op_types,
+            excluded,
+            self.profile,
+            external_data=_has_external_data(self.prepared_path),
+        )
+
+    def _fresh_inferred_copy(self) -> onnx.ModelProto:
+        # One file -> shape inference -> file -> proto per pass instead of one per candidate;
+        # ORT's quantizer edits the proto it gets, so each candidate gets an in-memory copy.
+        if self._inferred is None:
+            self._inferred = shape_inferred_proto(self.prepared_path)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(self._inferred)
+        return copy

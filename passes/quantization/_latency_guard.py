@@ -1,0 +1,165 @@
+"""The latency guard: time the accurate candidates against the float model (interleaved) and
+never return a slower one; int8 kernels slow per MAC go back to float in an extra candidate."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim._stats import model_stats  # wave 2: onnxslim.model (model_stats)
+from onnxslim.passes.quantization._candidates import COMPUTE_OPS, Candidate, Rejected
+from onnxslim.passes.quantization._guards import interleaved_latency, node_kernel_seconds
+from onnxslim.passes.quantization._prepare import Prepared
+
+__all__ = ["LatencyVerdict", "fixed_batch", "rank_and_confirm", "slow_nodes", "timing_feeds"]
+
+
+# wave 2: onnxslim.inputs (the batch of a model input, resolve_shape)
+def fixed_batch(model: ir.Model, name: str) -> int:
+    """The input's fixed batch size, or 0 where it is symbolic or unknown (-1 included)."""
+    value = next((v for v in model.graph.inputs if v.name == name), None)
+    if value is None or value.shape is None or not len(value.shape):
+        return 0
+    first = value.shape[0]
+    # Paddle declares a dynamic batch as -1: not a fixed size (it used to time an empty batch)
+    return first if isinstance(first, int) and first > 0 else 0
+
+
+# wave 2: onnxslim.inputs (feeds of a deployment batch)
+def timing_feeds(model: ir.Model, batches: Sequence[dict], batch: int) -> dict:
+    """Feeds of ``batch`` samples (the model's fixed batch wins), cycling the eval samples."""
+    feeds = {}
+    for name in batches[0]:
+        if np.ndim(batches[0][name]) == 0:
+            feeds[name] = batches[0][name]
+            continue
+        size = fixed_batch(model, name) or batch
+        pool = np.concatenate([b[name] for b in batches])
+        feeds[name] = np.take(pool, np.arange(size) % len(pool), axis=0)
+    return feeds
+
+
+def slow_nodes(
+    seconds: dict[str, float], macs: dict[str, int], names: Sequence[str], factor: float = 3.0
+) -> dict[str, str]:
+    """Among ``names`` (at least 4 timed, with MACs), those whose kernel time per MAC is over
+    ``factor`` x the median, slowest first, each with the reason."""
+    cost = {n: seconds[n] / macs[n] for n in names if n in seconds and macs.get(n)}
+    if len(cost) < 4:
+        return {}
+    median = float(np.median(list(cost.values())))
+    return {
+        name: (
+            f"latency guard: its int8 kernel takes {value / median:.1f}x the median time per "
+            f"MAC ({seconds[name] * 1e6:.0f} us per run)"
+        )
+        for name, value in sorted(cost.items(), key=lambda kv: -kv[1])
+        if value > factor * median
+    }
+
+
+def slow_int8_nodes(
+    candidate: Candidate,
+    prepared: Prepared,
+    feeds: Mapping,
+    sizes: Mapping[str, int] | None,
+    *,
+    runs: int,
+    threads: int | None,
+) -> dict[str, str]:
+    """Compute nodes of ``candidate`` whose int8 kernel takes over 3x the median time per MAC
+    of its quantized compute nodes, measured with ORT's profiler; with reasons."""
+    seconds = node_kernel_seconds(candidate.path, feeds, runs=max(5, runs), threads=threads)
+    macs = model_stats(prepared.model, sizes).macs_per_node
+    op_types = candidate.op_types or ()
+    quantized = [
+        node.name
+        for node in prepared.proto.graph.node
+        if node.op_type in COMPUTE_OPS
+        and node.op_type in op_types
+        and node.name not in candidate.excluded
+    ]
+    return slow_nodes(seconds, macs, quantized)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyVerdict:
+    """The candidates with their timings and rejections, the chosen one's index, the input's
+    latency (ms) in the ranking round."""
+
+    candidates: list[Candidate]
+    chosen: int | None
+    float_latency_ms: float
+
+
+def rank_and_confirm(
+    tried: Sequence[Candidate],
+    input_path: Path,
+    feeds: Mapping,
+    *,
+    runs: int,
+    threads: int | None,
+    min_speedup: float,
+) -> LatencyVerdict:
+    """Ranks the accurate candidates by lower-quartile latency (stable under interference), then
+    re-measures them best first against the input (medians): the first confirmed faster than
+    ``min_speedup`` x the input is chosen."""
+    tried = list(tried)
+    acceptable = [i for i, c in enumerate(tried) if c.rejected is None]
+    latencies = interleaved_latency(
+        [input_path, *[tried[i].path for i in acceptable]],
+        feeds,
+        runs=runs,
+        threads=threads,
+        quantile=0.25,
+    )
+    float_latency = latencies[0]
+    fast = []
+    for index, latency in zip(acceptable, latencies[1:]):
+        speedup = float_latency / latency
+        tried[index] = tried[index].replace(latency_ms=latency * 1e3, speedup=speedup)
+        if speedup > min_speedup:
+            fast.append(index)
+        else:
+            reason = f"latency: {speedup:.2f}x of the input (needs > {min_speedup:g}x)"
+            tried[index] = tried[index].replace(rejected=Rejected(reason))
+    chosen = None
+    for index in _best_first(tried, fast):
+        # Sessions created in the other order than in the ranking round, so a bias of
+        # creation order (thread pools, memory placement) cannot confirm itself.
+        after, before = interleaved_latency(
+            [tried[index].path, input_path], feeds, runs=runs, threads=threads
+        )
+        entry = tried[index].replace(speedup_confirmed=before / after)
+        if before / after > min_speedup:
+            tried[index] = entry.replace(
+                speedup=min(entry.speedup or 0.0, before / after),
+                latency_ms=max(entry.latency_ms or 0.0, after * 1e3),
+            )
+            chosen = index
+            break
+        reason = (
+            f"latency: {before / after:.2f}x of the input on re-measurement "
+            f"(needs > {min_speedup:g}x)"
+        )
+        tried[index] = entry.replace(rejected=Rejected(reason))
+    return LatencyVerdict(tried, chosen, float_latency * 1e3)
+
+
+def _best_first(tried: Sequence[Candidate], fast: Sequence[int]) -> list[int]:
+    best = max((tried[i].speedup or 0.0 for i in fast), default=0.0)
+
+    def preference(index: int) -> tuple:
+        # Within 10% of the fastest: dynamic MatMuls first (per-batch activation ranges, the
+        # best fidelity), then the earlier static candidate (more int8: tensors flowing
+        # between integer kernels beat a noisy few percent).
+        speedup = tried[index].speedup or 0.0
+        if speedup < 0.9 * best:
+            return (True, -speedup)
+        return (False, -1 if tried[index].dynamic else index)
+
+    return sorted(fast, key=preference)

@@ -1,0 +1,94 @@
+"""Prepare a model for ORT's quantizer: weights as initializers, opset >= 13, inferred shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+import onnxscript.optimizer
+
+from onnxslim._errors import UnsupportedModelError
+from onnxslim._io import load, save
+
+__all__ = ["MIN_OPSET", "Prepared", "prepare"]
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) needs opset 13
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """The prepared copy: on disk for ORT, as the proto that file holds, and loaded back as IR."""
+
+    path: Path
+    proto: onnx.ModelProto
+    model: ir.Model
+
+
+def prepare(model: ir.Model, workdir: Path) -> Prepared:
+    """A copy with Constant nodes as initializers (ORT quantizes only initializer weights and
+    biases), opset >= 13, and inferred shapes; saved as ``workdir/prepared.onnx``. ``model`` is
+    not modified."""
+    prepared = model.clone()  # weights shared: the edits below replace, never mutate, tensors
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(prepared)
+    # Exact folding (e.g. Identity of an initializer feeding a Conv bias), so ORT sees the
+    # weights and biases as initializers it can quantize.
+    onnxscript.optimizer.fold_constants(prepared)
+    common_passes.RemoveUnusedNodesPass()(prepared)
+    # the opset conversion and shape inference below type sequence values as tensors (ORT
+    # then refuses the model): keep their types
+    sequence_types = {
+        value.name: value.type
+        for node in prepared.graph
+        for value in node.outputs
+        if value.type is not None and not isinstance(value.type, ir.TensorType)
+    }
+    prepared = _upgrade_opset(prepared)
+    # onnx-ir's pass hands onnx a copy without the weights (memory: no model-sized copies);
+    # shape inference is an aid, ORT's quantizer copes without it (the pass logs failures).
+    common_passes.ShapeInferencePass(strict_mode=False)(prepared)
+    for node in prepared.graph:
+        for value in node.outputs:
+            if value.name in sequence_types:
+                value.type = sequence_types[value.name]
+    proto = ir.to_proto(prepared)
+    path = workdir / "prepared.onnx"
+    # the file is exactly ``proto`` (the IR copy may carry stale value types, e.g. sequences)
+    saved = ir.from_proto(proto)
+    base_dir = _external_base_dir(model)
+    if base_dir is not None:  # a copy from a proto lost where the external weights live
+        ir.external_data.set_base_dir(saved.graph, base_dir)
+    save(saved, path)  # weights > 1 GiB or external go beside it: no 2 GB proto limit
+    # loaded back, so external weights resolve beside the file (the pass's scratch folder)
+    return Prepared(path, proto, load(path, check=False))
+
+
+def _upgrade_opset(prepared: ir.Model) -> ir.Model:
+    """``prepared`` at opset >= 13 (a new model when converted)."""
+    opset = prepared.opset_imports.get("", prepared.opset_imports.get("ai.onnx"))
+    if opset is None or opset >= MIN_OPSET:
+        return prepared
+    from onnx import version_converter
+
+    try:
+        proto = version_converter.convert_version(ir.to_proto(prepared), MIN_OPSET)
+    except Exception as error:
+        raise UnsupportedModelError(
+            f"the model's opset {opset} could not be upgraded to {MIN_OPSET} for per-channel "
+            f"quantization ({type(error).__name__}: {error}); upgrade it with the cleanup pass first."
+        ) from error
+    logger.info("upgraded opset %d -> %d for QDQ per-channel", opset, MIN_OPSET)
+    return ir.from_proto(proto)
+
+
+def _external_base_dir(model: ir.Model) -> str | os.PathLike | None:
+    for value in model.graph.initializers.values():
+        if isinstance(value.const_value, ir.ExternalTensor):
+            return value.const_value.base_dir
+    return None

@@ -1,0 +1,129 @@
+"""Summarize a run: the report's entries for the candidates, the chosen model, its tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxslim.passes.quantization._candidates import Candidate, Evaluation
+from onnxslim.passes.quantization._profiles import TargetProfile
+
+__all__ = [
+    "candidates_summary",
+    "excluded_reasons",
+    "fidelity_dict",
+    "quantized_nodes",
+    "start_summary",
+    "tensors_summary",
+]
+
+
+# wave 2: onnxslim._json.json_safe (one encoding of non-finite floats)
+def finite(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    return round(float(value), 2) if np.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+# wave 2: onnxslim._json.json_safe
+def fidelity_dict(evaluation: Evaluation) -> dict:
+    values = evaluation.fidelity.to_dict()
+    if evaluation.on_logits:
+        values["logits_sqnr_db"] = finite(evaluation.logits_sqnr_db)
+    return values
+
+
+def start_summary(reader: Any, smoke: bool, method: str, profile: TargetProfile) -> dict:
+    summary: dict[str, Any] = {
+        "data": reader.describe(),
+        "smoke_data": smoke,
+        "method": method,
+        "profile": profile.to_dict(),
+        "warnings": list(profile.warnings),
+    }
+    if smoke:
+        summary["warnings"].append("calibrated on random smoke data: not fit for deployment")
+    return summary
+
+
+def candidates_summary(tried: Sequence[Candidate], chosen: int | None) -> list[dict]:
+    def rounded(value: float | None) -> float | None:
+        return round(value, 3) if value is not None else None
+
+    return [
+        {
+            "label": c.label,
+            "op_types": list(c.op_types) if c.op_types is not None else "dynamic MatMul/Gemm",
+            "fidelity": fidelity_dict(c.evaluation),
+            "speedup": rounded(c.speedup),
+            "speedup_confirmed": rounded(c.speedup_confirmed),
+            "extra_float_nodes": len(c.excluded),
+            "ranges_widened_to_minmax": c.widened,
+            "chosen": index == chosen,
+            "rejected": c.rejected.reason if c.rejected is not None else None,
+        }
+        for index, c in enumerate(tried)
+    ]
+
+
+def quantized_nodes(
+    before: onnx.ModelProto, after: ir.Model, op_types: Sequence[str] | None
+) -> list[str]:
+    """Nodes of ``before`` that run quantized in ``after``: fed by a DequantizeLinear (static),
+    or replaced by integer ops (dynamic quantization renames MatMul/Gemm)."""
+    producers = {o.name: n.op_type for n in after.graph for o in n.outputs}
+    after_nodes = {n.name or "": n for n in after.graph}  # the proto's name of an unnamed node
+    quantized = []
+    for node in before.graph.node:
+        current = after_nodes.get(node.name)
+        if current is None or current.op_type != node.op_type:
+            if op_types is None and node.op_type in ("MatMul", "Gemm"):
+                quantized.append(node.name)
+        elif op_types is not None and any(
+            i is not None and producers.get(i.name) == "DequantizeLinear" for i in current.inputs
+        ):
+            quantized.append(node.name)
+    return quantized
+
+
+def excluded_reasons(
+    proto: onnx.ModelProto,
+    excluded: Mapping[str, str],
+    op_types: Sequence[str] | None,
+    static_ops: Sequence[str],
+) -> dict[str, str]:
+    """Every node kept in float -> why (user, guards, or an op class the latency guard left out)."""
+    not_chosen_ops = sorted(
+        {
+            n.op_type
+            for n in proto.graph.node
+            if op_types is not None and n.op_type in static_ops and n.op_type not in op_types
+        }
+    )
+    reasons = dict(excluded)
+    for node in proto.graph.node:
+        if node.op_type in not_chosen_ops and node.name not in reasons:
+            reasons[node.name] = f"latency guard: {node.op_type} runs faster in float here"
+    return reasons
+
+
+def tensors_summary(
+    ranges: Mapping[str, tuple[float, float]],
+    chosen_ranges: Mapping[str, tuple[float, float]],
+    method: str,
+    tensor_sqnr: Mapping[str, float],
+) -> dict[str, dict]:
+    return {
+        name: {
+            "range": [round(lo, 6), round(hi, 6)],
+            "method": method
+            if chosen_ranges[name] == ranges[name]
+            else f"minmax (accuracy guard: {method} clipped too much)",
+            "sqnr_db": finite(tensor_sqnr.get(name)),
+        }
+        for name, (lo, hi) in chosen_ranges.items()
+    }
