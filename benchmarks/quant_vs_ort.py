@@ -211,22 +211,12 @@ def worker(args: argparse.Namespace) -> None:
             calibrator.compute_data()
     elif args.worker == "ours-calibrate":
         import onnxslim
-        from onnxslim.calibration import collect_statistics, compute_range, open_reader
-        from onnxslim.passes.quantization import QuantizeStatic, quantizable_op_types
+        from onnxslim.passes.quantization import run_calibration
 
-        model = onnxslim.load(args.model)
-        quantizer = QuantizeStatic(method=args.method)
-        with tempfile.TemporaryDirectory() as tmp:
-            _, proto = quantizer._prepare(model, Path(tmp))
-        import onnx_ir as ir
-
-        prepared = ir.from_proto(proto)
-        names = QuantizeStatic._tensors_to_calibrate(proto, quantizable_op_types())
-        reader = open_reader(args.data, prepared, batch_size=args.batch)
-        collector = collect_statistics(prepared, names, reader, histograms=args.method != "minmax")
-        for stats in collector.tensors.values():
-            compute_range(stats, args.method)
-        result["retained_bytes"] = collector.retained_bytes()
+        calibration = run_calibration(
+            onnxslim.load(args.model), args.data, method=args.method, batch_size=args.batch
+        )
+        result["retained_bytes"] = calibration.summary()["retained_bytes"]
     elif args.worker == "ort-quantize":
         from onnxruntime.quantization import (
             CalibrationMethod,
