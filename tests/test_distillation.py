@@ -19,12 +19,12 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 import onnxslim  # noqa: E402
 from onnxslim import VerificationError, testing  # noqa: E402
-from onnxslim.passes.distillation import Distill  # noqa: E402
-from onnxslim.passes.distillation._losses import (  # noqa: E402
+from onnxslim.passes.distillation import (  # noqa: E402
+    Distill,
     DistillationLoss,
     infer_output_losses,
     kl_divergence,
-)  # noqa: E402
+)
 
 SAMPLES = 96
 
@@ -150,8 +150,7 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(teacher_path, di
 
 
 def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, monkeypatch):
-    from onnxslim.passes.distillation import _loop
-    from onnxslim.passes.distillation._loop import Batches, OrtTeacher, TeacherTargets
+    from onnxslim.passes.distillation import Batches, OrtTeacher, TeacherTargets, _teacher
 
     runs = []
 
@@ -160,7 +159,7 @@ def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, m
             runs.append(len(feeds["input0"]))
             return super().__call__(feeds)
 
-    monkeypatch.setattr(_loop, "OrtTeacher", CountingTeacher)
+    monkeypatch.setattr(_teacher, "OrtTeacher", CountingTeacher)
     summary = (
         Distill(reader(digits[0]), teacher=str(teacher_path), epochs=3, batch_size=16, threads=1)
         .apply(perturbed_student(teacher_path), onnxslim.PassContext())
@@ -189,7 +188,7 @@ def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, m
 
 
 def test_threads_default_auto_and_restored_afterwards(teacher_path, digits):
-    from onnxslim.passes.distillation._loop import THREAD_GRAIN_MACS, default_thread_count
+    from onnxslim.passes.distillation import THREAD_GRAIN_MACS, default_thread_count
 
     before = torch.get_num_threads()
     runs = {}
@@ -253,6 +252,14 @@ def test_user_module_student_is_exported(teacher_path, digits):
     exported = result.model
     assert [v.name for v in exported.graph.inputs] == ["input0"]
     assert [v.name for v in exported.graph.outputs] == ["output"]
+    # in place: the export lives in the given model object, and ORT runs it as the student
+    assert exported is model
+    feeds = {"input0": digits[0][:8]}
+    with onnxslim.temporary_model_file(model) as path:
+        ort_output = onnxslim.create_session(path).run(None, feeds)[0]
+    with torch.no_grad():
+        torch_output = student(torch.from_numpy(digits[0][:8])).numpy()
+    np.testing.assert_allclose(ort_output, torch_output, rtol=0, atol=1e-4)
     assert (
         result.summary["fidelity_after"]["sqnr_db"] > result.summary["fidelity_before"]["sqnr_db"]
     )
