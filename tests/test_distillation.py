@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -512,3 +513,57 @@ def test_write_back_check_tolerates_rounding_and_catches_wrong_kernels(
     summary = distill.apply(model, onnxslim.PassContext()).summary
     assert summary["student_vs_onnx_max_abs_error"] > 1e-4
     assert 50.0 <= summary["student_vs_onnx_sqnr_db"] < 120.0
+
+
+# ----------------------------------------------------------------------------- options, in place
+
+
+def test_options_have_one_source_of_defaults():
+    import dataclasses
+    import inspect
+
+    from onnxslim.passes.distillation import DataConfig, LossConfig, TrainConfig
+
+    parameters = inspect.signature(Distill).parameters
+    shared = 0
+    for config in (TrainConfig(), LossConfig(), DataConfig()):
+        for field in dataclasses.fields(config):
+            if field.name in parameters:
+                assert parameters[field.name].default == field.default, field.name
+                shared += 1
+    assert shared == 23
+    assert (parameters["epochs"].default, parameters["lr"].default) == (5, 1e-3)
+    assert (parameters["batch_size"].default, parameters["temperature"].default) == (32, 4.0)
+    assert Distill(epochs=2, lr=0.01, seed=3).train_config() == TrainConfig(
+        epochs=2, lr=0.01, seed=3
+    )
+    assert "        epochs (5): Passes over the data.\n" in Distill.__doc__
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().epochs = 3  # type: ignore[misc]
+
+
+def test_exported_model_is_moved_into_the_given_model_object():
+    from onnxslim.passes.distillation._export import replace_model
+
+    target = ir.from_proto(
+        onnx.parser.parse_model(
+            """<ir_version: 8, opset_import: ["" : 13]>
+            g (float[2] x) => (float[2] y) { y = Relu(x) }"""
+        )
+    )
+    source = ir.from_proto(
+        onnx.parser.parse_model(
+            """<ir_version: 9, opset_import: ["" : 17]>
+            h (float[2] x) => (float[2] z) <float[2] w = {1.0, -2.0}> { z = Add(x, w) }"""
+        )
+    )
+    graph = target.graph
+    replace_model(target, source)
+    assert target.graph is graph and graph.name == "h"
+    assert [n.op_type for n in graph] == ["Add"]
+    assert [v.name for v in graph.inputs] == ["x"] and [v.name for v in graph.outputs] == ["z"]
+    assert list(graph.initializers) == ["w"]
+    assert (target.ir_version, target.opset_imports) == (9, {"": 17})
+    assert len(source.graph) == 0 and not source.graph.inputs and not source.graph.initializers
+    (z,) = onnxslim.create_session(target).run(None, {"x": np.array([3.0, 4.0], np.float32)})
+    np.testing.assert_array_equal(z, np.array([4.0, 2.0], np.float32))

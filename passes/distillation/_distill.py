@@ -46,6 +46,35 @@ def _check_device(device: str) -> None:
         )
 
 
+def _check_options(
+    *,
+    epochs: int,
+    steps: int | None,
+    lr: float,
+    batch_size: int | None,
+    weights: dict[str, float],
+    device: str,
+    threads: int | str | None,
+) -> None:
+    """Options that failed deep in torch (ValueError/IndexError) are refused up front."""
+    if epochs < 1 and not steps:
+        raise SlimError(f"distill: epochs must be >= 1, got {epochs}.")
+    if not (math.isfinite(lr) and lr >= 0):
+        raise SlimError(f"distill: lr must be a number >= 0, got {lr}.")
+    if batch_size is not None and batch_size < 0:
+        raise SlimError(f"distill: batch_size must be >= 1, got {batch_size}.")
+    for option, weight in weights.items():
+        if not (math.isfinite(weight) and weight >= 0):
+            raise SlimError(f"distill: {option} must be >= 0, got {weight}.")
+    _check_device(device)
+    if (
+        threads is not None
+        and threads != "auto"
+        and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)
+    ):
+        raise SlimError(f"distill: threads must be a count >= 1 or 'auto', got {threads!r}.")
+
+
 class Distill(SlimPass):
     """Knowledge distillation from an ORT teacher into the graph's own weights.
 
@@ -108,27 +137,15 @@ class Distill(SlimPass):
         progress: bool | None = TRAIN.progress,
     ) -> None:
         super().__init__()
-        if epochs < 1 and not steps:
-            raise SlimError(f"distill: epochs must be >= 1, got {epochs}.")
-        # Checked up front: each of these failed deep in torch with a ValueError/IndexError.
-        if not (math.isfinite(lr) and lr >= 0):
-            raise SlimError(f"distill: lr must be a number >= 0, got {lr}.")
-        if batch_size is not None and batch_size < 0:
-            raise SlimError(f"distill: batch_size must be >= 1, got {batch_size}.")
-        for option, weight in (
-            ("kd_weight", kd_weight),
-            ("ce_weight", ce_weight),
-            ("hint_weight", hint_weight),
-        ):
-            if not (math.isfinite(weight) and weight >= 0):
-                raise SlimError(f"distill: {option} must be >= 0, got {weight}.")
-        _check_device(device)
-        if (
-            threads is not None
-            and threads != "auto"
-            and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)
-        ):
-            raise SlimError(f"distill: threads must be a count >= 1 or 'auto', got {threads!r}.")
+        _check_options(
+            epochs=epochs,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            weights={"kd_weight": kd_weight, "ce_weight": ce_weight, "hint_weight": hint_weight},
+            device=device,
+            threads=threads,
+        )
         self.data = data
         self.teacher = teacher
         self.student = student

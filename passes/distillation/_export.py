@@ -45,13 +45,13 @@ def export_module(
     from onnxslim import load
 
     input_names = list(example)
-    output_names = [v.name for v in model.graph.outputs]
-    dynamic_axes = {}
+    output_names = [v.name or "" for v in model.graph.outputs]
+    dynamic_axes: dict[str, dict[int, str]] = {}
     for value in list(model.graph.inputs) + list(model.graph.outputs):
         if value.shape is not None:
             axes = {i: str(d) for i, d in enumerate(value.shape) if not isinstance(d, int)}
             if axes:
-                dynamic_axes[value.name] = axes
+                dynamic_axes[value.name or ""] = axes
     opset = model.opset_imports.get("", 17)
     path = workdir / "distilled_student.onnx"
     module.eval()

@@ -261,7 +261,7 @@ def _train_epoch(
         torch.distributed.all_reduce(totals)
     return EpochRecord(
         epoch=epoch + 1,
-        loss=float(totals[0] / max(totals[1], 1.0)),
+        loss=float(totals[0]) / max(float(totals[1]), 1.0),
         lr=float(state.optimizer.param_groups[0]["lr"]),
         seconds=time.perf_counter() - started,
         parts={name: value / max(batch_count, 1) for name, value in part_sums.items()},

@@ -93,8 +93,8 @@ class DistillRun:
             teacher_path=teacher_path,
             data=data,
             hints=_hint_pairs(options.hints),
-            input_names=[v.name for v in model.graph.inputs if not v.is_initializer()],
-            output_names=[v.name for v in model.graph.outputs],
+            input_names=[v.name or "" for v in model.graph.inputs if not v.is_initializer()],
+            output_names=[v.name or "" for v in model.graph.outputs],
             workdir=context.workdir or Path(tempfile.mkdtemp(prefix="onnxslim-distill-")),
             rank=rank,
             world_size=world_size,
@@ -219,8 +219,7 @@ def train_student(run: DistillRun) -> None:
 def write_back(run: DistillRun) -> None:
     """Trained weights into ``run.model`` itself: by initializer name, or the user module's
     export moved into the same object (the pass is in place)."""
-    assert run.student is not None
-    if run.options.student is None:
+    if isinstance(run.student, OnnxModule):
         run.changed = write_back_weights(run.student, run.model)
         return
     exported = export_module(run.options.student, run.model, run.validation[0], run.workdir)

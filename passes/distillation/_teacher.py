@@ -45,7 +45,7 @@ class OrtTeacher:
     ) -> None:
         self.path = Path(path)
         self.extra_outputs = list(extra_outputs)
-        self.cache = {} if cache else None
+        self.cache: dict[str, dict[str, np.ndarray]] | None = {} if cache else None
         options = onnxslim.session_options(allow_spinning=False)
         if self.extra_outputs:
             model = onnxslim.load(self.path)
@@ -92,7 +92,7 @@ class OrtTeacher:
             if key in self.cache:
                 return self.cache[key]
         outputs = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
-        if key is not None:
+        if key is not None and self.cache is not None:
             self.cache[key] = outputs
         return outputs
 

@@ -71,7 +71,7 @@ def fastest_thread_count(
             for buffer, saved in zip(student.buffers(), saved_buffers, strict=True):
                 buffer.copy_(saved)
     medians = {count: float(np.median(values)) for count, values in timings.items()}
-    chosen = min(medians, key=medians.get)
+    chosen = min(medians, key=lambda count: medians[count])
     logger.info(
         "distill: %d torch thread(s) (median step %s)",
         chosen,
