@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -19,12 +20,12 @@ sklearn_datasets = pytest.importorskip("sklearn.datasets")
 
 import onnxslim  # noqa: E402
 from onnxslim import VerificationError, testing  # noqa: E402
-from onnxslim.passes.distillation import Distill  # noqa: E402
-from onnxslim.passes.distillation._losses import (  # noqa: E402
+from onnxslim.passes.distillation import (  # noqa: E402
+    Distill,
     DistillationLoss,
     infer_output_losses,
     kl_divergence,
-)  # noqa: E402
+)
 
 SAMPLES = 96
 
@@ -150,8 +151,7 @@ def test_same_seed_same_weights_and_resume_equals_uninterrupted(teacher_path, di
 
 
 def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, monkeypatch):
-    from onnxslim.passes.distillation import _loop
-    from onnxslim.passes.distillation._loop import Batches, OrtTeacher, TeacherTargets
+    from onnxslim.passes.distillation import Batches, OrtTeacher, TeacherTargets, _teacher
 
     runs = []
 
@@ -160,7 +160,7 @@ def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, m
             runs.append(len(feeds["input0"]))
             return super().__call__(feeds)
 
-    monkeypatch.setattr(_loop, "OrtTeacher", CountingTeacher)
+    monkeypatch.setattr(_teacher, "OrtTeacher", CountingTeacher)
     summary = (
         Distill(reader(digits[0]), teacher=str(teacher_path), epochs=3, batch_size=16, threads=1)
         .apply(perturbed_student(teacher_path), onnxslim.PassContext())
@@ -189,7 +189,7 @@ def test_teacher_runs_once_per_sample_for_in_memory_data(teacher_path, digits, m
 
 
 def test_threads_default_auto_and_restored_afterwards(teacher_path, digits):
-    from onnxslim.passes.distillation._loop import THREAD_GRAIN_MACS, default_thread_count
+    from onnxslim.passes.distillation import THREAD_GRAIN_MACS, default_thread_count
 
     before = torch.get_num_threads()
     runs = {}
@@ -253,6 +253,14 @@ def test_user_module_student_is_exported(teacher_path, digits):
     exported = result.model
     assert [v.name for v in exported.graph.inputs] == ["input0"]
     assert [v.name for v in exported.graph.outputs] == ["output"]
+    # in place: the export lives in the given model object, and ORT runs it as the student
+    assert exported is model
+    feeds = {"input0": digits[0][:8]}
+    with onnxslim.temporary_model_file(model) as path:
+        ort_output = onnxslim.create_session(path).run(None, feeds)[0]
+    with torch.no_grad():
+        torch_output = student(torch.from_numpy(digits[0][:8])).numpy()
+    np.testing.assert_allclose(ort_output, torch_output, rtol=0, atol=1e-4)
     assert (
         result.summary["fidelity_after"]["sqnr_db"] > result.summary["fidelity_before"]["sqnr_db"]
     )
@@ -505,3 +513,57 @@ def test_write_back_check_tolerates_rounding_and_catches_wrong_kernels(
     summary = distill.apply(model, onnxslim.PassContext()).summary
     assert summary["student_vs_onnx_max_abs_error"] > 1e-4
     assert 50.0 <= summary["student_vs_onnx_sqnr_db"] < 120.0
+
+
+# ----------------------------------------------------------------------------- options, in place
+
+
+def test_options_have_one_source_of_defaults():
+    import dataclasses
+    import inspect
+
+    from onnxslim.passes.distillation import DataConfig, LossConfig, TrainConfig
+
+    parameters = inspect.signature(Distill).parameters
+    shared = 0
+    for config in (TrainConfig(), LossConfig(), DataConfig()):
+        for field in dataclasses.fields(config):
+            if field.name in parameters:
+                assert parameters[field.name].default == field.default, field.name
+                shared += 1
+    assert shared == 23
+    assert (parameters["epochs"].default, parameters["lr"].default) == (5, 1e-3)
+    assert (parameters["batch_size"].default, parameters["temperature"].default) == (32, 4.0)
+    assert Distill(epochs=2, lr=0.01, seed=3).train_config() == TrainConfig(
+        epochs=2, lr=0.01, seed=3
+    )
+    assert "        epochs (5): Passes over the data.\n" in Distill.__doc__
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().epochs = 3  # type: ignore[misc]
+
+
+def test_exported_model_is_moved_into_the_given_model_object():
+    from onnxslim.passes.distillation._export import replace_model
+
+    target = ir.from_proto(
+        onnx.parser.parse_model(
+            """<ir_version: 8, opset_import: ["" : 13]>
+            g (float[2] x) => (float[2] y) { y = Relu(x) }"""
+        )
+    )
+    source = ir.from_proto(
+        onnx.parser.parse_model(
+            """<ir_version: 9, opset_import: ["" : 17]>
+            h (float[2] x) => (float[2] z) <float[2] w = {1.0, -2.0}> { z = Add(x, w) }"""
+        )
+    )
+    graph = target.graph
+    replace_model(target, source)
+    assert target.graph is graph and graph.name == "h"
+    assert [n.op_type for n in graph] == ["Add"]
+    assert [v.name for v in graph.inputs] == ["x"] and [v.name for v in graph.outputs] == ["z"]
+    assert list(graph.initializers) == ["w"]
+    assert (target.ir_version, target.opset_imports) == (9, {"": 17})
+    assert len(source.graph) == 0 and not source.graph.inputs and not source.graph.initializers
+    (z,) = onnxslim.create_session(target).run(None, {"x": np.array([3.0, 4.0], np.float32)})
+    np.testing.assert_array_equal(z, np.array([4.0, 2.0], np.float32))

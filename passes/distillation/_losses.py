@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from onnxslim._errors import SlimError
-from onnxslim._fidelity import looks_like_scores
+from onnxslim._fidelity import looks_like_scores  # wave 2: onnxslim.fidelity
+from onnxslim.passes.distillation._config import LOSS
 
 __all__ = ["OUTPUT_LOSSES", "DistillationLoss", "infer_output_losses", "kl_divergence"]
 
@@ -73,11 +74,11 @@ class DistillationLoss:
         self,
         output_losses: Mapping[str, str],
         *,
-        temperature: float = 4.0,
-        kd_weight: float = 1.0,
-        ce_weight: float = 1.0,
+        temperature: float = LOSS.temperature,
+        kd_weight: float = LOSS.kd_weight,
+        ce_weight: float = LOSS.ce_weight,
         hints: Mapping[str, str] | None = None,
-        hint_weight: float = 1.0,
+        hint_weight: float = LOSS.hint_weight,
         hint_loss: str = "mse",
         channel_maps: Mapping[str, Sequence[int]] | None = None,
         channel_axis: int = 1,
