@@ -45,3 +45,13 @@ def test_old_copies_on_ort_kernels():
     # _stats missed the fused kernels, QLinearConvTranspose and MatMulNBits (they do compute)
     missed = {"fc", "fg", "fm", "qt", "nb"}
     assert stats == {k: 0 if k in missed else v for k, v in ORT_KERNEL_MACS.items()}
+
+
+def test_old_parameter_counts():
+    from onnxslim.passes.pruning._apply import count_parameters
+    from tests.test_model_facts import TRANSFORMER, TRANSFORMER_INTS
+
+    m = _model(TRANSFORMER, TRANSFORMER_INTS)
+    weights = 4 * 32 * 32 + 2 * 32 + 2 * 32 * 64
+    assert _stats._parameter_count(m) == weights
+    assert count_parameters(m) == weights + 4 + 3  # the bug: int64 shape constants counted
