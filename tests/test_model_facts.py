@@ -16,6 +16,7 @@ import pytest
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 import onnxslim
+from onnxslim.benchmark import int8_coverage
 from onnxslim.model import (
     INTEGER_OPS,
     MAC_OPS,
@@ -327,7 +328,7 @@ def test_int8_coverage_of_ort_optimized_qdq_conv_net(tmp_path: Path) -> None:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    coverage = onnxslim.benchmark.int8_coverage(target, "cpu", sizes={"N": 2})
+    coverage = int8_coverage(target, "cpu", sizes={"N": 2})
     per_batch = {k: v // 2 for k, v in CONV_NET_MACS.items()}
     assert coverage.macs_per_kernel == {
         "QLinearConv": 2 * (per_batch["c1"] + per_batch["c2"]),
@@ -335,7 +336,7 @@ def test_int8_coverage_of_ort_optimized_qdq_conv_net(tmp_path: Path) -> None:
     }
     assert coverage.integer_macs == sum(CONV_NET_MACS.values()) and coverage.float_macs == 0
     assert coverage.uncounted_ops == [] and coverage.verdict == "int8"
-    float_coverage = onnxslim.benchmark.int8_coverage(source, "cpu", sizes={"N": 2})
+    float_coverage = int8_coverage(source, "cpu", sizes={"N": 2})
     # level "all" fuses Conv+Relu into FusedConv; Gemm stays
     assert float_coverage.macs_per_kernel == {
         "FusedConv": CONV_NET_MACS["c1"],
