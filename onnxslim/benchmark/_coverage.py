@@ -115,18 +115,22 @@ def _shape_table(model: ir.Model) -> dict[str, tuple[int, ...]]:
     """Shapes ORT's written model states: initializers, then its typed values."""
     shapes: dict[str, tuple[int, ...]] = {}
     graph = model.graph
-    for value in graph.initializers.values():
+    for name, value in graph.initializers.items():
         if value.const_value is not None:
-            shapes[value.name] = tuple(value.const_value.shape)
+            shapes[name] = tuple(value.const_value.shape.numpy())
     values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
     for value in values:
-        if value.shape is not None and value.shape.is_static():
-            shapes.setdefault(value.name, tuple(int(d) for d in value.shape))
+        if value.name and value.shape is not None and value.shape.is_static():
+            shapes.setdefault(value.name, value.shape.numpy())
     return shapes
 
 
 def _dequantized_values(model: ir.Model) -> set[str]:
-    return {node.outputs[0].name for node in model.graph if node.op_type in _DEQUANTIZE_OPS}
+    return {
+        name
+        for node in model.graph
+        if node.op_type in _DEQUANTIZE_OPS and (name := node.outputs[0].name) is not None
+    }
 
 
 def _attribute_macs(

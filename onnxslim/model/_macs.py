@@ -17,7 +17,7 @@ from onnxslim.model._ops import (
     WEIGHT_INPUTS,
 )
 
-__all__ = ["node_macs", "shape_lookup", "ShapeOf", "MAC_DOMAINS"]
+__all__ = ["node_macs", "shape_lookup", "static_shape", "ShapeOf", "MAC_DOMAINS"]
 
 ShapeOf = Callable[[ir.Value], "tuple[int, ...] | None"]
 # ORT's optimized graphs put fused/quantized kernels in com.microsoft (and its NHWC domain)
@@ -92,16 +92,21 @@ def node_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:
     return 0
 
 
+def static_shape(value: ir.Value) -> tuple[int, ...] | None:
+    """The value's declared shape when every dim is a number, else its constant's shape."""
+    if value.shape is not None and value.shape.is_static():
+        return value.shape.numpy()
+    if value.const_value is not None:
+        return tuple(value.const_value.shape.numpy())
+    return None
+
+
 def shape_lookup(shapes: Mapping[str, tuple[int, ...]]) -> ShapeOf:
     """A ``shape_of`` reading ``shapes`` by name, then the value's static shape, then its constant."""
 
     def shape_of(value: ir.Value) -> tuple[int, ...] | None:
-        if value.name in shapes:
+        if value.name is not None and value.name in shapes:
             return tuple(shapes[value.name])
-        if value.shape is not None and value.shape.is_static():
-            return tuple(int(d) for d in value.shape)
-        if value.const_value is not None:
-            return tuple(value.const_value.shape)
-        return None
+        return static_shape(value)
 
     return shape_of

@@ -69,14 +69,15 @@ def expose_values(
         if value.is_graph_input() or value.is_initializer():
             identity = ir.node("Identity", [value], num_outputs=1)
             identity.outputs[0].name = f"{name}{input_suffix}"
-            identity.outputs[0].dtype = value.dtype
+            if value.dtype is not None:
+                identity.outputs[0].dtype = value.dtype
             graph.append(identity)
             value = identity.outputs[0]
         if value.type is None and default_dtype is not None:
             value.dtype = default_dtype
         graph.outputs.append(value)
-        existing.add(value.name)
-        exposed[name] = value.name
+        exposed[name] = value.name or name
+        existing.add(exposed[name])
     return exposed, skipped
 
 

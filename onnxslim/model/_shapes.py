@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxslim._inputs import DimSizes, input_specs, resolve_shape
+from onnxslim.model._macs import static_shape
 from onnxslim.model._probe import ValueProbe
 
 __all__ = ["inferred_shapes", "observed_shapes"]
@@ -21,9 +22,7 @@ logger = logging.getLogger(__name__)
 _INLINE_LIMIT_BYTES = 1024
 
 
-def inferred_shapes(
-    model: ir.Model, sizes: DimSizes | None = None
-) -> dict[str, tuple[int, ...]]:
+def inferred_shapes(model: ir.Model, sizes: DimSizes | None = None) -> dict[str, tuple[int, ...]]:
     """Static shapes of every value ONNX shape inference can resolve, with inputs made concrete.
 
     The model is left exactly as it was (initializer order, input shapes, tensors).
@@ -42,13 +41,13 @@ def inferred_shapes(
             if tensor is None:
                 continue
             if value.shape is None:
-                value.shape = tensor.shape
+                value.shape = ir.Shape(tensor.shape.numpy())
             if value.dtype is None:
                 value.dtype = tensor.dtype
             if tensor.nbytes > _INLINE_LIMIT_BYTES:
                 if value not in graph.inputs:
                     graph.inputs.append(value)
-                graph.initializers.pop(value.name)
+                graph.initializers.pop(str(value.name))
                 value.const_value = None
         proto = ir.serde.serialize_model(model)
     finally:
@@ -140,14 +139,15 @@ def observed_shapes(
     values = [*graph.inputs, *graph.initializers.values()]
     values += [v for node in graph for v in node.outputs]
     for value in values:
-        if value.shape is not None and value.shape.is_static():
-            shapes[value.name] = tuple(int(d) for d in value.shape)
-        elif value.const_value is not None:
-            shapes[value.name] = tuple(value.const_value.shape)
+        shape = static_shape(value)
+        if shape is not None and value.name:
+            shapes[value.name] = shape
     try:
         results = ValueProbe(model, names, **probe_options).run(feeds)
-    except Exception as error:  # noqa: BLE001 - custom ops ORT lacks: static shapes only
-        logger.warning("could not run the model to observe shapes (%s); using inferred shapes", error)
+    except Exception as error:  # noqa: BLE001 - custom ops ORT lacks: inferred shapes below
+        logger.warning(
+            "could not run the model to observe shapes (%s); using inferred shapes", error
+        )
         results = {}
         sizes = {name: list(np.shape(array)) for name, array in feeds.items()}
         try:

@@ -55,14 +55,14 @@ def parameter_count(model: ir.Model) -> int:
     for value in model.graph.initializers.values():
         tensor = value.const_value
         if tensor is not None and tensor.dtype in PARAMETER_DTYPES:
-            total += math.prod(tensor.shape)
+            total += math.prod(tensor.shape.numpy())
     for node in model.graph:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attribute = node.attributes.get("value")
             if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
                 tensor = attribute.as_tensor()
                 if tensor.dtype in PARAMETER_DTYPES:
-                    total += math.prod(tensor.shape)
+                    total += math.prod(tensor.shape.numpy())
     return total
 
 
