@@ -283,6 +283,9 @@ def test_probe_reads_a_model_file_with_external_data(tmp_path: Path) -> None:
     probe = ValueProbe(path, ["c2", "p"])
     values = probe.run(feeds)
     assert values["c2"].shape == (1, 16, 16, 16) and values["p"].shape == (1, 16, 1, 1)
+    # the loaded model's external weights are hard-linked, not copied: same values
+    linked = ValueProbe(onnxslim.load(path), ["c2"]).run(feeds)
+    np.testing.assert_array_equal(linked["c2"], ValueProbe(m, ["c2"]).run(feeds)["c2"])
     # all main-graph values when no names are given, with a caller's session options
     options = onnxslim.session_options(intra_op_threads=1, optimization_level="all")
     every = ValueProbe(path, None, options=options).run(feeds)

@@ -81,6 +81,31 @@ def expose_values(
     return exposed, skipped
 
 
+def _link_external_weights(model: ir.Model, path: Path) -> bool:
+    """Writes the graph at ``path`` with its external weight files hard-linked beside it.
+
+    Big models' weights are then read where they are, not copied; False when the model has
+    no external weights or a file cannot be linked (another filesystem, an odd location).
+    """
+    files = {
+        (Path(tensor.base_dir), Path(tensor.location))
+        for value in model.graph.initializers.values()
+        if isinstance(tensor := value.const_value, ir.ExternalTensor)
+    }
+    if not files or any(loc.is_absolute() or ".." in loc.parts for _, loc in files):
+        return False
+    # ORT refuses data paths outside the model's folder, symlinks included: hard links only
+    try:
+        for base, location in files:
+            target = path.parent / location
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(base / location, target)
+    except OSError:
+        return False
+    ir.save(model, path)
+    return True
+
+
 class ValueProbe:
     """ONE ORT session over a copy of ``model`` whose values ``names`` are also graph outputs.
 
@@ -118,7 +143,8 @@ class ValueProbe:
             options = session_options(allow_spinning=False, optimization_level="disable")
         with tempfile.TemporaryDirectory(prefix="onnxslim-probe-") as tmp:
             path = Path(tmp) / "probe.onnx"
-            save(copy, path, external_data=external_data)
+            if external_data is True or not _link_external_weights(copy, path):
+                save(copy, path, external_data=external_data)
             del copy  # ORT holds its own weights from here on
             self.session = create_session(path, providers, options, provider_options)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
