@@ -348,3 +348,13 @@ def test_int8_coverage_of_ort_optimized_qdq_conv_net(tmp_path: Path) -> None:
     }
     assert math.isclose(float_coverage.total_macs, sum(CONV_NET_MACS.values()))
     assert "CPUExecutionProvider" in ort.get_available_providers()
+
+
+def test_augment_with_outputs_shim_keeps_its_names_and_float_default() -> None:
+    from onnxslim.calibration._collector import augment_with_outputs
+
+    m = ir.from_onnx_text(PROBE_MODEL)
+    augmented = augment_with_outputs(m, ["x", "r", "inner", "nope"])
+    assert [v.name for v in augmented.graph.outputs] == ["y", "x__calibration", "r"]
+    assert augmented.graph.outputs[2].dtype == ir.DataType.FLOAT
+    assert [v.name for v in m.graph.outputs] == ["y"]  # the original is untouched
