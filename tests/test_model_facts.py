@@ -271,6 +271,7 @@ def test_probe_returns_values_and_says_why_it_skips() -> None:
     np.testing.assert_array_equal(values["x"], x)
     np.testing.assert_array_equal(values["y"], -np.maximum(x, 0))
     assert probe.outputs == ("r", "n", "x", "y")
+    assert probe.run({"x": x, "c": np.array(True)}, []) == {}
     only = probe_values(m, ["n"], {"x": x, "c": np.array(False)})
     assert list(only) == ["n"] and only["n"].tolist() == [2, 3]
 

@@ -160,6 +160,8 @@ class ValueProbe:
     ) -> dict[str, Any]:
         """Values ``names`` (default: the exposed ones) for one batch of ``feeds``."""
         wanted = list(self.names if names is None else names)
+        if not wanted:  # ORT reads an empty fetch list as "every output"
+            return {}
         inputs = {k: v for k, v in feeds.items() if k in self.input_names}
         results = self.session.run([self._fetch[n] for n in wanted], inputs)
         return dict(zip(wanted, results, strict=True))
