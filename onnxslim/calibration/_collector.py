@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -176,7 +177,7 @@ class TensorStatistics:
                 sample = source
         self.minimum = min(self.minimum, low)
         self.maximum = max(self.maximum, high)
-        if self.average_minimum is None:
+        if self.average_minimum is None or self.average_maximum is None:
             self.average_minimum, self.average_maximum = low, high
         else:
             self.average_minimum += averaging_constant * (low - self.average_minimum)
@@ -446,6 +447,7 @@ class StatisticsCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{key}.npz"
         staging = path.with_suffix(".tmp.npz")
-        np.savez(staging, **collector.to_arrays())
+        arrays: dict[str, Any] = collector.to_arrays()
+        np.savez(staging, **arrays)
         os.replace(staging, path)
         return path

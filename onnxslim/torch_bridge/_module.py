@@ -90,17 +90,17 @@ class OnnxModule(nn.Module):
         self.opset = _opset(model)
         self.train_bn_stats = train_bn_stats
         self.return_dict = return_dict
-        self.input_names = [v.name for v in graph.inputs if not v.is_initializer()]
+        self.input_names = [str(v.name) for v in graph.inputs if not v.is_initializer()]
         self.output_names = [v.name for v in graph.outputs]
         self._check_supported(graph)
 
         trainable = self._trainable_initializers(graph)
         bn_statistics = {
-            node.inputs[index].name
+            statistic.name
             for node in graph
             if node.op_type == "BatchNormalization"
             for index in (3, 4)
-            if node.inputs[index] is not None and node.inputs[index].is_initializer()
+            if (statistic := node.inputs[index]) is not None and statistic.is_initializer()
         }
         self.weights = nn.ParameterDict()
         self.constants = nn.Module()
@@ -141,7 +141,7 @@ class OnnxModule(nn.Module):
         self._steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], bool, str]] = []
         self._kernels: list[Any] = []
         constant_keys: list[tuple[int, str]] = []
-        values_by_name: dict[str, ir.Value] = {v.name: v for v in graph.inputs}
+        values_by_name: dict[str, ir.Value] = {str(v.name): v for v in graph.inputs}
         values_by_name.update(graph.initializers)
         for node in graph:
             for output in node.outputs:
@@ -174,7 +174,7 @@ class OnnxModule(nn.Module):
                 "name values produced by its nodes."
             )
         self.intermediate_names = extra
-        self._result_slots = [(v.name, slot_of(v)) for v in graph.outputs] + [
+        self._result_slots = [(str(v.name), slot_of(v)) for v in graph.outputs] + [
             (name, slot_of(values_by_name[name])) for name in extra
         ]
         self._slot_count = len(slots)
