@@ -7,11 +7,16 @@ import logging
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
-from onnxscript.optimizer import _constant_folding
 from onnxscript.version_converter import ConvertVersionPass
 
-from onnxslim._errors import UnsupportedModelError
-from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+from onnxslim import PassContext, SlimPass, SlimPassResult, UnsupportedModelError
+from onnxslim.compat.onnxscript import (
+    AXES_AS_INPUT_RULES,
+    BATCHNORM_FOLDING_RULES,
+    DEFAULT_FOLD_INPUT_SIZE_LIMIT,
+    constant_folding_pass,
+    default_rewrite_rules,
+)
 from onnxslim.passes._cleanup_options import CleanupOptions
 
 __all__ = ["Cleanup", "CleanupOptions"]
@@ -103,22 +108,18 @@ class Cleanup(SlimPass):
         return True
 
     def _simplify_passes(self, opset: int | None) -> list[ir.passes.PassBase]:
-        def keep(rule: object) -> bool:
-            label = f"{type(rule).__name__} {getattr(rule, 'name', '')}"
-            if not self.settings.fuse_batchnorm and "BatchNorm" in label:
-                return False
+        excluded: frozenset[str] = frozenset()
+        if not self.settings.fuse_batchnorm:
+            excluded |= BATCHNORM_FOLDING_RULES
+        if opset is not None and opset < 13:
             # these rules emit opset-13 forms (axes as an input): wrong in older graphs
-            return not (
-                opset is not None and opset < 13 and ("Unsqueeze" in label or "Squeeze" in label)
-            )
-
-        rules = [rule for rule in rewriter._DEFAULT_REWRITE_RULES if keep(rule)]
+            excluded |= AXES_AS_INPUT_RULES
+        rules = default_rewrite_rules(exclude=excluded)
         steps: list[ir.passes.PassBase] = []
         if self.settings.fold_constants:
             steps.append(
-                _constant_folding.FoldConstantsPass(
-                    shape_inference=True,
-                    input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                constant_folding_pass(
+                    input_size_limit=DEFAULT_FOLD_INPUT_SIZE_LIMIT,
                     output_size_limit=_FOLD_OUTPUT_LIMIT,
                     should_fold=_should_fold,
                 )

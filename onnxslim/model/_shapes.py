@@ -10,7 +10,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim._inputs import DimSizes, input_specs, resolve_shape
+from onnxslim.compat.onnxruntime import symbolic_shape_inference
+from onnxslim.inputs import DimSizes, input_specs, resolve_shape
 from onnxslim.model._macs import static_shape
 from onnxslim.model._probe import ValueProbe
 
@@ -86,29 +87,10 @@ def inferred_shapes(model: ir.Model, sizes: DimSizes | None = None) -> dict[str,
     return shapes
 
 
-def _symbolic_infer(proto: onnx.ModelProto) -> onnx.ModelProto | None:
-    """ORT's symbolic shape inference, keeping partial results.
-
-    Its public ``infer_shapes`` raises on an incomplete result and first writes
-    ``sym_shape_infer_temp.onnx`` into the working directory; the same steps without that.
-    """
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference, get_opset
-
-    opset = get_opset(proto)
-    if not opset or opset < 7:
-        return None
-    inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
-    inference._preprocess(proto)
-    while inference.run_:
-        inference._infer_impl()
-    inference._update_output_from_vi()
-    return inference.out_mp_
-
-
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     """ORT's symbolic shape inference (follows Range, Shape arithmetic into Reshape), then onnx's."""
     try:
-        inferred = _symbolic_infer(proto)
+        inferred = symbolic_shape_inference(proto)
         if inferred is not None:
             return inferred
     except Exception as error:  # unsupported op or failed merge: fall back to onnx's inference

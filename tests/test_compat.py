@@ -1,0 +1,63 @@
+"""The upstream names onnxslim reaches privately still exist and behave as we use them."""
+
+from __future__ import annotations
+
+import onnx
+import onnx_ir as ir
+import pytest
+from onnxscript import rewriter
+
+from onnxslim.compat.onnxruntime import symbolic_shape_inference
+from onnxslim.compat.onnxscript import (
+    AXES_AS_INPUT_RULES,
+    BATCHNORM_FOLDING_RULES,
+    DEFAULT_FOLD_INPUT_SIZE_LIMIT,
+    constant_folding_pass,
+    default_rewrite_rules,
+)
+
+
+def test_every_rule_we_exclude_by_name_is_a_default_rule() -> None:
+    names = {getattr(rule, "name", None) for rule in rewriter._DEFAULT_REWRITE_RULES}
+    assert BATCHNORM_FOLDING_RULES <= names
+    assert AXES_AS_INPUT_RULES <= names
+    kept = default_rewrite_rules(exclude=BATCHNORM_FOLDING_RULES)
+    assert len(kept) == len(rewriter._DEFAULT_REWRITE_RULES) - len(BATCHNORM_FOLDING_RULES)
+    assert not {getattr(rule, "name", None) for rule in kept} & BATCHNORM_FOLDING_RULES
+
+
+def test_constant_folding_pass_folds_an_add_of_constants() -> None:
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2] x) => (float[2] y) <float[2] a = {1.0, 2.0}, float[2] b = {3.0, 4.0}> {
+            c = Add (a, b)
+            y = Mul (x, c)
+        }
+        """
+    )
+    assert DEFAULT_FOLD_INPUT_SIZE_LIMIT > 0
+    result = constant_folding_pass(
+        input_size_limit=DEFAULT_FOLD_INPUT_SIZE_LIMIT,
+        output_size_limit=1 << 20,
+        should_fold=lambda node: None,
+    )(model)
+    assert result.modified
+    assert [node.op_type for node in result.model.graph] == ["Mul"]
+
+
+@pytest.mark.parametrize("opset, expected", [(13, [2, 12]), (6, None)])
+def test_symbolic_shape_inference_follows_reshape_arithmetic(opset: int, expected) -> None:
+    text = f"""
+        <ir_version: 8, opset_import: ["" : {opset}]>
+        g (float[2, 3, 4] x) => (float[?, ?] y) <int64[2] shape = {{2, -1}}> {{
+            y = Reshape (x, shape)
+        }}
+    """
+    proto = onnx.parser.parse_model(text) if opset >= 7 else onnx.parser.parse_model(text)
+    inferred = symbolic_shape_inference(proto)
+    if expected is None:
+        assert inferred is None
+        return
+    dims = inferred.graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == expected
