@@ -242,6 +242,8 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from onnxslim._json import json_safe
+
     sizes = dict(args.shape or [])
     info = _inspect_dict(args.model, sizes)
     if args.groups:
@@ -250,7 +252,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
         info["groups"] = get_pass_hook("prune", "groups")(load(args.model), sizes or None)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(json_safe(info), indent=2, allow_nan=False))
         return 0
     print(f"model:      {info['model']}")
     print(
