@@ -197,3 +197,25 @@ def test_bench_data_with_a_wrong_input_name_fails_before_timing(
     ]
     assert not (tmp_path / "b.json").exists()
     assert isinstance(open_reader(data, None), NpzReader)
+
+
+def test_an_ort_style_reader_is_pipeline_data(conv_bn_path: Path) -> None:
+    class OrtStyle:  # get_next()/rewind() only, as onnxruntime.quantization expects
+        def __init__(self) -> None:
+            self.items = [{"x": _stack(2, seed)} for seed in range(3)]
+            self.index = 0
+
+        def get_next(self):
+            if self.index >= len(self.items):
+                return None
+            self.index += 1
+            return self.items[self.index - 1]
+
+        def rewind(self) -> None:
+            self.index = 0
+
+    probe = Probe()
+    result = onnxslim.Pipeline([probe], num_samples=2).run(conv_bn_path, data=OrtStyle())
+    assert result.report.samples == 2
+    assert probe.seen["verification"] == [(2, 3, 8, 8)] * 2  # its items, as given
+    assert probe.seen["batches"] == [2, 2, 2] and probe.seen["reopened_at_2"] == [2, 2, 2]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -179,6 +180,9 @@ def open_samples(
         return IterableReader([batch], input_name=key, batched=True, specs=specs, **options)
     if as_given:
         options["batch_size"] = None
+    if callable(getattr(source, "get_next", None)) and not isinstance(source, Iterable):
+        # ONNX Runtime's CalibrationDataReader protocol: each reading starts from the top
+        source = functools.partial(_iterate, source)
     if isinstance(source, Iterable) or callable(source):
         return _from_iterable(source, specs, input_name, **options)
     raise InputDataError(
