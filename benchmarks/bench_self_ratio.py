@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from onnxslim.benchmark import benchmark, machine_info
-from onnxslim.benchmark._cli import parse_shape
+from onnxslim.inputs import parse_size_argument
 
 
 def _default_model(workdir: Path) -> tuple[Path, dict]:
@@ -39,7 +39,7 @@ def _default_model(workdir: Path) -> tuple[Path, dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--shape", action="append", default=[], type=parse_shape)
+    parser.add_argument("--shape", action="append", default=[], type=parse_size_argument)
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--runs", type=int, default=40, help="interleaved rounds per repetition")
     parser.add_argument("--warmup", type=int, default=5)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from onnxslim._json import json_safe
 from onnxslim._sweep import corpus_models, summarize, sweep_model
 from onnxslim.registry import get_pass_class
 
@@ -70,7 +71,9 @@ def main() -> None:
     print(f"models: {len(models)}, wall time {time.perf_counter() - started:.0f}s")
     print(summarize(outcomes))
     if args.json:
-        args.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=1))
+        # json_safe: an identical output's infinite SQNR is "inf", not the invalid token Infinity
+        outcomes_json = json_safe([o.__dict__ for o in outcomes])
+        args.json.write_text(json.dumps(outcomes_json, indent=1, allow_nan=False))
 
 
 if __name__ == "__main__":

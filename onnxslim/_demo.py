@@ -17,10 +17,10 @@ import onnxruntime as ort
 
 from onnxslim._pipeline import Pipeline
 from onnxslim._recipe import recipe_to_toml
-from onnxslim._runtime import create_session
 from onnxslim.data import demo_data, demo_model_path
 from onnxslim.formatting import human_bytes, human_count
 from onnxslim.registry import get_pass_class
+from onnxslim.runtime import create_session
 
 __all__ = ["demo_passes", "run_demo", "predict"]
 

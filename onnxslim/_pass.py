@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim._errors import SlimError, VerificationError
+from onnxslim.inputs import SampleReader
 from onnxslim.options import OptionSpec, option_specs, option_values
 
-__all__ = ["PassContext", "SampleSource", "SlimPass", "SlimPassResult", "run_pass"]
-
-# What a pass may read samples from: a reader with ``get_next()``, or an iterable of feeds.
-# wave 2: onnxslim.inputs.SampleReader
-SampleSource: TypeAlias = Any | Iterable[Mapping[str, np.ndarray]]
+__all__ = ["PassContext", "SlimPass", "SlimPassResult", "run_pass"]
 
 
 @dataclasses.dataclass
@@ -35,7 +32,8 @@ class PassContext:
     Attributes:
         reference_path: The model as it entered the pipeline, saved on disk (teacher, fidelity).
         sample_inputs: Input feeds used for verification (one dict per sample).
-        data: The user's data reader for verification/calibration, if any.
+        data: The user's data, opened once by the pipeline (``onnxslim.inputs.open_samples``):
+            iterate it for batches, or ``open_samples(context.data, model, batch_size=...)``.
         sizes: Sizes for symbolic dims (dim name or input name -> size/shape).
         providers: ORT execution providers the model is meant for.
         workdir: A scratch folder that lives as long as the pipeline run.
@@ -43,7 +41,7 @@ class PassContext:
 
     reference_path: Path | None = None
     sample_inputs: Sequence[Mapping[str, np.ndarray]] = ()
-    data: SampleSource | None = None
+    data: SampleReader | None = None
     sizes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     providers: Sequence[str] = ("CPUExecutionProvider",)
     workdir: Path | None = None

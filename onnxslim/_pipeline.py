@@ -10,7 +10,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,24 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim._errors import InputDataError, SlimError, VerificationError
-from onnxslim._inputs import DimSizes, input_specs, random_inputs
+from onnxslim._errors import SlimError, VerificationError
 from onnxslim._io import load, model_file_size, save
 from onnxslim._json import json_safe
-from onnxslim._pass import PassContext, SampleSource, SlimPass, run_pass
-from onnxslim._runtime import create_session, resolve_providers, session_options
+from onnxslim._pass import PassContext, SlimPass, run_pass
 from onnxslim._stats import model_stats
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.formatting import human_bytes, human_count
+from onnxslim.inputs import (
+    DimSizes,
+    SampleReader,
+    input_specs,
+    open_samples,
+    random_inputs,
+    samples,
+)
+from onnxslim.runtime import create_session, resolve_providers, session_options
 
-__all__ = ["Bounds", "Pipeline", "Report", "StageRecord", "Result", "collect_samples"]
+__all__ = ["Bounds", "Pipeline", "Report", "StageRecord", "Result"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,64 +149,6 @@ class Result:
         return save(self.model, path, **kwargs)
 
 
-def _is_reader(data: Any) -> bool:
-    return hasattr(data, "get_next") and callable(data.get_next)
-
-
-def _iterate(data: Any) -> Iterable[Any]:
-    if _is_reader(data):
-        if hasattr(data, "rewind"):
-            data.rewind()
-        while (item := data.get_next()) is not None:
-            yield item
-        if hasattr(data, "rewind"):
-            data.rewind()
-    else:
-        yield from data
-
-
-def collect_samples(model: ir.Model, data: Any, limit: int) -> list[Feeds]:
-    """Up to ``limit`` feeds from a reader or iterable; names and dtypes checked against the model."""
-    specs = {spec.name: spec for spec in input_specs(model)}
-    samples: list[Feeds] = []
-    for item in _iterate(data):
-        if not isinstance(item, Mapping):
-            if len(specs) != 1:
-                raise InputDataError(
-                    f"data items must be dicts keyed by input name for a model with inputs "
-                    f"{sorted(specs)}; got {type(item).__name__}."
-                )
-            item = {next(iter(specs)): item}
-        feeds = {}
-        for name, array in item.items():
-            if name not in specs:
-                raise InputDataError(
-                    f"data has input '{name}' which the model does not have; model inputs: {sorted(specs)}."
-                )
-            array = np.asarray(array)
-            if array.dtype != specs[name].dtype:
-                raise InputDataError(
-                    f"input '{name}': model expects {specs[name].dtype}, data has {array.dtype}; convert the data."
-                )
-            expected = specs[name].shape
-            if len(expected) != array.ndim or any(
-                isinstance(d, int) and d != s for d, s in zip(expected, array.shape)
-            ):
-                raise InputDataError(
-                    f"input '{name}': model expects shape {list(expected)}, data has {list(array.shape)}."
-                )
-            feeds[name] = array
-        missing = sorted(set(specs) - set(feeds))
-        if missing:
-            raise InputDataError(f"data lacks model input(s) {missing}; provide every input.")
-        samples.append(feeds)
-        if len(samples) >= limit:
-            break
-    if not samples:
-        raise InputDataError("the data reader yielded no samples; check the data source.")
-    return samples
-
-
 def _signature(model: ir.Model) -> tuple[list[tuple[Any, Any]], list[tuple[Any, Any]]]:
     inputs = [(spec.name, spec.dtype) for spec in input_specs(model)]
     outputs = [(value.name, value.dtype) for value in model.graph.outputs]
@@ -243,7 +192,7 @@ class Pipeline:
         self,
         model: ir.Model | str | os.PathLike,
         *,
-        data: SampleSource | None = None,
+        data: Any = None,
         sizes: DimSizes | None = None,
         providers: str | Sequence[str] | None = None,
         progress: Callable[[str], None] | None = None,
@@ -252,6 +201,9 @@ class Pipeline:
     ) -> Result:
         """Optimizes ``model`` (a path, or an in-memory model which is not modified).
 
+        ``data``: anything :func:`onnxslim.inputs.open_samples` takes, opened once here and
+        handed to every pass as ``PassContext.data``; a reader is used as is, an iterable's
+        items are verification feeds as given.
         ``stage_dir``: also keep every stage's model there (``01-cleanup.onnx`` …), e.g. to
         benchmark the accuracy/latency trade-off across stages.
         ``source``: the file an in-memory ``model`` was just loaded from. That file is then the
@@ -265,18 +217,23 @@ class Pipeline:
         with tempfile.TemporaryDirectory(prefix="onnxslim-run-") as workdir:
             workdir_path = Path(workdir)
             reference_path, working, label = _working_model(model, source, workdir_path)
-            samples, sample_source = self._samples(working, data, sizes)
+            reader = (
+                None if data is None else open_samples(data, working, batch_size=None, sizes=sizes)
+            )
+            verification, sample_source = self._samples(working, reader, sizes)
             context = PassContext(
                 reference_path=reference_path,
-                sample_inputs=samples,
-                data=data,
+                sample_inputs=verification,
+                data=reader,
                 sizes=dict(sizes or {}),
                 providers=resolved_providers,
                 workdir=workdir_path,
             )
-            report = Report(model=label, samples=len(samples), sample_source=sample_source)
+            report = Report(model=label, samples=len(verification), sample_source=sample_source)
             signature = _signature(working)
-            reference_outputs = self._outputs(working, samples, resolved_providers, stage="input")
+            reference_outputs = self._outputs(
+                working, verification, resolved_providers, stage="input"
+            )
             report.stages.append(
                 self._record("input", working, sizes, model_file_size(reference_path))
             )
@@ -300,7 +257,7 @@ class Pipeline:
                     slim_pass,
                     working,
                     signature,
-                    samples,
+                    verification,
                     sizes,
                     resolved_providers,
                     reference_outputs,
@@ -321,12 +278,12 @@ class Pipeline:
             return Result(model=working, report=report)
 
     def _samples(
-        self, working: ir.Model, data: SampleSource | None, sizes: DimSizes | None
+        self, working: ir.Model, reader: SampleReader | None, sizes: DimSizes | None
     ) -> tuple[list[Feeds], str]:
-        if data is not None:
-            return collect_samples(working, data, self.num_samples), "the given data"
-        samples = [random_inputs(working, sizes, seed=seed) for seed in range(self.num_samples)]
-        return samples, "random inputs (smoke data)"
+        if reader is not None:
+            return samples(reader, working, self.num_samples), "the given data"
+        feeds = [random_inputs(working, sizes, seed=seed) for seed in range(self.num_samples)]
+        return feeds, "random inputs (smoke data)"
 
     @staticmethod
     def _outputs(

@@ -19,7 +19,7 @@ import onnx
 
 from onnxslim._errors import SlimError, VerificationError
 from onnxslim._pipeline import Pipeline
-from onnxslim._runtime import create_session
+from onnxslim.runtime import create_session
 
 __all__ = ["Outcome", "corpus_models", "sweep_model", "reason_group", "stored_data", "summarize"]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxslim._errors import SlimError
+from onnxslim.inputs import parse_size_argument
 
 __all__ = ["main"]
 
@@ -28,26 +29,6 @@ class _Terminated(KeyboardInterrupt):
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
-
-
-def _parse_shapes(items: list[str] | None) -> dict[str, Any]:
-    """``name=1x3x224x224`` (an input's full shape) or ``dim=8`` (a symbolic dim)."""
-    # wave 2: onnxslim.inputs.parse_size_argument (one parser with benchmark._cli.parse_shape)
-    sizes: dict[str, Any] = {}
-    for item in items or []:
-        name, sep, text = item.partition("=")
-        if not sep or not name or not text:
-            raise SlimError(
-                f"--shape '{item}': write NAME=1x3x224x224 (an input) or DIM=8 (a symbolic dim)."
-            )
-        try:
-            dims = [int(d) for d in text.lower().split("x")]
-        except ValueError:
-            raise SlimError(f"--shape '{item}': sizes must be integers separated by 'x'.") from None
-        if any(d <= 0 for d in dims):
-            raise SlimError(f"--shape '{item}': sizes must be positive.")
-        sizes[name] = dims[0] if len(dims) == 1 else dims
-    return sizes
 
 
 def _progress(args: argparse.Namespace):
@@ -126,7 +107,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from onnxslim._recipe import load_recipe
     from onnxslim.fidelity import FidelityBounds
 
-    sizes = _parse_shapes(args.shape)
+    sizes = dict(args.shape or [])
     output = Path(args.output)
     if output.resolve() == Path(args.model).resolve() and not args.overwrite:
         raise SlimError(
@@ -152,15 +133,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     pipeline = Pipeline(
         passes, verify=verify and not args.no_verify, bounds=bounds, num_samples=num_samples
     )
-    data = None
-    if args.data is not None:
-        from onnxslim.calibration import open_reader
-
-        data = open_reader(args.data, model, sizes=sizes or None)
-    # source: the user's file is the reference (the distillation teacher), not a saved copy
+    # source: the user's file is the reference (the distillation teacher), not a saved copy;
+    # the pipeline opens --data once (onnxslim.inputs.open_samples) for verification and passes
     result = pipeline.run(
         model,
-        data=data,
+        data=args.data,
         sizes=sizes,
         providers=providers,
         progress=_progress(args),
@@ -194,6 +171,7 @@ def _bench_input_output(
 ) -> tuple[Any, list[str], str]:
     """Benchmarks input vs output on the ``--bench`` providers; writes the HTML page beside the output."""
     from onnxslim.benchmark import Gates, benchmark, check_gates
+    from onnxslim.fidelity import FidelityBounds
 
     bench = benchmark(
         [args.model, output], providers=args.bench, sizes=sizes or None, labels=["input", "output"]
@@ -201,9 +179,10 @@ def _bench_input_output(
     html = output.with_suffix(".bench.html")
     bench.write(html_path=html)
     gates = Gates(
+        fidelity=FidelityBounds(
+            min_sqnr_db=args.gate_min_sqnr, min_top1_agreement=args.gate_min_top1
+        ),
         max_latency_ratio=args.max_latency_ratio,
-        min_sqnr=args.gate_min_sqnr,
-        min_top1_agreement=args.gate_min_top1,
         max_size_ratio=args.max_size_ratio,
     )
     return bench, check_gates(bench, gates), bench.to_markdown() + f"\nbenchmark page: {html}"
@@ -215,9 +194,9 @@ def _bench_input_output(
 def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
     import onnx_ir as ir
 
-    from onnxslim._inputs import input_specs, resolve_shape
     from onnxslim._io import load, model_file_size
     from onnxslim._stats import model_stats
+    from onnxslim.inputs import input_specs, resolve_shape
 
     model = load(path)
     stats = model_stats(model, sizes)
@@ -263,7 +242,9 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    sizes = _parse_shapes(args.shape)
+    from onnxslim._json import json_safe
+
+    sizes = dict(args.shape or [])
     info = _inspect_dict(args.model, sizes)
     if args.groups:
         from onnxslim._io import load
@@ -271,7 +252,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
         info["groups"] = get_pass_hook("prune", "groups")(load(args.model), sizes or None)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(json_safe(info), indent=2, allow_nan=False))
         return 0
     print(f"model:      {info['model']}")
     print(
@@ -445,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument(
         "--shape",
         action="append",
+        type=parse_size_argument,
         metavar="NAME=DIMS",
         help="size of a symbolic dim or input, e.g. batch=1 or x=1x3x224x224",
     )
@@ -497,7 +479,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect_cmd.add_argument("model")
     inspect_cmd.add_argument(
-        "--shape", action="append", metavar="NAME=DIMS", help="sizes for symbolic dims (MACs)"
+        "--shape",
+        action="append",
+        type=parse_size_argument,
+        metavar="NAME=DIMS",
+        help="sizes for symbolic dims (MACs)",
     )
     inspect_cmd.add_argument("--groups", action="store_true", help="list structured-pruning groups")
     inspect_cmd.add_argument("--json", action="store_true", help="print JSON")
@@ -526,7 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # a bad flag (e.g. --shape) is a user error: exit code 2, returned
+        return exit_.code if isinstance(exit_.code, int) else 2
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

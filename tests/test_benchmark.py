@@ -28,6 +28,7 @@ from onnxslim.benchmark import (
 )
 from onnxslim.benchmark._cli import build_parser, run_bench
 from onnxslim.benchmark._runner import MemoryProbe
+from onnxslim.fidelity import FidelityBounds
 
 CONV_MACS = 8 * 8 * 8 * (3 * 3 * 3)  # per sample: 8 out channels x 8x8 pixels x (3 in x 3x3)
 MATMUL_MACS = 512 * 10
@@ -340,8 +341,8 @@ def test_gate_max_latency_ratio(gate_result):
 def test_gate_min_sqnr(gate_result):
     sqnr = gate_result.find("int8").fidelity.sqnr_db
     subset = _only(gate_result, "float", "int8")
-    assert check_gates(subset, Gates(min_sqnr=sqnr - 0.1)) == []
-    (reason,) = check_gates(subset, Gates(min_sqnr=sqnr + 0.1))
+    assert check_gates(subset, Gates(fidelity=FidelityBounds(min_sqnr_db=sqnr - 0.1))) == []
+    (reason,) = check_gates(subset, Gates(fidelity=FidelityBounds(min_sqnr_db=sqnr + 0.1)))
     assert reason == f"int8 on CPU batch 4: SQNR {sqnr:.1f} dB < {sqnr + 0.1:g} dB vs float"
 
 
@@ -350,10 +351,15 @@ def test_gate_min_top1_agreement(gate_result):
     noisy_top1 = gate_result.find("noisy").fidelity.top1_agreement
     assert noisy_top1 < int8_top1  # a 10x weight perturbation flips more argmaxes than int8
     assert (
-        check_gates(_only(gate_result, "float", "int8"), Gates(min_top1_agreement=int8_top1)) == []
+        check_gates(
+            _only(gate_result, "float", "int8"),
+            Gates(fidelity=FidelityBounds(min_top1_agreement=int8_top1)),
+        )
+        == []
     )
     (reason,) = check_gates(
-        _only(gate_result, "float", "noisy"), Gates(min_top1_agreement=int8_top1)
+        _only(gate_result, "float", "noisy"),
+        Gates(fidelity=FidelityBounds(min_top1_agreement=int8_top1)),
     )
     assert (
         reason == f"noisy on CPU batch 4: top-1 agreement {noisy_top1:.4f} < {int8_top1:g} vs float"
@@ -372,7 +378,7 @@ def test_gate_max_size_ratio(gate_result):
 def test_gates_need_a_candidate(models):
     result = benchmark([models["float"]], runs=1, warmup=0, coverage=False)
     with pytest.raises(onnxslim.SlimError, match="at least two models"):
-        check_gates(result, Gates(min_sqnr=30))
+        check_gates(result, Gates(fidelity=FidelityBounds(min_sqnr_db=30)))
 
 
 # ---------------------------------------------------------------- CLI and reports
@@ -563,10 +569,10 @@ def test_records_keep_floats_and_json_writes_inf_and_nan_as_strings(models):
 
 
 def test_json_value_encodes_every_non_finite_float():
-    from onnxslim.benchmark._records import _json_value
+    from onnxslim._json import json_safe  # the benchmark's JSON edge (was _records._json_value)
 
     value = {"a": [math.inf, -math.inf, math.nan, np.float32(1.5)], "b": (2, None, "x")}
-    assert _json_value(value) == {"a": ["inf", "-inf", "nan", 1.5], "b": [2, None, "x"]}
+    assert json_safe(value) == {"a": ["inf", "-inf", "nan", 1.5], "b": [2, None, "x"]}
 
 
 def test_report_does_not_import_the_result_module():

@@ -374,7 +374,7 @@ def test_entropy_ignores_a_spike_of_exact_zeros():
 
 def test_batches_are_views_of_a_chunk_and_cross_chunk_boundaries_in_order(tmp_path):
     from onnxslim.calibration import open_reader
-    from onnxslim.calibration._readers import NpyFolderReader
+    from onnxslim.inputs import NpyFolderReader
 
     np.savez(tmp_path / "data.npz", x=np.arange(10, dtype=np.float32).reshape(10, 1))
     reader = open_reader(str(tmp_path / "data.npz"), None, batch_size=3)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import onnxslim
 from onnxslim import SlimError
 from onnxslim._recipe import parse_recipe
-from onnxslim.cli import _parse_shapes
+from onnxslim.inputs import parse_size_argument
 from tests.conftest import conv_bn_model
 
 FUZZ = settings(
@@ -138,7 +138,7 @@ def test_recipes_parse_or_fail_cleanly(document: dict) -> None:
 @given(items=st.lists(st.text(max_size=20), max_size=4))
 def test_shape_flags_parse_or_fail_cleanly(items: list[str]) -> None:
     try:
-        sizes = _parse_shapes(items)
+        sizes = dict(parse_size_argument(item) for item in items)
     except SlimError as error:
         assert "--shape" in str(error)
     else:

@@ -11,7 +11,6 @@ import onnxruntime as ort
 import pytest
 
 from onnxslim import InputDataError
-from onnxslim._pipeline import collect_samples
 from onnxslim.inputs import (
     FeedsReader,
     IterableReader,
@@ -307,11 +306,13 @@ def test_whole_feeds_are_used_exactly(recurrent):
 
 
 # -- samples() and the benchmark ------------------------------------------------------------------
-def test_samples_is_collect_samples(tmp_path, recurrent):
+def test_samples_takes_items_as_given(tmp_path, recurrent):
+    # what the removed _pipeline.collect_samples returned: the items as given
     state, x = recurrent_data(5)
     items = [{"state": state[:, :3], "x": x[:3], "sr": np.float32(1)}]
-    for data in (items, open_samples(feeds=items)):
-        ours, theirs = samples(data, recurrent, 4), collect_samples(recurrent, data, 4)
+    pipeline_reader = open_samples(items, recurrent, batch_size=None)
+    for data in (items, open_samples(feeds=items), pipeline_reader):
+        ours, theirs = samples(data, recurrent, 4), items
         assert len(ours) == len(theirs) == 1
         assert all(np.array_equal(ours[0][k], theirs[0][k]) for k in theirs[0])
     np.savez(tmp_path / "d.npz", state=state, x=x, sr=np.float32(1))

@@ -8,8 +8,7 @@ import onnx_ir as ir
 import pytest
 
 from onnxslim import InputDataError
-from onnxslim._pipeline import collect_samples
-from onnxslim.calibration import IterableReader, NpzReader, open_reader, validate_feeds
+from onnxslim.inputs import IterableReader, NpzReader, open_reader, samples, validate_feeds
 
 TWO_INPUTS = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -53,21 +52,21 @@ def feeds(count: int = 2) -> dict[str, np.ndarray]:
         ([], "the data reader yielded no samples; check the data source."),
     ],
 )
-def test_collect_samples_messages(model, data, message):
+def test_samples_messages(model, data, message):
     with pytest.raises(InputDataError) as error:
-        collect_samples(model, data, 4)
+        samples(data, model, 4)
     assert str(error.value) == message
 
 
-def test_collect_samples_takes_items_as_given_and_reader_batches(model):
+def test_samples_takes_items_as_given_and_reader_batches(model):
     items = [feeds(2), feeds(5), feeds(1)]
-    got = collect_samples(model, items, 2)
+    got = samples(items, model, 2)
     assert [len(f["a"]) for f in got] == [2, 5]
     assert got[0]["a"] is items[0]["a"]  # used as given, no copy
     reader = IterableReader([feeds(5)], batched=True, batch_size=2)
-    assert [len(f["a"]) for f in collect_samples(model, reader, 10)] == [2, 2, 1]
+    assert [len(f["a"]) for f in samples(reader, model, 10)] == [2, 2, 1]
     # the reader is rewound: a second call reads the same feeds
-    assert [len(f["a"]) for f in collect_samples(model, reader, 10)] == [2, 2, 1]
+    assert [len(f["a"]) for f in samples(reader, model, 10)] == [2, 2, 1]
 
 
 @pytest.mark.parametrize(
@@ -99,7 +98,7 @@ def test_collect_samples_takes_items_as_given_and_reader_batches(model):
     ],
 )
 def test_validate_feeds_messages(model, given, message):
-    from onnxslim._inputs import input_specs
+    from onnxslim.inputs import input_specs
 
     with pytest.raises(InputDataError) as error:
         validate_feeds(given, input_specs(model), "src")

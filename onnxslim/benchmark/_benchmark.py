@@ -7,7 +7,7 @@ import dataclasses
 import gc
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +16,12 @@ import onnxruntime as ort
 
 import onnxslim
 from onnxslim._errors import InputDataError, SlimError
-from onnxslim._fidelity import compare_outputs
-from onnxslim._inputs import DimSizes
 from onnxslim.benchmark._coverage import Int8Coverage, int8_coverage
 from onnxslim.benchmark._records import LatencyStats, Measurement, RatioStats
 from onnxslim.benchmark._results import BenchmarkResult
 from onnxslim.benchmark._runner import MemoryProbe, SessionRunner
+from onnxslim.fidelity import compare_outputs
+from onnxslim.inputs import BatchedReader, DimSizes, benchmark_feeds, open_samples
 from onnxslim.runtime import (
     gpu_memory_used,
     interleaved_timing,
@@ -39,6 +39,7 @@ Metric = Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.
 
 _DEFAULT_RUNS = 30
 _MIN_RUNS_IN_BUDGET = 3
+_TIMED_DATA_FEEDS = 16  # timed runs cycle through up to this many feeds of the data
 
 
 def _labels(paths: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
@@ -68,16 +69,12 @@ def _provider_options_for(
     return None
 
 
-def _data_batch(feed: Mapping[str, np.ndarray]) -> int:
-    first = next(iter(feed.values()), None)
-    return int(first.shape[0]) if first is not None and first.ndim > 0 else 1
-
-
-def _read_data(data: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    samples = [{name: np.asarray(value) for name, value in feed.items()} for feed in data]
-    if not samples:
-        raise InputDataError("the data reader yielded no samples; give at least one input dict.")
-    return samples
+def _open_data(data: object, reference: ir.Model) -> BatchedReader:
+    """Samples (an .npz, a folder, a reader) fed in batches of the batch sizes; an iterable of
+    input dicts is whole feeds, each used as given (its batch is the data's own)."""
+    if isinstance(data, (str, os.PathLike, np.ndarray, Mapping, BatchedReader)):
+        return open_samples(data, reference)
+    return open_samples(feeds=data, model=reference)  # type: ignore[arg-type]
 
 
 def _generated_feeds(
@@ -171,15 +168,18 @@ def _models(
 
 def _feeds(
     reference: ir.Model,
-    samples: list[dict[str, np.ndarray]] | None,
+    reader: BatchedReader | None,
     sizes: DimSizes | None,
     batch: int,
     fidelity_samples: int,
     seed: int,
 ) -> tuple[list[dict], list[dict]]:
-    """(timed feeds, fidelity feeds): the data's samples, or inputs generated for ``batch``."""
-    if samples is not None:
-        return samples, samples[:fidelity_samples]
+    """(timed feeds, fidelity feeds): the data's feeds of ``batch`` samples (validated before
+    any timing), or inputs generated for ``batch``."""
+    if reader is not None:
+        count = max(1, fidelity_samples, _TIMED_DATA_FEEDS)
+        feeds = benchmark_feeds(reader, reference, batch_size=batch, count=count)
+        return feeds, feeds[:fidelity_samples]
     fidelity_feeds = _generated_feeds(reference, sizes, batch, max(1, fidelity_samples), seed)
     return fidelity_feeds[:1], fidelity_feeds
 
@@ -316,7 +316,7 @@ def _settings(
     providers: list[str],
     provider_options: Mapping[str, Mapping[str, object]] | None,
     batches: list[int],
-    samples: list[dict[str, np.ndarray]] | None,
+    data_fidelity_samples: int | None,
     memory_method: str,
     *,
     intra_op_threads: int | None,
@@ -342,9 +342,9 @@ def _settings(
         "warmup_runs": warmup,
         "runs": runs,
         "time_budget_s": time_budget_s,
-        "inputs": "data" if samples is not None else "generated",
-        "fidelity_samples": len(samples[:fidelity_samples])
-        if samples is not None
+        "inputs": "data" if data_fidelity_samples is not None else "generated",
+        "fidelity_samples": data_fidelity_samples
+        if data_fidelity_samples is not None
         else fidelity_samples,
         "interleaved": True,
         "allow_spinning": allow_spinning,
@@ -360,7 +360,7 @@ def benchmark(
     provider_options: Mapping[str, Mapping[str, object]] | None = None,
     batch_sizes: Sequence[int] | None = None,
     sizes: DimSizes | None = None,
-    data: Iterable[Mapping[str, np.ndarray]] | None = None,
+    data: object = None,
     intra_op_threads: int | None = None,
     inter_op_threads: int | None = None,
     optimization_level: str = "all",
@@ -385,10 +385,15 @@ def benchmark(
         providers: Short names (``cpu``, ``cuda``, ``tensorrt``, ...) or full ORT names; one that is
             not available is a :class:`~onnxslim.ProviderError` listing the available ones.
         provider_options: ORT options per provider, keyed by short or full name.
-        batch_sizes: Batch sizes for generated inputs (default ``[1]``); not with ``data``.
+        batch_sizes: Batch sizes (default ``[1]``) of generated inputs or of ``data`` samples;
+            not with whole feeds.
         sizes: Sizes for symbolic dims (by input name or dim name), as for ``resolve_shape``.
-        data: An iterable of input dicts (a data reader); timed runs cycle through it and
-            fidelity uses its first ``fidelity_samples`` items. Inputs are generated otherwise.
+        data: Samples instead of generated inputs: an ``.npz`` (arrays keyed by input name,
+            samples stacked on the batch axis, the same stack as ``optimize --data``), a folder
+            or a reader (``onnxslim.inputs.open_samples``), fed in feeds of each batch size
+            (``onnxslim.inputs.benchmark_feeds``); or an iterable of whole input dicts, each
+            used as given. Timed runs cycle through up to 16 feeds, fidelity uses the first
+            ``fidelity_samples``. Checked against the reference model before any timing.
         intra_op_threads, inter_op_threads: ORT thread pool sizes (ORT's default when None).
         optimization_level: ``disable``, ``basic``, ``extended`` or ``all``.
         warmup: Untimed runs per session before timing.
@@ -410,12 +415,6 @@ def benchmark(
     if runs is None and time_budget_s is None:
         runs = _DEFAULT_RUNS
     resolved_providers = resolve_providers(providers)
-    samples = _read_data(data) if data is not None else None
-    if samples is not None and batch_sizes:
-        raise SlimError(
-            "batch sizes apply to generated inputs; with a data reader the batch is the data's own."
-        )
-    batches = [_data_batch(samples[0])] if samples is not None else list(batch_sizes or [1])
     memory_method = MemoryProbe().start().stop().method
     options = session_options(
         intra_op_threads=intra_op_threads,
@@ -426,13 +425,23 @@ def benchmark(
     measurements: list[Measurement] = []
     with contextlib.ExitStack() as stack:
         entries = _models(models, labels, stack)
+        reader = _open_data(data, entries[0].loaded) if data is not None else None
+        if reader is not None and not reader.rebatches and batch_sizes:
+            raise SlimError(
+                "batch sizes apply to generated inputs; with a data reader the batch is the data's own."
+            )
+        whole_feeds = reader is not None and not reader.rebatches
+        batches = [reader.batch_size] if whole_feeds else list(batch_sizes or [1])  # type: ignore[union-attr]
+        # every batch's feeds are taken (and the data validated) before any timing
+        feeds = {
+            batch: _feeds(entries[0].loaded, reader, sizes, batch, fidelity_samples, seed)
+            for batch in batches
+        }
         for provider in resolved_providers:
             options_for_provider = _provider_options_for(provider, provider_options)
             coverages: dict[str, Int8Coverage] = {}
             for batch in batches:
-                timed_feeds, fidelity_feeds = _feeds(
-                    entries[0].loaded, samples, sizes, batch, fidelity_samples, seed
-                )
+                timed_feeds, fidelity_feeds = feeds[batch]
                 if coverage and not coverages:
                     coverages = {
                         model.label: _coverage_or_note(
@@ -459,7 +468,7 @@ def benchmark(
         resolved_providers,
         provider_options,
         batches,
-        samples,
+        len(feeds[batches[0]][1]) if reader is not None else None,
         memory_method,
         intra_op_threads=intra_op_threads,
         inter_op_threads=inter_op_threads,

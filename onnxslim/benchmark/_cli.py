@@ -8,37 +8,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-from onnxslim._errors import InputDataError, SlimError
+from onnxslim._errors import SlimError
 from onnxslim.benchmark._benchmark import benchmark
 from onnxslim.benchmark._gates import GATE_EXIT_CODE, Gates, check_gates
+from onnxslim.fidelity import FidelityBounds
+from onnxslim.inputs import parse_size_argument
 
 __all__ = [
     "add_bench_parser",
     "build_parser",
     "run_bench",
     "main",
-    "parse_shape",
     "parse_provider_option",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def parse_shape(text: str) -> tuple[str, list[int] | int]:
-    """``name=1x3x224x224`` (an input's full shape) or ``dim=8`` (a symbolic dim)."""
-    # wave 2: onnxslim.inputs.parse_size_argument (one parser with cli._parse_shapes)
-    name, sep, dims = text.partition("=")
-    try:
-        if not sep or not name:
-            raise ValueError
-        values = [int(d) for d in dims.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--shape {text!r}: write NAME=1x3x224x224 for an input or DIM=8 for a symbolic dim"
-        ) from None
-    return name, values if "x" in dims.lower() or len(values) > 1 else values[0]
 
 
 def parse_provider_option(text: str) -> tuple[str, str, str]:
@@ -82,13 +66,16 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="ORT provider option (repeatable)",
     )
     parser.add_argument(
-        "--batch-sizes", type=_batch_sizes, default=None, help="e.g. 1,8 (generated inputs)"
+        "--batch-sizes",
+        type=_batch_sizes,
+        default=None,
+        help="e.g. 1,8: batches of generated inputs or of --data samples (default 1)",
     )
     parser.add_argument(
         "--shape",
         action="append",
         default=[],
-        type=parse_shape,
+        type=parse_size_argument,
         metavar="NAME=1x3x224x224",
         help="full shape of an input, or DIM=N for a symbolic dim (repeatable)",
     )
@@ -96,7 +83,11 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--data",
         type=Path,
         default=None,
-        help=".npz with one array per input name (one batch); replaces generated inputs",
+        help=(
+            "samples instead of generated inputs: an .npz with one array per input name, samples "
+            "stacked on the batch axis (as in optimize --data), or a folder; fed in batches of "
+            "--batch-sizes"
+        ),
     )
     parser.add_argument("--intra-op-threads", type=int, default=None)
     parser.add_argument("--inter-op-threads", type=int, default=None)
@@ -154,15 +145,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-def _load_npz(path: Path) -> list[dict[str, np.ndarray]]:
-    if not path.is_file():
-        raise InputDataError(
-            f"{path}: no such data file; give an .npz with one array per input name."
-        )
-    with np.load(path) as archive:
-        return [{name: archive[name] for name in archive.files}]
-
-
 def run_bench(args: argparse.Namespace) -> int:
     """Runs the benchmark, prints the table, writes the reports; 0, 2 (user error) or 4 (gate)."""
     provider_options: dict[str, dict[str, str]] = {}
@@ -175,7 +157,7 @@ def run_bench(args: argparse.Namespace) -> int:
             provider_options=provider_options or None,
             batch_sizes=args.batch_sizes,
             sizes=dict(args.shape) or None,
-            data=_load_npz(args.data) if args.data is not None else None,
+            data=args.data,
             intra_op_threads=args.intra_op_threads,
             inter_op_threads=args.inter_op_threads,
             optimization_level=args.optimization_level,
@@ -186,9 +168,10 @@ def run_bench(args: argparse.Namespace) -> int:
             coverage=not args.no_coverage,
         )
         gates = Gates(
+            fidelity=FidelityBounds(
+                min_sqnr_db=args.min_sqnr, min_top1_agreement=args.min_top1_agreement
+            ),
             max_latency_ratio=args.max_latency_ratio,
-            min_sqnr=args.min_sqnr,
-            min_top1_agreement=args.min_top1_agreement,
             max_size_ratio=args.max_size_ratio,
         )
         failures = check_gates(result, gates)

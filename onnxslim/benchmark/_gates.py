@@ -7,6 +7,7 @@ import math
 
 from onnxslim._errors import SlimError
 from onnxslim.benchmark._results import BenchmarkResult
+from onnxslim.fidelity import FidelityBounds
 
 __all__ = ["Gates", "check_gates", "GATE_EXIT_CODE"]
 
@@ -14,18 +15,29 @@ __all__ = ["Gates", "check_gates", "GATE_EXIT_CODE"]
 GATE_EXIT_CODE = 4
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Gates:
-    """Bounds every non-reference model must meet on every provider and batch size."""
+    """Bounds every non-reference model must meet on every provider and batch size.
 
+    ``fidelity``: the one bounds type (``min_sqnr_db``, ``min_top1_agreement``; no metric: the
+    gates see the fidelity figures, not the outputs); latency and size are the benchmark's own.
+    """
+
+    fidelity: FidelityBounds = dataclasses.field(default_factory=FidelityBounds)
     max_latency_ratio: float | None = None  # median round-by-round latency ratio to the reference
-    min_sqnr: float | None = None  # dB
-    min_top1_agreement: float | None = None  # fraction in [0, 1]
     max_size_ratio: float | None = None  # file size (with external data) / reference's
+
+    def __post_init__(self) -> None:
+        if self.fidelity.metric is not None:
+            raise TypeError("benchmark gates take no metric: they check the fidelity figures")
+        if self.fidelity.max_abs_error is not None:
+            raise TypeError("benchmark gates check SQNR and top-1 agreement, not max_abs_error")
 
     @property
     def any(self) -> bool:
-        return any(value is not None for value in dataclasses.astuple(self))
+        return self.fidelity.enabled or any(
+            value is not None for value in (self.max_latency_ratio, self.max_size_ratio)
+        )
 
 
 def check_gates(result: BenchmarkResult, gates: Gates) -> list[str]:
@@ -46,21 +58,22 @@ def check_gates(result: BenchmarkResult, gates: Gates) -> list[str]:
                     f"{where}: latency ratio {m.latency_ratio.median:.3f} > {gates.max_latency_ratio:g} "
                     f"(median of {m.latency_ratio.pairs} interleaved pairs vs {result.reference})"
                 )
-        if gates.min_sqnr is not None:
+        min_sqnr, min_top1 = gates.fidelity.min_sqnr_db, gates.fidelity.min_top1_agreement
+        if min_sqnr is not None:
             sqnr = m.fidelity.sqnr_db if m.fidelity else -math.inf
-            if sqnr < gates.min_sqnr:
+            if sqnr < min_sqnr:
                 failures.append(
-                    f"{where}: SQNR {sqnr:.1f} dB < {gates.min_sqnr:g} dB vs {result.reference}"
+                    f"{where}: SQNR {sqnr:.1f} dB < {min_sqnr:g} dB vs {result.reference}"
                 )
-        if gates.min_top1_agreement is not None:
+        if min_top1 is not None:
             top1 = m.fidelity.top1_agreement if m.fidelity else None
             if top1 is None:
                 failures.append(
                     f"{where}: top-1 agreement is undefined (no output looks like class scores [N, C])"
                 )
-            elif top1 < gates.min_top1_agreement:
+            elif top1 < min_top1:
                 failures.append(
-                    f"{where}: top-1 agreement {top1:.4f} < {gates.min_top1_agreement:g} vs {result.reference}"
+                    f"{where}: top-1 agreement {top1:.4f} < {min_top1:g} vs {result.reference}"
                 )
         if gates.max_size_ratio is not None and m.size_ratio is not None:
             if m.size_ratio > gates.max_size_ratio:

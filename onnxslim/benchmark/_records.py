@@ -35,20 +35,19 @@ JSON schema (``schema_version`` 1; keys are only ever added within a version):
 }
 ```
 Non-finite floats are written as the strings ``"inf"``, ``"-inf"``, ``"nan"``; absent figures as ``null``.
-The records keep floats as floats; only :func:`_json_value` at the JSON edge writes those strings.
+The records keep floats as floats; only ``onnxslim._json.json_safe`` at the JSON edge writes those strings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from typing import overload
 
 import numpy as np
 
-from onnxslim._fidelity import Fidelity
+from onnxslim._json import json_safe
 from onnxslim.benchmark._coverage import Int8Coverage
+from onnxslim.fidelity import Fidelity
 from onnxslim.runtime import MachineInfo
 
 __all__ = [
@@ -60,27 +59,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-
-
-@overload
-def _json_value(value: dict) -> dict: ...
-@overload
-def _json_value(value: object) -> object: ...
-def _json_value(value: object) -> object:
-    """``value`` with every non-finite float as "inf", "-inf" or "nan" (JSON has none of them)."""
-    # wave 2: use onnxslim._json.json_safe
-    if isinstance(value, float | np.floating):
-        number = float(value)
-        if math.isnan(number):
-            return "nan"
-        if math.isinf(number):
-            return "inf" if number > 0 else "-inf"
-        return number
-    if isinstance(value, dict):
-        return {key: _json_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_value(item) for item in value]
-    return value
 
 
 def _fidelity_record(fidelity: Fidelity) -> dict:
@@ -181,7 +159,7 @@ class Measurement:
 
     def to_dict(self) -> dict:
         """The JSON form (non-finite floats as strings)."""
-        return _json_value(self.record())
+        return json_safe(self.record())
 
     def record(self) -> dict:
         """The JSON layout with floats kept as floats."""
@@ -242,7 +220,7 @@ class ResultRecord:
 
     def to_dict(self) -> dict:
         """The JSON form (non-finite floats as strings)."""
-        return _json_value(self.record())
+        return json_safe(self.record())
 
     def record(self) -> dict:
         """The JSON layout with floats kept as floats."""

@@ -10,6 +10,7 @@ from onnxslim.inputs._images import IMAGE_SUFFIXES, ImageFolderReader, ImagePrep
 from onnxslim.inputs._open import benchmark_feeds, open_reader, open_samples, samples
 from onnxslim.inputs._readers import (
     FeedsReader,
+    ItemsReader,
     IterableReader,
     NpyFolderReader,
     NpzReader,
@@ -28,6 +29,7 @@ __all__ = [
     "ImageFolderReader",
     "ImagePreprocessing",
     "InputSpec",
+    "ItemsReader",
     "IterableReader",
     "NpyFolderReader",
     "NpzReader",

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from onnxslim.inputs._base import BatchAxes, BatchedReader, Feeds
 from onnxslim.inputs._images import IMAGE_SUFFIXES, ImageFolderReader, ImagePreprocessing
 from onnxslim.inputs._readers import (
     FeedsReader,
+    ItemsReader,
     IterableReader,
     NpyFolderReader,
     NpzReader,
@@ -96,6 +98,9 @@ def _from_iterable(
 ) -> IterableReader:
     # Only bare arrays need the key; dict items name their inputs themselves.
     key = input_name or (specs[0].name if specs is not None and len(specs) == 1 else "input")
+    if options["batch_size"] is None:
+        options.pop("batch_axes", None)
+        return ItemsReader(data, input_name=key, specs=specs, **{**options, "batch_size": 1})
     reader = IterableReader(data, input_name=key, specs=specs, **options)
     if specs and not hasattr(data, "batch_size"):
         # Items whose rank equals the model's input rank already carry the batch axis.
@@ -116,7 +121,7 @@ def open_samples(
     source: Any = None,
     model: ir.Model | None = None,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = 1,
     limit: int | None = None,
     batch_axes: BatchAxes | None = None,
     constants: Mapping[str, Any] | None = None,
@@ -133,6 +138,11 @@ def open_samples(
     stack); a Python iterable of dicts/arrays or a torch DataLoader (its batches re-batched to
     ``batch_size``). ``feeds=[{...}, ...]`` instead: whole feed dicts, used exactly as given.
 
+    A reader given is used as is, rewound (its ``get_next`` starts over). ``batch_size=None``:
+    each item of an iterable (or the one array/dict given) is one feed, used as given, read
+    lazily (an :class:`ItemsReader`: the pipeline's data); other sources are read at batch 1.
+    Such a reader opened again with a batch size re-reads its source at that size.
+
     ``batch_axes``: input name -> the axis its samples are stacked on (``{"state": 1}`` for
     ``[layers, batch, hidden]``), or None for an input without one. ``constants``: input name ->
     a value fed with every batch (``{"sr": np.array(16000)}``); an array lacking the model's batch
@@ -144,14 +154,18 @@ def open_samples(
             raise InputDataError("give either a data source or feeds=[...], not both.")
         specs = input_specs(model) if model is not None else None
         return FeedsReader(feeds, limit=limit, constants=constants, specs=specs)
-    if isinstance(source, BatchedReader):
+    if isinstance(source, ItemsReader) and batch_size is not None:
+        source = source.source  # the pipeline's items, opened at this caller's batch size
+    elif isinstance(source, BatchedReader):
+        source.rewind()
         return source
     if isinstance(preprocessing, Mapping):
         fields: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in preprocessing.items()
         }
         preprocessing = ImagePreprocessing(**fields)
-    options: dict[str, Any] = {"batch_size": batch_size, "constants": constants}
+    as_given = batch_size is None
+    options: dict[str, Any] = {"batch_size": batch_size or 1, "constants": constants}
     if isinstance(source, str) and source.startswith("random"):
         return _random(source, model, limit, sizes=sizes, **options)
     options.update(limit=limit, batch_axes=batch_axes)
@@ -161,7 +175,14 @@ def open_samples(
     if isinstance(source, np.ndarray) or isinstance(source, Mapping):
         key = _single_input_name(model, input_name, "calibration arrays")
         batch = as_batch(source, key, "calibration arrays")
+        if as_given:
+            return _from_iterable([batch], specs, key, **{**options, "batch_size": None})
         return IterableReader([batch], input_name=key, batched=True, specs=specs, **options)
+    if as_given:
+        options["batch_size"] = None
+    if callable(getattr(source, "get_next", None)) and not isinstance(source, Iterable):
+        # ONNX Runtime's CalibrationDataReader protocol: each reading starts from the top
+        source = functools.partial(_iterate, source)
     if isinstance(source, Iterable) or callable(source):
         return _from_iterable(source, specs, input_name, **options)
     raise InputDataError(
@@ -174,13 +195,14 @@ def open_reader(
     data: Any,
     model: ir.Model | None = None,
     *,
-    batch_size: int = 1,
+    batch_size: int | None = 1,
     limit: int | None = None,
     input_name: str | None = None,
     preprocessing: ImagePreprocessing | Mapping[str, Any] | None = None,
     sizes: DimSizes | None = None,
 ) -> BatchedReader:
-    """The calibration name of :func:`open_samples` (same arguments, same readers)."""
+    """The calibration name of :func:`open_samples` (same arguments, same readers; a reader
+    given, e.g. the pipeline's ``PassContext.data``, comes back rewound and usable)."""
     return open_samples(
         data,
         model,
@@ -192,14 +214,18 @@ def open_reader(
     )
 
 
-def _iterate(data: Any) -> Iterable[Any]:
-    if hasattr(data, "get_next") and callable(data.get_next):
+def _iterate(data: Any) -> Iterator[Any]:
+    if isinstance(data, BatchedReader):
+        yield from data  # a fresh iteration: the reader's get_next state is left as it was
+    elif hasattr(data, "get_next") and callable(data.get_next):
         if hasattr(data, "rewind"):
             data.rewind()
-        while (item := data.get_next()) is not None:
-            yield item
-        if hasattr(data, "rewind"):
-            data.rewind()
+        try:
+            while (item := data.get_next()) is not None:
+                yield item
+        finally:  # also when the caller stops early: the next user starts from the top
+            if hasattr(data, "rewind"):
+                data.rewind()
     else:
         yield from data
 

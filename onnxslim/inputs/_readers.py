@@ -16,7 +16,14 @@ from onnxslim._errors import InputDataError
 from onnxslim.inputs._base import BatchAxes, BatchedReader, Feeds
 from onnxslim.inputs._specs import DimSizes, InputSpec, input_specs, random_inputs
 
-__all__ = ["NpzReader", "NpyFolderReader", "IterableReader", "RandomReader", "FeedsReader"]
+__all__ = [
+    "NpzReader",
+    "NpyFolderReader",
+    "IterableReader",
+    "ItemsReader",
+    "RandomReader",
+    "FeedsReader",
+]
 
 
 def as_batch(value: Any, key_if_array: str, origin: str) -> Feeds:
@@ -184,6 +191,28 @@ class IterableReader(BatchedReader):
         for item in self.items():
             feeds = as_batch(item, self.input_name, self.describe())
             yield feeds if self.batched else self._stack_one(feeds)
+
+
+class ItemsReader(IterableReader):
+    """Each item of a Python iterable is one whole feed, used as given (no re-batching, read
+    lazily): the pipeline's verification data. A pass opening it with its own batch size gets
+    the source re-read at that size (see ``open_samples``), as if it had been given the source."""
+
+    kind = "items"
+    rebatches = False
+
+    def _batches(self) -> Iterator[Feeds]:
+        for index, item in enumerate(self.items()):
+            if self.limit is not None and index >= self.limit:
+                break
+            if not isinstance(item, Mapping) and self._specs is not None and len(self._specs) != 1:
+                # the model's input names are needed to key a bare array
+                raise InputDataError(
+                    f"data items must be dicts keyed by input name for a model with inputs "
+                    f"{sorted(s.name for s in self._specs)}; got {type(item).__name__}."
+                )
+            feeds = as_batch(item, self.input_name, self.describe())
+            yield self._with_constants(feeds, {}, self.batch_samples(feeds))
 
 
 class RandomReader(BatchedReader):
