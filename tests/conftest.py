@@ -27,6 +27,7 @@ def private_temp_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pa
         os.environ["TMPDIR"] = previous
     tempfile.tempdir = None
 
+
 CONV_BN_TEXT = """
 <ir_version: 8, opset_import: ["" : 13]>
 conv_bn (float[N, 3, 8, 8] x) => (float[N, 4, 8, 8] y) <

@@ -13,24 +13,13 @@ import torch
 from torch import nn
 
 from onnxslim._errors import SlimError, UnsupportedModelError
+from onnxslim.model import WEIGHT_INPUTS
 from onnxslim.torch_bridge._kernels import KERNELS, UnsupportedKernelError, constant_value
 
 __all__ = ["OnnxModule"]
 
 logger = logging.getLogger(__name__)
 
-# Inputs that are model weights even when they are scalars (a 1-channel conv bias, a BN scale).
-_WEIGHT_SLOTS: dict[str, set[int]] = {
-    "Conv": {1, 2},
-    "ConvTranspose": {1, 2},
-    "Gemm": {0, 1, 2},
-    "MatMul": {0, 1},
-    "BatchNormalization": {1, 2},
-    "LayerNormalization": {1, 2},
-    "InstanceNormalization": {1, 2},
-    "PRelu": {1},
-    "Gather": {0},
-}
 # Inputs that are never trained: statistics, shapes, resampling factors, clip bounds, pad values.
 _FROZEN_SLOTS: dict[str, set[int]] = {
     "BatchNormalization": {3, 4},
@@ -101,17 +90,17 @@ class OnnxModule(nn.Module):
         self.opset = _opset(model)
         self.train_bn_stats = train_bn_stats
         self.return_dict = return_dict
-        self.input_names = [v.name for v in graph.inputs if not v.is_initializer()]
+        self.input_names = [str(v.name) for v in graph.inputs if not v.is_initializer()]
         self.output_names = [v.name for v in graph.outputs]
         self._check_supported(graph)
 
         trainable = self._trainable_initializers(graph)
         bn_statistics = {
-            node.inputs[index].name
+            statistic.name
             for node in graph
             if node.op_type == "BatchNormalization"
             for index in (3, 4)
-            if node.inputs[index] is not None and node.inputs[index].is_initializer()
+            if (statistic := node.inputs[index]) is not None and statistic.is_initializer()
         }
         self.weights = nn.ParameterDict()
         self.constants = nn.Module()
@@ -152,7 +141,7 @@ class OnnxModule(nn.Module):
         self._steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], bool, str]] = []
         self._kernels: list[Any] = []
         constant_keys: list[tuple[int, str]] = []
-        values_by_name: dict[str, ir.Value] = {v.name: v for v in graph.inputs}
+        values_by_name: dict[str, ir.Value] = {str(v.name): v for v in graph.inputs}
         values_by_name.update(graph.initializers)
         for node in graph:
             for output in node.outputs:
@@ -185,7 +174,7 @@ class OnnxModule(nn.Module):
                 "name values produced by its nodes."
             )
         self.intermediate_names = extra
-        self._result_slots = [(v.name, slot_of(v)) for v in graph.outputs] + [
+        self._result_slots = [(str(v.name), slot_of(v)) for v in graph.outputs] + [
             (name, slot_of(values_by_name[name])) for name in extra
         ]
         self._slot_count = len(slots)
@@ -233,7 +222,7 @@ class OnnxModule(nn.Module):
             if value.const_value is None or not _is_float(value.const_value.dtype):
                 continue
             uses = list(value.uses())
-            weight_use = any(index in _WEIGHT_SLOTS.get(node.op_type, ()) for node, index in uses)
+            weight_use = any(index in WEIGHT_INPUTS.get(node.op_type, ()) for node, index in uses)
             frozen_only = all(index in _FROZEN_SLOTS.get(node.op_type, ()) for node, index in uses)
             if weight_use or (uses and not frozen_only and value.const_value.size > 1):
                 trainable.add(name)
