@@ -711,3 +711,88 @@ def test_summaries_keep_non_finite_floats_and_the_report_encodes_them(tmp_path):
         "method": "percentile",
         "sqnr_db": "inf",
     }
+
+
+def _matmul_softmax(folder, quantized: bool):
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(4, 3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"], name="mm")]
+    initializers = [numpy_helper.from_array(weight, "w")]
+    logits = "t"
+    if quantized:
+        logits = "t_DequantizeLinear_Output"
+        nodes += [
+            helper.make_node("QuantizeLinear", ["t", "s", "z"], ["tq"], name="q"),
+            helper.make_node("DequantizeLinear", ["tq", "s", "z"], [logits], name="dq"),
+        ]
+        initializers += [
+            numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+            numpy_helper.from_array(np.array(128, np.uint8), "z"),
+        ]
+    nodes.append(helper.make_node("Softmax", [logits], ["y"], name="softmax"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / ("quantized.onnx" if quantized else "float.onnx")
+    onnx.save(model, str(path))
+    return path, weight
+
+
+def test_guards_read_dequantized_values_through_one_probe(tmp_path):
+    """Pinned before the guards moved onto onnxslim.model's ValueProbe."""
+    from onnxslim.passes.quantization import layer_sensitivity
+    from onnxslim.passes.quantization._guards import output_logits, run_with_logits
+
+    float_path, weight = _matmul_softmax(tmp_path, quantized=False)
+    quantized_path, _ = _matmul_softmax(tmp_path, quantized=True)
+    batches = [{"x": np.linspace(-2.0, 2.0, 8, dtype=np.float32).reshape(2, 4) * k} for k in (1, 3)]
+    t = [b["x"].astype(np.float64) @ weight.astype(np.float64) for b in batches]
+    dq = [(np.clip(np.round(v / 0.05) + 128, 0, 255) - 128) * 0.05 for v in t]
+    signal = sum(float(np.sum(v * v)) for v in t)
+    noise = sum(float(np.sum((v - d) ** 2)) for v, d in zip(t, dq))
+    expected = 10.0 * np.log10(signal / noise)
+    float_model = onnxslim.load(float_path)
+    assert output_logits(float_model) == {"y": "t"}
+    losses, sqnr = layer_sensitivity(float_model, quantized_path, {"mm": "t"}, batches)
+    assert list(sqnr) == ["t"] and sqnr["t"] == pytest.approx(expected, rel=1e-5)
+    assert losses == {"mm": pytest.approx(100.0 - expected, rel=1e-5)}
+    for path, values in ((float_path, t), (quantized_path, dq)):
+        outputs = run_with_logits(path, batches, {"y": "t"})
+        assert [list(o) for o in outputs] == [["y"], ["y"]]
+        for got, want in zip(outputs, values):
+            np.testing.assert_allclose(got["y"], want, rtol=1e-5, atol=1e-6)
+    plain = run_with_logits(float_path, batches, {})
+    np.testing.assert_allclose(plain[0]["y"].sum(-1), [1.0, 1.0], rtol=1e-6)
+
+
+def test_excluded_node_verdicts_use_the_engine_integer_ops():
+    from onnx import helper
+
+    from onnxslim.passes.quantization._guards import float_nodes_after_optimization
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("QLinearConv", ["a"], ["b"], name="conv"),
+            # onnxslim.model.INTEGER_OPS has it (the guard's own copy did not: it said "float")
+            helper.make_node(
+                "QLinearConvTranspose", ["b"], ["c"], name="up", domain="com.microsoft"
+            ),
+            helper.make_node("Conv", ["c"], ["d"], name="head"),
+        ],
+        "ort",
+        [],
+        [],
+    )
+    assert float_nodes_after_optimization(graph, ["conv", "up", "head", "gone"]) == {
+        "conv": "QLinearConv",
+        "up": "QLinearConvTranspose",
+        "head": "float",
+        "gone": "fused or renamed",
+    }

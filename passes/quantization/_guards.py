@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim.calibration import augment_with_outputs
 from onnxslim.fidelity import FidelityBounds
 from onnxslim.fidelity import (  # shim: removed in wave 2 (tests/test_fidelity.py imports it here)
     decisive_top1_agreement as decisive_top1_agreement,
 )
+from onnxslim.model import INTEGER_OPS, ValueProbe
 from onnxslim.runtime import create_session, session_options
 
 __all__ = [
@@ -32,35 +32,11 @@ __all__ = [
     "optimized_graph",
     "float_nodes_after_optimization",
     "layer_sensitivity",
-    "INTEGER_OPS",
 ]
 
 logger = logging.getLogger(__name__)
 
 Feeds = Mapping[str, np.ndarray]
-
-# Ops of ORT's optimized graph that compute in integers.
-# wave 2: onnxslim.model.INTEGER_OPS
-INTEGER_OPS = frozenset(
-    {
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "ConvInteger",
-        "QGemm",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-        "QLinearAdd",
-        "QLinearMul",
-        "QLinearGlobalAveragePool",
-        "QLinearAveragePool",
-        "QLinearConcat",
-        "QLinearSigmoid",
-        "QLinearLeakyRelu",
-        "QLinearSoftmax",
-        "QAttention",
-    }
-)
 
 
 # shim: removed in wave 2 (tests/test_fidelity.py pins the old spelling against FidelityBounds)
@@ -160,11 +136,14 @@ def run_with_logits(
             seen_as[output] = dequantized
         elif source in values:
             seen_as[output] = source
-    augmented = augment_with_outputs(model, list(seen_as.values())) if seen_as else model
-    session = create_session(augmented, providers, session_options())
+    # the session ORT deploys (full optimizations: QDQ fused), not the probe's default
+    probe = ValueProbe(
+        model, list(seen_as.values()), providers=providers, options=session_options()
+    )
     outputs = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
     fetch = [seen_as.get(name, name) for name in outputs]
-    return [dict(zip(outputs, session.run(fetch, dict(b)))) for b in batches]
+    found = [probe.run(b, fetch) for b in batches]
+    return [{name: got[f] for name, f in zip(outputs, fetch)} for got in found]
 
 
 def optimized_graph(
@@ -221,18 +200,18 @@ def layer_sensitivity(
             seen_as[name] = name
     reference_values = {v.name for node in float_model.graph for v in node.outputs}
     names = [n for n in names if n in seen_as and n in reference_values]
-    reference_session = create_session(
-        augment_with_outputs(float_model, names), providers, session_options()
-    )
+    # the sessions ORT deploys (full optimizations: QDQ fused), not the probe's default
+    reference_probe = ValueProbe(float_model, names, providers=providers, options=session_options())
     candidate_names = [seen_as[n] for n in names]
-    candidate_session = create_session(
-        augment_with_outputs(quantized, candidate_names), providers, session_options()
+    candidate_probe = ValueProbe(
+        quantized, candidate_names, providers=providers, options=session_options()
     )
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
     for batch in batches:
-        reference = dict(zip(names, reference_session.run(names, dict(batch))))
-        candidate = dict(zip(names, candidate_session.run(candidate_names, dict(batch))))
+        reference = reference_probe.run(batch, names)
+        found = candidate_probe.run(batch, candidate_names)
+        candidate = {name: found[seen_as[name]] for name in names}
         for name in names:
             ref = reference[name].astype(np.float64)
             diff = ref - candidate[name].astype(np.float64)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim._stats import model_stats  # wave 2: onnxslim.model (model_stats)
 from onnxslim.inputs import input_specs
+from onnxslim.model import model_stats
 from onnxslim.passes.quantization._candidates import COMPUTE_OPS, Candidate, Rejected
 from onnxslim.passes.quantization._guards import node_kernel_seconds
 from onnxslim.passes.quantization._prepare import Prepared
