@@ -225,7 +225,7 @@ def worker(args: argparse.Namespace) -> None:
             quantize_static,
         )
 
-        from onnxslim.passes.quantization import cpu_features
+        from onnxslim.runtime import cpu_features
 
         methods = {
             "minmax": CalibrationMethod.MinMax,
@@ -339,7 +339,8 @@ def median_run(results: list[dict]) -> dict:
 # -- measurements ---------------------------------------------------------------------------
 def fidelity(name: str, float_path: Path, int8_path: Path, eval_data: dict) -> dict:
     import onnxslim
-    from onnxslim.passes.quantization._guards import decisive_top1_agreement, run_outputs
+    from onnxslim.fidelity import decisive_top1_agreement
+    from onnxslim.passes.quantization import run_outputs
 
     labels = eval_data.get("labels")
     feeds = {k: v for k, v in eval_data.items() if k != "labels"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 
@@ -14,12 +15,11 @@ import pytest
 import onnxslim
 from onnxslim import InputDataError, PassContext, RecipeError
 from onnxslim.passes.quantization import (
-    CpuFeatures,
     QuantizeStatic,
-    cpu_features,
     select_nodes,
     target_profile,
 )
+from onnxslim.runtime import CpuFeatures, cpu_features
 
 torch = pytest.importorskip("torch")
 
@@ -352,8 +352,7 @@ def test_options_are_validated():
 
 
 def test_top1_bound_ignores_near_ties_but_catches_clear_flips():
-    from onnxslim.passes.quantization import AccuracyBound
-    from onnxslim.passes.quantization._guards import decisive_top1_agreement
+    from onnxslim.fidelity import FidelityBounds, decisive_top1_agreement
 
     # Row 0: class 1 leads by 0.05% of the range (a tie); row 1: class 0 leads clearly.
     reference = [{"scores": np.array([[0.0, 1.0, 0.9995, 0.2], [3.0, 1.0, 0.0, 0.5]], np.float32)}]
@@ -365,7 +364,7 @@ def test_top1_bound_ignores_near_ties_but_catches_clear_flips():
     ]
     assert decisive_top1_agreement(reference, tie_flipped) == (1.0, 1)
     assert decisive_top1_agreement(reference, clear_flipped) == (0.0, 1)
-    bound = AccuracyBound(min_sqnr_db=None, min_top1=0.95)
+    bound = FidelityBounds(min_sqnr_db=None, min_top1_agreement=0.95)
     tie = onnxslim.compare_outputs(reference, tie_flipped)
     assert tie.top1_agreement == 0.5 and bound.violations(tie, reference, tie_flipped) == []
     clear = onnxslim.compare_outputs(reference, clear_flipped)
@@ -617,3 +616,183 @@ def test_a_batch_dim_declared_minus_one_is_timed_at_the_deployment_batch():
     feeds = timing_feeds(model, batches, 1)["x"]
     np.testing.assert_array_equal(feeds, [[0, 1]])
     assert timing_feeds(model, batches, 4)["x"].shape == (4, 2)
+
+
+def _relu_models(folder) -> list:
+    paths = []
+    for index, op in enumerate(("Relu", "Sigmoid", "Tanh")):
+        model = onnx.parser.parse_model(
+            f'<ir_version: 8, opset_import: ["" : 17]> g (float[2, 8] x) => (float[2, 8] y) '
+            f"{{ y = {op}(x) }}"
+        )
+        paths.append(folder / f"m{index}.onnx")
+        onnx.save(model, str(paths[-1]))
+    return paths
+
+
+def test_latency_guard_timer_runs_interleaved_rounds_on_real_sessions(tmp_path):
+    """Pinned before the guard moved onto onnxslim.runtime's timer: same rotation of the run
+    order (round r starts at model r mod n), one figure per model, any quantile."""
+    from onnxslim.passes.quantization import interleaved_latency
+    from onnxslim.runtime import rotation
+
+    for count in (1, 2, 3, 4):
+        order = list(range(count))
+        for round_index in range(8):
+            shift = round_index % count  # the guard's own rotation before the move
+            assert rotation(round_index, count) == order[shift:] + order[:shift]
+    paths = _relu_models(tmp_path)
+    feeds = {"x": np.ones((2, 8), np.float32)}
+    for quantile in (0.5, 0.25):
+        latencies = interleaved_latency(paths, feeds, runs=3, warmup=1, quantile=quantile)
+        assert len(latencies) == 3 and all(isinstance(s, float) and s > 0 for s in latencies)
+    assert len(interleaved_latency(paths[:2], feeds, runs=1, warmup=0, min_block_s=0.0)) == 2
+
+
+def test_declared_options_keep_the_keyword_api(tmp_path):
+    from onnxslim.options import check_value, option_specs
+    from onnxslim.passes.quantization import QuantizeOptions
+
+    quantizer = QuantizeStatic("calibration.npz", method="entropy", exclude=("op:Add",))
+    assert (quantizer.calibration, quantizer.method, quantizer.exclude) == (
+        "calibration.npz",
+        "entropy",
+        ["op:Add"],
+    )
+    assert quantizer.settings == QuantizeOptions(
+        calibration="calibration.npz", method="entropy", exclude=["op:Add"]
+    )
+    assert QuantizeStatic(calibration="random").calibration == "random"
+    assert QuantizeStatic(QuantizeOptions(latency_batch=4)).latency_batch == 4
+    assert QuantizeStatic().config()["exclude"] == [] and QuantizeStatic().min_top1 == 0.95
+    bound = QuantizeStatic(min_top1=0.5).bound()
+    assert (bound.min_sqnr_db, bound.min_top1_agreement) == (20.0, 0.5)
+    assert not QuantizeStatic(accuracy_guard=False).bound().enabled
+    specs = option_specs(QuantizeStatic)
+    assert list(specs) == [f.name for f in dataclasses.fields(QuantizeOptions)]
+    assert specs["latency_batch"].default == 1 and specs["latency_batch"].annotation is int
+    with pytest.raises(RecipeError) as error:
+        check_value("quantize", specs["exclude"], "conv1")
+    assert str(error.value) == (
+        "option 'exclude' of pass 'quantize' expects NoneType/a list of str, got str 'conv1'."
+    )
+    with pytest.raises(RecipeError) as error:
+        check_value("quantize", specs["method"], "kl")
+    assert str(error.value) == (
+        "option 'method' of pass 'quantize' expects one of 'minmax', 'percentile', 'entropy', "
+        "'mse', got str 'kl'."
+    )
+
+
+def test_summaries_keep_non_finite_floats_and_the_report_encodes_them(tmp_path):
+    from onnxslim._json import json_safe
+    from onnxslim.passes.quantization import Candidate, Evaluation
+    from onnxslim.passes.quantization._summary import candidates_summary, tensors_summary
+
+    fidelity = onnxslim.Fidelity(max_abs_error=0.0, mean_abs_error=0.0, sqnr_db=float("inf"))
+    exact = Candidate(
+        "exact",
+        ("Conv",),
+        tmp_path / "c.onnx",
+        Evaluation(fidelity, (), logits_sqnr_db=float("inf"), on_logits=True),
+    )
+    entry = candidates_summary([exact], chosen=0)[0]["fidelity"]
+    assert entry["sqnr_db"] == entry["logits_sqnr_db"] == float("inf")
+    assert json_safe(entry)["sqnr_db"] == json_safe(entry)["logits_sqnr_db"] == "inf"
+    tensors = tensors_summary(
+        {"a": (0.0, 1.0), "b": (-1.0, 1.0)},
+        {"a": (0.0, 1.0), "b": (-1.0, 1.0)},
+        "percentile",
+        {"a": float("inf"), "b": 31.4159},
+    )
+    assert (tensors["a"]["sqnr_db"], tensors["b"]["sqnr_db"]) == (float("inf"), 31.42)
+    assert json_safe(tensors)["a"] == {
+        "range": [0.0, 1.0],
+        "method": "percentile",
+        "sqnr_db": "inf",
+    }
+
+
+def _matmul_softmax(folder, quantized: bool):
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(4, 3)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["t"], name="mm")]
+    initializers = [numpy_helper.from_array(weight, "w")]
+    logits = "t"
+    if quantized:
+        logits = "t_DequantizeLinear_Output"
+        nodes += [
+            helper.make_node("QuantizeLinear", ["t", "s", "z"], ["tq"], name="q"),
+            helper.make_node("DequantizeLinear", ["tq", "s", "z"], [logits], name="dq"),
+        ]
+        initializers += [
+            numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+            numpy_helper.from_array(np.array(128, np.uint8), "z"),
+        ]
+    nodes.append(helper.make_node("Softmax", [logits], ["y"], name="softmax"))
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / ("quantized.onnx" if quantized else "float.onnx")
+    onnx.save(model, str(path))
+    return path, weight
+
+
+def test_guards_read_dequantized_values_through_one_probe(tmp_path):
+    """Pinned before the guards moved onto onnxslim.model's ValueProbe."""
+    from onnxslim.passes.quantization import layer_sensitivity
+    from onnxslim.passes.quantization._guards import output_logits, run_with_logits
+
+    float_path, weight = _matmul_softmax(tmp_path, quantized=False)
+    quantized_path, _ = _matmul_softmax(tmp_path, quantized=True)
+    batches = [{"x": np.linspace(-2.0, 2.0, 8, dtype=np.float32).reshape(2, 4) * k} for k in (1, 3)]
+    t = [b["x"].astype(np.float64) @ weight.astype(np.float64) for b in batches]
+    dq = [(np.clip(np.round(v / 0.05) + 128, 0, 255) - 128) * 0.05 for v in t]
+    signal = sum(float(np.sum(v * v)) for v in t)
+    noise = sum(float(np.sum((v - d) ** 2)) for v, d in zip(t, dq))
+    expected = 10.0 * np.log10(signal / noise)
+    float_model = onnxslim.load(float_path)
+    assert output_logits(float_model) == {"y": "t"}
+    losses, sqnr = layer_sensitivity(float_model, quantized_path, {"mm": "t"}, batches)
+    assert list(sqnr) == ["t"] and sqnr["t"] == pytest.approx(expected, rel=1e-5)
+    assert losses == {"mm": pytest.approx(100.0 - expected, rel=1e-5)}
+    for path, values in ((float_path, t), (quantized_path, dq)):
+        outputs = run_with_logits(path, batches, {"y": "t"})
+        assert [list(o) for o in outputs] == [["y"], ["y"]]
+        for got, want in zip(outputs, values):
+            np.testing.assert_allclose(got["y"], want, rtol=1e-5, atol=1e-6)
+    plain = run_with_logits(float_path, batches, {})
+    np.testing.assert_allclose(plain[0]["y"].sum(-1), [1.0, 1.0], rtol=1e-6)
+
+
+def test_excluded_node_verdicts_use_the_engine_integer_ops():
+    from onnx import helper
+
+    from onnxslim.passes.quantization._guards import float_nodes_after_optimization
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("QLinearConv", ["a"], ["b"], name="conv"),
+            # onnxslim.model.INTEGER_OPS has it (the guard's own copy did not: it said "float")
+            helper.make_node(
+                "QLinearConvTranspose", ["b"], ["c"], name="up", domain="com.microsoft"
+            ),
+            helper.make_node("Conv", ["c"], ["d"], name="head"),
+        ],
+        "ort",
+        [],
+        [],
+    )
+    assert float_nodes_after_optimization(graph, ["conv", "up", "head", "gone"]) == {
+        "conv": "QLinearConv",
+        "up": "QLinearConvTranspose",
+        "head": "float",
+        "gone": "fused or renamed",
+    }

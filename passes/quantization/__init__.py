@@ -13,26 +13,23 @@ from onnxslim.passes.quantization._candidates import (
     quantizable_op_types,
     select_nodes,
 )
-from onnxslim.passes.quantization._guards import (
-    AccuracyBound,
-    interleaved_latency,
-    layer_sensitivity,
-)
-from onnxslim.passes.quantization._profiles import (
-    CpuFeatures,
-    TargetProfile,
-    cpu_features,
-    target_profile,
-)
+from onnxslim.passes.quantization._guards import layer_sensitivity, run_outputs
+from onnxslim.passes.quantization._latency_guard import interleaved_latency
+from onnxslim.passes.quantization._options import QuantizeOptions
+from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
 from onnxslim.passes.quantization._quantize_static import QuantizeStatic
 
+# shim: removed in wave 2 (the CPU's home is onnxslim.runtime; tests/test_runtime_cpu.py and
+# this package's tests still import them here)
+from onnxslim.runtime import CpuFeatures, cpu_features
+
 __all__ = [
-    "AccuracyBound",
     "Calibration",
     "CalibrationSettings",
     "Candidate",
     "CpuFeatures",
     "Evaluation",
+    "QuantizeOptions",
     "QuantizeStatic",
     "Rejected",
     "TargetProfile",
@@ -42,6 +39,7 @@ __all__ = [
     "layer_sensitivity",
     "quantizable_op_types",
     "run_calibration",
+    "run_outputs",
     "select_nodes",
     "target_profile",
 ]

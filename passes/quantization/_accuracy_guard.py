@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from onnxslim._fidelity import compare_outputs
+from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._guards import (
-    AccuracyBound,
     layer_sensitivity,
     output_logits,
     run_outputs,
@@ -47,7 +46,7 @@ class Evaluator:
     (on logits where an output is a Sigmoid/Softmax of them)."""
 
     def __init__(
-        self, input_path: Path, prepared: Prepared, batches: list[dict], bound: AccuracyBound
+        self, input_path: Path, prepared: Prepared, batches: list[dict], bound: FidelityBounds
     ) -> None:
         self.batches = batches
         self.bound = bound

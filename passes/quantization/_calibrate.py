@@ -12,20 +12,27 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim._errors import RecipeError
+from onnxslim import RecipeError
 from onnxslim.calibration import (
+    METHODS,
     StatisticsCache,
     collect_statistics,
     compute_range,
     model_fingerprint,
-    open_reader,
 )
-from onnxslim.calibration._thresholds import METHODS
+from onnxslim.inputs import BatchedReader, DimSizes, open_samples
 from onnxslim.passes.quantization._candidates import quantizable_op_types
 from onnxslim.passes.quantization._prepare import prepare
 from onnxslim.passes.quantization._tensors import tensors_to_calibrate
 
-__all__ = ["Calibration", "CalibrationSettings", "calibrate", "collect_ranges", "run_calibration"]
+__all__ = [
+    "Calibration",
+    "CalibrationSettings",
+    "calibrate",
+    "collect_ranges",
+    "open_calibration_data",
+    "run_calibration",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +137,16 @@ def _statistics(prepared: ir.Model, names: list[str], reader: Any, settings: Cal
     return collector, False
 
 
+def open_calibration_data(
+    data: Any, model: ir.Model, batch_size: int, samples: int | None, sizes: DimSizes | None
+) -> BatchedReader:
+    """The calibration samples through the one data door (a reader is taken as it is),
+    checked against the model's inputs before any work."""
+    reader = open_samples(data, model, batch_size=batch_size, limit=samples, sizes=sizes)
+    reader.validate(model)
+    return reader
+
+
 def run_calibration(
     model: ir.Model,
     data: Any,
@@ -151,8 +168,7 @@ def run_calibration(
     modified. The same code path as the pass: on the same data the ranges are equal.
     """
     settings = CalibrationSettings(method, percentile, moving_average, bins, batch_size, cache_dir)
-    reader = open_reader(data, model, batch_size=batch_size, limit=samples, sizes=sizes)
-    reader.validate(model)
+    reader = open_calibration_data(data, model, batch_size, samples, sizes)
     with tempfile.TemporaryDirectory(prefix="onnxslim-calibrate-") as folder:
         prepared = prepare(model, Path(folder))
         ops = quantizable_op_types() if op_types is None else op_types

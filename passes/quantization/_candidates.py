@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxslim._fidelity import Fidelity
+from onnxslim.fidelity import Fidelity
 
 __all__ = [
     "COMPUTE_OPS",

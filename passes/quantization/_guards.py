@@ -1,16 +1,13 @@
-"""Latency and accuracy guards: interleaved timing, ORT's optimized graph, per-layer sensitivity."""
+"""Latency and accuracy guards: kernel profiles, ORT's optimized graph, per-layer sensitivity."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
 import re
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -18,168 +15,38 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim._fidelity import Fidelity
-from onnxslim._runtime import create_session, session_options
-from onnxslim.calibration._collector import (  # wave 2: onnxslim.model probe (probe_values)
-    augment_with_outputs,
+from onnxslim.fidelity import FidelityBounds
+from onnxslim.fidelity import (  # shim: removed in wave 2 (tests/test_fidelity.py imports it here)
+    decisive_top1_agreement as decisive_top1_agreement,
 )
+from onnxslim.model import INTEGER_OPS, ValueProbe
+from onnxslim.runtime import create_session, session_options
 
 __all__ = [
     "AccuracyBound",
     "decisive_top1_agreement",
-    "interleaved_latency",
+    "node_kernel_seconds",
     "run_outputs",
     "run_with_logits",
     "output_logits",
     "optimized_graph",
     "float_nodes_after_optimization",
     "layer_sensitivity",
-    "INTEGER_OPS",
 ]
 
 logger = logging.getLogger(__name__)
 
 Feeds = Mapping[str, np.ndarray]
 
-# Ops of ORT's optimized graph that compute in integers.
-# wave 2: onnxslim.model.INTEGER_OPS
-INTEGER_OPS = frozenset(
-    {
-        "QLinearConv",
-        "QLinearMatMul",
-        "MatMulInteger",
-        "ConvInteger",
-        "QGemm",
-        "MatMulIntegerToFloat",
-        "DynamicQuantizeMatMul",
-        "QLinearAdd",
-        "QLinearMul",
-        "QLinearGlobalAveragePool",
-        "QLinearAveragePool",
-        "QLinearConcat",
-        "QLinearSigmoid",
-        "QLinearLeakyRelu",
-        "QLinearSoftmax",
-        "QAttention",
-    }
-)
 
-
-# wave 2: onnxslim.fidelity.FidelityBounds (min_top1 renamed min_top1_agreement)
-@dataclasses.dataclass(frozen=True)
-class AccuracyBound:
-    """What the quantized outputs must keep: output SQNR (dB) and top-1 agreement on class scores.
-
-    ``metric`` is an optional user callable ``(reference_outputs, candidate_outputs) -> bool``
-    (lists of per-batch output dicts) that must also hold. ``AccuracyBound.off()`` disables it.
-    """
-
-    min_sqnr_db: float | None = 20.0
-    min_top1: float | None = 0.95
-    metric: Callable[[list, list], bool] | None = None
-
-    @property
-    def min_top1_agreement(self) -> float | None:
-        """The engine's name for ``min_top1`` (FidelityBounds); both work until wave 2."""
-        return self.min_top1
-
-    @classmethod
-    def off(cls) -> AccuracyBound:
-        return cls(min_sqnr_db=None, min_top1=None, metric=None)
-
-    @property
-    def enabled(self) -> bool:
-        return self.min_sqnr_db is not None or self.min_top1 is not None or self.metric is not None
-
-    def violations(self, fidelity: Fidelity, reference: list, candidate: list) -> list[str]:
-        problems = []
-        if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
-            problems.append(f"output SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db:g} dB")
-        if self.min_top1 is not None and fidelity.top1_agreement is not None:
-            agreement, decisive = decisive_top1_agreement(reference, candidate)
-            if agreement is not None and agreement < self.min_top1:
-                problems.append(
-                    f"top-1 agreement {100 * agreement:.1f}% < {100 * self.min_top1:g}% "
-                    f"(on {decisive} samples with a clear float top-1)"
-                )
-        if self.metric is not None and not self.metric(reference, candidate):
-            problems.append("the user metric failed")
-        return problems
-
-
-def decisive_top1_agreement(
-    reference: list, candidate: list, margin: float = 0.01
-) -> tuple[float | None, int]:
-    """Top-1 agreement over rows of class scores whose float top-1 leads the runner-up by more
-    than ``margin`` of the row's range; (None, 0) when there are none.
-
-    A near-tie (e.g. an untrained net whose scores barely depend on the input) flips under any
-    noise and says nothing about int8 damage; SQNR covers those outputs.
-    """
-    from onnxslim._fidelity import looks_like_scores
-
-    agree, total = 0, 0
-    for ref_outputs, cand_outputs in zip(reference, candidate):
-        for name, ref in ref_outputs.items():
-            if not looks_like_scores(ref) or ref.shape[-1] < 2:
-                continue
-            rows = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
-            cand = np.asarray(cand_outputs[name]).reshape(rows.shape)
-            ordered = np.sort(rows, axis=-1)
-            spread = ordered[:, -1] - ordered[:, 0]
-            clear = (ordered[:, -1] - ordered[:, -2]) > margin * np.maximum(spread, 1e-30)
-            agree += int(np.sum(rows[clear].argmax(-1) == cand[clear].argmax(-1)))
-            total += int(clear.sum())
-    return (agree / total if total else None), total
-
-
-# wave 2: onnxslim.runtime interleaved timer (with interleaved_latency below)
-def _timing_session(path: Path, providers: Sequence[str], threads: int | None):
-    # Spinning off: with two sessions alive on few cores the idle one steals them.
-    options = session_options(intra_op_threads=threads, allow_spinning=False)
-    return create_session(path, providers, options)
-
-
-# wave 2: onnxslim.runtime interleaved timer
-def interleaved_latency(
-    paths: Sequence[str | os.PathLike],
-    feeds: Feeds,
-    *,
-    runs: int = 10,
-    warmup: int = 2,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-    threads: int | None = None,
-    quantile: float = 0.5,
-    min_block_s: float = 0.005,
-) -> list[float]:
-    """Median (or another ``quantile``) seconds per run of each model, timed in interleaved
-    rounds (order rotated). A low quantile ranks models more stably on a busy machine:
-    interference only ever adds time.
-
-    A model that runs in well under a millisecond is timed in blocks of back-to-back runs
-    lasting at least ``min_block_s`` (the same count for every model), so timer resolution and
-    one-off scheduler hiccups do not decide between two sub-millisecond models."""
-    sessions = [_timing_session(Path(p), providers, threads) for p in paths]
-    fastest = float("inf")
-    for session in sessions:
-        for _ in range(max(1, warmup)):
-            started = time.perf_counter()
-            session.run(None, dict(feeds))
-            fastest = min(fastest, time.perf_counter() - started)
-    repeat = max(1, min(1000, math.ceil(min_block_s / max(fastest, 1e-6))))
-    samples: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
-    for round_index in range(runs):
-        rotation = order[round_index % len(order) :] + order[: round_index % len(order)]
-        for index in rotation:
-            run = sessions[index].run
-            started = time.perf_counter()
-            for _ in range(repeat):
-                run(None, dict(feeds))
-            samples[index].append((time.perf_counter() - started) / repeat)
-    if quantile == 0.5:
-        return [statistics.median(s) for s in samples]
-    return [float(np.quantile(s, quantile)) for s in samples]
+# shim: removed in wave 2 (tests/test_fidelity.py pins the old spelling against FidelityBounds)
+def AccuracyBound(  # noqa: N802
+    min_sqnr_db: float | None = 20.0,
+    min_top1: float | None = 0.95,
+    metric: Callable[[list, list], bool] | None = None,
+) -> FidelityBounds:
+    """The guard's old bound, now a :class:`onnxslim.fidelity.FidelityBounds`."""
+    return FidelityBounds(min_sqnr_db=min_sqnr_db, min_top1_agreement=min_top1, metric=metric)
 
 
 _LAYOUT_SUFFIX = re.compile(r"(_token_\d+|_nchwc)$")
@@ -269,11 +136,14 @@ def run_with_logits(
             seen_as[output] = dequantized
         elif source in values:
             seen_as[output] = source
-    augmented = augment_with_outputs(model, list(seen_as.values())) if seen_as else model
-    session = create_session(augmented, providers, session_options())
+    # the session ORT deploys (full optimizations: QDQ fused), not the probe's default
+    probe = ValueProbe(
+        model, list(seen_as.values()), providers=providers, options=session_options()
+    )
     outputs = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
     fetch = [seen_as.get(name, name) for name in outputs]
-    return [dict(zip(outputs, session.run(fetch, dict(b)))) for b in batches]
+    found = [probe.run(b, fetch) for b in batches]
+    return [{name: got[f] for name, f in zip(outputs, fetch)} for got in found]
 
 
 def optimized_graph(
@@ -330,18 +200,18 @@ def layer_sensitivity(
             seen_as[name] = name
     reference_values = {v.name for node in float_model.graph for v in node.outputs}
     names = [n for n in names if n in seen_as and n in reference_values]
-    reference_session = create_session(
-        augment_with_outputs(float_model, names), providers, session_options()
-    )
+    # the sessions ORT deploys (full optimizations: QDQ fused), not the probe's default
+    reference_probe = ValueProbe(float_model, names, providers=providers, options=session_options())
     candidate_names = [seen_as[n] for n in names]
-    candidate_session = create_session(
-        augment_with_outputs(quantized, candidate_names), providers, session_options()
+    candidate_probe = ValueProbe(
+        quantized, candidate_names, providers=providers, options=session_options()
     )
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
     for batch in batches:
-        reference = dict(zip(names, reference_session.run(names, dict(batch))))
-        candidate = dict(zip(names, candidate_session.run(candidate_names, dict(batch))))
+        reference = reference_probe.run(batch, names)
+        found = candidate_probe.run(batch, candidate_names)
+        candidate = {name: found[seen_as[name]] for name in names}
         for name in names:
             ref = reference[name].astype(np.float64)
             diff = ref - candidate[name].astype(np.float64)

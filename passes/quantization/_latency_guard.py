@@ -4,32 +4,39 @@ never return a slower one; int8 kernels slow per MAC go back to float in an extr
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim._stats import model_stats  # wave 2: onnxslim.model (model_stats)
+from onnxslim.inputs import input_specs
+from onnxslim.model import model_stats
 from onnxslim.passes.quantization._candidates import COMPUTE_OPS, Candidate, Rejected
-from onnxslim.passes.quantization._guards import interleaved_latency, node_kernel_seconds
+from onnxslim.passes.quantization._guards import node_kernel_seconds
 from onnxslim.passes.quantization._prepare import Prepared
+from onnxslim.runtime import create_session, interleaved_timing, session_options, session_run
 
-__all__ = ["LatencyVerdict", "fixed_batch", "rank_and_confirm", "slow_nodes", "timing_feeds"]
+__all__ = [
+    "LatencyVerdict",
+    "fixed_batch",
+    "interleaved_latency",
+    "rank_and_confirm",
+    "slow_nodes",
+    "timing_feeds",
+]
 
 
-# wave 2: onnxslim.inputs (the batch of a model input, resolve_shape)
 def fixed_batch(model: ir.Model, name: str) -> int:
     """The input's fixed batch size, or 0 where it is symbolic or unknown (-1 included)."""
-    value = next((v for v in model.graph.inputs if v.name == name), None)
-    if value is None or value.shape is None or not len(value.shape):
-        return 0
-    first = value.shape[0]
-    # Paddle declares a dynamic batch as -1: not a fixed size (it used to time an empty batch)
+    spec = next((s for s in input_specs(model) if s.name == name), None)
+    # input_specs reads Paddle's -1 (a dynamic batch) as symbolic: it used to time an empty batch
+    first = spec.shape[0] if spec is not None and spec.shape else None
     return first if isinstance(first, int) and first > 0 else 0
 
 
-# wave 2: onnxslim.inputs (feeds of a deployment batch)
+# Not onnxslim.inputs.benchmark_feeds: that drops a batch short of samples, this cycles them.
 def timing_feeds(model: ir.Model, batches: Sequence[dict], batch: int) -> dict:
     """Feeds of ``batch`` samples (the model's fixed batch wins), cycling the eval samples."""
     feeds = {}
@@ -84,6 +91,35 @@ def slow_int8_nodes(
         and node.name not in candidate.excluded
     ]
     return slow_nodes(seconds, macs, quantized)
+
+
+def interleaved_latency(
+    paths: Sequence[str | os.PathLike],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    runs: int = 10,
+    warmup: int = 2,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+    quantile: float = 0.5,
+    min_block_s: float = 0.005,
+) -> list[float]:
+    """Median (or another ``quantile``) seconds per run of each model, timed by
+    :func:`onnxslim.runtime.interleaved_timing` (order rotated each round). A low quantile ranks
+    models more stably on a busy machine: interference only ever adds time. Sub-millisecond
+    models are timed in blocks of at least ``min_block_s``, the same count for every model."""
+    # Spinning off: with two sessions alive on few cores the idle one steals them.
+    timed = [
+        session_run(
+            create_session(
+                Path(p), providers, session_options(intra_op_threads=threads, allow_spinning=False)
+            ),
+            [feeds],
+        )
+        for p in paths
+    ]
+    timing = interleaved_timing(timed, rounds=runs, warmup=max(1, warmup), min_block_s=min_block_s)
+    return timing.quantiles(quantile)
 
 
 @dataclasses.dataclass(frozen=True)

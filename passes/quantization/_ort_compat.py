@@ -19,7 +19,7 @@ from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, Te
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
-from onnxslim._errors import RecipeError
+from onnxslim import RecipeError
 
 __all__ = [
     "ORT_QUANTIZATION_DIR",

@@ -12,8 +12,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
 
-from onnxslim._errors import UnsupportedModelError
-from onnxslim._io import load, save
+from onnxslim import UnsupportedModelError, load, save
 
 __all__ = ["MIN_OPSET", "Prepared", "prepare"]
 

@@ -4,55 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
-from pathlib import Path
 
-from onnxslim._errors import RecipeError
+from onnxslim import RecipeError
+from onnxslim.runtime import CpuFeatures, cpu_features
 
 __all__ = ["CpuFeatures", "TargetProfile", "cpu_features", "target_profile", "TARGETS"]
 
 logger = logging.getLogger(__name__)
 
 TARGETS = ("cpu", "tensorrt", "cuda")
-
-
-# wave 2: onnxslim.runtime.CpuFeatures
-@dataclasses.dataclass(frozen=True)
-class CpuFeatures:
-    """The CPU's integer dot-product instructions, read from /proc/cpuinfo flags."""
-
-    arch: str  # "x86" or "arm" or "other"
-    vnni: bool = False  # AVX512-VNNI or AVX-VNNI: u8 x s8 dot products without saturation
-    amx: bool = False  # AMX-INT8 tiles
-    arm_dot: bool = False  # ARMv8.2 SDOT/UDOT ("asimddp")
-    arm_i8mm: bool = False  # ARMv8.6 int8 matrix multiply
-
-    def describe(self) -> str:
-        found = [name for name in ("vnni", "amx", "arm_dot", "arm_i8mm") if getattr(self, name)]
-        return f"{self.arch} ({', '.join(found) if found else 'no int8 dot-product instructions'})"
-
-
-# wave 2: onnxslim.runtime.cpu_features (the one /proc/cpuinfo parser)
-def cpu_features(cpuinfo_text: str | None = None, machine: str | None = None) -> CpuFeatures:
-    """Parses the CPU flags (``cpuinfo_text`` for tests; /proc/cpuinfo otherwise)."""
-    if cpuinfo_text is None:
-        path = Path("/proc/cpuinfo")
-        cpuinfo_text = path.read_text(errors="replace") if path.is_file() else ""
-    machine = (machine or platform.machine()).lower()
-    flags: set[str] = set()
-    for line in cpuinfo_text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip().lower() in ("flags", "features"):
-            flags.update(value.split())
-    if machine in ("x86_64", "amd64", "i686", "x86") or "avx2" in flags or "sse2" in flags:
-        return CpuFeatures(
-            arch="x86",
-            vnni=bool({"avx512_vnni", "avx_vnni", "avx512vnni"} & flags),
-            amx="amx_int8" in flags,
-        )
-    if machine.startswith(("arm", "aarch64")) or "asimd" in flags:
-        return CpuFeatures(arch="arm", arm_dot="asimddp" in flags, arm_i8mm="i8mm" in flags)
-    return CpuFeatures(arch="other")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,18 +14,25 @@ import logging
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim._errors import RecipeError
-from onnxslim._io import load, model_file_size, save
-from onnxslim._pass import PassContext, SlimPass, SlimPassResult
-from onnxslim.calibration import open_reader
-from onnxslim.calibration._thresholds import METHODS
+from onnxslim import (
+    PassContext,
+    RecipeError,
+    SlimPass,
+    SlimPassResult,
+    load,
+    model_file_size,
+    save,
+)
+from onnxslim.calibration import METHODS
+from onnxslim.fidelity import FidelityBounds
+from onnxslim.inputs import BatchedReader
 from onnxslim.passes.quantization._accuracy_guard import (
     Evaluator,
     evaluation_batches,
@@ -38,6 +45,7 @@ from onnxslim.passes.quantization._calibrate import (
     Calibration,
     CalibrationSettings,
     collect_ranges,
+    open_calibration_data,
 )
 from onnxslim.passes.quantization._candidates import (
     Candidate,
@@ -48,7 +56,6 @@ from onnxslim.passes.quantization._candidates import (
 )
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._guards import (
-    AccuracyBound,
     float_nodes_after_optimization,
     optimized_graph,
 )
@@ -57,12 +64,13 @@ from onnxslim.passes.quantization._latency_guard import (
     slow_int8_nodes,
     timing_feeds,
 )
+from onnxslim.passes.quantization._options import QuantizeOptions
 from onnxslim.passes.quantization._prepare import Prepared, prepare
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
 from onnxslim.passes.quantization._summary import (
     candidates_summary,
     excluded_reasons,
-    fidelity_dict,
+    fidelity_summary,
     quantized_nodes,
     start_summary,
     tensors_summary,
@@ -105,117 +113,29 @@ class _Run:
 class QuantizeStatic(SlimPass):
     """Static int8 quantization with streamed calibration, target profiles and guards.
 
-    Args:
-        calibration: Calibration data: a reader, an ``.npz`` file, a folder of ``.npy``/``.npz``
-            or images, an iterable of dicts/arrays (torch DataLoader included), or ``"random"``
-            (smoke data, labelled so). ``None`` uses the pipeline's data.
-        method: Range method: "minmax", "percentile", "entropy" or "mse".
-        percentile: Two-sided percentile kept by "percentile".
-        moving_average: "minmax" uses moving-average min/max over batches.
-        samples: At most this many calibration samples.
-        batch_size: Samples per calibration batch.
-        bins: Histogram bins per tensor.
-        target: "cpu" (detects VNNI/AMX/ARM dot), "tensorrt" (symmetric int8), "cuda".
-        per_channel, reduce_range, activation_type, weight_type, activation_symmetric,
-            weight_symmetric: Override the target profile (None keeps it).
-        op_types: Op types to quantize; None lets the latency guard pick among op-class sets.
-        exclude: Nodes kept in float: names, "re:REGEX" or "op:OpType".
-        mode: "auto" (static QDQ or dynamic MatMul quantization, by measurement), "static", "dynamic".
-        latency_guard: Time candidates vs the input; never return a slower model.
-        latency_runs: Interleaved timing rounds (medians).
-        latency_batch: Batch size the latency guard times at: the batch you deploy with
-            (default 1, or the model's fixed batch). int8 can win at one batch and lose at another.
-        min_speedup: A candidate must beat the input by this factor in two separate interleaved
-            measurements (5% margin: a noisy tie must not ship a slower model).
-        accuracy_guard: Keep sensitive layers in float until the bound holds.
-        min_sqnr_db: Output SQNR bound (dB); None turns it off.
-        min_top1: Top-1 agreement bound where outputs look like class scores; None turns it off.
-        metric: User callable ``(reference_outputs, candidate_outputs) -> bool``.
-        eval_samples: Samples (from the calibration data) used by the guards.
-        cache_dir: Folder for the statistics cache; None disables the cache.
-        threads: intra-op threads for timing (None: ORT's default).
+    Options are declared once, with their defaults and help, in :class:`QuantizeOptions`:
+    ``QuantizeStatic("calibration.npz", method="entropy", exclude=["op:Add"])`` (the calibration
+    data may come first) or ``QuantizeStatic(QuantizeOptions(...))``.
     """
 
+    Options: ClassVar[type] = QuantizeOptions
+    settings: QuantizeOptions
     name = "quantize"
     description = "Static int8 quantization: streamed calibration, ORT QDQ emission, latency and accuracy guards."
     exact = False
 
-    def __init__(
-        self,
-        calibration: Any = None,
-        *,
-        method: str = "percentile",
-        percentile: float = 99.999,
-        moving_average: bool = False,
-        samples: int | None = None,
-        batch_size: int = 1,
-        bins: int = 2048,
-        target: str = "cpu",
-        per_channel: bool | None = None,
-        reduce_range: bool | None = None,
-        activation_type: str | None = None,
-        weight_type: str | None = None,
-        activation_symmetric: bool | None = None,
-        weight_symmetric: bool | None = None,
-        op_types: list[str] | None = None,
-        exclude: list[str] | None = None,
-        mode: str = "auto",
-        latency_guard: bool = True,
-        latency_runs: int = 10,
-        latency_batch: int = 1,
-        min_speedup: float = 1.05,
-        accuracy_guard: bool = True,
-        min_sqnr_db: float | None = 20.0,
-        min_top1: float | None = 0.95,
-        metric: Callable[[list, list], bool] | None = None,
-        eval_samples: int = 8,
-        cache_dir: str | None = None,
-        threads: int | None = None,
-    ):
-        super().__init__()
-        _check_options(
-            method=method,
-            mode=mode,
-            percentile=percentile,
-            bins=bins,
-            batch_size=batch_size,
-            eval_samples=eval_samples,
-            latency_batch=latency_batch,
-            latency_runs=latency_runs,
-            samples=samples,
-            activation_type=activation_type,
-            weight_type=weight_type,
-            exclude=exclude,
-        )
-        self.calibration = calibration
-        self.method = method
-        self.percentile = percentile
-        self.moving_average = moving_average
-        self.samples = samples
-        self.batch_size = batch_size
-        self.bins = bins
-        self.target = target
-        self.per_channel = per_channel
-        self.reduce_range = reduce_range
-        self.activation_type = activation_type
-        self.weight_type = weight_type
-        self.activation_symmetric = activation_symmetric
-        self.weight_symmetric = weight_symmetric
-        self.op_types = op_types
-        self.exclude = list(exclude or [])
-        self.mode = mode
-        self.latency_guard = latency_guard
-        self.latency_runs = latency_runs
-        self.latency_batch = latency_batch
-        self.min_speedup = min_speedup
-        self.accuracy_guard = accuracy_guard
-        self.min_sqnr_db = min_sqnr_db
-        self.min_top1 = min_top1
-        self.metric = metric
-        self.eval_samples = eval_samples
-        self.cache_dir = cache_dir
-        self.threads = threads
-        self.profile = target_profile(target)  # fails early on an unknown target
+    def __init__(self, calibration: Any = None, /, **values: Any) -> None:
+        # The calibration data may come first, as before options were declared.
+        if isinstance(calibration, QuantizeOptions):
+            super().__init__(calibration, **values)
+        else:
+            if calibration is not None:
+                values["calibration"] = calibration
+            super().__init__(**values)
+        # the report echoes the exclusions as a list, [] when none (as before)
+        self.settings = dataclasses.replace(self.settings, exclude=list(self.exclude or []))
+        _check_options(self.settings)
+        self.profile = target_profile(self.target)  # fails early on an unknown target
 
     # -- configuration -------------------------------------------------------------------
     def resolved_profile(self) -> TargetProfile:
@@ -224,10 +144,12 @@ class QuantizeStatic(SlimPass):
         }
         return dataclasses.replace(self.profile, **overrides) if overrides else self.profile
 
-    def bound(self) -> AccuracyBound:
+    def bound(self) -> FidelityBounds:
         if not self.accuracy_guard:
-            return AccuracyBound.off()
-        return AccuracyBound(self.min_sqnr_db, self.min_top1, self.metric)
+            return FidelityBounds.off()
+        return FidelityBounds(
+            min_sqnr_db=self.min_sqnr_db, min_top1_agreement=self.min_top1, metric=self.metric
+        )
 
     def calibration_settings(self) -> CalibrationSettings:
         return CalibrationSettings(
@@ -258,7 +180,7 @@ class QuantizeStatic(SlimPass):
             return self._return_chosen(run, tried[chosen])
 
     # -- the stages ----------------------------------------------------------------------
-    def _open_reader(self, model: ir.Model, context: PassContext) -> tuple[Any, bool]:
+    def _open_reader(self, model: ir.Model, context: PassContext) -> tuple[BatchedReader, bool]:
         data = self.calibration if self.calibration is not None else context.data
         smoke = data is None
         if smoke:
@@ -266,10 +188,7 @@ class QuantizeStatic(SlimPass):
                 "no calibration data given: using random smoke data; the ranges are meaningless"
             )
             data = "random"
-        reader = open_reader(
-            data, model, batch_size=self.batch_size, limit=self.samples, sizes=context.sizes
-        )
-        reader.validate(model)  # before any work
+        reader = open_calibration_data(data, model, self.batch_size, self.samples, context.sizes)
         return reader, smoke or reader.smoke
 
     def _prepare_and_calibrate(
@@ -392,7 +311,7 @@ class QuantizeStatic(SlimPass):
         excluded = {**run.excluded, **chosen.excluded}
         ranges = run.calibration.ranges
         summary["chosen"] = chosen.label
-        summary["fidelity"] = fidelity_dict(chosen.evaluation)
+        summary["fidelity"] = fidelity_summary(chosen.evaluation)
         if chosen.latency_ms is not None:
             summary["latency_ms_after"] = round(chosen.latency_ms, 3)
             summary["speedup"] = round(chosen.speedup or 0.0, 3)
@@ -421,22 +340,10 @@ class QuantizeStatic(SlimPass):
         return SlimPassResult(run.model, modified=True, summary=summary)
 
 
-def _check_options(
-    *,
-    method: str,
-    mode: str,
-    percentile: float,
-    bins: int,
-    batch_size: int,
-    eval_samples: int,
-    latency_batch: int,
-    latency_runs: int,
-    samples: int | None,
-    activation_type: str | None,
-    weight_type: str | None,
-    exclude: list[str] | None,
-) -> None:
+def _check_options(options: QuantizeOptions) -> None:
     """Refuses bad options before any work (each used to fail late with a ValueError/re.error)."""
+    method, mode, percentile, bins = options.method, options.mode, options.percentile, options.bins
+    samples, exclude = options.samples, options.exclude
     if method not in METHODS:
         raise RecipeError(
             f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}."
@@ -448,16 +355,19 @@ def _check_options(
     if bins < 16 or bins % 2:
         raise RecipeError(f"bins must be an even number >= 16, got {bins}.")
     for option, value in (
-        ("batch_size", batch_size),
-        ("eval_samples", eval_samples),
-        ("latency_batch", latency_batch),
-        ("latency_runs", latency_runs),
+        ("batch_size", options.batch_size),
+        ("eval_samples", options.eval_samples),
+        ("latency_batch", options.latency_batch),
+        ("latency_runs", options.latency_runs),
     ):
         if value < 1:
             raise RecipeError(f"{option} must be >= 1, got {value}.")
     if samples is not None and samples < 1:
         raise RecipeError(f"samples must be >= 1 (or unset for all), got {samples}.")
-    for option, kind in (("activation_type", activation_type), ("weight_type", weight_type)):
+    for option, kind in (
+        ("activation_type", options.activation_type),
+        ("weight_type", options.weight_type),
+    ):
         if kind not in (None, "int8", "uint8"):
             raise RecipeError(f"{option} '{kind}' is not supported; use 'uint8' or 'int8'.")
     for selector in exclude or []:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -15,25 +15,23 @@ from onnxslim.passes.quantization._profiles import TargetProfile
 __all__ = [
     "candidates_summary",
     "excluded_reasons",
-    "fidelity_dict",
+    "fidelity_summary",
     "quantized_nodes",
     "start_summary",
     "tensors_summary",
 ]
 
 
-# wave 2: onnxslim._json.json_safe (one encoding of non-finite floats)
-def finite(value: float | None) -> float | str | None:
-    if value is None:
-        return None
-    return round(float(value), 2) if np.isfinite(value) else ("inf" if value > 0 else "-inf")
+def _rounded(value: float | None) -> float | None:
+    # floats stay floats (inf included): the pipeline's report encodes non-finite ones once
+    return None if value is None else round(float(value), 2)
 
 
-# wave 2: onnxslim._json.json_safe
-def fidelity_dict(evaluation: Evaluation) -> dict:
-    values = evaluation.fidelity.to_dict()
+def fidelity_summary(evaluation: Evaluation) -> dict:
+    """The evaluation's fidelity as plain floats, with the logits' SQNR where it was judged on them."""
+    values = dataclasses.asdict(evaluation.fidelity)
     if evaluation.on_logits:
-        values["logits_sqnr_db"] = finite(evaluation.logits_sqnr_db)
+        values["logits_sqnr_db"] = _rounded(evaluation.logits_sqnr_db)
     return values
 
 
@@ -58,7 +56,7 @@ def candidates_summary(tried: Sequence[Candidate], chosen: int | None) -> list[d
         {
             "label": c.label,
             "op_types": list(c.op_types) if c.op_types is not None else "dynamic MatMul/Gemm",
-            "fidelity": fidelity_dict(c.evaluation),
+            "fidelity": fidelity_summary(c.evaluation),
             "speedup": rounded(c.speedup),
             "speedup_confirmed": rounded(c.speedup_confirmed),
             "extra_float_nodes": len(c.excluded),
@@ -123,7 +121,7 @@ def tensors_summary(
             "method": method
             if chosen_ranges[name] == ranges[name]
             else f"minmax (accuracy guard: {method} clipped too much)",
-            "sqnr_db": finite(tensor_sqnr.get(name)),
+            "sqnr_db": _rounded(tensor_sqnr.get(name)),
         }
         for name, (lo, hi) in chosen_ranges.items()
     }

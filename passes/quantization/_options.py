@@ -1,0 +1,84 @@
+"""QuantizeStatic's declared options (a light module: ``onnxslim optimize --help`` reads it)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from onnxslim.options import option
+
+__all__ = ["QuantizeOptions"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeOptions:
+    """Options of the ``quantize`` pass."""
+
+    calibration: Any = option(
+        None,
+        help="calibration data: a reader, an .npz file, a folder of .npy/.npz or images, an "
+        "iterable of dicts/arrays (torch DataLoader included), or 'random' (smoke data); "
+        "None uses the pipeline's data",
+    )
+    method: Literal["minmax", "percentile", "entropy", "mse"] = option(
+        "percentile", help="range method: minmax, percentile, entropy or mse"
+    )
+    percentile: float = option(99.999, help="two-sided percentile kept by 'percentile'")
+    moving_average: bool = option(False, help="'minmax' uses moving-average min/max over batches")
+    samples: int | None = option(None, help="at most this many calibration samples")
+    batch_size: int = option(1, help="samples per calibration batch")
+    bins: int = option(2048, help="histogram bins per tensor")
+    target: Literal["cpu", "tensorrt", "cuda"] = option(
+        "cpu", help="cpu (detects VNNI/AMX/ARM dot), tensorrt (symmetric int8), cuda"
+    )
+    per_channel: bool | None = option(None, help="override the target profile (None keeps it)")
+    reduce_range: bool | None = option(None, help="override the target profile (None keeps it)")
+    activation_type: Literal["int8", "uint8"] | None = option(
+        None, help="override the target profile (None keeps it)"
+    )
+    weight_type: Literal["int8", "uint8"] | None = option(
+        None, help="override the target profile (None keeps it)"
+    )
+    activation_symmetric: bool | None = option(
+        None, help="override the target profile (None keeps it)"
+    )
+    weight_symmetric: bool | None = option(None, help="override the target profile (None keeps it)")
+    op_types: Sequence[str] | None = option(
+        None, help="op types to quantize; None lets the latency guard pick among op-class sets"
+    )
+    exclude: Sequence[str] | None = option(
+        None, help="nodes kept in float: names, 're:REGEX' or 'op:OpType'"
+    )
+    mode: Literal["auto", "static", "dynamic"] = option(
+        "auto",
+        help="auto (static QDQ or dynamic MatMul quantization, by measurement), static, dynamic",
+    )
+    latency_guard: bool = option(
+        True, help="time candidates vs the input; never return a slower model"
+    )
+    latency_runs: int = option(10, help="interleaved timing rounds (medians)")
+    latency_batch: int = option(
+        1,
+        help="batch size the latency guard times at: the batch you deploy with (the model's "
+        "fixed batch wins); int8 can win at one batch and lose at another",
+    )
+    min_speedup: float = option(
+        1.05,
+        help="a candidate must beat the input by this factor in two separate interleaved "
+        "measurements (a noisy tie must not ship a slower model)",
+    )
+    accuracy_guard: bool = option(True, help="keep sensitive layers in float until the bound holds")
+    min_sqnr_db: float | None = option(20.0, help="output SQNR bound (dB); None turns it off")
+    min_top1: float | None = option(
+        0.95,
+        help="top-1 agreement bound where outputs look like class scores; None turns it off",
+    )
+    metric: Callable[[list, list], bool] | None = option(
+        None, help="user callable (reference_outputs, candidate_outputs) -> bool"
+    )
+    eval_samples: int = option(8, help="samples (from the calibration data) used by the guards")
+    cache_dir: str | None = option(
+        None, help="folder for the statistics cache; None disables the cache"
+    )
+    threads: int | None = option(None, help="intra-op threads for timing (None: ORT's default)")
