@@ -62,7 +62,10 @@ PASSES: dict[str, PassEntry] = {
         hooks={"groups": "onnxslim.passes.pruning:dependency_groups"},
     ),
     "distill": PassEntry("onnxslim.passes.distillation:Distill"),
-    "quantize": PassEntry("onnxslim.passes.quantization:QuantizeStatic"),
+    "quantize": PassEntry(
+        "onnxslim.passes.quantization:QuantizeStatic",
+        options="onnxslim.passes.quantization._options:QuantizeOptions",
+    ),
 }
 
 

@@ -544,7 +544,7 @@ def test_calibrate_only_gives_the_full_pass_ranges(conv_net, tmp_path):
 def test_ort_compat_names_import_and_build_a_qdq_model_with_keywords():
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer as OrtQDQQuantizer
 
-    from onnxslim.passes.quantization import _ort_compat
+    from onnxslim.compat import onnxruntime as _ort_compat
 
     assert _ort_compat.QDQQuantizer is OrtQDQQuantizer
     assert callable(_ort_compat.load_model_with_shape_infer)
@@ -572,8 +572,8 @@ def test_ort_compat_names_import_and_build_a_qdq_model_with_keywords():
 
 
 def test_ort_quantizer_is_silenced_without_touching_the_root_level(caplog):
+    from onnxslim.compat.onnxruntime import ORT_QUANTIZATION_DIR
     from onnxslim.passes.quantization._emit import quiet_ort_quantizer
-    from onnxslim.passes.quantization._ort_compat import ORT_QUANTIZATION_DIR
 
     root = logging.getLogger()
     ort_file = str(ORT_QUANTIZATION_DIR / "qdq_quantizer.py")

@@ -1,10 +1,37 @@
-"""ONNX Runtime's private names outside quantization: symbolic shape inference's steps."""
+"""ONNX Runtime's private or unstable names, in one place: symbolic shape inference's steps, and
+the quantizer we hand our own ranges to.
+
+ORT's public ``quantize_static`` calibrates itself; we give our ranges to its ``QDQQuantizer``
+(not exported from ``onnxruntime.quantization``'s ``__init__``), so its constructor is called here,
+with keywords, and nowhere else.
+"""
 
 from __future__ import annotations
 
-import onnx
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["symbolic_shape_inference"]
+import numpy as np
+import onnx
+import onnxruntime.quantization
+from onnxruntime.quantization import QuantType
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+from onnxslim._errors import RecipeError
+
+__all__ = [
+    "ORT_QUANTIZATION_DIR",
+    "QDQQuantizer",
+    "load_model_with_shape_infer",
+    "qdq_quantizer",
+    "quant_type",
+    "shape_inferred_proto",
+    "symbolic_shape_inference",
+    "tensors_range",
+]
 
 
 def symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto | None:
@@ -24,3 +51,58 @@ def symbolic_shape_inference(proto: onnx.ModelProto) -> onnx.ModelProto | None:
         inference._infer_impl()
     inference._update_output_from_vi()
     return inference.out_mp_
+
+
+# ORT's quantizer logs through the root logger from the modules in this folder (see _emit.py).
+ORT_QUANTIZATION_DIR = Path(onnxruntime.quantization.__file__).resolve().parent
+
+
+def quant_type(name: str) -> QuantType:
+    """ "uint8"/"int8" -> ORT's QuantType."""
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    if name not in types:
+        raise RecipeError(f"quantization type '{name}' is not supported; use 'uint8' or 'int8'.")
+    return types[name]
+
+
+def tensors_range(ranges: Mapping[str, tuple[float, float]]) -> TensorsData:
+    """Our calibrated (low, high) ranges in the form ORT's quantizer takes."""
+    return TensorsData(
+        CalibrationMethod.MinMax,
+        {
+            name: TensorData(lowest=np.float32(low), highest=np.float32(high))
+            for name, (low, high) in ranges.items()
+        },
+    )
+
+
+def qdq_quantizer(
+    model: onnx.ModelProto,
+    *,
+    per_channel: bool,
+    reduce_range: bool,
+    weight_type: str,
+    activation_type: str,
+    ranges: Mapping[str, tuple[float, float]],
+    nodes_to_exclude: Sequence[str],
+    op_types_to_quantize: Sequence[str],
+    extra_options: Mapping[str, Any],
+) -> QDQQuantizer:
+    """ORT's QDQQuantizer built with keyword arguments (its constructor is positional-unstable)."""
+    return QDQQuantizer(
+        model=model,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        weight_qType=quant_type(weight_type),
+        activation_qType=quant_type(activation_type),
+        tensors_range=tensors_range(ranges),
+        nodes_to_quantize=[],
+        nodes_to_exclude=list(nodes_to_exclude),
+        op_types_to_quantize=list(op_types_to_quantize),
+        extra_options=dict(extra_options),
+    )
+
+
+def shape_inferred_proto(path: Path) -> onnx.ModelProto:
+    """ORT's own load with onnx shape inference and its "already inferred" mark."""
+    return load_model_with_shape_infer(path)

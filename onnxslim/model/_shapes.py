@@ -10,7 +10,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim.compat.onnxruntime import symbolic_shape_inference
 from onnxslim.inputs import DimSizes, input_specs, resolve_shape
 from onnxslim.model._macs import static_shape
 from onnxslim.model._probe import ValueProbe
@@ -90,6 +89,9 @@ def inferred_shapes(model: ir.Model, sizes: DimSizes | None = None) -> dict[str,
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
     """ORT's symbolic shape inference (follows Range, Shape arithmetic into Reshape), then onnx's."""
     try:
+        # imported here: the compat module loads ORT's quantization package
+        from onnxslim.compat.onnxruntime import symbolic_shape_inference
+
         inferred = symbolic_shape_inference(proto)
         if inferred is not None:
             return inferred

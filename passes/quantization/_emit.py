@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from onnxslim.passes.quantization._ort_compat import (
+from onnxslim.compat.onnxruntime import (
     ORT_QUANTIZATION_DIR,
     qdq_quantizer,
     quant_type,
