@@ -15,7 +15,7 @@ import torch
 
 import onnxslim
 from onnxslim._errors import SlimError, VerificationError
-from onnxslim._fidelity import Fidelity  # wave 2: onnxslim.fidelity
+from onnxslim.fidelity import Fidelity
 from onnxslim._pass import PassContext
 from onnxslim.passes.distillation import _teacher
 from onnxslim.passes.distillation._batches import Batches, Feeds
@@ -263,13 +263,13 @@ def check_write_back(run: DistillRun) -> None:
 
 
 def summary(run: DistillRun) -> dict[str, Any]:
-    """The pass's report entry (JSON-ready)."""
+    """The pass's report entry (plain values; floats stay floats)."""
     result, after, parity = run.result, run.fidelity_after, run.parity
     assert result is not None and after is not None and run.batches is not None
     before = result.fidelity_before
     logger.info("distill: fidelity %s -> %s", before.describe(), after.describe())
     history = result.history
-    # wave 2: records keep floats; onnxslim._json.json_safe encodes at the edge (to_dict here).
+    # Floats as they are (inf included): the pipeline's report encodes non-finite values once.
     return {
         "teacher": str(run.teacher_path),
         "student": "graph" if run.options.student is None else type(run.options.student).__name__,
@@ -285,13 +285,13 @@ def summary(run: DistillRun) -> dict[str, Any]:
         "losses": run.losses,
         "loss_first_epoch": history[0].loss if history else None,
         "loss_last_epoch": history[-1].loss if history else None,
-        "sqnr_before_db": before.to_dict()["sqnr_db"],
-        "sqnr_after_db": after.to_dict()["sqnr_db"],
+        "sqnr_before_db": before.sqnr_db,
+        "sqnr_after_db": after.sqnr_db,
         "history": [dataclasses.asdict(record) for record in history],
-        "fidelity_before": before.to_dict(),
-        "fidelity_after": after.to_dict(),
+        "fidelity_before": dataclasses.asdict(before),
+        "fidelity_after": dataclasses.asdict(after),
         "student_vs_onnx_max_abs_error": parity.max_abs_error if parity else 0.0,
-        "student_vs_onnx_sqnr_db": parity.to_dict()["sqnr_db"] if parity else None,
+        "student_vs_onnx_sqnr_db": parity.sqnr_db if parity else None,
         "initializers_updated": len(run.changed),
     }
 

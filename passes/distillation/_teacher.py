@@ -15,7 +15,7 @@ import torch
 
 import onnxslim
 from onnxslim._errors import SlimError
-from onnxslim._pipeline import _human_bytes  # wave 2: onnxslim.formatting.human_bytes
+from onnxslim.formatting import human_bytes
 from onnxslim.passes.distillation._batches import Batches
 
 __all__ = ["OrtTeacher", "TeacherTargets", "TEACHER_CACHE_BYTES"]
@@ -139,8 +139,8 @@ class TeacherTargets:
                 )
                 if estimate > max_bytes:
                     return None, (
-                        f"off (teacher outputs would take {_human_bytes(estimate)} > "
-                        f"{_human_bytes(max_bytes)}: the teacher runs on every batch)"
+                        f"off (teacher outputs would take {human_bytes(estimate)} > "
+                        f"{human_bytes(max_bytes)}: the teacher runs on every batch)"
                     )
         names = list(chunks[0])
         if stacked:
