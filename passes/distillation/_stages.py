@@ -156,15 +156,13 @@ def open_data(run: DistillRun) -> None:
 
 
 def _batches(run: DistillRun, data: Any) -> Batches:
-    # wave 2: onnxslim.inputs.open_samples replaces open_reader + Batches (one door for data).
-    if isinstance(data, (str, Path, np.ndarray)):
-        from onnxslim.calibration import open_reader
-
-        # Large reader batches: Batches splits them into samples anyway, and reading an
-        # .npz one sample at a time is slow.
-        data = open_reader(data, run.model, batch_size=256 if run.options.batch_size else 1)
+    """Batches over ``onnxslim.inputs.open_samples`` (a reader in the data is used as is)."""
     return Batches(
-        data, run.input_names, batch_size=run.options.batch_size, label_key=run.options.label_key
+        data,
+        run.input_names,
+        batch_size=run.options.batch_size,
+        label_key=run.options.label_key,
+        model=run.model,
     )
 
 
