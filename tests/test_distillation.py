@@ -674,7 +674,9 @@ def test_summary_keeps_floats_and_the_report_encodes_them(teacher_path, digits):
     encoded = json.loads(result.report.to_json())["stages"][-1]["summary"]
     for key in ("sqnr_before_db", "sqnr_after_db"):
         assert isinstance(summary[key], float)
-        assert encoded[key] == (str(summary[key]) if not np.isfinite(summary[key]) else summary[key])
+        assert encoded[key] == (
+            str(summary[key]) if not np.isfinite(summary[key]) else summary[key]
+        )
     for record, written in zip(summary["history"], encoded["history"], strict=True):
         assert isinstance(record["fidelity"]["sqnr_db"], float)
         assert set(written["fidelity"]) == {
@@ -685,3 +687,48 @@ def test_summary_keeps_floats_and_the_report_encodes_them(teacher_path, digits):
             "samples",
         }
     assert summary["fidelity_after"]["samples"] == 1 and encoded["fidelity_after"]["samples"] == 1
+    # lr 0: the written model is the teacher, bit for bit; "inf" only at the JSON edge
+    assert summary["sqnr_after_db"] == float("inf") and encoded["sqnr_after_db"] == "inf"
+    assert summary["fidelity_after"]["sqnr_db"] == float("inf")
+    assert encoded["fidelity_after"]["sqnr_db"] == "inf"
+
+
+def test_declared_options_positional_data_and_recipe_checks(tmp_path):
+    import dataclasses
+
+    from onnxslim.passes.distillation import DataConfig, DistillOptions, LossConfig, TrainConfig
+
+    assert Distill.Options is DistillOptions
+    configs = {
+        f.name: f for c in (TrainConfig, LossConfig, DataConfig) for f in dataclasses.fields(c)
+    }
+    shared = [f for f in dataclasses.fields(DistillOptions) if f.name in configs]
+    assert len(shared) == 23
+    for field in shared:
+        source = configs[field.name]
+        assert (field.default, field.metadata["help"]) == (source.default, source.metadata["help"])
+    distill = Distill("train.npz", epochs=10, lr=3e-3)
+    assert (distill.data, distill.epochs, distill.lr, distill.batch_size) == (
+        "train.npz",
+        10,
+        3e-3,
+        32,
+    )
+    assert distill.settings == DistillOptions(data="train.npz", epochs=10, lr=3e-3)
+    assert Distill(DistillOptions(epochs=2)).epochs == 2
+    assert Distill(data=[1]).data == [1]
+    with pytest.raises(onnxslim.SlimError, match=r"^distill: epochs must be >= 1, got 0\.$"):
+        DistillOptions(epochs=0)
+    with pytest.raises(onnxslim.SlimError, match=r"^distill: kd_weight must be >= 0, got -1\.0\.$"):
+        Distill(kd_weight=-1.0)
+    # recipes: real type checks from the declaration
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[[passes]]\nname = "distill"\noptimizer = "rmsprop"\n')
+    with pytest.raises(onnxslim.RecipeError) as error:
+        onnxslim.load_recipe(recipe)
+    assert "option 'optimizer' of pass 'distill' expects one of 'adamw', 'adam', 'sgd'" in str(
+        error.value
+    )
+    recipe.write_text('[[passes]]\nname = "distill"\nepochs = 2\nlr = 0\nthreads = "auto"\n')
+    (loaded,) = onnxslim.load_recipe(recipe).passes
+    assert (loaded.epochs, loaded.lr, loaded.threads) == (2, 0.0, "auto")

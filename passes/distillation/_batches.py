@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from onnxslim._errors import InputDataError
+from onnxslim import InputDataError
 from onnxslim.inputs import BatchedReader, open_samples
 from onnxslim.passes.distillation._config import DATA
 

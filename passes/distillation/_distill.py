@@ -10,8 +10,7 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
-from onnxslim._errors import SlimError
-from onnxslim._pass import PassContext, SlimPass, SlimPassResult
+from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.passes.distillation._config import DATA, TrainConfig, options_doc
 from onnxslim.passes.distillation._options import NOT_OPTIONS, DistillOptions
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from onnxslim._errors import SlimError
+from onnxslim import SlimError
 from onnxslim.fidelity import Fidelity, compare_outputs
 from onnxslim.passes.distillation._batches import Feeds, to_device
 from onnxslim.passes.distillation._checkpoint import resume_checkpoint, save_checkpoint

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onnxslim._errors import SlimError
+from onnxslim import SlimError
 from onnxslim.fidelity import looks_like_scores
 from onnxslim.passes.distillation._config import LOSS
 

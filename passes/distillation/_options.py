@@ -11,7 +11,7 @@ import importlib.util
 import math
 from typing import Any, Literal
 
-from onnxslim._errors import SlimError
+from onnxslim import SlimError
 from onnxslim.options import option
 from onnxslim.passes.distillation._config import (
     DataConfig,

@@ -14,15 +14,15 @@ import onnx_ir as ir
 import torch
 
 import onnxslim
-from onnxslim._errors import SlimError, VerificationError
-from onnxslim.fidelity import Fidelity
-from onnxslim._pass import PassContext
+from onnxslim import PassContext, SlimError, VerificationError
+from onnxslim.fidelity import Fidelity, compare_outputs
 from onnxslim.passes.distillation import _teacher
 from onnxslim.passes.distillation._batches import Batches, Feeds
 from onnxslim.passes.distillation._export import DictOutputs, export_module, replace_model
 from onnxslim.passes.distillation._loop import distributed_context, train
 from onnxslim.passes.distillation._losses import DistillationLoss, infer_output_losses
 from onnxslim.passes.distillation._state import TrainResult, TrainState
+from onnxslim.runtime import create_session
 from onnxslim.torch_bridge import OnnxModule
 from onnxslim.torch_bridge import write_back as write_back_weights
 
@@ -230,7 +230,7 @@ def check_write_back(run: DistillRun) -> None:
     assert run.student is not None
     names = run.output_names
     with onnxslim.temporary_model_file(run.model) as path:
-        session = onnxslim.create_session(path, run.context.providers)
+        session = create_session(path, run.context.providers)
         run.ort_outputs = [
             dict(zip(names, session.run(names, feeds), strict=True)) for feeds in run.validation
         ]
@@ -242,7 +242,7 @@ def check_write_back(run: DistillRun) -> None:
             )
             torch_outputs.append({n: outputs[n].numpy() for n in names})
     floating = [n for n in names if np.issubdtype(run.ort_outputs[0][n].dtype, np.floating)]
-    run.parity = onnxslim.compare_outputs(
+    run.parity = compare_outputs(
         [{n: t[n] for n in floating} for t in torch_outputs],
         [{n: o[n] for n in floating} for o in run.ort_outputs],
     )
@@ -257,7 +257,7 @@ def check_write_back(run: DistillRun) -> None:
             "this is a bug in the torch kernels, please report it with the model."
         )
     teacher_outputs = [{n: outputs[n] for n in names} for outputs in run.teacher_validation]
-    run.fidelity_after = onnxslim.compare_outputs(teacher_outputs, run.ort_outputs)
+    run.fidelity_after = compare_outputs(teacher_outputs, run.ort_outputs)
 
 
 def summary(run: DistillRun) -> dict[str, Any]:

@@ -14,9 +14,10 @@ import onnx_ir.passes.common
 import torch
 
 import onnxslim
-from onnxslim._errors import SlimError
+from onnxslim import SlimError
 from onnxslim.formatting import human_bytes
 from onnxslim.passes.distillation._batches import Batches
+from onnxslim.runtime import create_session, session_options
 
 __all__ = ["OrtTeacher", "TeacherTargets", "TEACHER_CACHE_BYTES"]
 
@@ -46,18 +47,18 @@ class OrtTeacher:
         self.path = Path(path)
         self.extra_outputs = list(extra_outputs)
         self.cache: dict[str, dict[str, np.ndarray]] | None = {} if cache else None
-        options = onnxslim.session_options(allow_spinning=False)
+        options = session_options(allow_spinning=False)
         if self.extra_outputs:
             model = onnxslim.load(self.path)
             self._expose(model, self.extra_outputs)
             if workdir is not None:
                 augmented = Path(workdir) / f"{self.path.stem}.teacher.onnx"
                 onnxslim.save(model, augmented)
-                self.session = onnxslim.create_session(augmented, providers, options)
+                self.session = create_session(augmented, providers, options)
             else:
-                self.session = onnxslim.create_session(model, providers, options)
+                self.session = create_session(model, providers, options)
         else:
-            self.session = onnxslim.create_session(self.path, providers, options)
+            self.session = create_session(self.path, providers, options)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
