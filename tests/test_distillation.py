@@ -732,3 +732,47 @@ def test_declared_options_positional_data_and_recipe_checks(tmp_path):
     recipe.write_text('[[passes]]\nname = "distill"\nepochs = 2\nlr = 0\nthreads = "auto"\n')
     (loaded,) = onnxslim.load_recipe(recipe).passes
     assert (loaded.epochs, loaded.lr, loaded.threads) == (2, 0.0, "auto")
+
+
+def test_batch_forward_macs_by_the_engine_rule():
+    from onnxslim.passes.distillation._stages import _batch_forward_macs
+
+    rng = np.random.default_rng(0)
+    model = ir.from_proto(
+        onnx.parser.parse_model(
+            """<ir_version: 8, opset_import: ["" : 13]>
+            g (float[N, 3, 8, 8] x) => (float[N, 10] y) {
+                c = Conv <pads = [1, 1, 1, 1]> (x, w)
+                f = Flatten (c)
+                y = Gemm (f, v)
+            }"""
+        )
+    )
+    for name, shape in (("w", (4, 3, 3, 3)), ("v", (256, 10))):
+        value = ir.Value(name=name, const_value=ir.Tensor(rng.standard_normal(shape, np.float32)))
+        model.graph.register_initializer(value)
+        next(n for n in model.graph if name in [i.name for i in n.inputs if i]).replace_input_with(
+            1, value
+        )
+    # Conv: 2 x 4x8x8 outputs x 3x3x3 taps; Gemm: 2 x 10 outputs x 256 inputs
+    feeds = {"x": np.zeros((2, 3, 8, 8), np.float32)}
+    assert _batch_forward_macs(model, feeds) == 2 * 4 * 64 * 27 + 2 * 10 * 256
+
+
+def test_teacher_exposes_hinted_values_in_one_session(teacher_path, digits):
+    from onnxslim.passes.distillation import OrtTeacher
+
+    model = onnxslim.load(teacher_path)
+    relu = next(n for n in model.graph if n.op_type == "Relu").outputs[0].name
+    teacher = OrtTeacher(teacher_path, extra_outputs=[relu])
+    assert teacher.input_names == ["input0"] and teacher.output_names == ["output", relu]
+    feeds = {"input0": digits[0][:4]}
+    outputs = teacher(feeds)
+    plain = onnxslim.create_session(teacher_path).run(None, feeds)[0]
+    np.testing.assert_array_equal(outputs["output"], plain)
+    assert outputs[relu].shape[0] == 4 and outputs[relu].min() >= 0
+    with pytest.raises(
+        onnxslim.SlimError,
+        match=r"^distill: teacher has no value\(s\) 'nope' for hint losses; name values",
+    ):
+        OrtTeacher(teacher_path, extra_outputs=["nope"])

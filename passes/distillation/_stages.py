@@ -16,6 +16,8 @@ import torch
 import onnxslim
 from onnxslim import PassContext, SlimError, VerificationError
 from onnxslim.fidelity import Fidelity, compare_outputs
+from onnxslim.inputs import input_specs
+from onnxslim.model import model_stats
 from onnxslim.passes.distillation import _teacher
 from onnxslim.passes.distillation._batches import Batches, Feeds
 from onnxslim.passes.distillation._export import DictOutputs, export_module, replace_model
@@ -129,7 +131,6 @@ def build_teacher(run: DistillRun) -> None:
         run.context.providers,
         extra_outputs=list(run.hints.values()),
         cache=bool(run.options.cache_teacher),
-        workdir=run.workdir,
     )
     if teacher.input_names != run.input_names:
         raise SlimError(
@@ -295,12 +296,8 @@ def summary(run: DistillRun) -> dict[str, Any]:
 
 
 def _batch_forward_macs(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> int | None:
-    """MACs of the graph's forward pass over one training batch (None when unknown).
-
-    wave 2: onnxslim.model.node_macs / model_stats (the one MAC rule) with inputs' sizes.
-    """
-    from onnxslim import input_specs, model_stats
-
+    """MACs of the graph's forward pass over one training batch (None when unknown), by the
+    engine's one MAC rule with the batch's sizes for the symbolic input dims."""
     try:
         sizes = {
             dim: int(feeds[spec.name].shape[axis])
