@@ -114,12 +114,14 @@ def open_training_data(
 
 
 class Batches:
-    """Training/validation batches from readers, iterables of dicts, or a torch DataLoader.
+    """Training/validation batches over the reader :func:`open_training_data` opens.
 
-    With ``batch_size``, reader items are split into samples once, stacked in memory per input
-    and re-batched to ``batch_size`` samples, shuffled per epoch with ``seed + epoch`` and
-    sharded per rank; without it, items are used as given. A DataLoader is used as it batches
-    (with its own DistributedSampler, or sharded by batch index).
+    With ``batch_size``, the reader's batches are split into samples once, stacked in memory per
+    input and re-batched to ``batch_size`` samples, shuffled per epoch with ``seed + epoch`` and
+    sharded per rank; without it, items are used as given. A DataLoader is streamed as it
+    batches (with its own DistributedSampler, or sharded by batch index). Labels: the
+    ``label_key`` entry of dict items (or of a reader's batches), or the second element of
+    ``(inputs, labels)`` items.
 
     :meth:`epoch` yields ``(feeds, labels, key)``: ``key`` names the batch's samples (an index
     array when stacked, the item index otherwise, ``None`` for a DataLoader) so that teacher
