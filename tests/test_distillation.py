@@ -567,3 +567,212 @@ def test_exported_model_is_moved_into_the_given_model_object():
     assert len(source.graph) == 0 and not source.graph.inputs and not source.graph.initializers
     (z,) = onnxslim.create_session(target).run(None, {"x": np.array([3.0, 4.0], np.float32)})
     np.testing.assert_array_equal(z, np.array([4.0, 2.0], np.float32))
+
+
+# ----------------------------------------------------------------------------- data sources
+
+
+class GetNextReader:
+    """An ONNX Runtime style CalibrationDataReader: get_next()/rewind(), not iterable."""
+
+    def __init__(self, items):
+        self.items, self.position = items, 0
+
+    def get_next(self):
+        if self.position >= len(self.items):
+            return None
+        self.position += 1
+        return self.items[self.position - 1]
+
+    def rewind(self):
+        self.position = 0
+
+
+def test_every_data_source_trains_on_the_same_samples(teacher_path, digits, tmp_path):
+    images, labels = digits[0][:32], digits[1][:32]
+    npz = tmp_path / "train.npz"
+    np.savez(npz, input0=images, label=labels)
+    sources = {
+        "npz": str(npz),
+        "dicts": reader(images, labels),
+        "tuples": [(images[i : i + 8], labels[i : i + 8]) for i in range(0, 32, 8)],
+        "get_next": GetNextReader(reader(images, labels)),
+    }
+    for name, source in sources.items():
+        summary = (
+            Distill(source, teacher=str(teacher_path), epochs=1, batch_size=16, seed=1)
+            .apply(perturbed_student(teacher_path), onnxslim.PassContext())
+            .summary
+        )
+        assert (summary["samples"], summary["steps"]) == (32, 2), name
+        assert set(summary["history"][0]["parts"]) == {"kl:output", "ce"}, name
+    # batch_size=None: items as given (4 items of 8 samples: 4 steps an epoch)
+    summary = (
+        Distill(sources["tuples"], teacher=str(teacher_path), epochs=2, batch_size=None)
+        .apply(perturbed_student(teacher_path), onnxslim.PassContext())
+        .summary
+    )
+    assert (summary["samples"], summary["steps"]) == (32, 8)
+
+
+def test_batches_stack_split_shuffle_and_shard(digits):
+    from onnxslim.passes.distillation import Batches
+
+    images, labels = digits[0][:40], digits[1][:40]
+    batches = Batches(reader(images, labels), ["input0"], batch_size=16)
+    assert batches.in_memory and batches.sample_count == 40
+    assert batches.arrays["input0"].shape == (40, 1, 16, 16)
+    np.testing.assert_array_equal(batches.labels, labels)
+    assert [batches.batches_per_epoch(w) for w in (1, 2, 3)] == [3, 2, 1]
+    sizes = [len(feeds["input0"]) for feeds, _, _ in batches.epoch()]
+    assert sizes == [16, 16, 8]
+    for feeds, batch_labels, key in batches.epoch(2, shuffle=True, seed=5):
+        np.testing.assert_array_equal(feeds["input0"], images[key])
+        np.testing.assert_array_equal(batch_labels, labels[key])
+    order = np.random.default_rng(5 + 2).permutation(40)
+    shard = [key for _, _, key in batches.epoch(2, shuffle=True, seed=5, rank=1, world_size=3)]
+    np.testing.assert_array_equal(np.concatenate(shard), order[:39][1::3])
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(images), torch.from_numpy(labels)),
+        batch_size=16,
+    )
+    streamed = Batches(loader, ["input0"])
+    assert not streamed.in_memory and streamed.sample_count == 40
+    assert streamed.batches_per_epoch() == 3 and streamed.batches_per_epoch(2) == 1
+    got = list(streamed.epoch())
+    assert [len(f["input0"]) for f, _, _ in got] == [16, 16, 8]
+    np.testing.assert_array_equal(np.concatenate([lab for _, lab, _ in got]), labels)
+    assert all(key is None for _, _, key in got)
+    (only,) = list(streamed.epoch(rank=1, world_size=2))  # batch 1 of the 2 * 1 shared ones
+    np.testing.assert_array_equal(only[0]["input0"], images[16:32])
+
+
+def test_user_module_student_in_a_pipeline_keeps_the_in_place_promise(teacher_path, digits):
+    torch.manual_seed(3)
+    student = testing.resnet_style(widths=(8, 16), blocks_per_stage=1)
+    pipeline = onnxslim.Pipeline([Distill(student=student, epochs=1, batch_size=32, lr=3e-3)])
+    result = pipeline.run(teacher_path, data=reader(digits[0]))
+    stage = result.report.stages[-1]
+    assert stage.summary["student"] == "ResNet" and stage.summary["initializers_updated"] == 1
+    assert [v.name for v in result.model.graph.inputs] == ["input0"]
+    assert [v.name for v in result.model.graph.outputs] == ["output"]
+    feeds = {"input0": digits[0][:8]}
+    with onnxslim.temporary_model_file(result.model) as path:
+        ort_output = onnxslim.create_session(path).run(None, feeds)[0]
+    with torch.no_grad():
+        torch_output = student(torch.from_numpy(digits[0][:8])).numpy()
+    np.testing.assert_allclose(ort_output, torch_output, rtol=0, atol=1e-4)
+
+
+def test_summary_keeps_floats_and_the_report_encodes_them(teacher_path, digits):
+    import json
+
+    pipeline = onnxslim.Pipeline([Distill(epochs=1, batch_size=32, lr=0.0)])
+    result = pipeline.run(teacher_path, data=reader(digits[0][:32]))
+    summary = result.report.stages[-1].summary
+    encoded = json.loads(result.report.to_json())["stages"][-1]["summary"]
+    for key in ("sqnr_before_db", "sqnr_after_db"):
+        assert isinstance(summary[key], float)
+        assert encoded[key] == (
+            str(summary[key]) if not np.isfinite(summary[key]) else summary[key]
+        )
+    for record, written in zip(summary["history"], encoded["history"], strict=True):
+        assert isinstance(record["fidelity"]["sqnr_db"], float)
+        assert set(written["fidelity"]) == {
+            "max_abs_error",
+            "mean_abs_error",
+            "sqnr_db",
+            "top1_agreement",
+            "samples",
+        }
+    assert summary["fidelity_after"]["samples"] == 1 and encoded["fidelity_after"]["samples"] == 1
+    # lr 0: the written model is the teacher, bit for bit; "inf" only at the JSON edge
+    assert summary["sqnr_after_db"] == float("inf") and encoded["sqnr_after_db"] == "inf"
+    assert summary["fidelity_after"]["sqnr_db"] == float("inf")
+    assert encoded["fidelity_after"]["sqnr_db"] == "inf"
+
+
+def test_declared_options_positional_data_and_recipe_checks(tmp_path):
+    import dataclasses
+
+    from onnxslim.passes.distillation import DataConfig, DistillOptions, LossConfig, TrainConfig
+
+    assert Distill.Options is DistillOptions
+    configs = {
+        f.name: f for c in (TrainConfig, LossConfig, DataConfig) for f in dataclasses.fields(c)
+    }
+    shared = [f for f in dataclasses.fields(DistillOptions) if f.name in configs]
+    assert len(shared) == 23
+    for field in shared:
+        source = configs[field.name]
+        assert (field.default, field.metadata["help"]) == (source.default, source.metadata["help"])
+    distill = Distill("train.npz", epochs=10, lr=3e-3)
+    assert (distill.data, distill.epochs, distill.lr, distill.batch_size) == (
+        "train.npz",
+        10,
+        3e-3,
+        32,
+    )
+    assert distill.settings == DistillOptions(data="train.npz", epochs=10, lr=3e-3)
+    assert Distill(DistillOptions(epochs=2)).epochs == 2
+    assert Distill(data=[1]).data == [1]
+    with pytest.raises(onnxslim.SlimError, match=r"^distill: epochs must be >= 1, got 0\.$"):
+        DistillOptions(epochs=0)
+    with pytest.raises(onnxslim.SlimError, match=r"^distill: kd_weight must be >= 0, got -1\.0\.$"):
+        Distill(kd_weight=-1.0)
+    # recipes: real type checks from the declaration
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[[passes]]\nname = "distill"\noptimizer = "rmsprop"\n')
+    with pytest.raises(onnxslim.RecipeError) as error:
+        onnxslim.load_recipe(recipe)
+    assert "option 'optimizer' of pass 'distill' expects one of 'adamw', 'adam', 'sgd'" in str(
+        error.value
+    )
+    recipe.write_text('[[passes]]\nname = "distill"\nepochs = 2\nlr = 0\nthreads = "auto"\n')
+    (loaded,) = onnxslim.load_recipe(recipe).passes
+    assert (loaded.epochs, loaded.lr, loaded.threads) == (2, 0.0, "auto")
+
+
+def test_batch_forward_macs_by_the_engine_rule():
+    from onnxslim.passes.distillation._stages import _batch_forward_macs
+
+    rng = np.random.default_rng(0)
+    model = ir.from_proto(
+        onnx.parser.parse_model(
+            """<ir_version: 8, opset_import: ["" : 13]>
+            g (float[N, 3, 8, 8] x) => (float[N, 10] y) {
+                c = Conv <pads = [1, 1, 1, 1]> (x, w)
+                f = Flatten (c)
+                y = Gemm (f, v)
+            }"""
+        )
+    )
+    for name, shape in (("w", (4, 3, 3, 3)), ("v", (256, 10))):
+        value = ir.Value(name=name, const_value=ir.Tensor(rng.standard_normal(shape, np.float32)))
+        model.graph.register_initializer(value)
+        next(n for n in model.graph if name in [i.name for i in n.inputs if i]).replace_input_with(
+            1, value
+        )
+    # Conv: 2 x 4x8x8 outputs x 3x3x3 taps; Gemm: 2 x 10 outputs x 256 inputs
+    feeds = {"x": np.zeros((2, 3, 8, 8), np.float32)}
+    assert _batch_forward_macs(model, feeds) == 2 * 4 * 64 * 27 + 2 * 10 * 256
+
+
+def test_teacher_exposes_hinted_values_in_one_session(teacher_path, digits):
+    from onnxslim.passes.distillation import OrtTeacher
+
+    model = onnxslim.load(teacher_path)
+    relu = next(n for n in model.graph if n.op_type == "Relu").outputs[0].name
+    teacher = OrtTeacher(teacher_path, extra_outputs=[relu])
+    assert teacher.input_names == ["input0"] and teacher.output_names == ["output", relu]
+    feeds = {"input0": digits[0][:4]}
+    outputs = teacher(feeds)
+    plain = onnxslim.create_session(teacher_path).run(None, feeds)[0]
+    np.testing.assert_array_equal(outputs["output"], plain)
+    assert outputs[relu].shape[0] == 4 and outputs[relu].min() >= 0
+    with pytest.raises(
+        onnxslim.SlimError,
+        match=r"^distill: teacher has no value\(s\) 'nope' for hint losses; name values",
+    ):
+        OrtTeacher(teacher_path, extra_outputs=["nope"])

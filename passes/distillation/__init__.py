@@ -1,8 +1,9 @@
 """Knowledge distillation: an ONNX Runtime teacher fine-tunes a torch student that is written back.
 
 Importing this package does not import torch (the torch-side names load on first use); running
-the pass without torch says how to install it. Where things live: ``_config`` (options, their
-defaults and help), ``_teacher`` (ORT teacher, cached outputs), ``_batches`` (data batching),
+the pass without torch says how to install it. Where things live: ``_config`` (training, loss
+and data options: their defaults and help), ``_options`` (the pass's declared options),
+``_teacher`` (ORT teacher, cached outputs), ``_batches`` (data batching),
 ``_loop`` (train, evaluate, optimizer/schedule), ``_state`` (TrainState, results),
 ``_checkpoint``, ``_threads``, ``_progress``, ``_losses``, ``_export`` (user nn.Module student)
 and ``_stages`` (the stages of ``Distill.apply``).
@@ -15,9 +16,11 @@ from typing import Any
 
 from onnxslim.passes.distillation._config import DataConfig, LossConfig, TrainConfig
 from onnxslim.passes.distillation._distill import Distill
+from onnxslim.passes.distillation._options import DistillOptions
 
 __all__ = [
     "Distill",
+    "DistillOptions",
     "TrainConfig",
     "LossConfig",
     "DataConfig",

@@ -1,23 +1,28 @@
-"""Training/validation batches from readers, iterables of dicts, or a torch DataLoader.
-
-wave 2: onnxslim.inputs (the one door for user data) replaces this module's reading.
-"""
+"""The training side of user data: a ``SampleReader`` from ``onnxslim.inputs.open_samples`` (the
+one door) split into feeds and labels, stacked in memory, shuffled per epoch, sharded per rank."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx_ir as ir
 import torch
 
-from onnxslim._errors import InputDataError
+from onnxslim import InputDataError
+from onnxslim.inputs import BatchedReader, open_samples
 from onnxslim.passes.distillation._config import DATA
 
 __all__ = ["Batches", "Feeds", "to_device"]
 
 Feeds = dict[str, np.ndarray]
+# Labels of (inputs, labels) items when no label key is set.
+_TUPLE_LABELS = "\0labels"
+# Reader batch for files: Batches splits them into samples anyway, and one sample per read is slow.
+_FILE_BATCH = 256
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -26,43 +31,97 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _split_item(
-    item: Any, input_names: Sequence[str], label_key: str | None
-) -> tuple[Feeds, np.ndarray | None]:
-    """An item of the user's data -> (model feeds, labels or None)."""
+def _as_dict(item: Any, input_names: Sequence[str], label_key: str) -> dict[str, np.ndarray]:
+    """An item of the user's data -> one dict (inputs, and labels under ``label_key``)."""
     labels = None
     if isinstance(item, (tuple, list)) and len(item) == 2 and not isinstance(item[0], (int, float)):
         item, labels = item
     if isinstance(item, Mapping):
-        if label_key is not None and label_key in item and label_key not in input_names:
-            labels = item[label_key]
         missing = [name for name in input_names if name not in item]
         if missing:
             raise InputDataError(
                 f"distill: a data item lacks model input(s) {', '.join(map(repr, missing))} "
                 f"(it has {', '.join(map(repr, item))}); key items by the model's input names."
             )
-        feeds = {name: _to_numpy(item[name]) for name in input_names}
+        feeds = {str(name): _to_numpy(value) for name, value in item.items()}
     elif len(input_names) == 1:
         feeds = {input_names[0]: _to_numpy(item)}
     else:
         raise InputDataError(
             f"distill: data items must be dicts keyed by input name for a model with inputs {', '.join(input_names)}."
         )
-    return feeds, (None if labels is None else _to_numpy(labels))
+    if labels is not None:
+        feeds[label_key] = np.atleast_1d(_to_numpy(labels))
+    return feeds
+
+
+class _LabelledItems:
+    """The user's items as dicts with labels under the label key, for ``open_samples``.
+
+    Every item carries its samples on axis 0 (as a DataLoader's batches do): ``batch_size`` says
+    so to the reader. ORT-style readers (``get_next``/``rewind``) are read to their end.
+    """
+
+    def __init__(
+        self, data: Any, input_names: Sequence[str], label_key: str, batch_size: int | None
+    ):
+        self.data = data
+        self.input_names = list(input_names)
+        self.label_key = label_key
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        data = self.data
+        if hasattr(data, "get_next") and not hasattr(data, "__iter__"):
+            if hasattr(data, "rewind"):
+                data.rewind()
+            items: Any = iter(data.get_next, None)
+        else:
+            items = data
+        for item in items:
+            yield _as_dict(item, self.input_names, self.label_key)
 
 
 def _is_data_loader(data: Any) -> bool:
     return isinstance(data, torch.utils.data.DataLoader)
 
 
-class Batches:
-    """Training/validation batches from readers, iterables of dicts, or a torch DataLoader.
+def open_training_data(
+    data: Any,
+    input_names: Sequence[str],
+    *,
+    model: ir.Model | None = None,
+    batch_size: int | None = DATA.batch_size,
+    label_key: str = DATA.label_key,
+) -> BatchedReader:
+    """A reader for the user's training data through ``open_samples``, labels kept as a key.
 
-    With ``batch_size``, reader items are split into samples once, stacked in memory per input
-    and re-batched to ``batch_size`` samples, shuffled per epoch with ``seed + epoch`` and
-    sharded per rank; without it, items are used as given. A DataLoader is used as it batches
-    (with its own DistributedSampler, or sharded by batch index).
+    A reader is used as it is (its batches are the items); a path or array opens as its file
+    reader; items (iterables, DataLoaders, ORT readers) keep their own batches.
+    """
+    if isinstance(data, BatchedReader):
+        return data
+    if isinstance(data, (str, Path, np.ndarray)):
+        return open_samples(data, model, batch_size=_FILE_BATCH if batch_size else 1)
+    if _is_data_loader(data):
+        # The loader's batches, as it makes them (the reader re-batches to the same size).
+        size = data.batch_size or 1
+        return open_samples(_LabelledItems(data, input_names, label_key, size), batch_size=size)
+    items = _LabelledItems(data, input_names, label_key, 1)
+    if not batch_size:
+        return open_samples(feeds=list(items))  # items as given: one batch each
+    return open_samples(items, batch_size=1)  # sample by sample: unequal shapes get our message
+
+
+class Batches:
+    """Training/validation batches over the reader :func:`open_training_data` opens.
+
+    With ``batch_size``, the reader's batches are split into samples once, stacked in memory per
+    input and re-batched to ``batch_size`` samples, shuffled per epoch with ``seed + epoch`` and
+    sharded per rank; without it, items are used as given. A DataLoader is streamed as it
+    batches (with its own DistributedSampler, or sharded by batch index). Labels: the
+    ``label_key`` entry of dict items (or of a reader's batches), or the second element of
+    ``(inputs, labels)`` items.
 
     :meth:`epoch` yields ``(feeds, labels, key)``: ``key`` names the batch's samples (an index
     array when stacked, the item index otherwise, ``None`` for a DataLoader) so that teacher
@@ -76,11 +135,19 @@ class Batches:
         *,
         batch_size: int | None = DATA.batch_size,
         label_key: str | None = DATA.label_key,
+        model: ir.Model | None = None,
     ) -> None:
         self.data = data
         self.input_names = list(input_names)
         self.batch_size = batch_size
         self.label_key = label_key
+        self.reader = open_training_data(
+            data,
+            input_names,
+            model=model,
+            batch_size=batch_size,
+            label_key=label_key or _TUPLE_LABELS,
+        )
         self.items: list[tuple[Feeds, np.ndarray | None]] | None = None
         # Stacked samples (batch_size given): input name -> [samples, ...] array, and labels.
         self.arrays: Feeds | None = None
@@ -88,18 +155,22 @@ class Batches:
         if not _is_data_loader(data):
             self._materialize()
 
-    def _raw_items(self) -> Iterator[Any]:
-        data = self.data
-        if hasattr(data, "get_next") and not hasattr(data, "__iter__"):
-            if hasattr(data, "rewind"):
-                data.rewind()
-            while (item := data.get_next()) is not None:
-                yield item
-        else:
-            yield from data
+    def _split(self, batch: Mapping[str, np.ndarray]) -> tuple[Feeds, np.ndarray | None]:
+        """A reader batch -> (model feeds, labels or None)."""
+        missing = [name for name in self.input_names if name not in batch]
+        if missing:
+            raise InputDataError(
+                f"distill: a data item lacks model input(s) {', '.join(map(repr, missing))} "
+                f"(it has {', '.join(map(repr, batch))}); key items by the model's input names."
+            )
+        key = self.label_key
+        labels = batch.get(key) if key is not None and key not in self.input_names else None
+        if labels is None:
+            labels = batch.get(_TUPLE_LABELS)
+        return {name: batch[name] for name in self.input_names}, labels
 
     def _materialize(self) -> None:
-        items = [_split_item(item, self.input_names, self.label_key) for item in self._raw_items()]
+        items = [self._split(batch) for batch in self.reader]
         if not items:
             raise InputDataError(
                 "distill: the training data is empty; give at least one batch of inputs."
@@ -211,14 +282,14 @@ class Batches:
             sampler.set_epoch(epoch)
             world_size = 1
         limit = self.batches_per_epoch(world_size) if world_size > 1 else None
-        for index, item in enumerate(self.data):
+        for index, batch in enumerate(self.reader):
             if world_size > 1:
                 # an unsized loader under DDP fails here (TypeError), as before: no unequal shards
                 if index // world_size >= limit:  # type: ignore[operator]
                     break
                 if index % world_size != rank:
                     continue
-            yield _split_item(item, self.input_names, self.label_key)
+            yield self._split(batch)
 
 
 def to_device(

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from onnxslim._fidelity import Fidelity  # wave 2: onnxslim.fidelity
+from onnxslim.fidelity import Fidelity
 from onnxslim.passes.distillation._state import EpochRecord, TrainState
 
 __all__ = ["atomic_torch_save", "resume_checkpoint", "save_checkpoint"]

@@ -1,19 +1,35 @@
 """Distillation options: the ONE source of their defaults and help texts (torch-free).
 
 ``Distill``'s signature, its docstring, ``DistillationLoss`` and ``Batches`` take their defaults
-from these frozen dataclasses. wave 2: onnxslim.options (the pass's declared options dataclass).
+from these frozen dataclasses; the pass's declared options (``_options.DistillOptions``) take
+their defaults and help from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["TrainConfig", "LossConfig", "DataConfig", "TRAIN", "LOSS", "DATA", "options_doc"]
+from onnxslim.options import option
+
+__all__ = [
+    "TrainConfig",
+    "LossConfig",
+    "DataConfig",
+    "TRAIN",
+    "LOSS",
+    "DATA",
+    "Optimizer",
+    "Schedule",
+    "options_doc",
+]
+
+Optimizer = Literal["adamw", "adam", "sgd"]
+Schedule = Literal["cosine", "linear", "constant"]
 
 
 def _option(default: Any, help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"help": help})
+    return option(default, help=help)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,11 +38,11 @@ class TrainConfig:
 
     epochs: int = _option(5, "Passes over the data.")
     steps: int | None = _option(None, "Stop after this many optimizer steps instead.")
-    optimizer: str = _option("adamw", "``adamw``, ``adam`` or ``sgd``.")
+    optimizer: Optimizer = _option("adamw", "``adamw``, ``adam`` or ``sgd``.")
     lr: float = _option(1e-3, "Learning rate.")
     weight_decay: float = _option(0.0, "Weight decay of the optimizer.")
     momentum: float = _option(0.9, "SGD momentum (Nesterov when > 0).")
-    schedule: str = _option(
+    schedule: Schedule = _option(
         "cosine", "Learning-rate schedule: ``cosine``, ``linear``, ``constant``."
     )
     warmup_steps: int = _option(0, "Linear learning-rate warm-up steps.")
@@ -49,7 +65,7 @@ class TrainConfig:
         "augment); True: always (a DataLoader's batches by content); False: the teacher runs "
         "on every batch.",
     )
-    threads: int | str | None = _option(
+    threads: int | Literal["auto"] | None = _option(
         None,
         "torch threads while training (restored afterwards). None: one per 1 G MACs of a "
         "batch's forward pass, at most torch's setting (small students run faster on one "

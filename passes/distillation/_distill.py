@@ -4,75 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import math
-from typing import Any
+import inspect
+import typing
+from typing import Any, ClassVar
 
 import onnx_ir as ir
 
-from onnxslim._errors import SlimError
-from onnxslim._pass import PassContext, SlimPass, SlimPassResult
-from onnxslim.passes.distillation._config import DATA, LOSS, TRAIN, TrainConfig, options_doc
+from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
+from onnxslim.passes.distillation._config import DATA, TrainConfig, options_doc
+from onnxslim.passes.distillation._options import NOT_OPTIONS, DistillOptions
 
 __all__ = ["Distill"]
 
 _INSTALL_HINT = "distill needs PyTorch; install it with: pip install 'onnxslim[torch]'"
-# TrainConfig fields that are not Distill options (fixed, or measured by the pass).
-_NOT_OPTIONS = frozenset({"momentum", "shuffle", "step_macs", "validation_batches"})
 
 
 def _require_torch() -> None:
     if importlib.util.find_spec("torch") is None:
         raise SlimError(_INSTALL_HINT)
-
-
-def _check_device(device: str) -> None:
-    """A torch device string that exists here; else a SlimError naming it."""
-    if importlib.util.find_spec("torch") is None:
-        return  # apply() reports the missing torch extra
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise SlimError(
-            f"distill: device '{device}' is not a torch device ({str(error).splitlines()[0]})."
-        ) from None
-    if parsed.type == "cuda" and (
-        not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()
-    ):
-        raise SlimError(
-            f"distill: device '{device}' is not available here "
-            f"({torch.cuda.device_count()} CUDA device(s)); use device='cpu'."
-        )
-
-
-def _check_options(
-    *,
-    epochs: int,
-    steps: int | None,
-    lr: float,
-    batch_size: int | None,
-    weights: dict[str, float],
-    device: str,
-    threads: int | str | None,
-) -> None:
-    """Options that failed deep in torch (ValueError/IndexError) are refused up front."""
-    if epochs < 1 and not steps:
-        raise SlimError(f"distill: epochs must be >= 1, got {epochs}.")
-    if not (math.isfinite(lr) and lr >= 0):
-        raise SlimError(f"distill: lr must be a number >= 0, got {lr}.")
-    if batch_size is not None and batch_size < 0:
-        raise SlimError(f"distill: batch_size must be >= 1, got {batch_size}.")
-    for option, weight in weights.items():
-        if not (math.isfinite(weight) and weight >= 0):
-            raise SlimError(f"distill: {option} must be >= 0, got {weight}.")
-    _check_device(device)
-    if (
-        threads is not None
-        and threads != "auto"
-        and not (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1)
-    ):
-        raise SlimError(f"distill: threads must be a count >= 1 or 'auto', got {threads!r}.")
 
 
 class Distill(SlimPass):
@@ -102,92 +51,24 @@ class Distill(SlimPass):
     description = "Fine-tunes the weights against the original model as an ONNX Runtime teacher (knowledge distillation)."
     exact = False
 
-    def __init__(
-        self,
-        data: Any = None,
-        *,
-        teacher: str | None = None,
-        student: Any = None,
-        epochs: int = TRAIN.epochs,
-        steps: int | None = TRAIN.steps,
-        batch_size: int | None = DATA.batch_size,
-        optimizer: str = TRAIN.optimizer,
-        lr: float = TRAIN.lr,
-        weight_decay: float = TRAIN.weight_decay,
-        schedule: str = TRAIN.schedule,
-        warmup_steps: int = TRAIN.warmup_steps,
-        grad_clip: float | None = TRAIN.grad_clip,
-        temperature: float = LOSS.temperature,
-        kd_weight: float = LOSS.kd_weight,
-        ce_weight: float = LOSS.ce_weight,
-        label_key: str = DATA.label_key,
-        output_losses: dict[str, str] | None = None,
-        hints: dict[str, str] | list[str] | None = None,
-        hint_weight: float = LOSS.hint_weight,
-        channel_maps: dict[str, list[int]] | None = None,
-        validation_data: Any = None,
-        patience: int | None = TRAIN.patience,
-        train_bn_stats: bool = DATA.train_bn_stats,
-        cache_teacher: bool | None = TRAIN.cache_teacher,
-        threads: int | str | None = TRAIN.threads,
-        seed: int = TRAIN.seed,
-        checkpoint: str | None = TRAIN.checkpoint,
-        resume: bool = TRAIN.resume,
-        device: str = TRAIN.device,
-        progress: bool | None = TRAIN.progress,
-    ) -> None:
-        super().__init__()
-        _check_options(
-            epochs=epochs,
-            steps=steps,
-            lr=lr,
-            batch_size=batch_size,
-            weights={"kd_weight": kd_weight, "ce_weight": ce_weight, "hint_weight": hint_weight},
-            device=device,
-            threads=threads,
-        )
-        self.data = data
-        self.teacher = teacher
-        self.student = student
-        self.epochs = epochs
-        self.steps = steps
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.schedule = schedule
-        self.warmup_steps = warmup_steps
-        self.grad_clip = grad_clip
-        self.temperature = temperature
-        self.kd_weight = kd_weight
-        self.ce_weight = ce_weight
-        self.label_key = label_key
-        self.output_losses = output_losses
-        self.hints = hints
-        self.hint_weight = hint_weight
-        self.channel_maps = channel_maps
-        self.validation_data = validation_data
-        self.patience = patience
-        self.train_bn_stats = train_bn_stats
-        self.cache_teacher = cache_teacher
-        self.threads = threads
-        self.seed = seed
-        self.checkpoint = checkpoint
-        self.resume = resume
-        self.device = device
-        self.progress = progress
+    Options = DistillOptions
+    settings: DistillOptions
+    validation_batches: ClassVar[int] = DATA.validation_batches
 
-        self.validation_batches = DATA.validation_batches
+    def __init__(self, data: Any = None, /, **values: Any) -> None:
+        # ``Distill("train.npz", epochs=10)``: the data may come first, as before.
+        if isinstance(data, DistillOptions):
+            super().__init__(data, **values)
+            return
+        if data is not None:
+            if "data" in values:
+                raise TypeError("Distill: data given twice (positionally and as data=)")
+            values["data"] = data
+        super().__init__(**values)
 
     def train_config(self) -> TrainConfig:
         """This pass's training-loop options (the MACs per batch are measured in apply)."""
-        return TrainConfig(
-            **{
-                field.name: getattr(self, field.name)
-                for field in dataclasses.fields(TrainConfig)
-                if hasattr(self, field.name) and field.name not in _NOT_OPTIONS
-            }
-        )
+        return self.settings.train_config()
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         """Trains the student against the teacher and writes it into ``model`` (in place)."""
@@ -207,5 +88,25 @@ class Distill(SlimPass):
 
 Distill.__doc__ = (Distill.__doc__ or "").rstrip() + (
     "\n\n    Training, loss and batching options (defaults and help from TrainConfig, LossConfig\n"
-    "    and DataConfig, the one source of both):\n\n" + options_doc(skip=_NOT_OPTIONS) + "\n"
+    "    and DataConfig, the one source of both):\n\n" + options_doc(skip=NOT_OPTIONS) + "\n"
 )
+
+
+def _signature() -> inspect.Signature:
+    """``Distill(data=None, /, *, teacher=None, ...)``: the declared options as parameters."""
+    hints = typing.get_type_hints(DistillOptions)
+    parameters = [
+        inspect.Parameter(
+            field.name,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD
+            if field.name == "data"
+            else inspect.Parameter.KEYWORD_ONLY,
+            default=field.default,
+            annotation=hints[field.name],
+        )
+        for field in dataclasses.fields(DistillOptions)
+    ]
+    return inspect.Signature(parameters, return_annotation=None)
+
+
+Distill.__signature__ = _signature()  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from onnxslim._errors import SlimError
+from onnxslim import SlimError
 
 __all__ = ["DictOutputs", "export_module", "replace_model"]
 

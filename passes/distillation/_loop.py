@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from onnxslim._errors import SlimError
-from onnxslim._fidelity import Fidelity, compare_outputs  # wave 2: onnxslim.fidelity
+from onnxslim import SlimError
+from onnxslim.fidelity import Fidelity, compare_outputs
 from onnxslim.passes.distillation._batches import Feeds, to_device
 from onnxslim.passes.distillation._checkpoint import resume_checkpoint, save_checkpoint
 from onnxslim.passes.distillation._config import TrainConfig
@@ -300,7 +300,7 @@ def _validate(
 ) -> tuple[float, float]:
     """Rank 0 after an epoch: fidelity into the record, best epoch kept; (improved, stop)."""
     fidelity = _evaluate(state)
-    record.fidelity = fidelity.to_dict()  # wave 2: records keep floats (onnxslim._json at the edge)
+    record.fidelity = dataclasses.asdict(fidelity)  # floats; the report encodes them once
     score = _score(fidelity)
     improved = state.best_score is None or score > state.best_score
     if improved:

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onnxslim._errors import SlimError
-from onnxslim._fidelity import looks_like_scores  # wave 2: onnxslim.fidelity
+from onnxslim import SlimError
+from onnxslim.fidelity import looks_like_scores
 from onnxslim.passes.distillation._config import LOSS
 
 __all__ = ["OUTPUT_LOSSES", "DistillationLoss", "infer_output_losses", "kl_divergence"]

@@ -14,15 +14,17 @@ import onnx_ir as ir
 import torch
 
 import onnxslim
-from onnxslim._errors import SlimError, VerificationError
-from onnxslim._fidelity import Fidelity  # wave 2: onnxslim.fidelity
-from onnxslim._pass import PassContext
+from onnxslim import PassContext, SlimError, VerificationError
+from onnxslim.fidelity import Fidelity, compare_outputs
+from onnxslim.inputs import input_specs
+from onnxslim.model import model_stats
 from onnxslim.passes.distillation import _teacher
 from onnxslim.passes.distillation._batches import Batches, Feeds
 from onnxslim.passes.distillation._export import DictOutputs, export_module, replace_model
 from onnxslim.passes.distillation._loop import distributed_context, train
 from onnxslim.passes.distillation._losses import DistillationLoss, infer_output_losses
 from onnxslim.passes.distillation._state import TrainResult, TrainState
+from onnxslim.runtime import create_session
 from onnxslim.torch_bridge import OnnxModule
 from onnxslim.torch_bridge import write_back as write_back_weights
 
@@ -129,7 +131,6 @@ def build_teacher(run: DistillRun) -> None:
         run.context.providers,
         extra_outputs=list(run.hints.values()),
         cache=bool(run.options.cache_teacher),
-        workdir=run.workdir,
     )
     if teacher.input_names != run.input_names:
         raise SlimError(
@@ -156,15 +157,13 @@ def open_data(run: DistillRun) -> None:
 
 
 def _batches(run: DistillRun, data: Any) -> Batches:
-    # wave 2: onnxslim.inputs.open_samples replaces open_reader + Batches (one door for data).
-    if isinstance(data, (str, Path, np.ndarray)):
-        from onnxslim.calibration import open_reader
-
-        # Large reader batches: Batches splits them into samples anyway, and reading an
-        # .npz one sample at a time is slow.
-        data = open_reader(data, run.model, batch_size=256 if run.options.batch_size else 1)
+    """Batches over ``onnxslim.inputs.open_samples`` (a reader in the data is used as is)."""
     return Batches(
-        data, run.input_names, batch_size=run.options.batch_size, label_key=run.options.label_key
+        data,
+        run.input_names,
+        batch_size=run.options.batch_size,
+        label_key=run.options.label_key,
+        model=run.model,
     )
 
 
@@ -232,7 +231,7 @@ def check_write_back(run: DistillRun) -> None:
     assert run.student is not None
     names = run.output_names
     with onnxslim.temporary_model_file(run.model) as path:
-        session = onnxslim.create_session(path, run.context.providers)
+        session = create_session(path, run.context.providers)
         run.ort_outputs = [
             dict(zip(names, session.run(names, feeds), strict=True)) for feeds in run.validation
         ]
@@ -244,7 +243,7 @@ def check_write_back(run: DistillRun) -> None:
             )
             torch_outputs.append({n: outputs[n].numpy() for n in names})
     floating = [n for n in names if np.issubdtype(run.ort_outputs[0][n].dtype, np.floating)]
-    run.parity = onnxslim.compare_outputs(
+    run.parity = compare_outputs(
         [{n: t[n] for n in floating} for t in torch_outputs],
         [{n: o[n] for n in floating} for o in run.ort_outputs],
     )
@@ -259,17 +258,17 @@ def check_write_back(run: DistillRun) -> None:
             "this is a bug in the torch kernels, please report it with the model."
         )
     teacher_outputs = [{n: outputs[n] for n in names} for outputs in run.teacher_validation]
-    run.fidelity_after = onnxslim.compare_outputs(teacher_outputs, run.ort_outputs)
+    run.fidelity_after = compare_outputs(teacher_outputs, run.ort_outputs)
 
 
 def summary(run: DistillRun) -> dict[str, Any]:
-    """The pass's report entry (JSON-ready)."""
+    """The pass's report entry (plain values; floats stay floats)."""
     result, after, parity = run.result, run.fidelity_after, run.parity
     assert result is not None and after is not None and run.batches is not None
     before = result.fidelity_before
     logger.info("distill: fidelity %s -> %s", before.describe(), after.describe())
     history = result.history
-    # wave 2: records keep floats; onnxslim._json.json_safe encodes at the edge (to_dict here).
+    # Floats as they are (inf included): the pipeline's report encodes non-finite values once.
     return {
         "teacher": str(run.teacher_path),
         "student": "graph" if run.options.student is None else type(run.options.student).__name__,
@@ -285,24 +284,20 @@ def summary(run: DistillRun) -> dict[str, Any]:
         "losses": run.losses,
         "loss_first_epoch": history[0].loss if history else None,
         "loss_last_epoch": history[-1].loss if history else None,
-        "sqnr_before_db": before.to_dict()["sqnr_db"],
-        "sqnr_after_db": after.to_dict()["sqnr_db"],
+        "sqnr_before_db": before.sqnr_db,
+        "sqnr_after_db": after.sqnr_db,
         "history": [dataclasses.asdict(record) for record in history],
-        "fidelity_before": before.to_dict(),
-        "fidelity_after": after.to_dict(),
+        "fidelity_before": dataclasses.asdict(before),
+        "fidelity_after": dataclasses.asdict(after),
         "student_vs_onnx_max_abs_error": parity.max_abs_error if parity else 0.0,
-        "student_vs_onnx_sqnr_db": parity.to_dict()["sqnr_db"] if parity else None,
+        "student_vs_onnx_sqnr_db": parity.sqnr_db if parity else None,
         "initializers_updated": len(run.changed),
     }
 
 
 def _batch_forward_macs(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> int | None:
-    """MACs of the graph's forward pass over one training batch (None when unknown).
-
-    wave 2: onnxslim.model.node_macs / model_stats (the one MAC rule) with inputs' sizes.
-    """
-    from onnxslim import input_specs, model_stats
-
+    """MACs of the graph's forward pass over one training batch (None when unknown), by the
+    engine's one MAC rule with the batch's sizes for the symbolic input dims."""
     try:
         sizes = {
             dim: int(feeds[spec.name].shape[axis])

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from onnxslim._fidelity import Fidelity  # wave 2: onnxslim.fidelity
+from onnxslim.fidelity import Fidelity
 from onnxslim.passes.distillation._batches import Batches, Feeds
 from onnxslim.passes.distillation._teacher import OrtTeacher, TeacherTargets
 

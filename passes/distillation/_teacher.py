@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx_ir as ir
-import onnx_ir.passes.common
 import torch
 
-import onnxslim
-from onnxslim._errors import SlimError
-from onnxslim._pipeline import _human_bytes  # wave 2: onnxslim.formatting.human_bytes
+from onnxslim import SlimError
+from onnxslim.formatting import human_bytes
+from onnxslim.model import ValueProbe
 from onnxslim.passes.distillation._batches import Batches
+from onnxslim.runtime import session_options
 
 __all__ = ["OrtTeacher", "TeacherTargets", "TEACHER_CACHE_BYTES"]
 
@@ -32,7 +31,7 @@ class OrtTeacher:
         providers: ORT execution providers (any EP).
         extra_outputs: Intermediate value names to return as well (hint losses).
         cache: Keep outputs per batch (keyed by the batch's bytes) so repeated batches skip ORT.
-        workdir: Where to write the teacher with extra outputs (a temporary folder if None).
+        workdir: Unused (kept for callers): the probe writes its copy to a temporary folder.
     """
 
     def __init__(
@@ -43,42 +42,26 @@ class OrtTeacher:
         cache: bool = False,
         workdir: str | os.PathLike | None = None,
     ) -> None:
+        del workdir  # kept for callers: the probe writes its copy to a temporary folder
         self.path = Path(path)
         self.extra_outputs = list(extra_outputs)
         self.cache: dict[str, dict[str, np.ndarray]] | None = {} if cache else None
-        options = onnxslim.session_options(allow_spinning=False)
-        if self.extra_outputs:
-            model = onnxslim.load(self.path)
-            self._expose(model, self.extra_outputs)
-            if workdir is not None:
-                augmented = Path(workdir) / f"{self.path.stem}.teacher.onnx"
-                onnxslim.save(model, augmented)
-                self.session = onnxslim.create_session(augmented, providers, options)
-            else:
-                self.session = onnxslim.create_session(model, providers, options)
-        else:
-            self.session = onnxslim.create_session(self.path, providers, options)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    # wave 2: onnxslim.model probe (ValueProbe / probe_values) exposes values as outputs.
-    @staticmethod
-    def _expose(model: ir.Model, names: Sequence[str]) -> None:
-        values = {v.name: v for node in model.graph for v in node.outputs}
-        missing = [name for name in names if name not in values]
-        if missing:
+        # One session through the engine's probe (hinted values exposed as outputs).
+        self.probe = ValueProbe(
+            self.path,
+            self.extra_outputs,
+            providers=providers,
+            options=session_options(allow_spinning=False),
+        )
+        if self.probe.skipped:
             raise SlimError(
-                f"distill: teacher has no value(s) {', '.join(map(repr, missing))} for hint losses; name values of the teacher graph."
+                f"distill: teacher has no value(s) {', '.join(map(repr, self.probe.skipped))} for hint losses; name values of the teacher graph."
             )
-        if any(values[name].type is None for name in names):
-            onnx_ir.passes.common.ShapeInferencePass()(model)
-        existing = {v.name for v in model.graph.outputs}
-        for name in names:
-            if name not in existing:
-                value = values[name]
-                if value.type is None:
-                    value.dtype = ir.DataType.FLOAT
-                model.graph.outputs.append(value)
+        self.session = self.probe.session
+        self.input_names = list(self.probe.input_names)
+        # the model's own outputs, then the hinted values (as the augmented session had them)
+        own = [name for name in self.probe.outputs if name not in self.probe.names]
+        self.output_names = own + list(self.probe.names)
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {name: feeds[name] for name in self.input_names}
@@ -91,7 +74,7 @@ class OrtTeacher:
             key = digest.hexdigest()
             if key in self.cache:
                 return self.cache[key]
-        outputs = dict(zip(self.output_names, self.session.run(None, feeds), strict=True))
+        outputs = self.probe.run(feeds, self.output_names)
         if key is not None and self.cache is not None:
             self.cache[key] = outputs
         return outputs
@@ -139,8 +122,8 @@ class TeacherTargets:
                 )
                 if estimate > max_bytes:
                     return None, (
-                        f"off (teacher outputs would take {_human_bytes(estimate)} > "
-                        f"{_human_bytes(max_bytes)}: the teacher runs on every batch)"
+                        f"off (teacher outputs would take {human_bytes(estimate)} > "
+                        f"{human_bytes(max_bytes)}: the teacher runs on every batch)"
                     )
         names = list(chunks[0])
         if stacked:
