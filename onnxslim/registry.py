@@ -61,7 +61,10 @@ PASSES: dict[str, PassEntry] = {
         "onnxslim.passes.pruning:StructuredPrune",
         hooks={"groups": "onnxslim.passes.pruning:dependency_groups"},
     ),
-    "distill": PassEntry("onnxslim.passes.distillation:Distill"),
+    "distill": PassEntry(
+        "onnxslim.passes.distillation:Distill",
+        options="onnxslim.passes.distillation._options:DistillOptions",
+    ),
     "quantize": PassEntry(
         "onnxslim.passes.quantization:QuantizeStatic",
         options="onnxslim.passes.quantization._options:QuantizeOptions",
