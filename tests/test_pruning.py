@@ -720,7 +720,7 @@ def test_parameter_count_includes_int64_shape_constants(tmp_path):
     assert result.summary["macs"] == {
         "before": 8 * 64 * 3 + 512 * 4,
         "after": 4 * 64 * 3 + 256 * 4,
-        "ratio": 0.5,
+        "kept_fraction": 0.5,
     }
     assert result.summary["channels_kept"] == {"w1": [8, 4], "w2": [4, 4]}
     reshape = next(n for n in model.graph if n.op_type == "Reshape")
@@ -790,3 +790,61 @@ def test_a_handler_returns_blocked_as_a_value():
         "Conv reads spatial axis 3",
     ]
     assert view.families(conv) is view.families(conv)  # computed once per node
+
+
+def test_ratio_and_target_macs_together_are_refused():
+    with pytest.raises(onnxslim.SlimError) as error:
+        StructuredPrune(ratio=0.3, target_macs=0.5)
+    assert str(error.value) == (
+        "prune: give either ratio (fraction of units removed, got 0.3) or target_macs "
+        "(fraction of MACs kept, got 0.5), not both."
+    )
+    # target_macs alone keeps the declared ratio default, unused
+    assert StructuredPrune(target_macs=0.5).ratio == 0.3
+    assert StructuredPrune(ratio=0.3, target_macs=None).target_macs is None
+
+
+def test_max_ratio_and_min_kept_are_validated():
+    with pytest.raises(onnxslim.SlimError) as error:
+        StructuredPrune(max_ratio=1.5)
+    assert str(error.value) == (
+        "prune: max_ratio 1.5 is outside [0, 1]; max_ratio is the largest fraction of any "
+        "group's units that may be removed."
+    )
+    with pytest.raises(onnxslim.SlimError, match=r"max_ratio -0.1 is outside \[0, 1\]"):
+        StructuredPrune(max_ratio=-0.1)
+    with pytest.raises(onnxslim.SlimError, match="max_ratio nan is outside"):
+        StructuredPrune(max_ratio=float("nan"))
+    with pytest.raises(onnxslim.SlimError) as error:
+        StructuredPrune(min_kept=0)
+    assert str(error.value) == (
+        "prune: min_kept 0 must be >= 1 (every group keeps at least one unit)."
+    )
+    assert (StructuredPrune(max_ratio=0.0).max_ratio, StructuredPrune(max_ratio=1.0).max_ratio) == (
+        0.0,
+        1.0,
+    )
+
+
+def test_declared_options_say_removed_and_kept():
+    from onnxslim.passes.pruning import PruneOptions, cpu_channel_block
+    from onnxslim.registry import get_options_class
+    from onnxslim.runtime import cpu_features
+
+    specs = StructuredPrune.options()
+    assert "REMOVED" in specs["ratio"].help and "KEPT" in specs["target_macs"].help
+    assert (specs["ratio"].default, specs["target_macs"].default, specs["round_to"].default) == (
+        0.3,
+        None,
+        None,
+    )
+    assert StructuredPrune.Options is PruneOptions
+    if get_options_class("prune") is not None:  # the registry names it once the lead wires it
+        assert get_options_class("prune") is PruneOptions
+    # round_to None resolves to the conv channel block of this CPU, echoed in the config
+    prune = StructuredPrune()
+    assert prune.round_to == cpu_features().conv_channel_block == cpu_channel_block()
+    assert prune.config()["round_to"] == cpu_channel_block()
+    # the positional first argument is still the ratio; an Options value works too
+    assert StructuredPrune(0.25).ratio == 0.25
+    assert StructuredPrune(PruneOptions(ratio=0.4, round_to=4)).settings.round_to == 4

@@ -28,7 +28,6 @@ from onnxslim.passes.pruning._view import GraphView
 logger = logging.getLogger(__name__)
 
 Criterion = Callable[[Group, GraphView], np.ndarray]
-CRITERIA = ("l1", "l2", "bn", "activation", "random")
 
 
 def _per_element(array: np.ndarray, axis: int, power: int) -> np.ndarray:
