@@ -92,9 +92,7 @@ def check_options(options: PruneOptions, *, ratio_given: bool) -> None:
             f"prune: min_kept {options.min_kept} must be >= 1 (every group keeps at least one unit)."
         )
     if options.round_to is not None and options.round_to < 1:
-        raise SlimError(
-            f"prune: round_to {options.round_to} must be >= 1 (1 disables rounding)."
-        )
+        raise SlimError(f"prune: round_to {options.round_to} must be >= 1 (1 disables rounding).")
     if isinstance(options.criterion, str) and options.criterion not in CRITERIA:
         raise SlimError(
             f"prune: unknown criterion '{options.criterion}'; use one of {', '.join(CRITERIA)}."

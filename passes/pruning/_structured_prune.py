@@ -12,7 +12,6 @@ import onnx_ir as ir
 
 from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.inputs import input_specs, open_samples
-from onnxslim.runtime import cpu_features
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
 from onnxslim.passes.pruning._counts import count_parameters, predicted_macs
@@ -20,6 +19,7 @@ from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
 from onnxslim.passes.pruning._summary import describe_plan
+from onnxslim.runtime import cpu_features
 
 logger = logging.getLogger(__name__)
 
