@@ -12,66 +12,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 
 import onnxslim
 from onnxslim._inputs import DimSizes
+from onnxslim.model import INTEGER_OPS, MAC_OPS, node_macs, observed_shapes, shape_lookup
 
 __all__ = ["Int8Coverage", "int8_coverage", "INTEGER_KERNELS", "FLOAT_KERNELS"]
 
 logger = logging.getLogger(__name__)
 
-# op type -> index of the weight (or B) input; MACs = output elements x reduction size.
-_CONV_WEIGHT = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3, "NhwcFusedConv": 1}
-_CONV_TRANSPOSE_WEIGHT = {"ConvTranspose": 1, "QLinearConvTranspose": 3}
-# op type -> index of the A input; reduction size is A's last dim (or second to last when transA).
-_MATMUL_A = {
-    "MatMul": 0,
-    "FusedMatMul": 0,
-    "Gemm": 0,
-    "FusedGemm": 0,
-    "MatMulInteger": 0,
-    "QLinearMatMul": 0,
-    "DynamicQuantizeMatMul": 0,
-    "MatMulIntegerToFloat": 0,
-    "QGemm": 0,
-    "MatMulNBits": 0,
-    "MatMulBnb4": 0,
-}
-INTEGER_KERNELS = frozenset(
-    {
-        "ConvInteger",
-        "QLinearConv",
-        "QLinearConvTranspose",
-        "MatMulInteger",
-        "QLinearMatMul",
-        "DynamicQuantizeMatMul",
-        "MatMulIntegerToFloat",
-        "QGemm",
-    }
-)
-FLOAT_KERNELS = frozenset(
-    {
-        "Conv",
-        "FusedConv",
-        "NhwcFusedConv",
-        "ConvTranspose",
-        "MatMul",
-        "FusedMatMul",
-        "Gemm",
-        "FusedGemm",
-    }
-    # weight-only kernels dequantize the weights and multiply in float (see _is_integer_kernel)
-    | {"MatMulNBits", "MatMulBnb4"}
-)
+# MAC-bearing kernels that multiply in integers, and those that multiply in float
+INTEGER_KERNELS = MAC_OPS & INTEGER_OPS
+# weight-only kernels (MatMulNBits, MatMulBnb4) dequantize the weights and multiply in float
+# (see _is_integer_kernel)
+FLOAT_KERNELS = MAC_OPS - INTEGER_OPS
 # MatMulNBits with accuracy_level 4 quantizes A to int8 and multiplies in int8 (CPU kernel only)
 _NBITS_INT8_ACCURACY_LEVEL = 4
 _DEQUANTIZE_OPS = frozenset({"DequantizeLinear"})
@@ -136,111 +98,66 @@ class Int8Coverage:
         }
 
 
-def _shape_of(value_info: onnx.ValueInfoProto) -> tuple[int, ...] | None:
-    if not value_info.type.HasField("tensor_type") or not value_info.type.tensor_type.HasField(
-        "shape"
-    ):
-        return None
-    dims = value_info.type.tensor_type.shape.dim
-    if any(not dim.HasField("dim_value") for dim in dims):
-        return None
-    return tuple(dim.dim_value for dim in dims)
-
-
-def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return attribute.i
-    return default
-
-
-def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
-    """MACs of one node from its input/output shapes; None when a shape is unknown."""
-    op = node.op_type
-    output = shapes.get(node.output[0]) if node.output else None
-    if output is None:
-        return None
-    if op in _CONV_WEIGHT:
-        weight = shapes.get(node.input[_CONV_WEIGHT[op]])
-        if weight is None:
-            return None
-        # weight [M, C/group, k...]: each output element reduces over C/group x kernel
-        return math.prod(output) * math.prod(weight[1:])
-    if op in _CONV_TRANSPOSE_WEIGHT:
-        weight = shapes.get(node.input[_CONV_TRANSPOSE_WEIGHT[op]])
-        data = shapes.get(node.input[0])
-        if weight is None or data is None:
-            return None
-        # weight [C, M/group, k...]: each input element scatters into M/group x kernel outputs
-        return math.prod(data) * math.prod(weight[1:])
-    if op in _MATMUL_A:
-        a = shapes.get(node.input[_MATMUL_A[op]])
-        if a is None:
-            return None
-        if len(a) == 1:
-            reduction = a[0]
-        else:
-            transposed = _attribute(node, "transA", 0)
-            reduction = a[-2] if transposed else a[-1]
-        return math.prod(output) * reduction
-    return None
-
-
-def _is_integer_kernel(node: onnx.NodeProto, provider: str) -> bool:
+def _is_integer_kernel(node: ir.Node, provider: str) -> bool:
     if node.op_type == "MatMulNBits":
         return (
             provider == "CPUExecutionProvider"
-            and _attribute(node, "accuracy_level", 0) == _NBITS_INT8_ACCURACY_LEVEL
+            and node.attributes.get_int("accuracy_level", 0) == _NBITS_INT8_ACCURACY_LEVEL
         )
     return node.op_type in INTEGER_KERNELS
 
 
 def _counted(op: str) -> bool:
-    return op in INTEGER_KERNELS or op in FLOAT_KERNELS
+    return op in MAC_OPS
 
 
-def _shape_table(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+def _shape_table(model: ir.Model) -> dict[str, tuple[int, ...]]:
+    """Shapes ORT's written model states: initializers, then its typed values."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for initializer in model.graph.initializer:
-        shapes[initializer.name] = tuple(initializer.dims)
-    for value_info in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
-        shape = _shape_of(value_info)
-        if shape is not None:
-            shapes.setdefault(value_info.name, shape)
+    graph = model.graph
+    for name, value in graph.initializers.items():
+        if value.const_value is not None:
+            shapes[name] = tuple(value.const_value.shape.numpy())
+    values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
+    for value in values:
+        if value.name and value.shape is not None and value.shape.is_static():
+            shapes.setdefault(value.name, value.shape.numpy())
     return shapes
 
 
-def _probe_shapes(
-    optimized_path: Path,
-    missing: Sequence[str],
-    feeds: Mapping[str, np.ndarray],
-    providers: Sequence[str],
-    provider_options: Sequence[dict] | None,
-    workdir: Path,
-) -> dict[str, tuple[int, ...]]:
-    """Shapes of values ORT's written model leaves untyped: expose them as outputs and run once."""
-    model = onnx.load_model(str(optimized_path))
-    known_outputs = {output.name for output in model.graph.output}
-    for name in missing:
-        if name not in known_outputs:
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    probe_path = workdir / "probe.onnx"
-    onnx.save_model(
-        model,
-        str(probe_path),
-        save_as_external_data=True,
-        location="probe.onnx.data",
-        size_threshold=1024,
-    )
-    options = onnxslim.session_options(allow_spinning=False, optimization_level="disable")
-    session = onnxslim.create_session(probe_path, providers, options, provider_options)
-    names = [output.name for output in session.get_outputs()]
-    results = session.run(names, dict(feeds))
-    return {name: tuple(result.shape) for name, result in zip(names, results) if name in missing}
+def _dequantized_values(model: ir.Model) -> set[str]:
+    return {
+        name
+        for node in model.graph
+        if node.op_type in _DEQUANTIZE_OPS and (name := node.outputs[0].name) is not None
+    }
 
 
-def _dequantized_values(model: onnx.ModelProto) -> set[str]:
-    return {node.output[0] for node in model.graph.node if node.op_type in _DEQUANTIZE_OPS}
+def _attribute_macs(
+    coverage: Int8Coverage, optimized: ir.Model, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """Adds each MAC-bearing node's MACs to the integer or float side of ``coverage``."""
+    shape_of = shape_lookup(shapes)
+    dequantized = _dequantized_values(optimized)
+    uncounted = set()
+    for node in optimized.graph:
+        op = node.op_type
+        if op in ("QuantizeLinear", "DequantizeLinear"):
+            coverage.qdq_nodes += 1
+        if not _counted(op):
+            continue
+        macs = node_macs(node, shape_of)
+        if macs is None:
+            uncounted.add(op)
+            continue
+        coverage.macs_per_kernel[op] = coverage.macs_per_kernel.get(op, 0) + macs
+        if _is_integer_kernel(node, coverage.provider):
+            coverage.integer_macs += macs
+        else:
+            coverage.float_macs += macs
+            if any(v is not None and v.name in dequantized for v in node.inputs):
+                coverage.fake_quant_macs += macs
+    coverage.uncounted_ops = sorted(uncounted)
 
 
 def int8_coverage(
@@ -306,42 +223,26 @@ def int8_coverage(
                 f"{provider_name} compiles the graph; ORT cannot write the optimized model"
             )
             return coverage
-        optimized = onnx.load_model(str(optimized_path), load_external_data=False)
+        optimized = ir.load(str(optimized_path))
         shapes = _shape_table(optimized)
         for name, array in feeds.items():
             shapes[name] = tuple(array.shape)
-        mac_nodes = [node for node in optimized.graph.node if _counted(node.op_type)]
-        if any(_node_macs(node, shapes) is None for node in mac_nodes):
+        shape_of = shape_lookup(shapes)
+        mac_nodes = [node for node in optimized.graph if _counted(node.op_type)]
+        if any(node_macs(node, shape_of) is None for node in mac_nodes):
+            # values ORT's written model leaves untyped: one run with them exposed as outputs
             missing = sorted(
                 {
-                    name
+                    v.name
                     for node in mac_nodes
-                    for name in [*node.input, *node.output]
-                    if name and name not in shapes
+                    for v in [*node.inputs, *node.outputs]
+                    if v is not None and v.name and shape_of(v) is None
                 }
             )
-            shapes.update(
-                _probe_shapes(optimized_path, missing, feeds, providers, options_list, workdir)
+            observed = observed_shapes(
+                optimized, feeds, missing, providers=providers, provider_options=options_list
             )
-    dequantized = _dequantized_values(optimized)
-    uncounted = set()
-    for node in optimized.graph.node:
-        op = node.op_type
-        if op in ("QuantizeLinear", "DequantizeLinear"):
-            coverage.qdq_nodes += 1
-        if not _counted(op):
-            continue
-        macs = _node_macs(node, shapes)
-        if macs is None:
-            uncounted.add(op)
-            continue
-        coverage.macs_per_kernel[op] = coverage.macs_per_kernel.get(op, 0) + macs
-        if _is_integer_kernel(node, provider_name):
-            coverage.integer_macs += macs
-        else:
-            coverage.float_macs += macs
-            if any(name in dequantized for name in node.input):
-                coverage.fake_quant_macs += macs
-    coverage.uncounted_ops = sorted(uncounted)
+            shapes.update({name: observed[name] for name in missing if name in observed})
+        _attribute_macs(coverage, optimized, shapes)
     logger.debug("int8 coverage of %s on %s: %s", model, provider_name, coverage.describe())
     return coverage

@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
+
+from onnxslim.model import ValueProbe, expose_values
 
 __all__ = [
     "StreamingHistogram",
@@ -266,29 +267,12 @@ class StatisticsCollector:
 
 
 def augment_with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` whose tensors ``names`` are also graph outputs (for ORT to return)."""
+    """A copy of ``model`` whose tensors ``names`` are also graph outputs (for ORT to return).
+
+    # shim: removed in wave 2 (quantization's guards; use onnxslim.model.ValueProbe)
+    """
     augmented = model.clone()  # weights shared (and external ones stay where they are)
-    values = {}
-    for node in augmented.graph:
-        for output in node.outputs:
-            values[output.name] = output
-    for graph_input in augmented.graph.inputs:
-        values[graph_input.name] = graph_input
-    existing = {v.name for v in augmented.graph.outputs}
-    for name in names:
-        if name in existing or name not in values:
-            continue
-        value = values[name]
-        if value.is_graph_input():
-            # ORT forbids a graph input listed as an output: route it through an Identity.
-            identity = ir.node("Identity", [value], num_outputs=1)
-            identity.outputs[0].name = f"{name}__calibration"
-            identity.outputs[0].dtype = value.dtype
-            augmented.graph.append(identity)
-            value = identity.outputs[0]
-        if value.type is None:
-            value.dtype = ir.DataType.FLOAT
-        augmented.graph.outputs.append(value)
+    expose_values(augmented, names, input_suffix="__calibration", default_dtype=ir.DataType.FLOAT)
     return augmented
 
 
@@ -366,7 +350,7 @@ def augment_with_statistics(
         pending.clear()
         for output in fetched:
             graph.outputs.append(output)
-        outputs[name] = tuple(o.name for o in fetched)
+        outputs[name] = tuple(str(o.name) for o in fetched)
     return augmented, outputs
 
 
@@ -387,32 +371,29 @@ def collect_statistics(
     ``sample_cap`` elements, so no full activation leaves ORT and memory does not grow with
     the number of tensors, batches or samples.
     """
-    from onnxslim._runtime import create_session, session_options
+    import onnxruntime as ort
+
+    from onnxslim._runtime import session_options
 
     augmented, fetched = augment_with_statistics(model, names, sample_cap if histograms else None)
     output_names = [o for group in fetched.values() for o in group]
-    import onnxruntime as ort
-
     options = session_options(intra_op_threads=intra_op_threads, optimization_level="basic")
     # Ready nodes run lowest graph index first, so each reduction (placed right after its
     # producer) runs as soon as it can and the full activation is freed as in inference.
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
-    with tempfile.TemporaryDirectory(prefix="onnxslim-calibration-") as tmp:
-        path = Path(tmp) / "augmented.onnx"
-        # Weights beside the copy: no serialized in-memory proto of them on the way to ORT.
-        from onnxslim._io import save
-
-        save(augmented, path, external_data=True)
-        del augmented  # ORT keeps its own copy of the weights: no second one in Python
-        session = create_session(path, providers, options)
+    # Weights beside the copy: no serialized in-memory proto of them on the way to ORT.
+    probe = ValueProbe(
+        augmented, output_names, providers=providers, options=options, external_data=True
+    )
+    del augmented  # ORT keeps its own copy of the weights: no second one in Python
     collector = StatisticsCollector(names, bins=bins, histograms=histograms)
-    phased = PHASE_INPUT in {i.name for i in session.get_inputs()}
+    phased = PHASE_INPUT in probe.input_names
     started = time.perf_counter()
     for batch_index, batch in enumerate(reader):
         feeds = dict(batch)
         if phased:
             feeds[PHASE_INPUT] = np.array([batch_index], np.int64)
-        results = dict(zip(output_names, session.run(output_names, feeds)))
+        results = probe.run(feeds)
         for name, group in fetched.items():
             low, high, size = (float(results[o]) for o in group[:3])
             sample = results[group[3]] if histograms else None

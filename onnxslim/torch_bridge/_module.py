@@ -13,24 +13,13 @@ import torch
 from torch import nn
 
 from onnxslim._errors import SlimError, UnsupportedModelError
+from onnxslim.model import WEIGHT_INPUTS
 from onnxslim.torch_bridge._kernels import KERNELS, UnsupportedKernelError, constant_value
 
 __all__ = ["OnnxModule"]
 
 logger = logging.getLogger(__name__)
 
-# Inputs that are model weights even when they are scalars (a 1-channel conv bias, a BN scale).
-_WEIGHT_SLOTS: dict[str, set[int]] = {
-    "Conv": {1, 2},
-    "ConvTranspose": {1, 2},
-    "Gemm": {0, 1, 2},
-    "MatMul": {0, 1},
-    "BatchNormalization": {1, 2},
-    "LayerNormalization": {1, 2},
-    "InstanceNormalization": {1, 2},
-    "PRelu": {1},
-    "Gather": {0},
-}
 # Inputs that are never trained: statistics, shapes, resampling factors, clip bounds, pad values.
 _FROZEN_SLOTS: dict[str, set[int]] = {
     "BatchNormalization": {3, 4},
@@ -233,7 +222,7 @@ class OnnxModule(nn.Module):
             if value.const_value is None or not _is_float(value.const_value.dtype):
                 continue
             uses = list(value.uses())
-            weight_use = any(index in _WEIGHT_SLOTS.get(node.op_type, ()) for node, index in uses)
+            weight_use = any(index in WEIGHT_INPUTS.get(node.op_type, ()) for node, index in uses)
             frozen_only = all(index in _FROZEN_SLOTS.get(node.op_type, ()) for node, index in uses)
             if weight_use or (uses and not frozen_only and value.const_value.size > 1):
                 trainable.add(name)

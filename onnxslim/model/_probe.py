@@ -1,0 +1,177 @@
+"""The one value probe: expose values as graph outputs of a copy, build ONE ORT session, run feeds."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+__all__ = ["ValueProbe", "probe_values", "expose_values"]
+
+SUBGRAPH_REASON = "inside a subgraph (If/Loop/Scan body): only main-graph values can be outputs"
+MISSING_REASON = "no value of that name in the graph"
+
+
+def _main_values(graph: ir.Graph) -> dict[str, ir.Value]:
+    values: dict[str, ir.Value] = {v.name: v for v in graph.initializers.values() if v.name}
+    values.update({v.name: v for v in graph.inputs if v.name})
+    for node in graph:
+        for output in node.outputs:
+            if output.name:
+                values[output.name] = output
+    return values
+
+
+def _subgraph_names(graph: ir.Graph) -> set[str]:
+    names: set[str] = set()
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.graph is not graph:
+            names.update(v.name for v in node.outputs if v.name)
+    return names
+
+
+def expose_values(
+    model: ir.Model,
+    names: Sequence[str],
+    *,
+    input_suffix: str = "__probe",
+    default_dtype: ir.DataType | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Adds values ``names`` of ``model`` (in place) to its graph outputs.
+
+    Returns (requested name -> graph output name, skipped name -> reason). Graph inputs and
+    initializers go through an Identity named ``<name><input_suffix>`` (ORT forbids an input
+    listed as an output); untyped values stay untyped (ORT types them) unless ``default_dtype``.
+    """
+    graph = model.graph
+    values = _main_values(graph)
+    existing = {v.name for v in graph.outputs}
+    exposed: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    inner: set[str] | None = None
+    for name in names:
+        if name in exposed or name in skipped:
+            continue
+        if name in existing:
+            exposed[name] = name
+            continue
+        if name not in values:
+            inner = _subgraph_names(graph) if inner is None else inner
+            skipped[name] = SUBGRAPH_REASON if name in inner else MISSING_REASON
+            continue
+        value = values[name]
+        if value.is_graph_input() or value.is_initializer():
+            identity = ir.node("Identity", [value], num_outputs=1)
+            identity.outputs[0].name = f"{name}{input_suffix}"
+            if value.dtype is not None:
+                identity.outputs[0].dtype = value.dtype
+            graph.append(identity)
+            value = identity.outputs[0]
+        if value.type is None and default_dtype is not None:
+            value.dtype = default_dtype
+        graph.outputs.append(value)
+        exposed[name] = value.name or name
+        existing.add(exposed[name])
+    return exposed, skipped
+
+
+def _link_external_weights(model: ir.Model, path: Path) -> bool:
+    """Writes the graph at ``path`` with its external weight files hard-linked beside it.
+
+    Big models' weights are then read where they are, not copied; False when the model has
+    no external weights or a file cannot be linked (another filesystem, an odd location).
+    """
+    files = {
+        (Path(tensor.base_dir), Path(tensor.location))
+        for value in model.graph.initializers.values()
+        if isinstance(tensor := value.const_value, ir.ExternalTensor)
+    }
+    if not files or any(loc.is_absolute() or ".." in loc.parts for _, loc in files):
+        return False
+    # ORT refuses data paths outside the model's folder, symlinks included: hard links only
+    try:
+        for base, location in files:
+            target = path.parent / location
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(base / location, target)
+    except OSError:
+        return False
+    ir.save(model, path)
+    return True
+
+
+class ValueProbe:
+    """ONE ORT session over a copy of ``model`` whose values ``names`` are also graph outputs.
+
+    Args:
+        model: The model (left untouched) or its path (external weights are read in place).
+        names: Values to return; None means every node output of the main graph. Names that
+            are already graph outputs (a model prepared with extra nodes) are taken as they are.
+            Values that cannot be exposed are listed in ``skipped`` with the reason.
+        providers: ORT providers (short or full names); CPU when None.
+        options: Session options; default ``session_options(allow_spinning=False,
+            optimization_level="disable")`` (reading values, not timing).
+        provider_options: ORT options per provider.
+        external_data: Write the copy's weights beside it (None: decided by size, as ``save``).
+    """
+
+    def __init__(
+        self,
+        model: ir.Model | str | os.PathLike,
+        names: Sequence[str] | None = None,
+        *,
+        providers: str | Sequence[str] | None = None,
+        options: ort.SessionOptions | None = None,
+        provider_options: Sequence[dict] | None = None,
+        external_data: bool | None = None,
+    ) -> None:
+        from onnxslim._io import save
+        from onnxslim._runtime import create_session, session_options
+
+        copy = ir.load(str(model)) if not isinstance(model, ir.Model) else model.clone()
+        if names is None:
+            names = [v.name for node in copy.graph for v in node.outputs if v.name]
+        self._fetch, self.skipped = expose_values(copy, names)
+        self.names: tuple[str, ...] = tuple(self._fetch)
+        if options is None:
+            options = session_options(allow_spinning=False, optimization_level="disable")
+        with tempfile.TemporaryDirectory(prefix="onnxslim-probe-") as tmp:
+            path = Path(tmp) / "probe.onnx"
+            if external_data is True or not _link_external_weights(copy, path):
+                save(copy, path, external_data=external_data)
+            del copy  # ORT holds its own weights from here on
+            self.session = create_session(path, providers, options, provider_options)
+        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        exposed_outputs = set(self._fetch.values())
+        for output in self.session.get_outputs():
+            if output.name not in exposed_outputs:
+                self._fetch.setdefault(output.name, output.name)
+        # every name run() can return: the exposed values, then the model's own outputs
+        self.outputs: tuple[str, ...] = tuple(self._fetch)
+
+    def run(
+        self, feeds: Mapping[str, np.ndarray], names: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Values ``names`` (default: the exposed ones) for one batch of ``feeds``."""
+        wanted = list(self.names if names is None else names)
+        if not wanted:  # ORT reads an empty fetch list as "every output"
+            return {}
+        inputs = {k: v for k, v in feeds.items() if k in self.input_names}
+        results = self.session.run([self._fetch[n] for n in wanted], inputs)
+        return dict(zip(wanted, results, strict=True))
+
+
+def probe_values(
+    model: ir.Model | str | os.PathLike,
+    names: Sequence[str] | None,
+    feeds: Mapping[str, np.ndarray],
+    **options: Any,
+) -> dict[str, Any]:
+    """One run of a :class:`ValueProbe`: values ``names`` (None: all) for ``feeds``."""
+    return ValueProbe(model, names, **options).run(feeds)
