@@ -711,12 +711,13 @@ g (float[1,3,8,8] x) => (float[1,4] y) <float[8,3,1,1] w1, float[512,4] w2> {
 """
 
 
-def test_parameter_count_includes_int64_shape_constants(tmp_path):
-    # The pass's count includes the 2 int64 entries of the Reshape target (onnxslim.model's does
-    # not; the summary/report disagreement is fixed in wave 2, the numbers are pinned until then).
+def test_parameter_count_excludes_int64_shape_constants(tmp_path):
+    # Wave 1 pinned 24 + 2 + 512 * 4 -> 12 + 2 + 256 * 4: the pass's own count included the 2
+    # int64 entries of the Reshape target. It now uses onnxslim.model.parameter_count (shape
+    # constants are not parameters), the count the pipeline report shows: 2 fewer on each side.
     model = _with_weights(CONV_RESHAPE_GEMM)
     result = StructuredPrune(ratio=0.5, round_to=1)(model)
-    assert result.summary["parameters"] == {"before": 24 + 2 + 512 * 4, "after": 12 + 2 + 256 * 4}
+    assert result.summary["parameters"] == {"before": 24 + 512 * 4, "after": 12 + 256 * 4}
     assert result.summary["macs"] == {
         "before": 8 * 64 * 3 + 512 * 4,
         "after": 4 * 64 * 3 + 256 * 4,
@@ -725,6 +726,19 @@ def test_parameter_count_includes_int64_shape_constants(tmp_path):
     assert result.summary["channels_kept"] == {"w1": [8, 4], "w2": [4, 4]}
     reshape = next(n for n in model.graph if n.op_type == "Reshape")
     np.testing.assert_array_equal(constant_array(reshape.inputs[1]), [1, 256])
+
+
+def test_summary_parameters_equal_the_pipeline_report():
+    # one parameter count (onnxslim.model.parameter_count) for the pass summary and the report
+    model = _with_weights(CONV_RESHAPE_GEMM)
+    result = onnxslim.Pipeline([StructuredPrune(ratio=0.5, round_to=1)]).run(model)
+    stage = result.report.stages[-1]
+    assert stage.stage == "prune"
+    assert stage.summary["parameters"] == {
+        "before": result.report.stages[0].parameters,
+        "after": stage.parameters,
+    }
+    assert stage.parameters == 12 + 256 * 4
 
 
 GROUPED_CONV_TRANSPOSE = """

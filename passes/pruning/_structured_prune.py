@@ -12,9 +12,10 @@ import onnx_ir as ir
 
 from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.inputs import input_specs, open_samples
+from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
-from onnxslim.passes.pruning._counts import count_parameters, predicted_macs
+from onnxslim.passes.pruning._counts import predicted_macs
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
@@ -69,11 +70,11 @@ class StructuredPrune(SlimPass):
             analysis,
             plan,
             macs_after=predicted_macs(analysis.view, plan),
-            parameters_before=count_parameters(model),
+            parameters_before=parameter_count(model),
         )
         if not plan.empty:
             apply_plan(analysis.view, plan)
-        outcome.parameters_after = count_parameters(model)
+        outcome.parameters_after = parameter_count(model)
         logger.info(
             "pruned %d groups: MACs %d -> %d",
             outcome.pruned_groups,
