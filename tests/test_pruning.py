@@ -807,15 +807,20 @@ def test_a_handler_returns_blocked_as_a_value():
 
 
 def test_ratio_and_target_macs_together_are_refused():
+    from onnxslim.passes.pruning import PruneOptions
+
     with pytest.raises(onnxslim.SlimError) as error:
         StructuredPrune(ratio=0.3, target_macs=0.5)
     assert str(error.value) == (
         "prune: give either ratio (fraction of units removed, got 0.3) or target_macs "
         "(fraction of MACs kept, got 0.5), not both."
     )
-    # target_macs alone keeps the declared ratio default, unused
-    assert StructuredPrune(target_macs=0.5).ratio == 0.3
-    assert StructuredPrune(ratio=0.3, target_macs=None).target_macs is None
+    with pytest.raises(onnxslim.SlimError, match="not both"):  # an Options value is checked too
+        StructuredPrune(PruneOptions(ratio=0.3, target_macs=0.5))
+    # ratio None: 0.3 when target_macs is not given, unused (None) when it is
+    assert StructuredPrune().ratio == 0.3 and StructuredPrune().config()["ratio"] == 0.3
+    assert StructuredPrune(target_macs=0.5).ratio is None
+    assert StructuredPrune(ratio=0.2, target_macs=None).ratio == 0.2
 
 
 def test_max_ratio_and_min_kept_are_validated():
@@ -848,7 +853,7 @@ def test_declared_options_say_removed_and_kept():
     specs = StructuredPrune.options()
     assert "REMOVED" in specs["ratio"].help and "KEPT" in specs["target_macs"].help
     assert (specs["ratio"].default, specs["target_macs"].default, specs["round_to"].default) == (
-        0.3,
+        None,
         None,
         None,
     )

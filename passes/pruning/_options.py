@@ -10,9 +10,11 @@ from typing import Any
 from onnxslim import SlimError
 from onnxslim.options import option
 
-__all__ = ["CRITERIA", "PruneOptions", "check_options"]
+__all__ = ["CRITERIA", "DEFAULT_RATIO", "PruneOptions", "check_options", "resolved"]
 
 CRITERIA = ("l1", "l2", "bn", "activation", "random")
+# the ratio used when neither ratio nor target_macs is given
+DEFAULT_RATIO = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,10 +24,10 @@ class PruneOptions:
     ``ratio`` counts what is REMOVED, ``target_macs`` what is KEPT; give one of them.
     """
 
-    ratio: float = option(
-        0.3,
+    ratio: float | None = option(
+        None,
         help="fraction of units REMOVED from each group (0.3 removes 30 %), in [0, 1); "
-        "not with target_macs",
+        f"None: {DEFAULT_RATIO} unless target_macs is given (not both)",
     )
     target_macs: float | None = option(
         None,
@@ -63,16 +65,16 @@ class PruneOptions:
     )
 
 
-def check_options(options: PruneOptions, *, ratio_given: bool) -> None:
+def check_options(options: PruneOptions) -> None:
     """Refuses values the pass cannot honour, naming the option and what it counts."""
     # `ratio` counts what goes, `target_macs` what stays: the messages say which is which.
     ratio, target_macs = options.ratio, options.target_macs
-    if ratio_given and target_macs is not None:
+    if ratio is not None and target_macs is not None:
         raise SlimError(
             f"prune: give either ratio (fraction of units removed, got {ratio}) or target_macs "
             f"(fraction of MACs kept, got {target_macs}), not both."
         )
-    if not 0.0 <= ratio < 1.0:
+    if ratio is not None and not 0.0 <= ratio < 1.0:
         raise SlimError(
             f"prune: ratio {ratio} is outside [0, 1); ratio is the fraction of channels to remove "
             "(0.3 removes 30 %); to keep a fraction of the MACs use target_macs."
@@ -97,3 +99,16 @@ def check_options(options: PruneOptions, *, ratio_given: bool) -> None:
         raise SlimError(
             f"prune: unknown criterion '{options.criterion}'; use one of {', '.join(CRITERIA)}."
         )
+
+
+def resolved(options: PruneOptions, channel_block: Callable[[], int]) -> PruneOptions:
+    """The options as the pass runs them: the default ratio, ``round_to`` for this CPU."""
+    return dataclasses.replace(
+        options,
+        ratio=DEFAULT_RATIO
+        if options.ratio is None and options.target_macs is None
+        else options.ratio,
+        round_to=channel_block() if options.round_to is None else options.round_to,
+        ignore=list(options.ignore),
+        sizes=dict(options.sizes) if options.sizes else None,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +16,7 @@ from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
 from onnxslim.passes.pruning._counts import predicted_macs
 from onnxslim.passes.pruning._importance import score_groups
-from onnxslim.passes.pruning._options import PruneOptions, check_options
+from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
 from onnxslim.passes.pruning._summary import describe_plan
 from onnxslim.runtime import cpu_features
@@ -47,17 +46,9 @@ class StructuredPrune(SlimPass):
         if isinstance(options, (int, float)) and not isinstance(options, bool):
             values = {"ratio": float(options), **values}  # the positional ratio of wave 1
             options = None
-        ratio_given = "ratio" in values
         super().__init__(options, **values)
-        check_options(self.settings, ratio_given=ratio_given)
-        settings = self.settings
-        self.settings = dataclasses.replace(
-            settings,
-            # None picks the NCHWc block of this CPU, the channel multiple its fast conv needs
-            round_to=cpu_channel_block() if settings.round_to is None else settings.round_to,
-            ignore=list(settings.ignore),
-            sizes=dict(settings.sizes) if settings.sizes else None,
-        )
+        check_options(self.settings)
+        self.settings = resolved(self.settings, cpu_channel_block)
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         sizes = self.sizes or dict(context.sizes or {}) or None
