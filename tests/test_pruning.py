@@ -711,20 +711,34 @@ g (float[1,3,8,8] x) => (float[1,4] y) <float[8,3,1,1] w1, float[512,4] w2> {
 """
 
 
-def test_parameter_count_includes_int64_shape_constants(tmp_path):
-    # The pass's count includes the 2 int64 entries of the Reshape target (onnxslim.model's does
-    # not; the summary/report disagreement is fixed in wave 2, the numbers are pinned until then).
+def test_parameter_count_excludes_int64_shape_constants(tmp_path):
+    # Wave 1 pinned 24 + 2 + 512 * 4 -> 12 + 2 + 256 * 4: the pass's own count included the 2
+    # int64 entries of the Reshape target. It now uses onnxslim.model.parameter_count (shape
+    # constants are not parameters), the count the pipeline report shows: 2 fewer on each side.
     model = _with_weights(CONV_RESHAPE_GEMM)
     result = StructuredPrune(ratio=0.5, round_to=1)(model)
-    assert result.summary["parameters"] == {"before": 24 + 2 + 512 * 4, "after": 12 + 2 + 256 * 4}
+    assert result.summary["parameters"] == {"before": 24 + 512 * 4, "after": 12 + 256 * 4}
     assert result.summary["macs"] == {
         "before": 8 * 64 * 3 + 512 * 4,
         "after": 4 * 64 * 3 + 256 * 4,
-        "ratio": 0.5,
+        "kept_fraction": 0.5,
     }
     assert result.summary["channels_kept"] == {"w1": [8, 4], "w2": [4, 4]}
     reshape = next(n for n in model.graph if n.op_type == "Reshape")
     np.testing.assert_array_equal(constant_array(reshape.inputs[1]), [1, 256])
+
+
+def test_summary_parameters_equal_the_pipeline_report():
+    # one parameter count (onnxslim.model.parameter_count) for the pass summary and the report
+    model = _with_weights(CONV_RESHAPE_GEMM)
+    result = onnxslim.Pipeline([StructuredPrune(ratio=0.5, round_to=1)]).run(model)
+    stage = result.report.stages[-1]
+    assert stage.stage == "prune"
+    assert stage.summary["parameters"] == {
+        "before": result.report.stages[0].parameters,
+        "after": stage.parameters,
+    }
+    assert stage.parameters == 12 + 256 * 4
 
 
 GROUPED_CONV_TRANSPOSE = """
@@ -790,3 +804,66 @@ def test_a_handler_returns_blocked_as_a_value():
         "Conv reads spatial axis 3",
     ]
     assert view.families(conv) is view.families(conv)  # computed once per node
+
+
+def test_ratio_and_target_macs_together_are_refused():
+    from onnxslim.passes.pruning import PruneOptions
+
+    with pytest.raises(onnxslim.SlimError) as error:
+        StructuredPrune(ratio=0.3, target_macs=0.5)
+    assert str(error.value) == (
+        "prune: give either ratio (fraction of units removed, got 0.3) or target_macs "
+        "(fraction of MACs kept, got 0.5), not both."
+    )
+    with pytest.raises(onnxslim.SlimError, match="not both"):  # an Options value is checked too
+        StructuredPrune(PruneOptions(ratio=0.3, target_macs=0.5))
+    # ratio None: 0.3 when target_macs is not given, unused (None) when it is
+    assert StructuredPrune().ratio == 0.3 and StructuredPrune().config()["ratio"] == 0.3
+    assert StructuredPrune(target_macs=0.5).ratio is None
+    assert StructuredPrune(ratio=0.2, target_macs=None).ratio == 0.2
+
+
+def test_max_ratio_and_min_kept_are_validated():
+    with pytest.raises(onnxslim.SlimError) as error:
+        StructuredPrune(max_ratio=1.5)
+    assert str(error.value) == (
+        "prune: max_ratio 1.5 is outside [0, 1]; max_ratio is the largest fraction of any "
+        "group's units that may be removed."
+    )
+    with pytest.raises(onnxslim.SlimError, match=r"max_ratio -0.1 is outside \[0, 1\]"):
+        StructuredPrune(max_ratio=-0.1)
+    with pytest.raises(onnxslim.SlimError, match="max_ratio nan is outside"):
+        StructuredPrune(max_ratio=float("nan"))
+    with pytest.raises(onnxslim.SlimError) as error:
+        StructuredPrune(min_kept=0)
+    assert str(error.value) == (
+        "prune: min_kept 0 must be >= 1 (every group keeps at least one unit)."
+    )
+    assert (StructuredPrune(max_ratio=0.0).max_ratio, StructuredPrune(max_ratio=1.0).max_ratio) == (
+        0.0,
+        1.0,
+    )
+
+
+def test_declared_options_say_removed_and_kept():
+    from onnxslim.passes.pruning import PruneOptions, cpu_channel_block
+    from onnxslim.registry import get_options_class
+    from onnxslim.runtime import cpu_features
+
+    specs = StructuredPrune.options()
+    assert "REMOVED" in specs["ratio"].help and "KEPT" in specs["target_macs"].help
+    assert (specs["ratio"].default, specs["target_macs"].default, specs["round_to"].default) == (
+        None,
+        None,
+        None,
+    )
+    assert StructuredPrune.Options is PruneOptions
+    if get_options_class("prune") is not None:  # the registry names it once the lead wires it
+        assert get_options_class("prune") is PruneOptions
+    # round_to None resolves to the conv channel block of this CPU, echoed in the config
+    prune = StructuredPrune()
+    assert prune.round_to == cpu_features().conv_channel_block == cpu_channel_block()
+    assert prune.config()["round_to"] == cpu_channel_block()
+    # the positional first argument is still the ratio; an Options value works too
+    assert StructuredPrune(0.25).ratio == 0.25
+    assert StructuredPrune(PruneOptions(ratio=0.4, round_to=4)).settings.round_to == 4

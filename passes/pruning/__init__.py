@@ -10,6 +10,7 @@ from onnxslim.passes.pruning._family import Blocked, Family
 from onnxslim.passes.pruning._groups import Group
 from onnxslim.passes.pruning._handlers import HANDLERS
 from onnxslim.passes.pruning._importance import score_groups
+from onnxslim.passes.pruning._options import PruneOptions
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
 from onnxslim.passes.pruning._structured_prune import StructuredPrune, cpu_channel_block
 from onnxslim.passes.pruning._view import GraphView
@@ -21,6 +22,7 @@ __all__ = [
     "GraphView",
     "Group",
     "Plan",
+    "PruneOptions",
     "PruneAnalysis",
     "StructuredPrune",
     "analyze",

@@ -8,10 +8,10 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim import random_inputs
+from onnxslim.inputs import random_inputs
+from onnxslim.model import observed_shapes
 from onnxslim.passes.pruning._counts import macs_of_node
 from onnxslim.passes.pruning._groups import Group, apply_ignores, build_groups, make_segments
-from onnxslim.passes.pruning._observe import observe_shapes
 from onnxslim.passes.pruning._view import GraphView
 
 
@@ -36,9 +36,8 @@ def analyze(
     ignore: Iterable[str] = (),
 ) -> PruneAnalysis:
     """Observes concrete shapes (one ORT run on random inputs) and builds the dependency groups."""
-    # wave 2: onnxslim.inputs.random_inputs and onnxslim.model.observed_shapes
     feeds = random_inputs(model, sizes)
-    view = GraphView(model, observe_shapes(model, feeds), prune_hidden=prune_hidden)
+    view = GraphView(model, observed_shapes(model, feeds), prune_hidden=prune_hidden)
     groups = build_groups(view)
     apply_ignores(groups, ignore)
     for group in groups:

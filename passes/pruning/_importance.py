@@ -7,14 +7,11 @@ kept); a Taylor criterion computed from a distillation student plugs in there.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
-import onnx
-import onnx_ir as ir
 
+from onnxslim.model import ValueProbe
 from onnxslim.passes.pruning._family import (
     ACTIVATION,
     CONSUMER,
@@ -28,7 +25,6 @@ from onnxslim.passes.pruning._view import GraphView
 logger = logging.getLogger(__name__)
 
 Criterion = Callable[[Group, GraphView], np.ndarray]
-CRITERIA = ("l1", "l2", "bn", "activation", "random")
 
 
 def _per_element(array: np.ndarray, axis: int, power: int) -> np.ndarray:
@@ -78,42 +74,25 @@ def _consumer_inputs(group: Group) -> list[int]:
 def activation_statistics(
     view: GraphView, groups: Sequence[Group], batches: Iterable[Mapping[str, np.ndarray]]
 ) -> dict[int, np.ndarray]:
-    """Mean |activation| per unit over the calibration batches, one ORT run per batch."""
-    # wave 2: onnxslim.model.probe_values (the one expose-values-and-run helper) replaces this
-    # hand-built ort.InferenceSession.
-    import onnxruntime as ort
-
+    """Mean |activation| per unit over the calibration batches, one probe run per batch."""
     wanted: dict[str, tuple[Group, int]] = {}
     for group in groups:
         for slot_index in _consumer_inputs(group):
-            wanted.setdefault(group.slots[slot_index].value.name, (group, slot_index))
-    proto = ir.serde.serialize_model(view.model)
-    proto = onnx.shape_inference.infer_shapes(proto)
-    typed = {vi.name: vi for vi in proto.graph.value_info}
-    existing = {o.name for o in proto.graph.output}
-    for name in wanted:
-        if name not in existing and name in typed:
-            proto.graph.output.append(typed[name])
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+            name = group.slots[slot_index].value.name
+            if name is not None:
+                wanted.setdefault(name, (group, slot_index))
     sums = {group.index: np.zeros(group.num_units) for group in groups}
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "stats.onnx"
-        onnx.save(proto, str(path))
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs() if o.name in wanted]
-        input_names = {i.name for i in session.get_inputs()}
-        for batch in batches:
-            feeds = {k: v for k, v in batch.items() if k in input_names}
-            for name, array in zip(names, session.run(names, feeds)):
-                group, slot_index = wanted[name]
-                slot = group.slots[slot_index]
-                per_element = (
-                    np.moveaxis(np.abs(array.astype(np.float64)), slot.axis, 0)
-                    .reshape(slot.size, -1)
-                    .mean(axis=1)
-                )
-                np.add.at(sums[group.index], group.unit_of[slot_index], per_element)
+    probe = ValueProbe(view.model, list(wanted))
+    for batch in batches:
+        for name, array in probe.run(batch).items():
+            group, slot_index = wanted[name]
+            slot = group.slots[slot_index]
+            per_element = (
+                np.moveaxis(np.abs(np.asarray(array, dtype=np.float64)), slot.axis, 0)
+                .reshape(slot.size, -1)
+                .mean(axis=1)
+            )
+            np.add.at(sums[group.index], group.unit_of[slot_index], per_element)
     return sums
 
 

@@ -54,6 +54,11 @@ class Plan:
         key = (id(value), axis)
         return self._sizes[key] - len(self._removed[key])
 
+    def kept_size(self, value: ir.Value, axis: int, size: int) -> int:
+        """``size`` of ``value``'s ``axis`` after the plan (unchanged when it does not touch it)."""
+        removed = self._removed.get((id(value), axis))
+        return size if removed is None else size - len(removed)
+
     @property
     def empty(self) -> bool:
         return not self._removed

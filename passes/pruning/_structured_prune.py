@@ -3,111 +3,69 @@
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
+from onnxslim.inputs import input_specs, open_samples
+from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
-from onnxslim.passes.pruning._counts import count_parameters, predicted_macs
-from onnxslim.passes.pruning._importance import CRITERIA, Criterion, score_groups
+from onnxslim.passes.pruning._counts import predicted_macs
+from onnxslim.passes.pruning._importance import score_groups
+from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
 from onnxslim.passes.pruning._summary import describe_plan
+from onnxslim.runtime import cpu_features
 
 logger = logging.getLogger(__name__)
 
 
-# wave 2: onnxslim.runtime.cpu_features().conv_channel_block (the one /proc/cpuinfo parser)
 def cpu_channel_block() -> int:
-    """The channel block of ORT's NCHWc CPU convolution: 16 where AVX-512F exists, else 8."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return 8
-    return 16 if re.search(r"\bavx512f\b", flags) else 8
+    """The channel block of ORT's NCHWc CPU convolution (the default ``round_to``)."""
+    return cpu_features().conv_channel_block
 
 
 class StructuredPrune(SlimPass):
     """Removes whole channels/features/heads found by dependency groups on the ONNX graph.
 
-    Args:
-        ratio: Fraction of units REMOVED from each group (local) or overall (global ranking):
-            0.3 removes 30 %. In [0, 1). Not used when ``target_macs`` is given.
-        target_macs: Fraction of the MACs KEPT, instead of ``ratio``: 0.5 keeps half of them
-            (met after rounding). In (0, 1].
-        criterion: "l1", "l2", "bn" (|gamma|), "activation" (needs data), "random", or a callable
-            ``(group, view) -> scores`` (e.g. Taylor scores from a distillation student).
-        global_ranking: Rank units across groups (scores normalized by each group's mean).
-        max_ratio: At most this fraction of any group's units is removed.
-        min_kept: Every group keeps at least this many units.
-        round_to: Kept counts are multiples of this; None picks ORT's NCHWc block on this CPU
-            (16 with AVX-512, else 8), the channel multiple its fast blocked convolution needs.
-        ignore: Node names, regexes over node names, or op types whose groups are left alone.
-        prune_hidden: Also prune axes that a LayerNormalization normalizes over (the residual stream).
-        sizes: Sizes for symbolic input dims, used to observe shapes and count MACs.
-        seed: Seed of the random criterion.
-        calibration_batches: Batches read from the data reader for the activation criterion.
+    Options are declared in :class:`PruneOptions` (``ratio`` = fraction REMOVED, ``target_macs``
+    = fraction of MACs KEPT, give one). ``StructuredPrune(0.3)`` still means ``ratio=0.3``.
     """
 
+    Options = PruneOptions
+    settings: PruneOptions
     name = "prune"
     description = "Structured pruning of channels, features and attention heads on the graph."
     exact = False
 
-    def __init__(
-        self,
-        ratio: float = 0.3,
-        target_macs: float | None = None,
-        criterion: str | Criterion = "l2",
-        global_ranking: bool = False,
-        max_ratio: float = 0.9,
-        min_kept: int = 1,
-        round_to: int | None = None,
-        ignore: Sequence[str] = (),
-        prune_hidden: bool = False,
-        sizes: Mapping[str, Any] | None = None,
-        seed: int = 0,
-        calibration_batches: int = 8,
-    ):
-        super().__init__()
-        _check_options(ratio, target_macs, criterion)
-        if round_to is None:
-            round_to = cpu_channel_block()
-        if round_to < 1:
-            raise SlimError(f"prune: round_to {round_to} must be >= 1 (1 disables rounding).")
-        self.ratio = ratio
-        self.target_macs = target_macs
-        self.criterion = criterion
-        self.global_ranking = global_ranking
-        self.max_ratio = max_ratio
-        self.min_kept = min_kept
-        self.round_to = round_to
-        self.ignore = list(ignore)
-        self.prune_hidden = prune_hidden
-        self.sizes = dict(sizes) if sizes else None
-        self.seed = seed
-        self.calibration_batches = calibration_batches
+    def __init__(self, options: PruneOptions | float | None = None, /, **values: Any) -> None:
+        if isinstance(options, (int, float)) and not isinstance(options, bool):
+            values = {"ratio": float(options), **values}  # the positional ratio of wave 1
+            options = None
+        super().__init__(options, **values)
+        check_options(self.settings)
+        self.settings = resolved(self.settings, cpu_channel_block)
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         sizes = self.sizes or dict(context.sizes or {}) or None
         analysis = analyze(  # view -> groups
             model, sizes, prune_hidden=self.prune_hidden, round_to=self.round_to, ignore=self.ignore
         )
-        scores = self._importance(analysis, model, context, sizes)
+        scores = self._importance(analysis, model, context)
         plan = self._select(analysis, scores)
         outcome = describe_plan(
             analysis,
             plan,
             macs_after=predicted_macs(analysis.view, plan),
-            parameters_before=count_parameters(model),
+            parameters_before=parameter_count(model),
         )
         if not plan.empty:
             apply_plan(analysis.view, plan)
-        outcome.parameters_after = count_parameters(model)
+        outcome.parameters_after = parameter_count(model)
         logger.info(
             "pruned %d groups: MACs %d -> %d",
             outcome.pruned_groups,
@@ -121,11 +79,10 @@ class StructuredPrune(SlimPass):
         analysis: PruneAnalysis,
         model: ir.Model,
         context: PassContext,
-        sizes: Mapping[str, Any] | None,
     ) -> dict[int, np.ndarray]:
         batches = None
         if self.criterion == "activation":
-            batches = _batches(context, model, sizes, self.calibration_batches)
+            batches = _batches(context, model, self.calibration_batches)
         return score_groups(
             analysis.view, analysis.groups, self.criterion, seed=self.seed, batches=batches
         )
@@ -142,31 +99,12 @@ class StructuredPrune(SlimPass):
         )
 
 
-def _check_options(ratio: float, target_macs: float | None, criterion: str | Criterion) -> None:
-    # `ratio` counts what goes, `target_macs` what stays: the messages say which is which.
-    if not 0.0 <= ratio < 1.0:
-        raise SlimError(
-            f"prune: ratio {ratio} is outside [0, 1); ratio is the fraction of channels to remove "
-            "(0.3 removes 30 %); to keep a fraction of the MACs use target_macs."
-        )
-    if target_macs is not None and not 0.0 < target_macs <= 1.0:
-        raise SlimError(
-            f"prune: target_macs {target_macs} is outside (0, 1]; target_macs is the fraction of "
-            "MACs to keep (0.5 keeps half); to remove a fraction of channels use ratio."
-        )
-    if isinstance(criterion, str) and criterion not in CRITERIA:
-        raise SlimError(
-            f"prune: unknown criterion '{criterion}'; use one of {', '.join(CRITERIA)}."
-        )
-
-
-# wave 2: onnxslim.inputs (the one sample reader: open_samples) replaces this reader loop.
-def _batches(
-    context: PassContext, model: ir.Model, sizes: Mapping[str, Any] | None, limit: int
-) -> list[dict[str, np.ndarray]]:
-    batches = []
+def _batches(context: PassContext, model: ir.Model, limit: int) -> list[dict[str, np.ndarray]]:
+    """The first ``limit`` batches of the user's data, through the one data door."""
+    batches: list[dict[str, np.ndarray]] = []
     if context.data is not None:
-        for batch in context.data:
+        reader = open_samples(context.data, model, batch_size=_fixed_batch(model))
+        for batch in reader:
             batches.append(dict(batch))
             if len(batches) >= limit:
                 break
@@ -175,3 +113,10 @@ def _batches(
             "prune: criterion 'activation' needs calibration data; pass --data (or use criterion 'l2')."
         )
     return batches
+
+
+def _fixed_batch(model: ir.Model) -> int:
+    """The batch size the graph fixes on its first input (1 where it is symbolic)."""
+    specs = input_specs(model)
+    first = specs[0].shape[0] if specs and specs[0].shape else None
+    return first if isinstance(first, int) and first > 0 else 1

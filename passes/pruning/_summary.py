@@ -36,8 +36,11 @@ class PruneOutcome:
             "channels_kept": self.channels_kept,
             "blocked": self.blocked,
             "parameters": {"before": self.parameters_before, "after": self.parameters_after},
-            # "ratio" here is the KEPT fraction of the MACs (unlike the option `ratio`, removed).
-            "macs": {"before": base, "after": after, "ratio": after / base if base else 1.0},
+            "macs": {
+                "before": base,
+                "after": after,
+                "kept_fraction": after / base if base else 1.0,
+            },
         }
 
 
