@@ -59,6 +59,7 @@ PASSES: dict[str, PassEntry] = {
     ),
     "prune": PassEntry(
         "onnxslim.passes.pruning:StructuredPrune",
+        options="onnxslim.passes.pruning._options:PruneOptions",
         hooks={"groups": "onnxslim.passes.pruning:dependency_groups"},
     ),
     "distill": PassEntry(
