@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from onnxslim._errors import SlimError
-from onnxslim.inputs import parse_size_argument
 
 __all__ = ["main"]
 
@@ -41,64 +40,24 @@ def _progress(args: argparse.Namespace):
 
 
 def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
+    """The pipeline the flags ask for: cleanup, then every pass one of whose flags was given."""
     from onnxslim._recipe import build_pass
-    from onnxslim.options import options_from_flags
-    from onnxslim.registry import get_options_class
+    from onnxslim.options import flags_enable, options_from_flags
+    from onnxslim.registry import get_options_class, pass_names
 
-    flagged = {
-        "prune": args.prune is not None or args.prune_macs is not None,
-        "distill": args.distill is not None,
-        "quantize": args.quantize is not None,
-    }
+    def wanted(name: str) -> bool:
+        # --quantize int8 names the precision; the other passes start with their data/target flag
+        return flags_enable(args, name, get_options_class(name)) or (
+            name == "quantize" and args.quantize is not None
+        )
+
     if args.passes:
         names = [n.strip() for n in args.passes.split(",") if n.strip()]
     else:
-        names = ["cleanup", *(name for name, wanted in flagged.items() if wanted)]
-    passes = []
-    for name in names:
-        declared = get_options_class(name)
-        # passes with declared Options get their flags from the declaration
-        options: dict[str, Any] = (
-            options_from_flags(args, name, declared) if declared is not None else {}
-        )
-        if name == "prune":
-            if args.prune is not None:
-                options["ratio"] = args.prune
-            if args.prune_macs is not None:
-                options["target_macs"] = args.prune_macs
-            if args.prune_round_to is not None:
-                options["round_to"] = args.prune_round_to
-        if name == "distill":
-            options.update(
-                {
-                    k: v
-                    for k, v in (
-                        ("epochs", args.distill_epochs),
-                        ("lr", args.distill_lr),
-                        ("teacher", args.teacher),
-                    )
-                    if v is not None
-                }
-            )
-            if args.distill is not None:
-                options["data"] = args.distill
-        if name == "quantize":
-            for flag, option in (
-                ("calibration", "calibration"),
-                ("calibration_method", "method"),
-                ("calibration_samples", "samples"),
-                ("quant_target", "target"),
-                ("quant_exclude", "exclude"),
-                ("latency_batch", "latency_batch"),
-            ):
-                if getattr(args, flag) is not None:
-                    options[option] = getattr(args, flag)
-            if args.no_latency_guard:
-                options["latency_guard"] = False
-            if args.no_accuracy_guard:
-                options["accuracy_guard"] = False
-        passes.append(build_pass(name, options))
-    return passes
+        names = ["cleanup", *(name for name in pass_names() if name != "cleanup" and wanted(name))]
+    return [
+        build_pass(name, options_from_flags(args, name, get_options_class(name))) for name in names
+    ]
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
@@ -311,203 +270,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --- entry point ----------------------------------------------------------------------------
 
 
-def _add_declared_flags(optimize: argparse.ArgumentParser) -> None:
-    """The flags of passes with declared Options (help and default from the declaration)."""
-    from onnxslim.options import add_option_flags
-    from onnxslim.registry import get_options_class, pass_names
-
-    for name in pass_names():
-        declared = get_options_class(name)
-        if declared is not None:
-            add_option_flags(optimize, name, declared)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="onnxslim",
-        description="Framework-agnostic ONNX optimizer: cleanup, pruning, distillation, int8 quantization.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    """The ``onnxslim`` argument parser (its flags are laid out in ``onnxslim._cli_parser``)."""
+    from onnxslim._cli_parser import build_parser as build
 
-    optimize = commands.add_parser(
-        "optimize", help="run a pass pipeline on a model and save the result"
-    )
-    optimize.add_argument("model", help="input .onnx file (never modified)")
-    optimize.add_argument(
-        "-o", "--output", required=True, help="output .onnx path (written atomically)"
-    )
-    how = optimize.add_mutually_exclusive_group()
-    how.add_argument("--recipe", help="TOML recipe listing passes and options")
-    how.add_argument("--passes", help="comma-separated pass names, e.g. cleanup (the default)")
-    _add_declared_flags(optimize)
-    optimize.add_argument(
-        "--prune",
-        type=float,
-        metavar="RATIO",
-        help="structured pruning: fraction of channels to remove, e.g. 0.3",
-    )
-    optimize.add_argument(
-        "--prune-macs",
-        type=float,
-        metavar="FRACTION",
-        help="structured pruning to keep this fraction of the MACs, e.g. 0.5",
-    )
-    optimize.add_argument(
-        "--prune-round-to",
-        type=int,
-        metavar="N",
-        help="kept channel counts are multiples of N (default: ORT's CPU conv block, 8 or 16)",
-    )
-    optimize.add_argument(
-        "--distill",
-        metavar="DATA",
-        help="distill from the input model (ORT teacher) on this data: .npz or a folder; labels optional",
-    )
-    optimize.add_argument(
-        "--distill-epochs", type=int, metavar="N", help="distillation epochs (default 5)"
-    )
-    optimize.add_argument(
-        "--distill-lr", type=float, metavar="LR", help="distillation learning rate (default 1e-3)"
-    )
-    optimize.add_argument(
-        "--teacher",
-        metavar="FILE",
-        help="teacher model for distillation (default: the input model)",
-    )
-    optimize.add_argument(
-        "--quantize",
-        choices=["int8"],
-        help="static int8 quantization (QDQ, guarded: never slower, accuracy bound)",
-    )
-    optimize.add_argument(
-        "--calibration",
-        metavar="DATA",
-        help="calibration data: .npz, folder of .npy/.npz/images, or random[:N] (smoke only)",
-    )
-    optimize.add_argument(
-        "--calibration-method",
-        choices=["minmax", "percentile", "entropy", "mse"],
-        help="range method (default percentile)",
-    )
-    optimize.add_argument(
-        "--calibration-samples", type=int, metavar="N", help="use at most N calibration samples"
-    )
-    optimize.add_argument(
-        "--quant-target",
-        choices=["cpu", "tensorrt", "cuda"],
-        help="int8 profile for the deployment target (default cpu)",
-    )
-    optimize.add_argument(
-        "--quant-exclude",
-        action="append",
-        metavar="SEL",
-        help="keep nodes in float: a name, re:REGEX or op:Type (repeatable)",
-    )
-    optimize.add_argument(
-        "--latency-batch",
-        type=int,
-        metavar="N",
-        help="batch size the latency guard times int8 against float at (your deployment batch; default 1)",
-    )
-    optimize.add_argument(
-        "--no-latency-guard",
-        action="store_true",
-        help="keep int8 even when it is slower than float",
-    )
-    optimize.add_argument(
-        "--no-accuracy-guard", action="store_true", help="do not keep sensitive layers in float"
-    )
-    optimize.add_argument(
-        "--data",
-        metavar="DATA",
-        help="verification samples (.npz or folder); default: random inputs",
-    )
-    optimize.add_argument(
-        "--shape",
-        action="append",
-        type=parse_size_argument,
-        metavar="NAME=DIMS",
-        help="size of a symbolic dim or input, e.g. batch=1 or x=1x3x224x224",
-    )
-    optimize.add_argument("--providers", help="execution providers for verification (default cpu)")
-    optimize.add_argument(
-        "--min-sqnr",
-        type=float,
-        help="fail if output SQNR vs the input model drops below this (dB)",
-    )
-    optimize.add_argument(
-        "--min-top1",
-        type=float,
-        help="fail if top-1 agreement with the input model drops below this (0..1)",
-    )
-    optimize.add_argument(
-        "--no-verify", action="store_true", help="skip verification (very large models only)"
-    )
-    optimize.add_argument("--report", help="write the JSON report here")
-    optimize.add_argument(
-        "--bench",
-        metavar="PROVIDERS",
-        help="benchmark input vs output on these providers, e.g. cpu or cpu,cuda",
-    )
-    optimize.add_argument(
-        "--max-latency-ratio",
-        type=float,
-        help="with --bench: fail (exit 4) if output/input latency exceeds this",
-    )
-    optimize.add_argument(
-        "--max-size-ratio",
-        type=float,
-        help="with --bench: fail (exit 4) if output/input file size exceeds this",
-    )
-    optimize.add_argument(
-        "--gate-min-sqnr",
-        type=float,
-        help="with --bench: fail (exit 4) below this output SQNR (dB)",
-    )
-    optimize.add_argument(
-        "--gate-min-top1", type=float, help="with --bench: fail (exit 4) below this top-1 agreement"
-    )
-    optimize.add_argument(
-        "--overwrite", action="store_true", help="allow writing over the input model"
-    )
-    optimize.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    optimize.set_defaults(handler=_cmd_optimize)
-
-    inspect_cmd = commands.add_parser(
-        "inspect", help="describe a model: I/O, ops, parameters, MACs, size"
-    )
-    inspect_cmd.add_argument("model")
-    inspect_cmd.add_argument(
-        "--shape",
-        action="append",
-        type=parse_size_argument,
-        metavar="NAME=DIMS",
-        help="sizes for symbolic dims (MACs)",
-    )
-    inspect_cmd.add_argument("--groups", action="store_true", help="list structured-pruning groups")
-    inspect_cmd.add_argument("--json", action="store_true", help="print JSON")
-    inspect_cmd.set_defaults(handler=_cmd_inspect)
-
-    from onnxslim.benchmark._cli import add_bench_parser
-
-    add_bench_parser(commands)
-
-    demo = commands.add_parser("demo", help="run the pipeline on the embedded digits model")
-    demo.add_argument(
-        "--output-dir", default="onnxslim-demo", help="where the demo writes models and reports"
-    )
-    demo.add_argument(
-        "--recipe", action="store_true", help="print the equivalent TOML recipe and exit"
-    )
-    demo.add_argument(
-        "--quick",
-        action="store_true",
-        help="a short run (3 distillation epochs, fewer timing runs)",
-    )
-    demo.add_argument("-q", "--quiet", action="store_true")
-    demo.set_defaults(handler=_cmd_demo)
-    return parser
+    return build(optimize=_cmd_optimize, inspect=_cmd_inspect, demo=_cmd_demo)
 
 
 def main(argv: list[str] | None = None) -> int:

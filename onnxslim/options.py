@@ -31,6 +31,7 @@ __all__ = [
     "add_option_flags",
     "check_value",
     "describe_type",
+    "flags_enable",
     "option",
     "option_specs",
     "option_values",
@@ -51,10 +52,19 @@ REQUIRED: Any = _Required()
 
 
 def option(
-    default: Any = _MISSING, *, help: str, flag: str | None = None, metavar: str | None = None
+    default: Any = _MISSING,
+    *,
+    help: str,
+    flag: str | None = None,
+    metavar: str | None = None,
+    enables: bool = False,
 ) -> Any:
-    """A field of a pass's ``Options`` dataclass: default, one-line help, optional CLI flag."""
-    metadata = {"help": help, "flag": flag, "metavar": metavar}
+    """A field of a pass's ``Options`` dataclass: default, one-line help, optional CLI flag.
+
+    ``enables``: giving the flag to ``onnxslim optimize`` adds the pass to the pipeline. A bool
+    option's flag sets it to False when the flag starts with ``--no-``, else to True.
+    """
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "enables": enables}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -68,6 +78,7 @@ class OptionSpec:
     help: str = ""
     flag: str | None = None
     metavar: str | None = None
+    enables: bool = False
 
     @property
     def required(self) -> bool:
@@ -90,6 +101,7 @@ def option_specs(pass_class: type) -> dict[str, OptionSpec]:
                 help=field.metadata.get("help", ""),
                 flag=field.metadata.get("flag"),
                 metavar=field.metadata.get("metavar"),
+                enables=field.metadata.get("enables", False),
             )
             for field in dataclasses.fields(declared)
         }
@@ -226,13 +238,33 @@ def _dest(pass_name: str, spec: OptionSpec) -> str:
     return f"{pass_name}_{spec.name}"
 
 
-def _flag_type(annotation: Any) -> Any:
-    """The argparse ``type`` for an option: the non-None scalar member of its annotation."""
-    members = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    for kind in (int, float, str):
-        if kind in members:
-            return kind
-    return str
+def _flag_arguments(spec: OptionSpec) -> dict[str, Any]:
+    """argparse keywords for an option's flag, from its annotation."""
+    union = typing.get_origin(spec.annotation) in (typing.Union, types.UnionType)
+    members = [a for a in typing.get_args(spec.annotation) if a is not type(None)] if union else []
+    members = members or [spec.annotation]
+    if bool in members:
+        return {"action": "store_const", "const": not str(spec.flag).startswith("--no-")}
+    literal = next((m for m in members if typing.get_origin(m) is typing.Literal), None)
+    if literal is not None:
+        return {"choices": list(typing.get_args(literal)), "metavar": spec.metavar}
+    sequence = next(
+        (m for m in members if typing.get_origin(m) in _SEQUENCES or m in _SEQUENCES), None
+    )
+    if sequence is not None:
+        return {"action": "append", "metavar": spec.metavar}
+    kind = next((k for k in (int, float, str) if k in members), str)
+    return {"type": kind, "metavar": spec.metavar}
+
+
+def _default_text(spec: OptionSpec) -> str:
+    if isinstance(spec.default, bool) and str(spec.flag).startswith("--no-"):
+        return " (on by default; this flag turns it off)" if spec.default else ""
+    if spec.required or spec.default is None or isinstance(spec.default, bool):
+        return ""
+    if isinstance(spec.default, (list, tuple)) and not spec.default:
+        return ""
+    return f" (default {spec.default})"
 
 
 def add_option_flags(
@@ -244,14 +276,12 @@ def add_option_flags(
     for spec in option_specs(pass_class).values():
         if spec.flag is None:
             continue
-        default = "" if spec.required or spec.default is None else f" (default {spec.default})"
         parser.add_argument(
             spec.flag,
             dest=_dest(pass_name, spec),
-            type=_flag_type(spec.annotation),
-            metavar=spec.metavar,
             default=None,
-            help=f"{pass_name}: {spec.help}{default}",
+            help=f"{pass_name}: {spec.help}{_default_text(spec)}".replace("%", "%%"),
+            **_flag_arguments(spec),
         )
 
 
@@ -266,3 +296,11 @@ def options_from_flags(
             if value is not None:
                 values[spec.name] = value
     return values
+
+
+def flags_enable(args: argparse.Namespace, pass_name: str, pass_class: type) -> bool:
+    """Whether the user gave one of the flags that add this pass to the pipeline."""
+    return any(
+        spec.enables and getattr(args, _dest(pass_name, spec), None) is not None
+        for spec in option_specs(pass_class).values()
+    )

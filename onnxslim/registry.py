@@ -40,7 +40,7 @@ class PassEntry:
     """
 
     target: str
-    options: str | None = None
+    options: str
     hooks: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
@@ -95,10 +95,9 @@ def get_pass_class(name: str) -> type[SlimPass]:
     return _resolve(_entry(name).target)
 
 
-def get_options_class(name: str) -> type | None:
-    """The declared ``Options`` of pass ``name`` without importing the pass (None: keywords)."""
-    entry = _entry(name)
-    return None if entry.options is None else _resolve(entry.options)
+def get_options_class(name: str) -> type:
+    """The declared ``Options`` dataclass of pass ``name`` (its module is light: no torch)."""
+    return _resolve(_entry(name).options)
 
 
 def get_pass_hook(name: str, hook: str) -> Callable[..., Any]:

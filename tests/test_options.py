@@ -121,12 +121,60 @@ def test_declared_help_and_flag_in_optimize_help(capsys: pytest.CaptureFixture[s
     assert "--opset N cleanup: upgrade to this opset during cleanup" in text
     args = build_parser().parse_args(["optimize", "m.onnx", "-o", "o.onnx", "--opset", "15"])
     assert _passes_from_flags(args)[0].config()["target_opset"] == 15
-    # keyword-signature passes keep their hand-written flags until wave 2
+    # every pass's flags come from its declaration
     args = build_parser().parse_args(
         ["optimize", "m.onnx", "-o", "o.onnx", "--prune-macs", "0.5", "--opset", "13"]
     )
     cleanup, prune = _passes_from_flags(args)
     assert (cleanup.target_opset, prune.name, prune.target_macs) == (13, "prune", 0.5)
+
+
+def test_every_declared_flag_is_in_optimize_help_with_its_help_text(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from onnxslim.cli import build_parser
+    from onnxslim.options import option_specs
+    from onnxslim.registry import get_options_class, pass_names
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["optimize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    flags = 0
+    for name in pass_names():
+        for spec in option_specs(get_options_class(name)).values():
+            if spec.flag is not None:
+                flags += 1
+                assert spec.flag in text
+                assert " ".join(f"{name}: {spec.help}".split()) in text
+    assert flags == 16
+
+
+def test_flags_build_the_passes_the_declarations_name() -> None:
+    from onnxslim.cli import _passes_from_flags, build_parser
+
+    args = build_parser().parse_args(
+        [
+            "optimize", "m.onnx", "-o", "o.onnx", "--prune", "0.25", "--prune-round-to", "8",
+            "--distill", "train.npz", "--distill-epochs", "2", "--distill-lr", "0.01",
+            "--quantize", "int8", "--calibration", "calib.npz", "--calibration-method", "entropy",
+            "--quant-exclude", "conv1", "--quant-exclude", "op:Softmax", "--no-latency-guard",
+            "--latency-batch", "4",
+        ]
+    )  # fmt: skip
+    cleanup, prune, distill, quantize = _passes_from_flags(args)
+    assert (prune.ratio, prune.round_to) == (0.25, 8)
+    assert (distill.data, distill.epochs, distill.lr) == ("train.npz", 2, 0.01)
+    assert (quantize.method, list(quantize.exclude), quantize.latency_guard) == (
+        "entropy",
+        ["conv1", "op:Softmax"],
+        False,
+    )
+    assert (quantize.accuracy_guard, quantize.latency_batch) == (True, 4)
+    # --prune-round-to alone tunes pruning but does not add it to the pipeline
+    args = build_parser().parse_args(
+        ["optimize", "m.onnx", "-o", "o.onnx", "--prune-round-to", "8"]
+    )
+    assert [p.name for p in _passes_from_flags(args)] == ["cleanup"]
 
 
 def test_describe_type_and_literal_choices() -> None:

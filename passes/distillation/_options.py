@@ -27,10 +27,10 @@ __all__ = ["DistillOptions", "NOT_OPTIONS"]
 NOT_OPTIONS = frozenset({"momentum", "shuffle", "step_macs", "validation_batches"})
 
 
-def _from(config: type, name: str) -> Any:
+def _from(config: type, name: str, **cli: str) -> Any:
     """An option whose default and help are those of ``config``'s field ``name``."""
     field = next(f for f in dataclasses.fields(config) if f.name == name)
-    return option(field.default, help=field.metadata["help"])
+    return option(field.default, help=field.metadata["help"], **cli)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,20 +39,26 @@ class DistillOptions:
 
     data: Any = option(
         None,
+        flag="--distill",
+        metavar="DATA",
+        enables=True,
         help="Training inputs: a sample reader, a path (.npz/folder), an iterable of input dicts "
         "(a label key adds cross-entropy) or a torch DataLoader; default: the pipeline's data.",
     )
     teacher: str | None = option(
-        None, help="Teacher ONNX file; default: the model as it entered the pipeline."
+        None,
+        flag="--teacher",
+        metavar="FILE",
+        help="Teacher ONNX file; default: the model as it entered the pipeline.",
     )
     student: Any = option(
         None, help="A torch nn.Module to train instead of the graph (exported afterwards)."
     )
-    epochs: int = _from(TrainConfig, "epochs")
+    epochs: int = _from(TrainConfig, "epochs", flag="--distill-epochs", metavar="N")
     steps: int | None = _from(TrainConfig, "steps")
     batch_size: int | None = _from(DataConfig, "batch_size")
     optimizer: Optimizer = _from(TrainConfig, "optimizer")
-    lr: float = _from(TrainConfig, "lr")
+    lr: float = _from(TrainConfig, "lr", flag="--distill-lr", metavar="LR")
     weight_decay: float = _from(TrainConfig, "weight_decay")
     schedule: Schedule = _from(TrainConfig, "schedule")
     warmup_steps: int = _from(TrainConfig, "warmup_steps")

@@ -26,11 +26,17 @@ class PruneOptions:
 
     ratio: float | None = option(
         None,
+        flag="--prune",
+        metavar="RATIO",
+        enables=True,
         help="fraction of units REMOVED from each group (0.3 removes 30 %), in [0, 1); "
         f"None: {DEFAULT_RATIO} unless target_macs is given (not both)",
     )
     target_macs: float | None = option(
         None,
+        flag="--prune-macs",
+        metavar="FRACTION",
+        enables=True,
         help="fraction of the MACs KEPT (0.5 keeps half), in (0, 1]; replaces ratio",
     )
     criterion: str | Callable[..., Any] = option(
@@ -47,6 +53,8 @@ class PruneOptions:
     min_kept: int = option(1, help="every group KEEPS at least this many units (>= 1)")
     round_to: int | None = option(
         None,
+        flag="--prune-round-to",
+        metavar="N",
         help="kept counts are multiples of this (1: no rounding); None: ORT's CPU conv "
         "channel block on this machine (16 with AVX-512, else 8)",
     )

@@ -17,20 +17,31 @@ class QuantizeOptions:
 
     calibration: Any = option(
         None,
+        flag="--calibration",
+        metavar="DATA",
         help="calibration data: a reader, an .npz file, a folder of .npy/.npz or images, an "
         "iterable of dicts/arrays (torch DataLoader included), or 'random' (smoke data); "
         "None uses the pipeline's data",
     )
     method: Literal["minmax", "percentile", "entropy", "mse"] = option(
-        "percentile", help="range method: minmax, percentile, entropy or mse"
+        "percentile",
+        flag="--calibration-method",
+        help="range method: minmax, percentile, entropy or mse",
     )
     percentile: float = option(99.999, help="two-sided percentile kept by 'percentile'")
     moving_average: bool = option(False, help="'minmax' uses moving-average min/max over batches")
-    samples: int | None = option(None, help="at most this many calibration samples")
+    samples: int | None = option(
+        None,
+        flag="--calibration-samples",
+        metavar="N",
+        help="at most this many calibration samples",
+    )
     batch_size: int = option(1, help="samples per calibration batch")
     bins: int = option(2048, help="histogram bins per tensor")
     target: Literal["cpu", "tensorrt", "cuda"] = option(
-        "cpu", help="cpu (detects VNNI/AMX/ARM dot), tensorrt (symmetric int8), cuda"
+        "cpu",
+        flag="--quant-target",
+        help="cpu (detects VNNI/AMX/ARM dot), tensorrt (symmetric int8), cuda",
     )
     per_channel: bool | None = option(None, help="override the target profile (None keeps it)")
     reduce_range: bool | None = option(None, help="override the target profile (None keeps it)")
@@ -48,18 +59,25 @@ class QuantizeOptions:
         None, help="op types to quantize; None lets the latency guard pick among op-class sets"
     )
     exclude: Sequence[str] | None = option(
-        None, help="nodes kept in float: names, 're:REGEX' or 'op:OpType'"
+        None,
+        flag="--quant-exclude",
+        metavar="SEL",
+        help="nodes kept in float: names, 're:REGEX' or 'op:OpType'",
     )
     mode: Literal["auto", "static", "dynamic"] = option(
         "auto",
         help="auto (static QDQ or dynamic MatMul quantization, by measurement), static, dynamic",
     )
     latency_guard: bool = option(
-        True, help="time candidates vs the input; never return a slower model"
+        True,
+        flag="--no-latency-guard",
+        help="time candidates vs the input; never return a slower model",
     )
     latency_runs: int = option(10, help="interleaved timing rounds (medians)")
     latency_batch: int = option(
         1,
+        flag="--latency-batch",
+        metavar="N",
         help="batch size the latency guard times at: the batch you deploy with (the model's "
         "fixed batch wins); int8 can win at one batch and lose at another",
     )
@@ -68,7 +86,11 @@ class QuantizeOptions:
         help="a candidate must beat the input by this factor in two separate interleaved "
         "measurements (a noisy tie must not ship a slower model)",
     )
-    accuracy_guard: bool = option(True, help="keep sensitive layers in float until the bound holds")
+    accuracy_guard: bool = option(
+        True,
+        flag="--no-accuracy-guard",
+        help="keep sensitive layers in float until the bound holds",
+    )
     min_sqnr_db: float | None = option(20.0, help="output SQNR bound (dB); None turns it off")
     min_top1: float | None = option(
         0.95,
