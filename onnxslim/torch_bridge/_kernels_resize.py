@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import onnx_ir as ir
 import torch
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 
 from onnxslim.torch_bridge._registry import (
     UnsupportedKernelError,
-    _ints,
     _kernel,
 )
 
@@ -47,8 +47,8 @@ def _nearest_index(mode: str, coords: torch.Tensor, in_size: int) -> torch.Tenso
     return index.clamp(0, in_size - 1).long()
 
 
-@_kernel("Resize", "Upsample")
-def _resize(node: ir.Node, opset: int):
+def _resize_modes(node: ir.Node, opset: int) -> tuple[str, str, str]:
+    """(mode, coordinate_transformation_mode, nearest_mode) with the opset's defaults."""
     mode = node.attributes.get_string("mode", "nearest")
     coordinate_mode = node.attributes.get_string(
         "coordinate_transformation_mode", "half_pixel" if opset >= 11 else "asymmetric"
@@ -58,6 +58,10 @@ def _resize(node: ir.Node, opset: int):
     )
     if mode == "linear" and node.op_type == "Upsample":
         coordinate_mode = "asymmetric"
+    return mode, coordinate_mode, nearest_mode
+
+
+def _check_resize_supported(node: ir.Node, mode: str, coordinate_mode: str) -> None:
     if mode not in ("nearest", "linear", "bilinear", "cubic"):
         raise UnsupportedKernelError(f"Resize with mode={mode}")
     if node.attributes.get_int("antialias", 0):
@@ -81,63 +85,100 @@ def _resize(node: ir.Node, opset: int):
         raise UnsupportedKernelError(
             "Resize with coordinate_transformation_mode=tf_crop_and_resize"
         )
+
+
+def _output_geometry(
+    node: ir.Node,
+    opset: int,
+    x: torch.Tensor,
+    rest: tuple,
+    attr_scales: Sequence[float] | None,
+) -> tuple[list[float], list[int], bool]:
+    """(scales, sizes, from_sizes) from the scales/sizes inputs (or the old scales attribute)."""
+    if node.op_type == "Upsample" or opset < 11:
+        scales_t, sizes_t = (rest[0] if rest else None), None
+    else:
+        scales_t = rest[1] if len(rest) > 1 else None
+        sizes_t = rest[2] if len(rest) > 2 else None
+    if scales_t is not None and scales_t.numel() > 0:
+        scales = [float(s) for s in scales_t.reshape(-1).tolist()]
+        sizes = [int(math.floor(d * s)) for d, s in zip(x.shape, scales, strict=True)]
+        return scales, sizes, False
+    if sizes_t is not None and sizes_t.numel() > 0:
+        sizes = [int(v) for v in sizes_t.reshape(-1).tolist()]
+        scales = [o / i for o, i in zip(sizes, x.shape, strict=True)]
+        return scales, sizes, True
+    if attr_scales is not None:
+        scales = list(attr_scales)
+        sizes = [int(math.floor(d * s)) for d, s in zip(x.shape, scales, strict=True)]
+        return scales, sizes, False
+    raise ValueError(f"Resize node '{node.name}' got neither scales nor sizes")
+
+
+def _resize_cubic(
+    node: ir.Node,
+    x: torch.Tensor,
+    coordinate_mode: str,
+    scales: list[float],
+    sizes: list[int],
+    from_sizes: bool,
+) -> torch.Tensor:
+    if x.dim() != 4:
+        raise ValueError(f"cubic Resize node '{node.name}' needs a 4-D input, got {x.dim()}-D")
+    if coordinate_mode == "align_corners" or from_sizes:
+        return F.interpolate(
+            x,
+            size=sizes[2:],
+            mode="bicubic",
+            align_corners=coordinate_mode == "align_corners",
+        )
+    return F.interpolate(
+        x,
+        scale_factor=scales[2:],
+        mode="bicubic",
+        align_corners=False,
+        recompute_scale_factor=False,
+    )
+
+
+def _resize_separable(
+    x: torch.Tensor,
+    mode: str,
+    coordinate_mode: str,
+    nearest_mode: str,
+    scales: list[float],
+    sizes: list[int],
+) -> torch.Tensor:
+    """Nearest or linear resampling axis by axis: exact ONNX coordinate rules for every mode."""
+    for axis in range(x.dim()):
+        in_size, out_size, scale = x.shape[axis], sizes[axis], scales[axis]
+        if in_size == out_size and scale == 1.0:
+            continue
+        coords = _source_coordinates(coordinate_mode, out_size, in_size, scale, x.device)
+        if mode == "nearest":
+            x = x.index_select(axis, _nearest_index(nearest_mode, coords, in_size))
+            continue
+        coords = coords.clamp(0, in_size - 1)
+        low = coords.floor().long().clamp(0, in_size - 1)
+        high = (low + 1).clamp(max=in_size - 1)
+        weight_shape = [1] * x.dim()
+        weight_shape[axis] = out_size
+        weight = (coords - low.to(coords.dtype)).to(x.dtype).reshape(weight_shape)
+        x_low, x_high = x.index_select(axis, low), x.index_select(axis, high)
+        x = x_low + (x_high - x_low) * weight
+    return x
+
+
+@_kernel("Resize", "Upsample")
+def _resize(node: ir.Node, opset: int):
+    mode, coordinate_mode, nearest_mode = _resize_modes(node, opset)
+    _check_resize_supported(node, mode, coordinate_mode)
     attr_scales = node.attributes.get_floats("scales", None)
 
     def run(x, *rest):
-        if node.op_type == "Upsample" or opset < 11:
-            scales_t, sizes_t = (rest[0] if rest else None), None
-        else:
-            scales_t = rest[1] if len(rest) > 1 else None
-            sizes_t = rest[2] if len(rest) > 2 else None
-        from_sizes = False
-        if scales_t is not None and scales_t.numel() > 0:
-            scales = [float(s) for s in scales_t.reshape(-1).tolist()]
-            sizes = [int(math.floor(d * s)) for d, s in zip(x.shape, scales, strict=True)]
-        elif sizes_t is not None and sizes_t.numel() > 0:
-            from_sizes = True
-            sizes = _ints(sizes_t)
-            scales = [o / i for o, i in zip(sizes, x.shape, strict=True)]
-        elif attr_scales is not None:
-            scales = list(attr_scales)
-            sizes = [int(math.floor(d * s)) for d, s in zip(x.shape, scales, strict=True)]
-        else:
-            raise ValueError(f"Resize node '{node.name}' got neither scales nor sizes")
+        scales, sizes, from_sizes = _output_geometry(node, opset, x, rest, attr_scales)
         if mode == "cubic":
-            if x.dim() != 4:
-                raise ValueError(
-                    f"cubic Resize node '{node.name}' needs a 4-D input, got {x.dim()}-D"
-                )
-            if coordinate_mode == "align_corners" or from_sizes:
-                return F.interpolate(
-                    x,
-                    size=sizes[2:],
-                    mode="bicubic",
-                    align_corners=coordinate_mode == "align_corners",
-                )
-            return F.interpolate(
-                x,
-                scale_factor=scales[2:],
-                mode="bicubic",
-                align_corners=False,
-                recompute_scale_factor=False,
-            )
-        # Separable resampling axis by axis: exact ONNX coordinate rules for every mode.
-        for axis in range(x.dim()):
-            in_size, out_size, scale = x.shape[axis], sizes[axis], scales[axis]
-            if in_size == out_size and scale == 1.0:
-                continue
-            coords = _source_coordinates(coordinate_mode, out_size, in_size, scale, x.device)
-            if mode == "nearest":
-                x = x.index_select(axis, _nearest_index(nearest_mode, coords, in_size))
-                continue
-            coords = coords.clamp(0, in_size - 1)
-            low = coords.floor().long().clamp(0, in_size - 1)
-            high = (low + 1).clamp(max=in_size - 1)
-            weight_shape = [1] * x.dim()
-            weight_shape[axis] = out_size
-            weight = (coords - low.to(coords.dtype)).to(x.dtype).reshape(weight_shape)
-            x_low, x_high = x.index_select(axis, low), x.index_select(axis, high)
-            x = x_low + (x_high - x_low) * weight
-        return x
+            return _resize_cubic(node, x, coordinate_mode, scales, sizes, from_sizes)
+        return _resize_separable(x, mode, coordinate_mode, nearest_mode, scales, sizes)
 
     return run
