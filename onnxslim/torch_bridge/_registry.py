@@ -1,0 +1,88 @@
+"""The one table of torch kernels per ONNX op, its ``_kernel`` decorator and shared argument helpers.
+
+``KERNELS`` maps an op type to a builder ``(node, opset) -> callable(*inputs)``; the family modules
+(``_kernels_elementwise``, ``_kernels_nn``, ``_kernels_reduce``, ``_kernels_shape``,
+``_kernels_resize``) fill it when ``onnxslim.torch_bridge._kernels`` imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+__all__ = [
+    "KERNELS",
+    "Builder",
+    "UnsupportedKernelError",
+    "supported_ops",
+    "torch_dtype",
+]
+
+Builder = Callable[[ir.Node, int], Callable[..., Any]]
+KERNELS: dict[str, Builder] = {}
+
+
+class UnsupportedKernelError(Exception):
+    """An op/attribute combination this registry cannot execute (reason in the message)."""
+
+
+_DTYPES = {
+    ir.DataType.FLOAT: torch.float32,
+    ir.DataType.DOUBLE: torch.float64,
+    ir.DataType.FLOAT16: torch.float16,
+    ir.DataType.BFLOAT16: torch.bfloat16,
+    ir.DataType.INT8: torch.int8,
+    ir.DataType.UINT8: torch.uint8,
+    ir.DataType.INT16: torch.int16,
+    ir.DataType.INT32: torch.int32,
+    ir.DataType.INT64: torch.int64,
+    ir.DataType.BOOL: torch.bool,
+}
+
+
+def torch_dtype(dtype: ir.DataType | int) -> torch.dtype:
+    dtype = ir.DataType(dtype)
+    if dtype not in _DTYPES:
+        raise UnsupportedKernelError(f"element type {dtype.name} has no torch equivalent here")
+    return _DTYPES[dtype]
+
+
+def supported_ops() -> list[str]:
+    return sorted(KERNELS)
+
+
+def _kernel(*op_types: str) -> Callable[[Builder], Builder]:
+    def register(builder: Builder) -> Builder:
+        for op_type in op_types:
+            KERNELS[op_type] = builder
+        return builder
+
+    return register
+
+
+def _ints(tensor: torch.Tensor | None) -> list[int] | None:
+    return None if tensor is None else [int(v) for v in tensor.reshape(-1).tolist()]
+
+
+def _attr_tensor(node: ir.Node, name: str) -> torch.Tensor | None:
+    attribute = node.attributes.get(name)
+    if attribute is None:
+        return None
+    return torch.from_numpy(np.array(attribute.as_tensor().numpy()))
+
+
+def _norm_axes(axes: Sequence[int], rank: int) -> list[int]:
+    return [a + rank if a < 0 else a for a in axes]
+
+
+def _torch_pad_order(pads: Sequence[int]) -> list[int]:
+    """ONNX ``[b1, b2, .., e1, e2, ..]`` -> torch ``[b_last, e_last, .., b1, e1]``."""
+    half = len(pads) // 2
+    order = []
+    for axis in reversed(range(half)):
+        order += [pads[axis], pads[axis + half]]
+    return order
