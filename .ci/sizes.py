@@ -15,7 +15,10 @@ MODULE_LINES = 500
 FUNCTION_LINES = 80
 
 # path or path::qualified.function -> why it is kept over the guide
-KEPT: dict[str, str] = {}
+KEPT: dict[str, str] = {
+    "onnxslim/benchmark/_benchmark.py::benchmark": "its public signature is 20 keyword options "
+    "(21 lines); the body is about 60 lines naming the stages",
+}
 
 
 def functions(tree: ast.Module) -> list[tuple[str, int]]:

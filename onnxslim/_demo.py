@@ -80,39 +80,10 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> int:
-    out_dir = Path(args.output_dir)
-    quick = getattr(args, "quick", False)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = write_demo_data(out_dir)
-    epochs = QUICK_DISTILL_EPOCHS if quick else DISTILL_EPOCHS
-    passes = demo_passes(paths, epochs)
-    if args.recipe:
-        print(f"# onnxslim optimize {demo_model_path()} -o slim.onnx --recipe demo.toml")
-        print(f"# (the data files named below were written to {out_dir})")
-        print(recipe_to_toml(passes))
-        return 0
-    started = time.perf_counter()
-    data = demo_data()
-    verify = [{"image": data["test_images"][i : i + 16]} for i in range(0, 64, 16)]
-    stage_dir = out_dir / "stages"
-    stage_dir.mkdir(exist_ok=True)
-    result = Pipeline(passes).run(
-        demo_model_path(), data=verify, progress=progress, stage_dir=stage_dir
-    )
-    output = result.save(out_dir / "digits_resnet.slim.onnx")
-    (out_dir / "report.json").write_text(result.report.to_json() + "\n", encoding="utf-8")
-    stages = result.report.stages
-    stage_paths = [Path(str(stage.model_path)) for stage in stages]  # stage_dir: all kept
-    labels = [stage.stage for stage in stages]
-    if progress:
-        progress(
-            "benchmarking every stage on CPU"
-            + (" and CUDA" if len(ort.get_available_providers()) > 2 else "")
-        )
-    bench = _bench(stage_paths, labels, quick)
-    html = out_dir / "report.html"
-    bench.write(html_path=html, json_path=out_dir / "benchmark.json")
+def _stage_rows(
+    stages: list[Any], stage_paths: list[Path], bench: Any, data: dict[str, np.ndarray]
+) -> list[list[str]]:
+    """The demo table: one row per stage, with its speed and test accuracy."""
     teacher = predict(stage_paths[0], data["test_images"])
     rows = [
         [
@@ -150,6 +121,43 @@ def run_demo(args: argparse.Namespace, progress: Callable[[str], None] | None = 
                 f"{100 * np.mean(predicted == teacher):.2f}%",
             ]
         )
+    return rows
+
+
+def run_demo(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> int:
+    out_dir = Path(args.output_dir)
+    quick = getattr(args, "quick", False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_demo_data(out_dir)
+    epochs = QUICK_DISTILL_EPOCHS if quick else DISTILL_EPOCHS
+    passes = demo_passes(paths, epochs)
+    if args.recipe:
+        print(f"# onnxslim optimize {demo_model_path()} -o slim.onnx --recipe demo.toml")
+        print(f"# (the data files named below were written to {out_dir})")
+        print(recipe_to_toml(passes))
+        return 0
+    started = time.perf_counter()
+    data = demo_data()
+    verify = [{"image": data["test_images"][i : i + 16]} for i in range(0, 64, 16)]
+    stage_dir = out_dir / "stages"
+    stage_dir.mkdir(exist_ok=True)
+    result = Pipeline(passes).run(
+        demo_model_path(), data=verify, progress=progress, stage_dir=stage_dir
+    )
+    output = result.save(out_dir / "digits_resnet.slim.onnx")
+    (out_dir / "report.json").write_text(result.report.to_json() + "\n", encoding="utf-8")
+    stages = result.report.stages
+    stage_paths = [Path(str(stage.model_path)) for stage in stages]  # stage_dir: all kept
+    labels = [stage.stage for stage in stages]
+    if progress:
+        progress(
+            "benchmarking every stage on CPU"
+            + (" and CUDA" if len(ort.get_available_providers()) > 2 else "")
+        )
+    bench = _bench(stage_paths, labels, quick)
+    html = out_dir / "report.html"
+    bench.write(html_path=html, json_path=out_dir / "benchmark.json")
+    rows = _stage_rows(stages, stage_paths, bench, data)
     if not getattr(args, "quiet", False):
         print(_table(rows))
         print(

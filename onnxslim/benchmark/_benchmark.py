@@ -20,6 +20,7 @@ from onnxslim.benchmark._coverage import Int8Coverage, int8_coverage
 from onnxslim.benchmark._records import LatencyStats, Measurement, RatioStats
 from onnxslim.benchmark._results import BenchmarkResult
 from onnxslim.benchmark._runner import MemoryProbe, SessionRunner
+from onnxslim.benchmark._settings import provider_options_for, settings_record
 from onnxslim.fidelity import compare_outputs
 from onnxslim.inputs import BatchedReader, DimSizes, benchmark_feeds, open_samples
 from onnxslim.runtime import (
@@ -56,17 +57,6 @@ def _labels(paths: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
             label, suffix = f"{path.stem}#{suffix}", suffix + 1
         result.append(label)
     return result
-
-
-def _provider_options_for(
-    provider: str, provider_options: Mapping[str, Mapping[str, object]] | None
-) -> dict | None:
-    if not provider_options:
-        return None
-    for key, options in provider_options.items():
-        if resolve_providers([key])[0] == provider:
-            return dict(options)
-    return None
 
 
 def _open_data(data: object, reference: ir.Model) -> BatchedReader:
@@ -290,67 +280,51 @@ def _measure_batch(
     return measurements
 
 
-def _notes(allow_spinning: bool, memory_method: str) -> list[str]:
-    notes = []
-    if allow_spinning:
-        notes.append(
-            "WARNING: thread spinning was ON: sessions steal cores from each other, ratios are unreliable"
-        )
-    notes.append(
-        "models run interleaved in one process (one run of each per round, order rotated every "
-        "round); latency ratios are taken round by round"
-    )
-    if not allow_spinning:
-        notes.append(
-            "ORT thread spinning is off (session.intra_op.allow_spinning=0) so an idle session "
-            "cannot steal cores from the timed one"
-        )
-    notes.append(
-        "memory: each session is created and warmed up alone; its figure is the peak RSS "
-        "increase over that window (" + memory_method + ")"
-    )
-    return notes
+@dataclasses.dataclass(frozen=True)
+class _RunSettings:
+    """What every provider's measurement of one ``benchmark`` call shares."""
+
+    optimization_level: str
+    warmup: int
+    runs: int | None
+    time_budget_s: float | None
+    coverage: bool
+    metric: Metric | None
 
 
-def _settings(
-    providers: list[str],
-    provider_options: Mapping[str, Mapping[str, object]] | None,
-    batches: list[int],
-    data_fidelity_samples: int | None,
-    memory_method: str,
-    *,
-    intra_op_threads: int | None,
-    inter_op_threads: int | None,
-    optimization_level: str,
-    warmup: int,
-    runs: int | None,
-    time_budget_s: float | None,
-    fidelity_samples: int,
-    allow_spinning: bool,
-) -> dict:
-    """The settings record: what was asked for and how it was measured."""
-    return {
-        "providers": providers,
-        "provider_options": {
-            provider: _provider_options_for(provider, provider_options) or {}
-            for provider in providers
-        },
-        "batch_sizes": batches,
-        "intra_op_threads": intra_op_threads,
-        "inter_op_threads": inter_op_threads,
-        "optimization_level": optimization_level,
-        "warmup_runs": warmup,
-        "runs": runs,
-        "time_budget_s": time_budget_s,
-        "inputs": "data" if data_fidelity_samples is not None else "generated",
-        "fidelity_samples": data_fidelity_samples
-        if data_fidelity_samples is not None
-        else fidelity_samples,
-        "interleaved": True,
-        "allow_spinning": allow_spinning,
-        "memory_method": memory_method,
-        "notes": _notes(allow_spinning, memory_method),
-    }
+def _measure_provider(
+    entries: list[_Model],
+    provider: str,
+    options_for_provider: dict | None,
+    feeds: Mapping[int, tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]],
+    options: ort.SessionOptions,
+    run: _RunSettings,
+) -> list[Measurement]:
+    """Every model at every batch size on one provider (int8 coverage measured once)."""
+    measurements: list[Measurement] = []
+    coverages: dict[str, Int8Coverage] = {}
+    for batch, (timed_feeds, fidelity_feeds) in feeds.items():
+        if run.coverage and not coverages:
+            coverages = {
+                model.label: _coverage_or_note(
+                    model.path,
+                    provider,
+                    run.optimization_level,
+                    fidelity_feeds[0],
+                    options_for_provider,
+                )
+                for model in entries
+            }
+        sessions = [
+            _start_session(model, provider, options, options_for_provider, timed_feeds, run.warmup)
+            for model in entries
+        ]
+        seconds = _timed_rounds([s.runner for s in sessions], run.runs, run.time_budget_s)
+        measurements += _measure_batch(
+            entries, sessions, provider, batch, seconds, fidelity_feeds, coverages, run.metric
+        )
+        del sessions
+    return measurements
 
 
 def benchmark(
@@ -438,33 +412,15 @@ def benchmark(
             for batch in batches
         }
         for provider in resolved_providers:
-            options_for_provider = _provider_options_for(provider, provider_options)
-            coverages: dict[str, Int8Coverage] = {}
-            for batch in batches:
-                timed_feeds, fidelity_feeds = feeds[batch]
-                if coverage and not coverages:
-                    coverages = {
-                        model.label: _coverage_or_note(
-                            model.path,
-                            provider,
-                            optimization_level,
-                            fidelity_feeds[0],
-                            options_for_provider,
-                        )
-                        for model in entries
-                    }
-                sessions = [
-                    _start_session(
-                        model, provider, options, options_for_provider, timed_feeds, warmup
-                    )
-                    for model in entries
-                ]
-                seconds = _timed_rounds([s.runner for s in sessions], runs, time_budget_s)
-                measurements += _measure_batch(
-                    entries, sessions, provider, batch, seconds, fidelity_feeds, coverages, metric
-                )
-                del sessions
-    settings = _settings(
+            measurements += _measure_provider(
+                entries,
+                provider,
+                provider_options_for(provider, provider_options),
+                feeds,
+                options,
+                _RunSettings(optimization_level, warmup, runs, time_budget_s, coverage, metric),
+            )
+    settings = settings_record(
         resolved_providers,
         provider_options,
         batches,

@@ -27,10 +27,10 @@ __all__ = ["DistillOptions", "NOT_OPTIONS"]
 NOT_OPTIONS = frozenset({"momentum", "shuffle", "step_macs", "validation_batches"})
 
 
-def _from(config: type, name: str, **cli: str) -> Any:
+def _from(config: type, name: str, *, flag: str | None = None, metavar: str | None = None) -> Any:
     """An option whose default and help are those of ``config``'s field ``name``."""
     field = next(f for f in dataclasses.fields(config) if f.name == name)
-    return option(field.default, help=field.metadata["help"], **cli)
+    return option(field.default, help=field.metadata["help"], flag=flag, metavar=metavar)
 
 
 @dataclasses.dataclass(frozen=True)
