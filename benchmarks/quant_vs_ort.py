@@ -380,7 +380,7 @@ def config_sweep(names: list[str], batches: list[int], runs: int, threads: int) 
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from onnxslim._runtime import create_session, session_options
+    from onnxslim.runtime import create_session, session_options
 
     u8, s8 = QuantType.QUInt8, QuantType.QInt8
     configs = {

@@ -1,11 +1,10 @@
 """Model statistics moved to :mod:`onnxslim.model`.
 
-# shim: removed in wave 2 (callers: onnxslim/__init__, cli, _pipeline, quantization)
+# shim: removed in wave 2 (last caller: onnxslim/cli.py, being rewritten by the lead)
 """
 
 from __future__ import annotations
 
-from onnxslim.model import ModelStats, model_stats
-from onnxslim.model import inferred_shapes as infer_value_shapes
+from onnxslim.model import model_stats
 
-__all__ = ["ModelStats", "model_stats", "infer_value_shapes"]
+__all__ = ["model_stats"]

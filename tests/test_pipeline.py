@@ -240,7 +240,7 @@ def test_bounds_is_the_one_fidelity_bounds_type() -> None:
 
 
 def test_human_formatting() -> None:
-    from onnxslim._pipeline import _human, _human_bytes
+    from onnxslim import _pipeline
     from onnxslim.formatting import human_bytes, human_count
 
     assert [human_count(n) for n in (999, 1000, 1234567, 2.5e9)] == [
@@ -256,4 +256,4 @@ def test_human_formatting() -> None:
         "3.00 MiB",
         "5.00 GiB",
     ]
-    assert (_human, _human_bytes) == (human_count, human_bytes)  # shim for wave 1 callers
+    assert not hasattr(_pipeline, "_human")  # one home: onnxslim.formatting

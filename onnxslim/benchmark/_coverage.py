@@ -22,7 +22,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 import onnxslim
-from onnxslim._inputs import DimSizes
+from onnxslim.inputs import DimSizes
 from onnxslim.model import INTEGER_OPS, MAC_OPS, node_macs, observed_shapes, shape_lookup
 
 __all__ = ["Int8Coverage", "int8_coverage", "INTEGER_KERNELS", "FLOAT_KERNELS"]
