@@ -35,7 +35,7 @@ class PassEntry:
     Attributes:
         target: The pass class.
         options: Its declared ``Options`` dataclass, in a module light enough for ``--help``
-            (None: the pass still takes ``__init__`` keywords).
+            (None: the pass has no options).
         hooks: Named inspection helpers, e.g. ``groups`` for ``onnxslim inspect --groups``.
     """
 
@@ -96,7 +96,7 @@ def get_pass_class(name: str) -> type[SlimPass]:
 
 
 def get_options_class(name: str) -> type | None:
-    """The declared ``Options`` of pass ``name`` without importing the pass (None: keywords)."""
+    """The declared ``Options`` of pass ``name`` without importing the pass (None: it has no options)."""
     entry = _entry(name)
     return None if entry.options is None else _resolve(entry.options)
 

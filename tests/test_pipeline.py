@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 
 import onnxslim
 from onnxslim import PassContext, SlimPass, SlimPassResult, VerificationError
+from onnxslim.options import option
 from onnxslim.passes import Cleanup
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleOptions:
+    factor: float = option(1.0, help="multiplier of every float weight")
 
 
 class ScaleWeights(SlimPass):
@@ -20,9 +27,10 @@ class ScaleWeights(SlimPass):
     name = "scale-weights"
     description = "test pass: scales weights"
 
+    Options = ScaleOptions
+
     def __init__(self, factor: float = 1.0) -> None:
-        super().__init__()
-        self.factor = factor
+        super().__init__(factor=factor)  # positional for these tests; read back as self.factor
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         for value in model.graph.initializers.values():
