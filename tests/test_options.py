@@ -140,7 +140,7 @@ def test_declared_help_and_flag_in_optimize_help(capsys: pytest.CaptureFixture[s
     assert "--opset N cleanup: upgrade to this opset during cleanup" in text
     args = build_parser().parse_args(["optimize", "m.onnx", "-o", "o.onnx", "--opset", "15"])
     assert _passes_from_flags(args)[0].config()["target_opset"] == 15
-    # prune's declared flag (--prune-macs) next to cleanup's
+    # prune's --prune-macs (written in the CLI) next to cleanup's declared --opset
     args = build_parser().parse_args(
         ["optimize", "m.onnx", "-o", "o.onnx", "--prune-macs", "0.5", "--opset", "13"]
     )

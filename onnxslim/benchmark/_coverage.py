@@ -24,6 +24,7 @@ import onnxruntime as ort
 import onnxslim
 from onnxslim.inputs import DimSizes
 from onnxslim.model import INTEGER_OPS, MAC_OPS, node_macs, observed_shapes, shape_lookup
+from onnxslim.runtime import create_session
 
 __all__ = ["Int8Coverage", "int8_coverage", "INTEGER_KERNELS", "FLOAT_KERNELS"]
 
@@ -193,31 +194,22 @@ def int8_coverage(
             allow_spinning=False,
             optimization_level=optimization_level,
             optimized_model_path=optimized_path,
-        )
-        # big models: keep ORT's written model under the 2 GiB protobuf limit
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
-        )
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "1048576"
+            # big models: keep ORT's written model under the 2 GiB protobuf limit
+            optimized_external_data="optimized.onnx.data",
+            optimized_external_min_bytes=1 << 20,
         )
         try:
-            session = ort.InferenceSession(
-                str(model),
+            # the one session factory: it checks the provider came up (ProviderError if not)
+            create_session(
+                model,
+                providers,
                 options,
-                providers=providers,
-                provider_options=options_list,
+                options_list,
                 disabled_optimizers=["NchwcTransformer"],
             )
         except ort.capi.onnxruntime_pybind11_state.Fail as error:
             if "compiled nodes" not in str(error):
                 raise
-        else:
-            if provider_name not in session.get_providers():
-                raise onnxslim.ProviderError(
-                    f"execution provider {provider_name} failed to initialise for {model}; "
-                    "check the driver/library installation."
-                )
         if not optimized_path.exists():
             coverage.note = (
                 f"{provider_name} compiles the graph; ORT cannot write the optimized model"
