@@ -32,7 +32,7 @@ import numpy as np
 
 import onnxslim
 from onnxslim import VerificationError
-from onnxslim.formatting import human_bytes, human_count, progress_to_stderr
+from onnxslim.formatting import human_bytes, human_count, json_safe, progress_to_stderr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _real_data import PARAPHRASE_CHECKS, SENTENCES, render_text_images  # noqa: E402
@@ -453,7 +453,7 @@ def main() -> None:
             print_table(title, results[name]["rows"], results[name]["columns"])
             print(f"{results[name]['note']}; total {results[name]['seconds']:.0f}s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        args.json.write_text(json.dumps(json_safe(results), allow_nan=False, indent=2, default=str))
 
 
 if __name__ == "__main__":
