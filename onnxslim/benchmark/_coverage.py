@@ -112,20 +112,6 @@ def _counted(op: str) -> bool:
     return op in MAC_OPS
 
 
-def _shape_table(model: ir.Model) -> dict[str, tuple[int, ...]]:
-    """Shapes ORT's written model states: initializers, then its typed values."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    graph = model.graph
-    for name, value in graph.initializers.items():
-        if value.const_value is not None:
-            shapes[name] = tuple(value.const_value.shape.numpy())
-    values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
-    for value in values:
-        if value.name and value.shape is not None and value.shape.is_static():
-            shapes.setdefault(value.name, value.shape.numpy())
-    return shapes
-
-
 def _dequantized_values(model: ir.Model) -> set[str]:
     return {
         name
@@ -216,9 +202,11 @@ def int8_coverage(
             )
             return coverage
         optimized = ir.load(str(optimized_path))
-        shapes = _shape_table(optimized)
-        for name, array in feeds.items():
-            shapes[name] = tuple(array.shape)
+        # the feeds' shapes; everything ORT's written model states comes from shape_lookup's
+        # one static-shape rule (declared shape, else the constant's)
+        shapes: dict[str, tuple[int, ...]] = {
+            name: tuple(array.shape) for name, array in feeds.items()
+        }
         shape_of = shape_lookup(shapes)
         mac_nodes = [node for node in optimized.graph if _counted(node.op_type)]
         if any(node_macs(node, shape_of) is None for node in mac_nodes):
