@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from onnxslim._json import json_safe
 from onnxslim._sweep import corpus_models, summarize, sweep_model
+from onnxslim.formatting import json_safe
 from onnxslim.registry import get_pass_class
 
 

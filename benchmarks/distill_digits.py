@@ -31,6 +31,7 @@ from sklearn.model_selection import train_test_split
 
 import onnxslim
 from onnxslim import testing
+from onnxslim.formatting import json_safe
 from onnxslim.passes.distillation import Distill
 from onnxslim.passes.pruning import StructuredPrune
 
@@ -186,7 +187,7 @@ def main() -> None:
         "distill_seconds": round(distill_seconds, 1),
         "seconds_per_step": round(distill_seconds / max(summary["steps"], 1), 4),
     }
-    print(json.dumps(result, indent=2))
+    print(json.dumps(json_safe(result), allow_nan=False, indent=2))
     print(
         f"teacher   test accuracy {100 * teacher_acc:6.2f} %  ({macs_before / 1e6:.2f} M MACs, "
         f"{result['teacher']}, {len(test_x)} test images)"
@@ -201,7 +202,7 @@ def main() -> None:
         f"{summary['threads']} thread(s)); gap to teacher {gap:.2f} points"
     )
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(json_safe(result), allow_nan=False, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from large_model_io import generate, peak_rss_mib, rss_mib  # noqa: E402
 
 import onnxslim  # noqa: E402
+from onnxslim.formatting import json_safe  # noqa: E402
 
 
 def build_pass(name: str):
@@ -106,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.measure:
         name, model, size = args.measure
-        print(json.dumps(measure(name, Path(model), int(size))))
+        print(json.dumps(measure(name, Path(model), int(size))))  # to the parent process
         return
     if args.check:
         print(check_output(Path(args.check)))
@@ -141,7 +142,7 @@ def main() -> None:
                 check.stdout.strip() if check.returncode == 0 else check.stderr.strip()[-300:]
             )
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(json_safe(row), allow_nan=False), flush=True)
             Path(row["output"]).unlink()
             Path(row["output"] + ".data").unlink(missing_ok=True)
         print(

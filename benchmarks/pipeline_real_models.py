@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import onnxslim
-from onnxslim._errors import VerificationError
-from onnxslim._pipeline import _human, _human_bytes
+from onnxslim import VerificationError
+from onnxslim.formatting import human_bytes, human_count, json_safe, progress_to_stderr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _real_data import PARAPHRASE_CHECKS, SENTENCES, render_text_images  # noqa: E402
@@ -44,11 +44,9 @@ logger = logging.getLogger("pipeline_real_models")
 
 
 def run_pipeline(passes: list, source: Path, verify: list, stage_dir: Path, sizes=None):
-    from onnxslim._pipeline import _progress_to_stderr
-
     stage_dir.mkdir(parents=True, exist_ok=True)
     result = onnxslim.Pipeline(passes).run(
-        source, data=verify, sizes=sizes, stage_dir=stage_dir, progress=_progress_to_stderr
+        source, data=verify, sizes=sizes, stage_dir=stage_dir, progress=progress_to_stderr
     )
     return result.report.stages
 
@@ -88,9 +86,9 @@ def base_row(stage) -> dict:
     quantize = stage.summary.get("fallback") if stage.stage == "quantize" else None
     return {
         "stage": stage.stage + (" (fallback)" if quantize else ""),
-        "params": _human(stage.parameters),
-        "MACs": _human(stage.macs),
-        "size": _human_bytes(stage.size_bytes),
+        "params": human_count(stage.parameters),
+        "MACs": human_count(stage.macs),
+        "size": human_bytes(stage.size_bytes),
     }
 
 
@@ -455,7 +453,7 @@ def main() -> None:
             print_table(title, results[name]["rows"], results[name]["columns"])
             print(f"{results[name]['note']}; total {results[name]['seconds']:.0f}s")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        args.json.write_text(json.dumps(json_safe(results), allow_nan=False, indent=2, default=str))
 
 
 if __name__ == "__main__":

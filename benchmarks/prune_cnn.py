@@ -25,6 +25,7 @@ import numpy as np
 
 import onnxslim
 import onnxslim.testing
+from onnxslim.formatting import json_safe
 from onnxslim.passes.pruning import StructuredPrune, analyze, cpu_channel_block
 
 logger = logging.getLogger("prune_cnn")
@@ -202,7 +203,7 @@ def main() -> None:
             f"{row['latency_ms']:>8.3f} {row['speedup']:>7.2f}x"
         )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(json_safe(rows), allow_nan=False, indent=2))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import torch
 
 import onnxslim
 from onnxslim.data import demo_data, demo_model_path
+from onnxslim.formatting import json_safe
 from onnxslim.testing import export_torch, resnet_style
 
 logger = logging.getLogger("prune_recover_vs_torch_pruning")
@@ -280,7 +281,7 @@ def main() -> None:
     result = run(args)
     print_table(result)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        args.json.write_text(json.dumps(json_safe(result), allow_nan=False, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -269,7 +269,9 @@ def worker(args: argparse.Namespace) -> None:
         result["summary"] = summary
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mb()
-    Path(args.json).write_text(json.dumps(result, default=str))
+    Path(args.json).write_text(
+        json.dumps(result, default=str)
+    )  # to the parent process, not a report
 
 
 def run_worker(
@@ -376,11 +378,10 @@ def speed(float_path: Path, paths: list[Path], feeds: dict, runs: int, threads: 
 def config_sweep(names: list[str], batches: list[int], runs: int, threads: int) -> None:
     """fp32/int8 of ORT's int8 configurations (types, granularity, reduce_range, format,
     session.qdqisint8allowed), interleaved with spinning off; SQNR vs fp32."""
-    import statistics
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from onnxslim._runtime import create_session, session_options
+    from onnxslim.runtime import create_session, interleaved_timing, session_options, session_run
 
     u8, s8 = QuantType.QUInt8, QuantType.QInt8
     configs = {
@@ -430,17 +431,15 @@ def config_sweep(names: list[str], batches: list[int], runs: int, threads: int) 
                         options.add_session_config_entry(key, value)
                     sessions.append((label, create_session(path, None, options)))
                 outputs = {label: s.run(None, feeds)[0] for label, s in sessions}
-                times: dict[str, list[float]] = {label: [] for label, _ in sessions}
-                for round_index in range(runs):
-                    shift = round_index % len(sessions)
-                    for label, session in sessions[shift:] + sessions[:shift]:
-                        started = time.perf_counter()
-                        session.run(None, feeds)
-                        times[label].append(time.perf_counter() - started)
-                base = statistics.median(times["fp32"])
+                # the one interleaved timer: one run per model per round, order rotated
+                timing = interleaved_timing(
+                    [session_run(s, [feeds]) for _, s in sessions], rounds=runs
+                )
+                medians = dict(zip((label for label, _ in sessions), timing.quantiles()))
+                base = medians["fp32"]
                 reference = outputs["fp32"]
                 for label, _ in sessions:
-                    median = statistics.median(times[label])
+                    median = medians[label]
                     noise = float(((reference - outputs[label]) ** 2).sum())
                     sqnr = 10 * np.log10(float((reference**2).sum()) / max(noise, 1e-30))
                     print(
@@ -550,7 +549,11 @@ def main() -> None:
                 rows.append(row)
                 print_row(row)
     if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=1, default=str))
+        from onnxslim.formatting import json_safe
+
+        args.json_out.write_text(
+            json.dumps(json_safe(rows), allow_nan=False, indent=1, default=str)
+        )
 
 
 def _fmt(value, spec: str) -> str:

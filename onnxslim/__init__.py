@@ -13,9 +13,9 @@ from onnxslim._io import load, model_file_size, save, temporary_model_file
 from onnxslim._pass import PassContext, SlimPass, SlimPassResult
 from onnxslim._pipeline import Bounds, Pipeline, Report, Result, StageRecord
 from onnxslim._recipe import Recipe, load_recipe, parse_recipe
-from onnxslim._stats import ModelStats, model_stats
 from onnxslim.fidelity import Fidelity, FidelityBounds, compare_outputs, sqnr_db
 from onnxslim.inputs import InputSpec, input_specs, random_inputs, resolve_shape
+from onnxslim.model import ModelStats, model_stats
 from onnxslim.runtime import create_session, resolve_providers, session_options
 
 __version__ = "0.1.0"

@@ -54,7 +54,7 @@ class SlimPass(ir.passes.InPlacePass, abc.ABC):
     (outputs must match the input within ``atol``) and implement :meth:`apply`. Options are
     declared once as a frozen dataclass in ``Options`` (see :mod:`onnxslim.options`); the
     instance then takes them as keywords (or one ``Options`` value) and reads them as attributes.
-    Passes without ``Options`` take them as typed ``__init__`` keywords (until wave 2).
+    A pass without ``Options`` has no options.
     """
 
     Options: ClassVar[type | None] = None
@@ -94,7 +94,7 @@ class SlimPass(ir.passes.InPlacePass, abc.ABC):
 
     @classmethod
     def options(cls) -> dict[str, OptionSpec]:
-        """The pass's options (name -> type, default, help), from ``Options`` or ``__init__``."""
+        """The pass's options (name -> type, default, help), from its ``Options`` declaration."""
         return option_specs(cls)
 
     def config(self) -> dict[str, Any]:

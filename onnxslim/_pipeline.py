@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +21,6 @@ from onnxslim._errors import SlimError, VerificationError
 from onnxslim._io import load, model_file_size, save
 from onnxslim._json import json_safe
 from onnxslim._pass import PassContext, SlimPass, run_pass
-from onnxslim._stats import model_stats
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.formatting import human_bytes, human_count
 from onnxslim.inputs import (
@@ -33,6 +31,7 @@ from onnxslim.inputs import (
     random_inputs,
     samples,
 )
+from onnxslim.model import model_stats
 from onnxslim.runtime import create_session, resolve_providers, session_options
 
 __all__ = ["Bounds", "Pipeline", "Report", "StageRecord", "Result"]
@@ -64,11 +63,6 @@ class StageRecord:
     model_path: str | None = (
         None  # where the stage's model was kept (``Pipeline.run(stage_dir=…)``)
     )
-
-
-# shim: removed in wave 2 (distillation and benchmarks/ still import these names)
-_human = human_count
-_human_bytes = human_bytes
 
 
 @dataclasses.dataclass
@@ -422,7 +416,3 @@ def _check_exact(slim_pass: SlimPass, previous: list[Feeds], outputs: list[Feeds
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-def _progress_to_stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

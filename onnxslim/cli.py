@@ -154,8 +154,8 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
     import onnx_ir as ir
 
     from onnxslim._io import load, model_file_size
-    from onnxslim._stats import model_stats
     from onnxslim.inputs import input_specs, resolve_shape
+    from onnxslim.model import model_stats
 
     model = load(path)
     stats = model_stats(model, sizes)

@@ -1,8 +1,12 @@
-"""Human-readable numbers for tables: counts (1.23M) and byte sizes (4.00 MiB)."""
+"""How figures are written out: counts (1.23M), byte sizes (4.00 MiB), progress lines, JSON values."""
 
 from __future__ import annotations
 
-__all__ = ["human_bytes", "human_count"]
+import sys
+
+from onnxslim._json import json_safe
+
+__all__ = ["human_bytes", "human_count", "json_safe", "progress_to_stderr"]
 
 
 def human_count(number: float, unit: str = "") -> str:
@@ -19,3 +23,8 @@ def human_bytes(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.2f} {suffix}"
     return f"{size:.0f} B"
+
+
+def progress_to_stderr(message: str) -> None:
+    """A ``progress`` callback for ``Pipeline.run``: one flushed line on stderr per event."""
+    print(message, file=sys.stderr, flush=True)

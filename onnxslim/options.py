@@ -8,8 +8,7 @@ A pass sets ``Options`` to a frozen dataclass whose fields are its options::
 
 From that one declaration come recipe validation (real type checks: :func:`check_value`),
 the report's echo of the options, ``recipe_to_toml`` and the ``onnxslim optimize --help`` text.
-Passes that still take their options as ``__init__`` keywords (until wave 2) are read from the
-signature's type hints, so both kinds validate the same way.
+The declaration is the only source: a pass without ``Options`` has no options.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import dataclasses
-import inspect
 import types
 import typing
 from collections.abc import Mapping
@@ -86,37 +84,26 @@ class OptionSpec:
 
 
 def option_specs(pass_class: type) -> dict[str, OptionSpec]:
-    """The options of a pass class (or of an ``Options`` dataclass itself): the dataclass
-    fields, else the ``__init__`` keywords of a pass that declares no ``Options``."""
+    """The options of a pass class (or of an ``Options`` dataclass itself): the declared
+    dataclass's fields; none for a pass that declares no ``Options``."""
     declared = (
         pass_class if dataclasses.is_dataclass(pass_class) else getattr(pass_class, "Options", None)
     )
-    if declared is not None:
-        hints = typing.get_type_hints(declared)
-        return {
-            field.name: OptionSpec(
-                name=field.name,
-                annotation=hints[field.name],
-                default=_field_default(field),
-                help=field.metadata.get("help", ""),
-                flag=field.metadata.get("flag"),
-                metavar=field.metadata.get("metavar"),
-                enables=field.metadata.get("enables", False),
-            )
-            for field in dataclasses.fields(declared)
-        }
-    init = pass_class.__init__  # type: ignore[misc]
-    hints = typing.get_type_hints(init)
-    specs = {}
-    for name, parameter in inspect.signature(init).parameters.items():
-        if name == "self" or parameter.kind not in (
-            parameter.KEYWORD_ONLY,
-            parameter.POSITIONAL_OR_KEYWORD,
-        ):
-            continue
-        default = REQUIRED if parameter.default is parameter.empty else parameter.default
-        specs[name] = OptionSpec(name, hints.get(name, Any), default)
-    return specs
+    if declared is None:
+        return {}
+    hints = typing.get_type_hints(declared)
+    return {
+        field.name: OptionSpec(
+            name=field.name,
+            annotation=hints[field.name],
+            default=_field_default(field),
+            help=field.metadata.get("help", ""),
+            flag=field.metadata.get("flag"),
+            metavar=field.metadata.get("metavar"),
+            enables=field.metadata.get("enables", False),
+        )
+        for field in dataclasses.fields(declared)
+    }
 
 
 def _field_default(field: dataclasses.Field) -> Any:

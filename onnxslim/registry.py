@@ -34,8 +34,7 @@ class PassEntry:
 
     Attributes:
         target: The pass class.
-        options: Its declared ``Options`` dataclass, in a module light enough for ``--help``
-            (None: the pass still takes ``__init__`` keywords).
+        options: Its declared ``Options`` dataclass, in a module light enough for ``--help``.
         hooks: Named inspection helpers, e.g. ``groups`` for ``onnxslim inspect --groups``.
     """
 

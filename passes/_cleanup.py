@@ -17,6 +17,7 @@ from onnxslim.compat.onnxscript import (
     constant_folding_pass,
     default_rewrite_rules,
 )
+from onnxslim.model import WEIGHT_INPUTS
 from onnxslim.passes._cleanup_options import CleanupOptions
 
 __all__ = ["Cleanup", "CleanupOptions"]
@@ -25,16 +26,20 @@ logger = logging.getLogger(__name__)
 
 # Inputs that hold parameters: a ConstantOfShape feeding one of these is a weight generator
 # (opset-9 model-zoo exports), so folding it into an initializer is what the user wants.
-_PARAMETER_SLOTS = {
-    "Conv": {1, 2},
-    "ConvTranspose": {1, 2},
-    "Gemm": {1, 2},
-    "MatMul": {1},
-    "BatchNormalization": {1, 2, 3, 4},
-    "InstanceNormalization": {1, 2},
-    "LayerNormalization": {1, 2},
-    "PRelu": {1},
-}
+# The one weight table for the standard ops, less slot 0 (an activation unless constant),
+# plus BatchNormalization's running statistics.
+_PARAMETER_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "BatchNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "PRelu",
+)
+_PARAMETER_SLOTS = {op: {slot for slot in WEIGHT_INPUTS[op] if slot != 0} for op in _PARAMETER_OPS}
+_PARAMETER_SLOTS["BatchNormalization"] |= {3, 4}
 # Constant folding may materialise tensors up to this many elements (larger stays symbolic).
 _FOLD_OUTPUT_LIMIT = 1 << 26
 

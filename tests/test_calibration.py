@@ -9,12 +9,6 @@ import pytest
 
 from onnxslim import InputDataError
 from onnxslim.calibration import (
-    ImageFolderReader,
-    ImagePreprocessing,
-    IterableReader,
-    NpyFolderReader,
-    NpzReader,
-    RandomReader,
     StatisticsCache,
     StatisticsCollector,
     TensorStatistics,
@@ -22,10 +16,18 @@ from onnxslim.calibration import (
     collect_statistics,
     compute_range,
     entropy_threshold,
-    open_reader,
 )
 from onnxslim.calibration._collector import PHASE_INPUT
 from onnxslim.calibration._thresholds import _abs_histogram
+from onnxslim.inputs import (
+    ImageFolderReader,
+    ImagePreprocessing,
+    IterableReader,
+    NpyFolderReader,
+    NpzReader,
+    RandomReader,
+    open_reader,
+)
 
 MODEL_TEXT = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -373,8 +375,7 @@ def test_entropy_ignores_a_spike_of_exact_zeros():
 
 
 def test_batches_are_views_of_a_chunk_and_cross_chunk_boundaries_in_order(tmp_path):
-    from onnxslim.calibration import open_reader
-    from onnxslim.inputs import NpyFolderReader
+    from onnxslim.inputs import NpyFolderReader, open_reader
 
     np.savez(tmp_path / "data.npz", x=np.arange(10, dtype=np.float32).reshape(10, 1))
     reader = open_reader(str(tmp_path / "data.npz"), None, batch_size=3)

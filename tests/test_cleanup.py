@@ -117,3 +117,19 @@ def test_cleanup_output_is_byte_identical_across_runs(resnet_bn_path: Path, tmp_
         result = onnxslim.Pipeline([Cleanup()]).run(resnet_bn_path)
         outputs.append(result.save(tmp_path / f"run{index}.onnx").read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_parameter_slots_are_the_weight_table_plus_batchnorm_statistics() -> None:
+    # pinned: the table cleanup kept by hand before it read onnxslim.model.WEIGHT_INPUTS
+    from onnxslim.passes._cleanup import _PARAMETER_SLOTS
+
+    assert _PARAMETER_SLOTS == {
+        "Conv": {1, 2},
+        "ConvTranspose": {1, 2},
+        "Gemm": {1, 2},
+        "MatMul": {1},
+        "BatchNormalization": {1, 2, 3, 4},
+        "InstanceNormalization": {1, 2},
+        "LayerNormalization": {1, 2},
+        "PRelu": {1},
+    }

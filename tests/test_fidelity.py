@@ -55,15 +55,10 @@ def guard_case() -> tuple[list, list, Fidelity]:
 
 def test_guard_form_matches_the_quantization_accuracy_bound() -> None:
     from onnxslim.fidelity import FidelityBounds, decisive_top1_agreement
-    from onnxslim.passes.quantization._guards import AccuracyBound
-    from onnxslim.passes.quantization._guards import (
-        decisive_top1_agreement as guard_decisive,
-    )
 
     reference, candidate, fidelity = guard_case()
     assert fidelity.top1_agreement == 0.0
     assert decisive_top1_agreement(reference, candidate) == (0.0, 1)
-    assert guard_decisive(reference, candidate) == (0.0, 1)
     expected = [
         f"output SQNR {fidelity.sqnr_db:.1f} dB < 20 dB",
         "top-1 agreement 0.0% < 95% (on 1 samples with a clear float top-1)",
@@ -73,9 +68,7 @@ def test_guard_form_matches_the_quantization_accuracy_bound() -> None:
     def metric(ref: list, cand: list) -> bool:
         return len(ref) == len(cand) == 2
 
-    old = AccuracyBound(min_sqnr_db=20.0, min_top1=0.95, metric=metric)
     new = FidelityBounds(min_sqnr_db=20.0, min_top1_agreement=0.95, metric=metric)
-    assert old.violations(fidelity, reference, candidate) == expected
     assert new.violations(fidelity, reference, candidate) == expected
     assert not FidelityBounds.off().enabled and new.enabled
     assert FidelityBounds.off().violations(fidelity, reference, candidate) == []

@@ -351,11 +351,18 @@ def test_int8_coverage_of_ort_optimized_qdq_conv_net(tmp_path: Path) -> None:
     assert "CPUExecutionProvider" in ort.get_available_providers()
 
 
-def test_augment_with_outputs_shim_keeps_its_names_and_float_default() -> None:
-    from onnxslim.calibration._collector import augment_with_outputs
+def test_expose_values_keeps_the_old_calibration_names_and_float_default() -> None:
+    # pinned from the removed calibration.augment_with_outputs (a clone, then expose_values)
+    from onnxslim.model import expose_values
 
     m = ir.from_onnx_text(PROBE_MODEL)
-    augmented = augment_with_outputs(m, ["x", "r", "inner", "nope"])
+    augmented = m.clone()
+    expose_values(
+        augmented,
+        ["x", "r", "inner", "nope"],
+        input_suffix="__calibration",
+        default_dtype=ir.DataType.FLOAT,
+    )
     assert [v.name for v in augmented.graph.outputs] == ["y", "x__calibration", "r"]
     assert augmented.graph.outputs[2].dtype == ir.DataType.FLOAT
     assert [v.name for v in m.graph.outputs] == ["y"]  # the original is untouched

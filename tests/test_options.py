@@ -80,12 +80,31 @@ def test_validator_options_are_the_declared_fields() -> None:
     assert spec.help == "rounds of the rewrite passes (stops early when stable)"
 
 
-def test_keyword_passes_still_validate_from_their_signature() -> None:
-    from onnxslim.registry import get_options_class, get_pass_class
+def test_options_come_from_the_declaration_only() -> None:
+    import onnx_ir as ir
+
+    from onnxslim import PassContext, SlimPass, SlimPassResult
+    from onnxslim.options import option_specs
+    from onnxslim.registry import PASSES, get_options_class, get_pass_class
 
     assert get_options_class("quantize") is not None  # declared since wave 2
     specs = get_pass_class("quantize").options()
     assert specs["latency_batch"].default == 1 and specs["latency_batch"].annotation is int
+    assert all(get_options_class(name) is not None for name in PASSES)  # every pass declares
+
+    class KeywordOnly(SlimPass):
+        name = "keyword-only"
+
+        def __init__(self, factor: float = 1.0) -> None:
+            super().__init__()
+            self.factor = factor
+
+        def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
+            return SlimPassResult(model, False)
+
+    # an __init__ keyword is not an option: no second way to read them
+    assert KeywordOnly.options() == {} == option_specs(KeywordOnly)
+    assert KeywordOnly(2.0).config() == {}
 
 
 def test_declared_options_echo_and_toml() -> None:

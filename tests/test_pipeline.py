@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 
 import onnxslim
 from onnxslim import PassContext, SlimPass, SlimPassResult, VerificationError
+from onnxslim.options import option
 from onnxslim.passes import Cleanup
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleOptions:
+    factor: float = option(1.0, help="multiplier of every float weight")
 
 
 class ScaleWeights(SlimPass):
@@ -20,9 +27,10 @@ class ScaleWeights(SlimPass):
     name = "scale-weights"
     description = "test pass: scales weights"
 
+    Options = ScaleOptions
+
     def __init__(self, factor: float = 1.0) -> None:
-        super().__init__()
-        self.factor = factor
+        super().__init__(factor=factor)  # positional for these tests; read back as self.factor
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         for value in model.graph.initializers.values():
@@ -240,7 +248,7 @@ def test_bounds_is_the_one_fidelity_bounds_type() -> None:
 
 
 def test_human_formatting() -> None:
-    from onnxslim._pipeline import _human, _human_bytes
+    from onnxslim import _pipeline
     from onnxslim.formatting import human_bytes, human_count
 
     assert [human_count(n) for n in (999, 1000, 1234567, 2.5e9)] == [
@@ -256,4 +264,4 @@ def test_human_formatting() -> None:
         "3.00 MiB",
         "5.00 GiB",
     ]
-    assert (_human, _human_bytes) == (human_count, human_bytes)  # shim for wave 1 callers
+    assert not hasattr(_pipeline, "_human")  # one home: onnxslim.formatting

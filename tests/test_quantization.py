@@ -258,7 +258,7 @@ def test_reader_is_accepted_by_orts_quantize_static(conv_net, tmp_path):
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     path, images = conv_net
-    reader = onnxslim.calibration.open_reader([{"x": image} for image in images[:4]])
+    reader = onnxslim.inputs.open_reader([{"x": image} for image in images[:4]])
     upgraded = onnx.version_converter.convert_version(onnx.load(str(path)), 13)
     onnx.save(upgraded, str(tmp_path / "in.onnx"))
     quantize_static(
@@ -507,7 +507,8 @@ def test_candidate_is_a_frozen_value_with_a_rejection_reason(tmp_path):
 
 
 def test_calibrate_only_gives_the_full_pass_ranges(conv_net, tmp_path):
-    from onnxslim.calibration import collect_statistics, compute_range, open_reader
+    from onnxslim.calibration import collect_statistics, compute_range
+    from onnxslim.inputs import open_reader
     from onnxslim.passes.quantization import calibrate, quantizable_op_types, run_calibration
     from onnxslim.passes.quantization._prepare import prepare
     from onnxslim.passes.quantization._tensors import tensors_to_calibrate

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import onnxslim
 from onnxslim import SlimError
 from onnxslim._recipe import build_pass
-from onnxslim.calibration import open_reader
+from onnxslim.inputs import open_reader
 from onnxslim.passes import QuantizeStatic, StructuredPrune
 from onnxslim.registry import get_pass_class
 from tests.conftest import conv_bn_model

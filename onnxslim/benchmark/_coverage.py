@@ -22,8 +22,9 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 import onnxslim
-from onnxslim._inputs import DimSizes
+from onnxslim.inputs import DimSizes
 from onnxslim.model import INTEGER_OPS, MAC_OPS, node_macs, observed_shapes, shape_lookup
+from onnxslim.runtime import create_session
 
 __all__ = ["Int8Coverage", "int8_coverage", "INTEGER_KERNELS", "FLOAT_KERNELS"]
 
@@ -111,20 +112,6 @@ def _counted(op: str) -> bool:
     return op in MAC_OPS
 
 
-def _shape_table(model: ir.Model) -> dict[str, tuple[int, ...]]:
-    """Shapes ORT's written model states: initializers, then its typed values."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    graph = model.graph
-    for name, value in graph.initializers.items():
-        if value.const_value is not None:
-            shapes[name] = tuple(value.const_value.shape.numpy())
-    values = [*graph.inputs, *graph.outputs, *(v for node in graph for v in node.outputs)]
-    for value in values:
-        if value.name and value.shape is not None and value.shape.is_static():
-            shapes.setdefault(value.name, value.shape.numpy())
-    return shapes
-
-
 def _dequantized_values(model: ir.Model) -> set[str]:
     return {
         name
@@ -193,40 +180,33 @@ def int8_coverage(
             allow_spinning=False,
             optimization_level=optimization_level,
             optimized_model_path=optimized_path,
-        )
-        # big models: keep ORT's written model under the 2 GiB protobuf limit
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", "optimized.onnx.data"
-        )
-        options.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "1048576"
+            # big models: keep ORT's written model under the 2 GiB protobuf limit
+            optimized_external_data="optimized.onnx.data",
+            optimized_external_min_bytes=1 << 20,
         )
         try:
-            session = ort.InferenceSession(
-                str(model),
+            # the one session factory: it checks the provider came up (ProviderError if not)
+            create_session(
+                model,
+                providers,
                 options,
-                providers=providers,
-                provider_options=options_list,
+                options_list,
                 disabled_optimizers=["NchwcTransformer"],
             )
         except ort.capi.onnxruntime_pybind11_state.Fail as error:
             if "compiled nodes" not in str(error):
                 raise
-        else:
-            if provider_name not in session.get_providers():
-                raise onnxslim.ProviderError(
-                    f"execution provider {provider_name} failed to initialise for {model}; "
-                    "check the driver/library installation."
-                )
         if not optimized_path.exists():
             coverage.note = (
                 f"{provider_name} compiles the graph; ORT cannot write the optimized model"
             )
             return coverage
         optimized = ir.load(str(optimized_path))
-        shapes = _shape_table(optimized)
-        for name, array in feeds.items():
-            shapes[name] = tuple(array.shape)
+        # the feeds' shapes; everything ORT's written model states comes from shape_lookup's
+        # one static-shape rule (declared shape, else the constant's)
+        shapes: dict[str, tuple[int, ...]] = {
+            name: tuple(array.shape) for name, array in feeds.items()
+        }
         shape_of = shape_lookup(shapes)
         mac_nodes = [node for node in optimized.graph if _counted(node.op_type)]
         if any(node_macs(node, shape_of) is None for node in mac_nodes):

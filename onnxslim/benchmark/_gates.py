@@ -58,22 +58,25 @@ def check_gates(result: BenchmarkResult, gates: Gates) -> list[str]:
                     f"{where}: latency ratio {m.latency_ratio.median:.3f} > {gates.max_latency_ratio:g} "
                     f"(median of {m.latency_ratio.pairs} interleaved pairs vs {result.reference})"
                 )
-        min_sqnr, min_top1 = gates.fidelity.min_sqnr_db, gates.fidelity.min_top1_agreement
-        if min_sqnr is not None:
+        min_sqnr_db, min_top1_agreement = (
+            gates.fidelity.min_sqnr_db,
+            gates.fidelity.min_top1_agreement,
+        )
+        if min_sqnr_db is not None:
             sqnr = m.fidelity.sqnr_db if m.fidelity else -math.inf
-            if sqnr < min_sqnr:
+            if sqnr < min_sqnr_db:
                 failures.append(
-                    f"{where}: SQNR {sqnr:.1f} dB < {min_sqnr:g} dB vs {result.reference}"
+                    f"{where}: SQNR {sqnr:.1f} dB < {min_sqnr_db:g} dB vs {result.reference}"
                 )
-        if min_top1 is not None:
+        if min_top1_agreement is not None:
             top1 = m.fidelity.top1_agreement if m.fidelity else None
             if top1 is None:
                 failures.append(
                     f"{where}: top-1 agreement is undefined (no output looks like class scores [N, C])"
                 )
-            elif top1 < min_top1:
+            elif top1 < min_top1_agreement:
                 failures.append(
-                    f"{where}: top-1 agreement {top1:.4f} < {min_top1:g} vs {result.reference}"
+                    f"{where}: top-1 agreement {top1:.4f} < {min_top1_agreement:g} vs {result.reference}"
                 )
         if gates.max_size_ratio is not None and m.size_ratio is not None:
             if m.size_ratio > gates.max_size_ratio:

@@ -20,14 +20,13 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.model import ValueProbe, expose_values
+from onnxslim.model import ValueProbe
 
 __all__ = [
     "StreamingHistogram",
     "TensorStatistics",
     "StatisticsCollector",
     "collect_statistics",
-    "augment_with_outputs",
     "augment_with_statistics",
     "StatisticsCache",
     "model_fingerprint",
@@ -267,16 +266,6 @@ class StatisticsCollector:
         return collector
 
 
-def augment_with_outputs(model: ir.Model, names: Sequence[str]) -> ir.Model:
-    """A copy of ``model`` whose tensors ``names`` are also graph outputs (for ORT to return).
-
-    # shim: removed in wave 2 (quantization's guards; use onnxslim.model.ValueProbe)
-    """
-    augmented = model.clone()  # weights shared (and external ones stay where they are)
-    expose_values(augmented, names, input_suffix="__calibration", default_dtype=ir.DataType.FLOAT)
-    return augmented
-
-
 PHASE_INPUT = "__onnxslim_calibration_phase"
 
 
@@ -374,7 +363,7 @@ def collect_statistics(
     """
     import onnxruntime as ort
 
-    from onnxslim._runtime import session_options
+    from onnxslim.runtime import session_options
 
     augmented, fetched = augment_with_statistics(model, names, sample_cap if histograms else None)
     output_names = [o for group in fetched.values() for o in group]

@@ -132,7 +132,7 @@ class ValueProbe:
         external_data: bool | None = None,
     ) -> None:
         from onnxslim._io import save
-        from onnxslim._runtime import create_session, session_options
+        from onnxslim.runtime import create_session, session_options
 
         copy = ir.load(str(model)) if not isinstance(model, ir.Model) else model.clone()
         if names is None:

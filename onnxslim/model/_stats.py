@@ -8,7 +8,7 @@ import math
 
 import onnx_ir as ir
 
-from onnxslim._inputs import DimSizes
+from onnxslim.inputs import DimSizes
 from onnxslim.model._macs import node_macs, shape_lookup
 from onnxslim.model._shapes import inferred_shapes
 

@@ -19,22 +19,16 @@ from onnxslim.passes.quantization._options import QuantizeOptions
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
 from onnxslim.passes.quantization._quantize_static import QuantizeStatic
 
-# shim: removed in wave 2 (the CPU's home is onnxslim.runtime; tests/test_runtime_cpu.py and
-# this package's tests still import them here)
-from onnxslim.runtime import CpuFeatures, cpu_features
-
 __all__ = [
     "Calibration",
     "CalibrationSettings",
     "Candidate",
-    "CpuFeatures",
     "Evaluation",
     "QuantizeOptions",
     "QuantizeStatic",
     "Rejected",
     "TargetProfile",
     "calibrate",
-    "cpu_features",
     "interleaved_latency",
     "layer_sensitivity",
     "quantizable_op_types",

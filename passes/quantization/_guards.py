@@ -8,23 +8,17 @@ import os
 import re
 import statistics
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxslim.fidelity import FidelityBounds
-from onnxslim.fidelity import (  # shim: removed in wave 2 (tests/test_fidelity.py imports it here)
-    decisive_top1_agreement as decisive_top1_agreement,
-)
 from onnxslim.model import INTEGER_OPS, ValueProbe
 from onnxslim.runtime import create_session, session_options
 
 __all__ = [
-    "AccuracyBound",
-    "decisive_top1_agreement",
     "node_kernel_seconds",
     "run_outputs",
     "run_with_logits",
@@ -37,16 +31,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Feeds = Mapping[str, np.ndarray]
-
-
-# shim: removed in wave 2 (tests/test_fidelity.py pins the old spelling against FidelityBounds)
-def AccuracyBound(  # noqa: N802
-    min_sqnr_db: float | None = 20.0,
-    min_top1: float | None = 0.95,
-    metric: Callable[[list, list], bool] | None = None,
-) -> FidelityBounds:
-    """The guard's old bound, now a :class:`onnxslim.fidelity.FidelityBounds`."""
-    return FidelityBounds(min_sqnr_db=min_sqnr_db, min_top1_agreement=min_top1, metric=metric)
 
 
 _LAYOUT_SUFFIX = re.compile(r"(_token_\d+|_nchwc)$")

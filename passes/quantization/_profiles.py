@@ -8,7 +8,7 @@ import logging
 from onnxslim import RecipeError
 from onnxslim.runtime import CpuFeatures, cpu_features
 
-__all__ = ["CpuFeatures", "TargetProfile", "cpu_features", "target_profile", "TARGETS"]
+__all__ = ["TargetProfile", "target_profile", "TARGETS"]
 
 logger = logging.getLogger(__name__)
 
