@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.model import WEIGHT_INPUTS
 from onnxslim.passes.pruning._family import (
     ACTIVATION,
     CONSUMER,
@@ -125,19 +126,16 @@ def _seed(view: GraphView, node: ir.Node) -> tuple[ir.Value, int] | None:
     shape = view.shape(y)
     if shape is None or len(shape) < 2:
         return None
-    if node.op_type in ("Conv", "ConvTranspose"):
-        return (y, 1) if is_constant(node.inputs[1]) else None
-    if node.op_type == "Gemm":
-        return (y, 1) if is_constant(node.inputs[1]) else None
+    # the producer's kernel (its weight input): channels are cut along its output axis
+    kernel = node.inputs[WEIGHT_INPUTS[node.op_type][0]]
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        return (y, 1) if is_constant(kernel) else None
     if node.op_type == "MatMul":
-        weight_shape = view.shape(node.inputs[1])
-        return (
-            (y, len(shape) - 1) if is_constant(node.inputs[1]) and len(weight_shape) == 2 else None
-        )
-    table = node.inputs[0]
+        weight_shape = view.shape(kernel)
+        return (y, len(shape) - 1) if is_constant(kernel) and len(weight_shape) == 2 else None
     if (
-        is_constant(table)
-        and len(view.shape(table)) == 2
+        is_constant(kernel)
+        and len(view.shape(kernel)) == 2
         and node.attributes.get_int("axis", 0) == 0
     ):
         return (y, len(shape) - 1)
