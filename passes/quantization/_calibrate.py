@@ -173,7 +173,9 @@ def run_calibration(
         prepared = prepare(model, Path(folder))
         ops = quantizable_op_types() if op_types is None else op_types
         names = tensors_to_calibrate(prepared.proto, ops)
-        return collect_ranges(prepared.model, names, reader, settings)
+        prepared_model = prepared.model
+        del prepared  # its proto is a second copy of the weights: not kept while calibrating
+        return collect_ranges(prepared_model, names, reader, settings)
 
 
 def calibrate(model: ir.Model, data: Any, **options: Any) -> Ranges:

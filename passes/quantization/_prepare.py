@@ -12,7 +12,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
 
-from onnxslim import UnsupportedModelError, load, save
+from onnxslim import UnsupportedModelError, load, model_file_size, save
 
 __all__ = ["MIN_OPSET", "Prepared", "prepare"]
 
@@ -64,6 +64,9 @@ def prepare(model: ir.Model, workdir: Path) -> Prepared:
     if base_dir is not None:  # a copy from a proto lost where the external weights live
         ir.external_data.set_base_dir(saved.graph, base_dir)
     save(saved, path)  # weights > 1 GiB or external go beside it: no 2 GB proto limit
+    if model_file_size(path) == path.stat().st_size:
+        # every weight is inside the file: ``saved`` shares them with ``proto`` (no third copy)
+        return Prepared(path, proto, saved)
     # loaded back, so external weights resolve beside the file (the pass's scratch folder)
     return Prepared(path, proto, load(path, check=False))
 
