@@ -140,7 +140,11 @@ def _add_inspect(commands: argparse._SubParsersAction, handler: Handler) -> None
         metavar="NAME=DIMS",
         help="sizes for symbolic dims (MACs)",
     )
-    inspect_cmd.add_argument("--groups", action="store_true", help="list structured-pruning groups")
+    inspect_cmd.add_argument(
+        "--groups",
+        action="store_true",
+        help="list structured-pruning groups (after cleanup, as the prune pass sees them)",
+    )
     inspect_cmd.add_argument("--json", action="store_true", help="print JSON")
     inspect_cmd.set_defaults(handler=handler)
 

@@ -1,7 +1,8 @@
 """The ``onnxslim`` command: optimize, inspect, bench, demo.
 
 Exit codes: 0 success, 2 user error (one line, no traceback), 3 verification failure,
-4 benchmark gate failed, 1 internal error (a bug), 130 interrupted.
+4 benchmark gate failed, 1 internal error (a bug), 130 interrupted, 141 stdout closed early
+(``| head``: 128 + SIGPIPE, as ``cat`` or ``grep`` report it; quietly, files already written stay).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -20,6 +22,22 @@ from onnxslim._errors import SlimError
 __all__ = ["main"]
 
 logger = logging.getLogger("onnxslim")
+
+
+# 128 + SIGPIPE: what the shell reports for a command whose reader closed the pipe early
+STDOUT_CLOSED_EXIT_CODE = 128 + 13
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``| head``): end quietly, without a traceback."""
+    try:
+        # the interpreter flushes stdout at exit; pointing it at /dev/null keeps that quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (captured in-process)
+        pass
+    return STDOUT_CLOSED_EXIT_CODE
 
 
 class _Terminated(KeyboardInterrupt):
@@ -150,15 +168,37 @@ def _bench_input_output(
 # --- inspect --------------------------------------------------------------------------------
 
 
+def _after_cleanup(path: str, sizes: dict[str, Any], **options: Any) -> tuple[Any, str | None]:
+    """The model at ``path`` after the registered cleanup pass, as the passes after it see it.
+
+    Returns ``(model, None)``, or the model as stored and the reason when cleanup fails on it
+    (inspect still describes the file).
+    """
+    from onnxslim._io import load
+    from onnxslim._pass import PassContext, run_pass
+    from onnxslim.registry import get_pass_class
+
+    model = load(path)
+    try:
+        cleanup = get_pass_class("cleanup")(**options)
+        return run_pass(cleanup, model, PassContext(sizes=sizes)).model, None
+    except Exception as error:  # a cleanup bug must not stop inspect from describing the file
+        logger.debug("inspect: cleanup failed", exc_info=True)
+        return load(path), f"cleanup failed on this model ({type(error).__name__}: {error})"
+
+
 def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
     import onnx_ir as ir
 
     from onnxslim._io import load, model_file_size
     from onnxslim.inputs import input_specs, resolve_shape
-    from onnxslim.model import model_stats
+    from onnxslim.model import model_stats, parameter_count
 
     model = load(path)
     stats = model_stats(model, sizes)
+    # weights computed from constants (ConstantOfShape, Constant lists) exist only once cleanup
+    # folds them; BatchNormalization stays unfused so the count is the file's layers' weights
+    folded, cleanup_note = _after_cleanup(path, sizes, fuse_batchnorm=False)
     ops = Counter(
         (f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type)
         for node in ir.traversal.RecursiveGraphIterator(model.graph)
@@ -191,7 +231,9 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
         ],
         "nodes": stats.nodes,
         "op_histogram": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "parameters": stats.parameters,
+        "parameters": parameter_count(folded),
+        "parameters_stored": stats.parameters,
+        "cleanup_note": cleanup_note,
         "macs": stats.macs,
         "macs_at": {spec.name: list(resolve_shape(spec, sizes)) for spec in specs},
         "macs_unknown_nodes": len(stats.unknown_shape_nodes),
@@ -206,13 +248,24 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     sizes = dict(args.shape or [])
     info = _inspect_dict(args.model, sizes)
     if args.groups:
-        from onnxslim._io import load
         from onnxslim.registry import get_pass_hook
 
-        info["groups"] = get_pass_hook("prune", "groups")(load(args.model), sizes or None)
+        # the prune pass runs after cleanup: its groups are those of the cleaned model
+        cleaned, note = _after_cleanup(args.model, sizes)
+        info["groups_after"] = "as stored" if note else "cleanup"
+        info["groups"] = get_pass_hook("prune", "groups")(cleaned, sizes or None)
     if args.json:
         print(json.dumps(json_safe(info), indent=2, allow_nan=False))
         return 0
+    _print_inspect(info)
+    if args.groups:
+        _print_groups(info["groups"], info["groups_after"])
+    return 0
+
+
+def _print_inspect(info: dict[str, Any]) -> None:
+    from onnxslim.formatting import human_bytes
+
     print(f"model:      {info['model']}")
     print(
         f"IR version: {info['ir_version']}   opsets: "
@@ -223,7 +276,17 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for entry in info[kind]:
             print(f"{kind[:-1]:10}  {entry['name']}: {entry['dtype']} [{entry['shape']}]")
     at = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in info["macs_at"].items())
-    print(f"parameters: {info['parameters']:,}")
+    stored = info["parameters_stored"]
+    print(
+        f"parameters: {info['parameters']:,}"
+        + (
+            f" (after cleanup folds constants; {stored:,} stored as tensors)"
+            if info["parameters"] != stored
+            else ""
+        )
+    )
+    if info["cleanup_note"]:
+        print(f"note:       {info['cleanup_note']}; figures are of the file as stored")
     print(
         f"MACs:       {info['macs']:,} (at {at})"
         + (
@@ -232,8 +295,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             else ""
         )
     )
-    from onnxslim.formatting import human_bytes
-
     print(f"size:       {human_bytes(info['size_bytes'])}")
     if info["external_data"]:
         for location, length in info["external_data"].items():
@@ -243,19 +304,18 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"nodes:      {info['nodes']}")
     for op, count in info["op_histogram"].items():
         print(f"  {op:28} {count}")
-    if args.groups:
-        groups = info["groups"]
-        prunable = [g for g in groups if g["prunable"]]
-        print(f"pruning groups: {len(groups)} ({len(prunable)} prunable)")
-        for group in groups:
-            producers = ", ".join(group["producers"][:3]) + (
-                " …" if len(group["producers"]) > 3 else ""
-            )
-            state = (
-                "prunable" if group["prunable"] else "blocked: " + "; ".join(group["reasons"][:2])
-            )
-            print(f"  #{group['group']:<4} size {group['size']:<5} {producers or '-'}  [{state}]")
-    return 0
+
+
+def _print_groups(groups: list[dict[str, Any]], after: str) -> None:
+    prunable = [g for g in groups if g["prunable"]]
+    where = "after cleanup, as the prune pass sees them" if after == "cleanup" else "as stored"
+    print(f"pruning groups: {len(groups)} ({len(prunable)} prunable; {where})")
+    for group in groups:
+        producers = ", ".join(group["producers"][:3]) + (
+            " …" if len(group["producers"]) > 3 else ""
+        )
+        state = "prunable" if group["prunable"] else "blocked: " + "; ".join(group["reasons"][:2])
+        print(f"  #{group['group']:<4} size {group['size']:<5} {producers or '-'}  [{state}]")
 
 
 # --- demo -----------------------------------------------------------------------------------
@@ -293,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.ERROR)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except SlimError as error:
         print(f"onnxslim: error: {error}", file=sys.stderr)
         return error.exit_code
