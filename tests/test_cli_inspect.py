@@ -66,16 +66,16 @@ def test_inspect_groups_are_those_the_prune_pass_sees(
 def test_inspect_counts_weights_held_in_constant_nodes(
     constant_weights_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # stored: the 108 of the `value` Constant; the value_floats bias (4) and the
-    # ConstantOfShape weight (2*4) exist once cleanup folds them
-    assert parameter_count(load(str(constant_weights_path))) == 108
+    # stored: the 108 of the `value` Constant and the value_floats bias (4); the
+    # ConstantOfShape weight (2*4) exists once cleanup folds it
+    assert parameter_count(load(str(constant_weights_path))) == 108 + 4
     assert main(["inspect", str(constant_weights_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert (info["parameters"], info["parameters_stored"]) == (108 + 4 + 8, 108)
+    assert (info["parameters"], info["parameters_stored"]) == (108 + 4 + 8, 108 + 4)
     assert info["cleanup_note"] is None and info["nodes"] == 9
     assert main(["inspect", str(constant_weights_path)]) == 0
     text = capsys.readouterr().out
-    assert "parameters: 120 (after cleanup folds constants; 108 stored as tensors)\n" in text
+    assert "parameters: 120 (after cleanup folds constants; 112 stored as tensors)\n" in text
 
 
 def test_inspect_parameters_of_batchnorm_model_unchanged(

@@ -366,3 +366,27 @@ def test_expose_values_keeps_the_old_calibration_names_and_float_default() -> No
     assert [v.name for v in augmented.graph.outputs] == ["y", "x__calibration", "r"]
     assert augmented.graph.outputs[2].dtype == ir.DataType.FLOAT
     assert [v.name for v in m.graph.outputs] == ["y"]  # the original is untouched
+
+
+def test_parameter_count_reads_subgraphs_and_every_constant_form() -> None:
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (bool c, float[2] x) => (float[2] y) <float[3] w = {1.0, 2.0, 3.0}> {
+            s = Constant <value_float = 2.0> ()
+            v = Constant <value_floats = [1.0, 2.0]> ()
+            y = If (c) <
+                then_branch = t () => (float[2] a) <float[2] inner = {4.0, 5.0}> {
+                    a = Mul (x, inner)
+                },
+                else_branch = e () => (float[2] b) {
+                    k = Constant <value = float[2] {6.0, 7.0}> ()
+                    b = Add (x, k)
+                }
+            >
+        }
+        """
+    )
+    # w (3) + value_float (1) + value_floats (2) + the then-branch initializer (2) + the
+    # else-branch Constant (2)
+    assert parameter_count(model) == 10

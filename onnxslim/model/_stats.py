@@ -47,23 +47,38 @@ class ModelStats:
 
 
 def parameter_count(model: ir.Model) -> int:
-    """Elements of weight tensors (initializers and Constant nodes of the main graph).
-
-    Float and int8/int4/fp8 weights count; int64 shape constants do not.
+    """Elements of weight tensors: initializers and Constant nodes, subgraphs (If/Loop/Scan
+    bodies) included. Float and int8/int4/fp8 weights count; int64 shape constants do not.
     """
+    graphs = [model.graph] + [
+        attribute.as_graph()
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        for attribute in node.attributes.values()
+        if attribute.type == ir.AttributeType.GRAPH
+    ]
     total = 0
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if tensor is not None and tensor.dtype in PARAMETER_DTYPES:
-            total += math.prod(tensor.shape.numpy())
-    for node in model.graph:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            attribute = node.attributes.get("value")
-            if attribute is not None and attribute.type == ir.AttributeType.TENSOR:
-                tensor = attribute.as_tensor()
-                if tensor.dtype in PARAMETER_DTYPES:
-                    total += math.prod(tensor.shape.numpy())
+    for graph in graphs:
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None and tensor.dtype in PARAMETER_DTYPES:
+                total += math.prod(tensor.shape.numpy())
+        for node in graph:
+            total += _constant_node_parameters(node)
     return total
+
+
+def _constant_node_parameters(node: ir.Node) -> int:
+    """Weight elements a Constant node holds (``value`` tensors, ``value_float(s)``)."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return 0
+    value = node.attributes.get("value")
+    if value is not None and value.type == ir.AttributeType.TENSOR:
+        tensor = value.as_tensor()
+        return math.prod(tensor.shape.numpy()) if tensor.dtype in PARAMETER_DTYPES else 0
+    floats = node.attributes.get("value_floats")
+    if floats is not None:
+        return len(floats.as_floats())
+    return 1 if node.attributes.get("value_float") is not None else 0
 
 
 def model_stats(model: ir.Model, sizes: DimSizes | None = None) -> ModelStats:
