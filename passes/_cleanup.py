@@ -219,7 +219,10 @@ class _StepRunner:
 
 class Cleanup(SlimPass):
     """Constant folding, Constant -> initializer, dead code and identity removal, Conv/Gemm+BN
-    folding, CSE, optional opset upgrade, and shape inference. Outputs are unchanged."""
+    folding, CSE, optional opset upgrade, and shape inference. Outputs are unchanged.
+
+    A step that raises or breaks the checker on a model is dropped for that model and named,
+    with its reason, in the summary's ``dropped_steps``; the other steps still apply."""
 
     Options = CleanupOptions
     settings: CleanupOptions

@@ -59,6 +59,7 @@ def test_symbolic_shape_inference_follows_reshape_arithmetic(opset: int, expecte
     if expected is None:
         assert inferred is None
         return
+    assert inferred is not None
     dims = inferred.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == expected
 
