@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import rewriter
 from onnxscript.version_converter import ConvertVersionPass
 
-from onnxslim import PassContext, SlimPass, SlimPassResult, UnsupportedModelError
+from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult, UnsupportedModelError
 from onnxslim.compat.onnxscript import (
     AXES_AS_INPUT_RULES,
     BATCHNORM_FOLDING_RULES,
@@ -57,12 +60,13 @@ def _should_fold(node: ir.Node) -> bool | None:
     return None
 
 
-def _axes_inputs_to_attributes(model: ir.Model) -> None:
+def _axes_inputs_to_attributes(model: ir.Model) -> bool:
     """Before opset 13, Squeeze/Unsqueeze take axes as an attribute; onnxscript's folding of
     ConcatFromSequence emits the opset-13 form (an axes input) even in older graphs."""
     opset = _onnx_opset(model)
     if opset is None or opset >= 13:
-        return
+        return False
+    modified = False
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         if (
             node.op_type in ("Squeeze", "Unsqueeze")
@@ -74,15 +78,151 @@ def _axes_inputs_to_attributes(model: ir.Model) -> None:
             axes = node.inputs[1].const_value.numpy().reshape(-1).tolist()
             node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in axes])
             node.resize_inputs(1)
+            modified = True
+    return modified
 
 
 def _onnx_opset(model: ir.Model) -> int | None:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
 
 
+def _identity_must_stay(node: ir.Node) -> bool:
+    """An Identity that produces a graph output stays when removing it would make that output a
+    value the graph does not compute: an input or initializer (of this graph or an outer one),
+    a value of an outer scope (an If/Loop branch returning a captured value), or a value that is
+    already an output under another name (``y = Identity(r)`` with ``r`` an output too)."""
+    source, target = node.inputs[0], node.outputs[0]
+    if source is None or not target.is_graph_output():
+        return False
+    producer = source.producer()
+    return producer is None or producer.graph is not node.graph or source.is_graph_output()
+
+
+class GraphOutputSafeIdentityElimination(ir.passes.InPlacePass):
+    """onnx-ir's IdentityEliminationPass, less the identities it cannot remove soundly.
+
+    onnx-ir's pass (1.1) moves a subgraph output onto the outer value an ``If`` branch returns
+    through an Identity (the checker then rejects the branch: "Graph output 't' is not an output
+    of any node", or the move raises "Value ... is already an output of a different graph" when
+    the outer value is an output elsewhere), and renames a main-graph output away when the
+    Identity's input is an output already (two outputs ``p1, p1``, ``y`` gone).
+    """
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graphs: list[ir.Graph | ir.Function] = [model.graph, *model.functions.values()]
+        candidates = [
+            node
+            for graph in graphs
+            for node in ir.traversal.RecursiveGraphIterator(graph)
+            if node.op_type == "Identity"
+            and node.domain in ("", "ai.onnx")
+            and len(node.inputs) == 1
+            and len(node.outputs) == 1
+            and node.inputs[0] is not None
+        ]
+        removed = 0
+        for node in candidates:
+            if _identity_must_stay(node):
+                continue
+            source, target = node.inputs[0], node.outputs[0]
+            assert source is not None
+            if source.type is None:
+                source.type = target.type
+            if source.shape is None:
+                source.shape = target.shape
+            was_output = target.is_graph_output()
+            target.replace_all_uses_with(source, replace_graph_outputs=True)
+            if was_output:
+                source.name = target.name
+            assert node.graph is not None
+            node.graph.remove(node, safe=True)
+            removed += 1
+        return ir.passes.PassResult(model, modified=removed > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One named stage of cleanup; ``run`` edits the model in place and says if it changed it."""
+
+    name: str
+    run: Callable[[ir.Model], bool]
+
+
+def _as_step(name: str, onnx_pass: ir.passes.PassBase) -> _Step:
+    return _Step(name, lambda model: onnx_pass(model).modified)
+
+
+# Above this many bytes of tensors the checker cannot take the model as one proto.
+_CHECKER_BYTE_LIMIT = 1 << 30
+
+
+def _checker_failure(model: ir.Model) -> str | None:
+    """The ONNX checker's first line of complaint about ``model``, or None when it accepts it
+    (or when the model is too large to check in memory: the pipeline checks the saved file)."""
+    weight_bytes = sum(
+        value.const_value.nbytes
+        for value in model.graph.initializers.values()
+        if value.const_value is not None
+    )
+    if weight_bytes > _CHECKER_BYTE_LIMIT:
+        return None
+    try:
+        onnx.checker.check_model(ir.to_proto(model), full_check=True)
+    except Exception as error:
+        return f"the ONNX checker rejects its result: {str(error).strip().splitlines()[0]}"
+    return None
+
+
+def _adopt(model: ir.Model, source: ir.Model) -> None:
+    """Makes ``model`` carry ``source``'s graph and functions (Cleanup is in place: the result
+    must be the input object)."""
+    model.graph = source.graph
+    model.ir_version = source.ir_version
+    model.functions.clear()
+    model.functions.update(source.functions)
+
+
+@dataclasses.dataclass
+class _StepRunner:
+    """Runs cleanup's steps; guarded, each step runs on a copy and is dropped for this model
+    when it raises or the checker rejects its result, and the rest still applies."""
+
+    guarded: bool
+    dropped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def run(self, model: ir.Model, step: _Step) -> bool:
+        if step.name in self.dropped:
+            return False
+        if not self.guarded:
+            return step.run(model)
+        trial = model.clone()
+        try:
+            modified = step.run(trial)
+        except SlimError:
+            raise
+        except Exception as error:
+            reason = f"it raised {type(error).__name__}: {str(error).strip().splitlines()[0]}"
+            self._drop(step, reason)
+            return False
+        failure = _checker_failure(trial) if modified else None
+        if failure is not None:
+            self._drop(step, failure)
+            return False
+        if modified:
+            _adopt(model, trial)
+        return modified
+
+    def _drop(self, step: _Step, reason: str) -> None:
+        logger.warning("cleanup: step '%s' dropped for this model: %s", step.name, reason)
+        self.dropped[step.name] = reason
+
+
 class Cleanup(SlimPass):
     """Constant folding, Constant -> initializer, dead code and identity removal, Conv/Gemm+BN
-    folding, CSE, optional opset upgrade, and shape inference. Outputs are unchanged."""
+    folding, CSE, optional opset upgrade, and shape inference. Outputs are unchanged.
+
+    A step that raises or breaks the checker on a model is dropped for that model and named,
+    with its reason, in the summary's ``dropped_steps``; the other steps still apply."""
 
     Options = CleanupOptions
     settings: CleanupOptions
@@ -112,73 +252,113 @@ class Cleanup(SlimPass):
             )
         return True
 
-    def _simplify_passes(self, opset: int | None) -> list[ir.passes.PassBase]:
+    def _simplify_steps(self, opset: int | None) -> list[_Step]:
         excluded: frozenset[str] = frozenset()
         if not self.settings.fuse_batchnorm:
             excluded |= BATCHNORM_FOLDING_RULES
         if opset is not None and opset < 13:
             # these rules emit opset-13 forms (axes as an input): wrong in older graphs
             excluded |= AXES_AS_INPUT_RULES
+        # default_rewrite_rules matches no-op constants exactly (x + 1e-10 is not x + 0)
         rules = default_rewrite_rules(exclude=excluded)
-        steps: list[ir.passes.PassBase] = []
+        steps: list[_Step] = []
         if self.settings.fold_constants:
-            steps.append(
-                constant_folding_pass(
-                    input_size_limit=DEFAULT_FOLD_INPUT_SIZE_LIMIT,
-                    output_size_limit=_FOLD_OUTPUT_LIMIT,
-                    should_fold=_should_fold,
-                )
+            folding = constant_folding_pass(
+                input_size_limit=DEFAULT_FOLD_INPUT_SIZE_LIMIT,
+                output_size_limit=_FOLD_OUTPUT_LIMIT,
+                should_fold=_should_fold,
             )
-        steps += [
-            rewriter.RewritePass(rules),
-            common_passes.IdentityEliminationPass(),
-            common_passes.RemoveUnusedNodesPass(),
-            common_passes.RemoveUnusedFunctionsPass(),
-            common_passes.RemoveUnusedOpsetsPass(),
+            steps.append(_as_step("fold_constants", folding))
+        return steps + [
+            _as_step("rewrite", rewriter.RewritePass(rules)),
+            _as_step("eliminate_identities", GraphOutputSafeIdentityElimination()),
+            _as_step("remove_unused_nodes", common_passes.RemoveUnusedNodesPass()),
+            _as_step("remove_unused_functions", common_passes.RemoveUnusedFunctionsPass()),
+            _as_step("remove_unused_opsets", common_passes.RemoveUnusedOpsetsPass()),
         ]
-        return steps
+
+    def _prepare_steps(self, model: ir.Model) -> list[_Step]:
+        steps = [_Step("upgrade_opset", self._upgrade_opset)]
+        if model.functions:
+            steps.insert(0, _as_step("inline_functions", common_passes.InlinePass()))
+        return steps + [
+            _as_step(
+                "lift_constants",
+                common_passes.LiftConstantsToInitializersPass(
+                    lift_all_constants=True, size_limit=0
+                ),
+            ),
+            _Step("ir_version_4", _raise_ir_version),
+            # initializers listed as graph inputs (the IR < 4 convention) are weights, not
+            # inputs: unlisting them lets folding see them as constants
+            _as_step("unlist_initializers", common_passes.RemoveInitializersFromInputsPass()),
+        ]
+
+    def _finish_steps(self) -> list[_Step]:
+        return [
+            _Step("axes_to_attributes", _axes_inputs_to_attributes),
+            _as_step(
+                "lift_folded_constants",
+                common_passes.LiftConstantsToInitializersPass(
+                    lift_all_constants=True, size_limit=0
+                ),
+            ),
+            _as_step("deduplicate_initializers", common_passes.DeduplicateInitializersPass()),
+            _as_step(
+                "eliminate_common_subexpressions",
+                common_passes.CommonSubexpressionEliminationPass(),
+            ),
+            _as_step("remove_unused_nodes_final", common_passes.RemoveUnusedNodesPass()),
+            _as_step("topological_sort", common_passes.TopologicalSortPass()),
+        ]
+
+    def _run_steps(self, model: ir.Model, runner: _StepRunner) -> bool:
+        modified = False
+        for step in self._prepare_steps(model):
+            modified |= runner.run(model, step)
+        simplify = self._simplify_steps(_onnx_opset(model))
+        for _ in range(self.settings.iterations):
+            changed = False
+            for step in simplify:
+                changed |= runner.run(model, step)
+            modified |= changed
+            if not changed:
+                break
+        for step in self._finish_steps():
+            modified |= runner.run(model, step)
+        if self.settings.shape_inference:
+            # Inferred shapes are annotations, not a change of computation.
+            runner.run(model, _as_step("infer_shapes", common_passes.ShapeInferencePass()))
+        return modified
+
+    def _run_robustly(self, model: ir.Model) -> tuple[bool, dict[str, str]]:
+        """All steps at once; when that raises or breaks the checker on a model the checker
+        accepted, again from the input with each step guarded, dropping the ones at fault."""
+        backup = model.clone()
+        try:
+            modified = self._run_steps(model, _StepRunner(guarded=False))
+            failed = _checker_failure(model) is not None and _checker_failure(backup) is None
+        except SlimError:
+            raise
+        except Exception as error:
+            logger.info("cleanup raised %s; rerunning it step by step", type(error).__name__)
+            failed = True
+        if not failed:
+            return modified, {}
+        _adopt(model, backup)
+        runner = _StepRunner(guarded=True)
+        modified = self._run_steps(model, runner)
+        return modified, runner.dropped
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         nodes_before = sum(1 for _ in model.graph)
         ops_before = {node.op_type for node in model.graph}
         constants_before = sum(1 for node in model.graph if node.op_type == "Constant")
         opset_before = _onnx_opset(model)
-        modified = False
-        if model.functions:
-            modified |= common_passes.InlinePass()(model).modified
-        modified |= self._upgrade_opset(model)
-        modified |= common_passes.LiftConstantsToInitializersPass(
-            lift_all_constants=True, size_limit=0
-        )(model).modified
-        if model.ir_version < 4:
-            # IR < 4 requires every initializer to be a graph input too; 4 lifts that rule and
-            # changes nothing else, so folded initializers stay valid
-            model.ir_version = 4
-            modified = True
-        # initializers listed as graph inputs (the IR < 4 convention) are weights, not inputs:
-        # unlisting them lets folding see them as constants (input_specs already skips them)
-        modified |= common_passes.RemoveInitializersFromInputsPass()(model).modified
-        manager = ir.passes.PassManager(
-            self._simplify_passes(_onnx_opset(model)),
-            steps=self.settings.iterations,
-            early_stop=True,
-        )
-        modified |= manager(model).modified
-        _axes_inputs_to_attributes(model)
-        for step in (
-            common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-            common_passes.DeduplicateInitializersPass(),
-            common_passes.CommonSubexpressionEliminationPass(),
-            common_passes.RemoveUnusedNodesPass(),
-            common_passes.TopologicalSortPass(),
-        ):
-            modified |= step(model).modified
-        if self.settings.shape_inference:
-            # Inferred shapes are annotations, not a change of computation.
-            common_passes.ShapeInferencePass()(model)
+        modified, dropped = self._run_robustly(model)
         nodes_after = sum(1 for _ in model.graph)
         ops_after = {node.op_type for node in model.graph}
-        summary = {
+        summary: dict[str, object] = {
             "nodes_before": nodes_before,
             "nodes_after": nodes_after,
             "constant_nodes_lifted": constants_before
@@ -187,5 +367,18 @@ class Cleanup(SlimPass):
             and "BatchNormalization" not in ops_after,
             "opset": f"{opset_before} -> {_onnx_opset(model)}",
         }
+        if dropped:
+            summary["dropped_steps"] = [
+                {"step": step, "reason": reason} for step, reason in dropped.items()
+            ]
         logger.info("cleanup: %d -> %d nodes", nodes_before, nodes_after)
         return SlimPassResult(model, modified, summary=summary)
+
+
+def _raise_ir_version(model: ir.Model) -> bool:
+    """IR < 4 requires every initializer to be a graph input too; 4 lifts that rule and changes
+    nothing else, so folded initializers stay valid."""
+    if model.ir_version >= 4:
+        return False
+    model.ir_version = 4
+    return True

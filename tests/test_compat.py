@@ -59,5 +59,30 @@ def test_symbolic_shape_inference_follows_reshape_arithmetic(opset: int, expecte
     if expected is None:
         assert inferred is None
         return
+    assert inferred is not None
     dims = inferred.graph.output[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == expected
+
+
+def test_tolerant_no_op_rules_are_replaced_by_exact_ones_in_place() -> None:
+    from onnxscript.rewriter.rules.common import _no_op
+
+    from onnxslim.compat.onnxscript import EXACT_NO_OP_RULES
+
+    rules = default_rewrite_rules()
+    assert len(rules) == len(rewriter._DEFAULT_REWRITE_RULES)
+    assert len(EXACT_NO_OP_RULES) == len(_no_op.rules.rules) == 8
+    assert rules[:8] == list(EXACT_NO_OP_RULES)
+    assert not any(rule is tolerant for rule in rules for tolerant in _no_op.rules.rules)
+    assert [rule.name for rule in EXACT_NO_OP_RULES] == [
+        "MulByOne",
+        "OneMul",
+        "AddZero",
+        "ZeroAdd",
+        "SubZero",
+        "DivByOne",
+        "DropoutZero",
+        "DropoutInference",
+    ]
+    kept = default_rewrite_rules(exclude=frozenset({"AddZero"}))
+    assert "AddZero" not in {rule.name for rule in kept} and len(kept) == len(rules) - 1

@@ -7,11 +7,15 @@ from collections.abc import Callable
 import onnx_ir as ir
 from onnxscript import rewriter
 from onnxscript.optimizer import _constant_folding
+from onnxscript.rewriter import _pattern_ir
+from onnxscript.rewriter._rewrite_rule import RewriteRule
+from onnxscript.rewriter.rules.common import _no_op
 
 __all__ = [
     "AXES_AS_INPUT_RULES",
     "BATCHNORM_FOLDING_RULES",
     "DEFAULT_FOLD_INPUT_SIZE_LIMIT",
+    "EXACT_NO_OP_RULES",
     "constant_folding_pass",
     "default_rewrite_rules",
 ]
@@ -25,13 +29,49 @@ AXES_AS_INPUT_RULES = frozenset({"UnsqueezeUnsqueeze", "SqueezeReshape1d"})
 DEFAULT_FOLD_INPUT_SIZE_LIMIT: int = _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT
 
 
+def _exactly(value: int) -> _pattern_ir.Constant:
+    # onnxscript's `x + 0` matches any scalar within abs_tol 1e-8 / rel_tol 1e-5, so it deletes
+    # the `+ 1e-10` of `Log(x*x + 1e-10)` (basic-pitch); a no-op is only a no-op when exact
+    return _pattern_ir.Constant(value, rel_tol=0.0, abs_tol=0.0)
+
+
+def _identity(op, x, **_):
+    return op.Identity(x)
+
+
+def _exact_no_op_rules() -> tuple[RewriteRule, ...]:
+    """onnxscript's `_no_op` rules (x*1, 1*x, x+0, 0+x, x-0, x/1, Dropout no-ops), named, with
+    their constants matched exactly instead of within a tolerance."""
+    rules: list[RewriteRule] = []
+    for name, target in (
+        ("MulByOne", lambda op, x: op.Mul(x, _exactly(1))),
+        ("OneMul", lambda op, x: op.Mul(_exactly(1), x)),
+        ("AddZero", lambda op, x: op.Add(x, _exactly(0))),
+        ("ZeroAdd", lambda op, x: op.Add(_exactly(0), x)),
+        ("SubZero", lambda op, x: op.Sub(x, _exactly(0))),
+        ("DivByOne", lambda op, x: op.Div(x, _exactly(1))),
+        ("DropoutZero", _no_op.dropout_zero),
+        ("DropoutInference", _no_op.dropout_inference),
+    ):
+        rules.append(RewriteRule(target, _identity, name=name))
+    return tuple(rules)
+
+
+EXACT_NO_OP_RULES: tuple[RewriteRule, ...] = _exact_no_op_rules()
+# identity, not names: onnxscript's no-op rules are anonymous
+_TOLERANT_NO_OP_RULES = tuple(_no_op.rules.rules)
+
+
 def default_rewrite_rules(*, exclude: frozenset[str] = frozenset()) -> list:
-    """onnxscript's default rewrite rules, without the named rules in ``exclude``."""
-    return [
-        rule
-        for rule in rewriter._DEFAULT_REWRITE_RULES
-        if getattr(rule, "name", None) not in exclude
-    ]
+    """onnxscript's default rewrite rules, without the named rules in ``exclude``; its tolerant
+    no-op rules are replaced, in place, by ``EXACT_NO_OP_RULES``."""
+    rules: list = []
+    for rule in rewriter._DEFAULT_REWRITE_RULES:
+        if rule is _TOLERANT_NO_OP_RULES[0]:
+            rules += EXACT_NO_OP_RULES
+        elif not any(rule is tolerant for tolerant in _TOLERANT_NO_OP_RULES):
+            rules.append(rule)
+    return [rule for rule in rules if getattr(rule, "name", None) not in exclude]
 
 
 def constant_folding_pass(
