@@ -100,7 +100,7 @@ def _gpus() -> list[GpuInfo]:
 
 
 def machine_info() -> MachineInfo:
-    """CPU model and int8 flags from /proc/cpuinfo, GPUs from nvidia-smi, ORT version/providers."""
+    """CPU model and int8 flags (``cpu_features``), GPUs from nvidia-smi, ORT version/providers."""
     cpu = cpu_features()
     return MachineInfo(
         cpu_model=cpu.model,
