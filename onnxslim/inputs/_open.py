@@ -106,7 +106,7 @@ def _from_iterable(
         # Items whose rank equals the model's input rank already carry the batch axis.
         first = next(iter(reader.items()), None)
         if first is not None:
-            feeds = as_batch(first, key, reader.describe())
+            feeds = as_batch(first, key)
             ranks = {s.name: len(s.shape) for s in specs if s.shape}
             reader.batched = any(
                 name in ranks
@@ -174,7 +174,7 @@ def open_samples(
         return _from_path(Path(source), model, specs, input_name, preprocessing, **options)
     if isinstance(source, np.ndarray) or isinstance(source, Mapping):
         key = _single_input_name(model, input_name, "calibration arrays")
-        batch = as_batch(source, key, "calibration arrays")
+        batch = as_batch(source, key)
         if as_given:
             return _from_iterable([batch], specs, key, **{**options, "batch_size": None})
         return IterableReader([batch], input_name=key, batched=True, specs=specs, **options)

@@ -26,13 +26,13 @@ __all__ = [
 ]
 
 
-def as_batch(value: Any, key_if_array: str, origin: str) -> Feeds:
+def as_batch(value: Any, key_if_array: str) -> Feeds:
     """A sample or a batch given as a dict/array/tuple -> dict of arrays."""
     if isinstance(value, Mapping):
         return {str(k): to_numpy(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)) and value and not isinstance(value[0], (int, float)):
         # A DataLoader yields (inputs, labels): the first element holds the inputs.
-        return as_batch(value[0], key_if_array, origin)
+        return as_batch(value[0], key_if_array)
     return {key_if_array: to_numpy(value)}
 
 
@@ -189,7 +189,7 @@ class IterableReader(BatchedReader):
 
     def _samples(self) -> Iterator[Feeds]:
         for item in self.items():
-            feeds = as_batch(item, self.input_name, self.describe())
+            feeds = as_batch(item, self.input_name)
             yield feeds if self.batched else self._stack_one(feeds)
 
 
@@ -211,7 +211,7 @@ class ItemsReader(IterableReader):
                     f"data items must be dicts keyed by input name for a model with inputs "
                     f"{sorted(s.name for s in self._specs)}; got {type(item).__name__}."
                 )
-            feeds = as_batch(item, self.input_name, self.describe())
+            feeds = as_batch(item, self.input_name)
             yield self._with_constants(feeds, {}, self.batch_samples(feeds))
 
 

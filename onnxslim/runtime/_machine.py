@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from onnxslim.runtime._cpu import INT8_ISA_FLAGS, cpu_features
 
-__all__ = ["GpuInfo", "MachineInfo", "gpu_memory_used", "machine_info", "nvidia_smi"]
+__all__ = ["GpuInfo", "MachineInfo", "gpu_memory_used", "machine_info"]
 
 
 @dataclasses.dataclass
@@ -52,7 +52,7 @@ class MachineInfo:
         )
 
 
-def nvidia_smi(query: str) -> list[list[str]] | None:
+def _nvidia_smi(query: str) -> list[list[str]] | None:
     """Rows of ``nvidia-smi <query> --format=csv,noheader,nounits``; None without nvidia-smi."""
     executable = shutil.which("nvidia-smi")
     if executable is None:
@@ -77,7 +77,7 @@ def gpu_memory_used(pid: int | None = None) -> int | None:
     (other processes on the same GPU would then count too; the benchmark records a delta).
     """
     pid = os.getpid() if pid is None else pid
-    apps = nvidia_smi("--query-compute-apps=pid,used_memory")
+    apps = _nvidia_smi("--query-compute-apps=pid,used_memory")
     if apps is None:
         return None
     mine = [
@@ -85,14 +85,14 @@ def gpu_memory_used(pid: int | None = None) -> int | None:
     ]
     if mine:
         return sum(mine) * 1024 * 1024
-    devices = nvidia_smi("--query-gpu=memory.used") or []
+    devices = _nvidia_smi("--query-gpu=memory.used") or []
     used = [int(row[0]) for row in devices if row and row[0].isdigit()]
     return sum(used) * 1024 * 1024 if used else None
 
 
 def _gpus() -> list[GpuInfo]:
     gpus = []
-    for parts in nvidia_smi("--query-gpu=name,memory.total,driver_version") or []:
+    for parts in _nvidia_smi("--query-gpu=name,memory.total,driver_version") or []:
         if len(parts) >= 3:
             memory = int(parts[1]) if parts[1].isdigit() else None
             gpus.append(GpuInfo(parts[0], memory, parts[2]))
