@@ -8,7 +8,7 @@ import os
 import re
 import statistics
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -112,14 +112,8 @@ def run_with_logits(
     """Outputs per batch, with each Sigmoid/Softmax output replaced by its logits (the
     dequantized logits in a QDQ model)."""
     model = ir.load(str(path))
-    values = {v.name for node in model.graph for v in node.outputs}
-    seen_as: dict[str, str] = {}
-    for output, source in logits.items():
-        dequantized = f"{source}_DequantizeLinear_Output"
-        if dequantized in values:
-            seen_as[output] = dequantized
-        elif source in values:
-            seen_as[output] = source
+    values = _seen_as(model, logits.values())
+    seen_as = {output: values[source] for output, source in logits.items() if source in values}
     # the session ORT deploys (full optimizations: QDQ fused), not the probe's default
     probe = ValueProbe(
         model, list(seen_as.values()), providers=providers, options=session_options()
@@ -172,16 +166,7 @@ def layer_sensitivity(
     """
     names = sorted(set(node_outputs.values()))
     quantized = ir.load(str(quantized_path))
-    quantized_values = {v.name for node in quantized.graph for v in node.outputs}
-    # What consumers see in a QDQ graph is the DequantizeLinear output, not the float tensor
-    # (ORT even renames a Conv's output to its folded Relu's).
-    seen_as = {}
-    for name in names:
-        dequantized = f"{name}_DequantizeLinear_Output"
-        if dequantized in quantized_values:
-            seen_as[name] = dequantized
-        elif name in quantized_values:
-            seen_as[name] = name
+    seen_as = _seen_as(quantized, names)
     reference_values = {v.name for node in float_model.graph for v in node.outputs}
     names = [n for n in names if n in seen_as and n in reference_values]
     # the sessions ORT deploys (full optimizations: QDQ fused), not the probe's default
@@ -209,10 +194,6 @@ def layer_sensitivity(
         )
         for name in names
     }
-    producers = {}
-    for node in float_model.graph:
-        for output in node.outputs:
-            producers[output.name] = node
     losses = {}
     for node_name, output_name in node_outputs.items():
         if output_name not in tensor_sqnr:
@@ -227,3 +208,20 @@ def layer_sensitivity(
         after = tensor_sqnr[output_name]
         losses[node_name] = (min(before, 100.0) - min(after, 100.0)) if np.isfinite(after) else 0.0
     return losses, tensor_sqnr
+
+
+def _seen_as(model: ir.Model, names: Iterable[str]) -> dict[str, str]:
+    """Each float tensor of ``names`` -> the value its consumers see in the QDQ ``model``: the
+    DequantizeLinear output where there is one, else the tensor itself (absent: dropped).
+
+    ORT even renames a Conv's output to its folded Relu's, so some names are gone.
+    """
+    values = {v.name for node in model.graph for v in node.outputs}
+    seen_as = {}
+    for name in names:
+        dequantized = f"{name}_DequantizeLinear_Output"
+        if dequantized in values:
+            seen_as[name] = dequantized
+        elif name in values:
+            seen_as[name] = name
+    return seen_as
