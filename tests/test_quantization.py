@@ -414,7 +414,7 @@ def test_slow_nodes_ranks_time_per_mac_against_the_median():
 
 
 def test_node_kernel_seconds_names_the_model_nodes(conv_net, tmp_path):
-    from onnxslim.passes.quantization._guards import node_kernel_seconds
+    from onnxslim.passes.quantization._latency_guard import node_kernel_seconds
 
     path, images = conv_net
     model = onnxslim.load(path)
@@ -749,7 +749,7 @@ def _matmul_softmax(folder, quantized: bool):
 def test_guards_read_dequantized_values_through_one_probe(tmp_path):
     """Pinned before the guards moved onto onnxslim.model's ValueProbe."""
     from onnxslim.passes.quantization import layer_sensitivity
-    from onnxslim.passes.quantization._guards import output_logits, run_with_logits
+    from onnxslim.passes.quantization._accuracy_guard import output_logits, run_with_logits
 
     float_path, weight = _matmul_softmax(tmp_path, quantized=False)
     quantized_path, _ = _matmul_softmax(tmp_path, quantized=True)
@@ -776,7 +776,7 @@ def test_guards_read_dequantized_values_through_one_probe(tmp_path):
 def test_excluded_node_verdicts_use_the_engine_integer_ops():
     from onnx import helper
 
-    from onnxslim.passes.quantization._guards import float_nodes_after_optimization
+    from onnxslim.passes.quantization._summary import float_nodes_after_optimization
 
     graph = helper.make_graph(
         [

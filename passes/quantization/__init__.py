@@ -1,5 +1,6 @@
 """Static int8 quantization: streamed calibration, ORT QDQ emission, target profiles, guards."""
 
+from onnxslim.passes.quantization._accuracy_guard import layer_sensitivity, run_outputs
 from onnxslim.passes.quantization._calibrate import (
     Calibration,
     CalibrationSettings,
@@ -13,7 +14,6 @@ from onnxslim.passes.quantization._candidates import (
     quantizable_op_types,
     select_nodes,
 )
-from onnxslim.passes.quantization._guards import layer_sensitivity, run_outputs
 from onnxslim.passes.quantization._latency_guard import interleaved_latency
 from onnxslim.passes.quantization._options import QuantizeOptions
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile

@@ -55,10 +55,6 @@ from onnxslim.passes.quantization._candidates import (
     user_exclusions,
 )
 from onnxslim.passes.quantization._emit import Emitter
-from onnxslim.passes.quantization._guards import (
-    float_nodes_after_optimization,
-    optimized_graph,
-)
 from onnxslim.passes.quantization._latency_guard import (
     rank_and_confirm,
     slow_int8_nodes,
@@ -71,6 +67,8 @@ from onnxslim.passes.quantization._summary import (
     candidates_summary,
     excluded_reasons,
     fidelity_summary,
+    float_nodes_after_optimization,
+    optimized_graph,
     quantized_nodes,
     start_summary,
     tensors_summary,

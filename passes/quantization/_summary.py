@@ -1,21 +1,28 @@
-"""Summarize a run: the report's entries for the candidates, the chosen model, its tensors."""
+"""Summarize a run: the report's entries for the candidates, the chosen model (its excluded
+nodes checked on the graph ORT runs), its tensors."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import onnx
 import onnx_ir as ir
 
+from onnxslim.model import INTEGER_OPS
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._profiles import TargetProfile
+from onnxslim.runtime import create_session, session_options
 
 __all__ = [
     "candidates_summary",
     "excluded_reasons",
     "fidelity_summary",
+    "float_nodes_after_optimization",
+    "optimized_graph",
     "quantized_nodes",
     "start_summary",
     "tensors_summary",
@@ -125,3 +132,30 @@ def tensors_summary(
         }
         for name, (lo, hi) in chosen_ranges.items()
     }
+
+
+def optimized_graph(
+    path: str | os.PathLike, workdir: Path, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> onnx.GraphProto:
+    """The graph ORT actually runs (after its QDQ fusions), via optimized_model_filepath."""
+    target = workdir / (Path(path).stem + ".ort-optimized.onnx")
+    options = session_options(optimized_model_path=target, optimization_level="extended")
+    create_session(Path(path), providers, options)
+    return onnx.load(str(target), load_external_data=False).graph
+
+
+def float_nodes_after_optimization(
+    graph: onnx.GraphProto, node_names: Sequence[str]
+) -> dict[str, str]:
+    """For each node name: "float" if ORT still runs it as its float op, else the op it became."""
+    by_name = {node.name: node.op_type for node in graph.node}
+    verdict = {}
+    for name in node_names:
+        op = by_name.get(name)
+        if op is None:
+            verdict[name] = "fused or renamed"
+        elif op in INTEGER_OPS:
+            verdict[name] = op
+        else:
+            verdict[name] = "float"
+    return verdict
