@@ -16,10 +16,10 @@ import torch
 import onnxslim
 from onnxslim import PassContext, SlimError, VerificationError
 from onnxslim.fidelity import Fidelity, compare_outputs
-from onnxslim.inputs import input_specs
+from onnxslim.inputs import Feeds, input_specs
 from onnxslim.model import model_stats
 from onnxslim.passes.distillation import _teacher
-from onnxslim.passes.distillation._batches import Batches, Feeds
+from onnxslim.passes.distillation._batches import Batches
 from onnxslim.passes.distillation._export import DictOutputs, export_module, replace_model
 from onnxslim.passes.distillation._loop import distributed_context, train
 from onnxslim.passes.distillation._losses import DistillationLoss, infer_output_losses
