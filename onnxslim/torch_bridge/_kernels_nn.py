@@ -76,7 +76,7 @@ def _same_pads(
     return begins + ends
 
 
-def _resolve_pads(node, auto_pad, pads, x, kernel, strides, dilations):
+def _resolve_pads(auto_pad, pads, x, kernel, strides, dilations):
     spatial = len(kernel)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         return _same_pads(x.shape[2:], kernel, strides, dilations, auto_pad == "SAME_UPPER")
@@ -85,20 +85,26 @@ def _resolve_pads(node, auto_pad, pads, x, kernel, strides, dilations):
     return pads
 
 
+def _conv_kernel(node: ir.Node, op: str) -> Sequence[int]:
+    """``kernel_shape``, or the weight's spatial dims when the attribute is left out."""
+    kernel: Sequence[int] | None = node.attributes.get_ints("kernel_shape", None)
+    if kernel is not None:
+        return kernel
+    weight_shape = node.inputs[1].shape if node.inputs[1] is not None else None
+    if weight_shape is None or not weight_shape.is_static():
+        raise UnsupportedKernelError(
+            f"{op} without kernel_shape and with a weight of unknown shape"
+        )
+    return list(weight_shape.numpy())[2:]
+
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 @_kernel("Conv")
 def _conv(node: ir.Node, opset: int):
-    weight_shape = node.inputs[1].shape if node.inputs[1] is not None else None
-    kernel: Sequence[int] | None = node.attributes.get_ints("kernel_shape", None)
-    if kernel is None:
-        if weight_shape is None or not weight_shape.is_static():
-            raise UnsupportedKernelError(
-                "Conv without kernel_shape and with a weight of unknown shape"
-            )
-        kernel = list(weight_shape.numpy())[2:]
+    kernel = _conv_kernel(node, "Conv")
     spatial = len(kernel)
     if spatial not in _CONV:
         raise UnsupportedKernelError(f"Conv with {spatial} spatial dims")
@@ -109,7 +115,7 @@ def _conv(node: ir.Node, opset: int):
     conv = _CONV[spatial]
 
     def run(x, w, b=None):
-        p = _resolve_pads(node, auto_pad, pads, x, kernel, strides, dilations)
+        p = _resolve_pads(auto_pad, pads, x, kernel, strides, dilations)
         if p[:spatial] == p[spatial:]:
             return conv(x, w, b, strides, p[:spatial], dilations, group)
         x = F.pad(x, _torch_pad_order(p))
@@ -120,14 +126,7 @@ def _conv(node: ir.Node, opset: int):
 
 @_kernel("ConvTranspose")
 def _conv_transpose(node: ir.Node, opset: int):
-    weight_shape = node.inputs[1].shape if node.inputs[1] is not None else None
-    kernel: Sequence[int] | None = node.attributes.get_ints("kernel_shape", None)
-    if kernel is None:
-        if weight_shape is None or not weight_shape.is_static():
-            raise UnsupportedKernelError(
-                "ConvTranspose without kernel_shape and with a weight of unknown shape"
-            )
-        kernel = list(weight_shape.numpy())[2:]
+    kernel = _conv_kernel(node, "ConvTranspose")
     spatial = len(kernel)
     if spatial not in _CONV_T:
         raise UnsupportedKernelError(f"ConvTranspose with {spatial} spatial dims")
@@ -248,7 +247,7 @@ def _max_pool(node: ir.Node, opset: int):
     pool = _MAX_POOL[spatial]
 
     def run(x):
-        p = _resolve_pads(node, auto_pad, pads, x, kernel, strides, dilations)
+        p = _resolve_pads(auto_pad, pads, x, kernel, strides, dilations)
         symmetric = p[:spatial] == p[spatial:]
         if symmetric and all(pad * 2 <= k for pad, k in zip(p[:spatial], kernel, strict=True)):
             return pool(x, kernel, strides, p[:spatial], dilations, ceil_mode)
@@ -274,7 +273,7 @@ def _average_pool(node: ir.Node, opset: int):
     pool = _AVG_POOL[spatial]
 
     def run(x):
-        p = _resolve_pads(node, auto_pad, pads, x, kernel, strides, dilations)
+        p = _resolve_pads(auto_pad, pads, x, kernel, strides, dilations)
         symmetric = p[:spatial] == p[spatial:]
         if symmetric and all(pad * 2 <= k for pad, k in zip(p[:spatial], kernel, strict=True)):
             return pool(x, kernel, strides, p[:spatial], ceil_mode, count_include_pad)

@@ -13,12 +13,11 @@ import onnx_ir as ir
 import torch
 
 from onnxslim import InputDataError
-from onnxslim.inputs import BatchedReader, open_samples
+from onnxslim.inputs import BatchedReader, Feeds, open_samples
 from onnxslim.passes.distillation._config import DATA
 
-__all__ = ["Batches", "Feeds", "to_device"]
+__all__ = ["Batches", "to_device"]
 
-Feeds = dict[str, np.ndarray]
 # Labels of (inputs, labels) items when no label key is set.
 _TUPLE_LABELS = "\0labels"
 # Reader batch for files: Batches splits them into samples anyway, and one sample per read is slow.
@@ -31,18 +30,22 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _check_inputs(item: Mapping[str, Any], input_names: Sequence[str]) -> None:
+    missing = [name for name in input_names if name not in item]
+    if missing:
+        raise InputDataError(
+            f"distill: a data item lacks model input(s) {', '.join(map(repr, missing))} "
+            f"(it has {', '.join(map(repr, item))}); key items by the model's input names."
+        )
+
+
 def _as_dict(item: Any, input_names: Sequence[str], label_key: str) -> dict[str, np.ndarray]:
     """An item of the user's data -> one dict (inputs, and labels under ``label_key``)."""
     labels = None
     if isinstance(item, (tuple, list)) and len(item) == 2 and not isinstance(item[0], (int, float)):
         item, labels = item
     if isinstance(item, Mapping):
-        missing = [name for name in input_names if name not in item]
-        if missing:
-            raise InputDataError(
-                f"distill: a data item lacks model input(s) {', '.join(map(repr, missing))} "
-                f"(it has {', '.join(map(repr, item))}); key items by the model's input names."
-            )
+        _check_inputs(item, input_names)
         feeds = {str(name): _to_numpy(value) for name, value in item.items()}
     elif len(input_names) == 1:
         feeds = {input_names[0]: _to_numpy(item)}
@@ -157,12 +160,7 @@ class Batches:
 
     def _split(self, batch: Mapping[str, np.ndarray]) -> tuple[Feeds, np.ndarray | None]:
         """A reader batch -> (model feeds, labels or None)."""
-        missing = [name for name in self.input_names if name not in batch]
-        if missing:
-            raise InputDataError(
-                f"distill: a data item lacks model input(s) {', '.join(map(repr, missing))} "
-                f"(it has {', '.join(map(repr, batch))}); key items by the model's input names."
-            )
+        _check_inputs(batch, self.input_names)
         key = self.label_key
         labels = batch.get(key) if key is not None and key not in self.input_names else None
         if labels is None:

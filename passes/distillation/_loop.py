@@ -17,7 +17,8 @@ from torch import nn
 
 from onnxslim import SlimError
 from onnxslim.fidelity import Fidelity, compare_outputs
-from onnxslim.passes.distillation._batches import Feeds, to_device
+from onnxslim.inputs import Feeds
+from onnxslim.passes.distillation._batches import to_device
 from onnxslim.passes.distillation._checkpoint import resume_checkpoint, save_checkpoint
 from onnxslim.passes.distillation._config import TrainConfig
 from onnxslim.passes.distillation._progress import Progress

@@ -16,10 +16,10 @@ import torch
 import onnxslim
 from onnxslim import PassContext, SlimError, VerificationError
 from onnxslim.fidelity import Fidelity, compare_outputs
-from onnxslim.inputs import input_specs
+from onnxslim.inputs import Feeds, input_specs
 from onnxslim.model import model_stats
 from onnxslim.passes.distillation import _teacher
-from onnxslim.passes.distillation._batches import Batches, Feeds
+from onnxslim.passes.distillation._batches import Batches, to_device
 from onnxslim.passes.distillation._export import DictOutputs, export_module, replace_model
 from onnxslim.passes.distillation._loop import distributed_context, train
 from onnxslim.passes.distillation._losses import DistillationLoss, infer_output_losses
@@ -238,9 +238,7 @@ def check_write_back(run: DistillRun) -> None:
     torch_outputs = []
     with torch.no_grad():
         for feeds in run.validation:
-            outputs = run.student(
-                **{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
-            )
+            outputs = run.student(**to_device(feeds, torch.device("cpu")))
             torch_outputs.append({n: outputs[n].numpy() for n in names})
     floating = [n for n in names if np.issubdtype(run.ort_outputs[0][n].dtype, np.floating)]
     run.parity = compare_outputs(

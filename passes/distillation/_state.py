@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from onnxslim.fidelity import Fidelity
-from onnxslim.passes.distillation._batches import Batches, Feeds
+from onnxslim.inputs import Feeds
+from onnxslim.passes.distillation._batches import Batches
 from onnxslim.passes.distillation._teacher import OrtTeacher, TeacherTargets
 
 __all__ = ["EpochRecord", "LossFn", "TrainResult", "TrainState"]

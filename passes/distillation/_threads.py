@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from onnxslim.passes.distillation._batches import Feeds, to_device
+from onnxslim.inputs import Feeds
+from onnxslim.passes.distillation._batches import to_device
 
 __all__ = ["THREAD_GRAIN_MACS", "default_thread_count", "fastest_thread_count"]
 

@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from onnxslim.inputs import random_inputs
 from onnxslim.model import observed_shapes
-from onnxslim.passes.pruning._counts import macs_of_node
+from onnxslim.passes.pruning._counts import base_macs
 from onnxslim.passes.pruning._groups import Group, apply_ignores, build_groups, make_segments
 from onnxslim.passes.pruning._view import GraphView
 
@@ -24,7 +24,7 @@ class PruneAnalysis:
 
     @property
     def base_macs(self) -> int:
-        return sum(macs_of_node(self.view, node) for node in self.view.graph)
+        return base_macs(self.view)
 
 
 def analyze(

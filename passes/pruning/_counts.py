@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from onnxslim.passes.pruning._view import GraphView
 
 
-def macs_of_node(view: GraphView, node: ir.Node) -> int:
-    """MACs of ``node`` at the observed shapes of ``view`` (0 where a shape is unknown)."""
-    return node_macs(node, view.shape) or 0
+def base_macs(view: GraphView) -> int:
+    """MACs of the graph at the observed shapes of ``view`` (0 for a node of unknown shape)."""
+    return sum(node_macs(node, view.shape) or 0 for node in view.graph)
 
 
 def predicted_macs(view: GraphView, plan: Plan) -> int:
