@@ -358,3 +358,18 @@ def test_benchmark_feeds_from_the_same_stack(tmp_path):
         InputDataError, match=r"input 'x' expected float32 \[Nx3x4x4\], given float64"
     ):
         benchmark_feeds([{"x": np.zeros((3, 4, 4))}], model, batch_size=1, count=1)
+
+
+def test_fixed_batch_reads_the_graph_and_calls_symbolic_or_minus_one_unfixed() -> None:
+    import onnx_ir as ir
+
+    from onnxslim.inputs import fixed_batch
+
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[4, 3] a, float[N, 3] b) => (float[4, 3] y) { y = Identity (a) }
+        """
+    )
+    assert (fixed_batch(model), fixed_batch(model, "a"), fixed_batch(model, "b")) == (4, 4, 0)
+    assert fixed_batch(model, "missing") == 0

@@ -602,7 +602,8 @@ def test_ort_quantizer_is_silenced_without_touching_the_root_level(caplog):
 def test_a_batch_dim_declared_minus_one_is_timed_at_the_deployment_batch():
     from onnx import TensorProto, helper
 
-    from onnxslim.passes.quantization._latency_guard import fixed_batch, timing_feeds
+    from onnxslim.inputs import fixed_batch
+    from onnxslim.passes.quantization._latency_guard import timing_feeds
 
     # Paddle exports declare a dynamic batch as -1 (it used to be timed as an empty 0 x 2 batch)
     graph = helper.make_graph(

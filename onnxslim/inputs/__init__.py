@@ -15,9 +15,17 @@ from onnxslim.inputs._readers import (
     NpyFolderReader,
     NpzReader,
     RandomReader,
+    to_numpy,
 )
 from onnxslim.inputs._sizes import SizeArgumentError, parse_size_argument
-from onnxslim.inputs._specs import DimSizes, InputSpec, input_specs, random_inputs, resolve_shape
+from onnxslim.inputs._specs import (
+    DimSizes,
+    InputSpec,
+    fixed_batch,
+    input_specs,
+    random_inputs,
+    resolve_shape,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -37,6 +45,7 @@ __all__ = [
     "SampleReader",
     "SizeArgumentError",
     "benchmark_feeds",
+    "fixed_batch",
     "input_specs",
     "open_reader",
     "open_samples",
@@ -44,5 +53,6 @@ __all__ = [
     "random_inputs",
     "resolve_shape",
     "samples",
+    "to_numpy",
     "validate_feeds",
 ]

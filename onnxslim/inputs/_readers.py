@@ -37,6 +37,7 @@ def as_batch(value: Any, key_if_array: str) -> Feeds:
 
 
 def to_numpy(value: Any) -> np.ndarray:
+    """An array from an array-like or a torch tensor (detached, on the CPU)."""
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
         value = value.detach().cpu().numpy()
     return np.asarray(value)

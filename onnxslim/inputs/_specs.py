@@ -10,7 +10,7 @@ import onnx_ir as ir
 
 from onnxslim._errors import InputDataError
 
-__all__ = ["InputSpec", "input_specs", "resolve_shape", "random_inputs", "DimSizes"]
+__all__ = ["InputSpec", "input_specs", "fixed_batch", "resolve_shape", "random_inputs", "DimSizes"]
 
 # Sizes for symbolic dims: a dim name -> size, or an input name -> its full shape.
 DimSizes = Mapping[str, "int | Sequence[int]"]
@@ -58,6 +58,15 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
             )
         specs.append(InputSpec(value.name or "", value.dtype.numpy(), shape))
     return specs
+
+
+def fixed_batch(model: ir.Model, name: str | None = None) -> int:
+    """The batch size the graph fixes on input ``name`` (default: its first input); 0 where the
+    batch dim is symbolic or unknown (Paddle's -1 included)."""
+    specs = input_specs(model)
+    spec = specs[0] if name is None and specs else next((s for s in specs if s.name == name), None)
+    first = spec.shape[0] if spec is not None and spec.shape else None
+    return first if isinstance(first, int) and first > 0 else 0
 
 
 def resolve_shape(spec: InputSpec, sizes: DimSizes | None = None) -> tuple[int, ...]:

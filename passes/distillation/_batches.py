@@ -13,7 +13,7 @@ import onnx_ir as ir
 import torch
 
 from onnxslim import InputDataError
-from onnxslim.inputs import BatchedReader, Feeds, open_samples
+from onnxslim.inputs import BatchedReader, Feeds, open_samples, to_numpy
 from onnxslim.passes.distillation._config import DATA
 
 __all__ = ["Batches", "to_device"]
@@ -22,12 +22,6 @@ __all__ = ["Batches", "to_device"]
 _TUPLE_LABELS = "\0labels"
 # Reader batch for files: Batches splits them into samples anyway, and one sample per read is slow.
 _FILE_BATCH = 256
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def _check_inputs(item: Mapping[str, Any], input_names: Sequence[str]) -> None:
@@ -46,15 +40,15 @@ def _as_dict(item: Any, input_names: Sequence[str], label_key: str) -> dict[str,
         item, labels = item
     if isinstance(item, Mapping):
         _check_inputs(item, input_names)
-        feeds = {str(name): _to_numpy(value) for name, value in item.items()}
+        feeds = {str(name): to_numpy(value) for name, value in item.items()}
     elif len(input_names) == 1:
-        feeds = {input_names[0]: _to_numpy(item)}
+        feeds = {input_names[0]: to_numpy(item)}
     else:
         raise InputDataError(
             f"distill: data items must be dicts keyed by input name for a model with inputs {', '.join(input_names)}."
         )
     if labels is not None:
-        feeds[label_key] = np.atleast_1d(_to_numpy(labels))
+        feeds[label_key] = np.atleast_1d(to_numpy(labels))
     return feeds
 
 

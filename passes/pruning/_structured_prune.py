@@ -10,7 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
-from onnxslim.inputs import input_specs, open_samples
+from onnxslim.inputs import fixed_batch, open_samples
 from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
@@ -103,7 +103,7 @@ def _batches(context: PassContext, model: ir.Model, limit: int) -> list[dict[str
     """The first ``limit`` batches of the user's data, through the one data door."""
     batches: list[dict[str, np.ndarray]] = []
     if context.data is not None:
-        reader = open_samples(context.data, model, batch_size=_fixed_batch(model))
+        reader = open_samples(context.data, model, batch_size=fixed_batch(model) or 1)
         for batch in reader:
             batches.append(dict(batch))
             if len(batches) >= limit:
@@ -113,10 +113,3 @@ def _batches(context: PassContext, model: ir.Model, limit: int) -> list[dict[str
             "prune: criterion 'activation' needs calibration data; pass --data (or use criterion 'l2')."
         )
     return batches
-
-
-def _fixed_batch(model: ir.Model) -> int:
-    """The batch size the graph fixes on its first input (1 where it is symbolic)."""
-    specs = input_specs(model)
-    first = specs[0].shape[0] if specs and specs[0].shape else None
-    return first if isinstance(first, int) and first > 0 else 1

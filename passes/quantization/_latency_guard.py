@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.inputs import input_specs
+from onnxslim.inputs import fixed_batch
 from onnxslim.model import model_stats
 from onnxslim.passes.quantization._candidates import COMPUTE_OPS, Candidate, Rejected
 from onnxslim.passes.quantization._prepare import Prepared
@@ -23,21 +23,12 @@ from onnxslim.runtime import create_session, interleaved_timing, session_options
 
 __all__ = [
     "LatencyVerdict",
-    "fixed_batch",
     "interleaved_latency",
     "node_kernel_seconds",
     "rank_and_confirm",
     "slow_nodes",
     "timing_feeds",
 ]
-
-
-def fixed_batch(model: ir.Model, name: str) -> int:
-    """The input's fixed batch size, or 0 where it is symbolic or unknown (-1 included)."""
-    spec = next((s for s in input_specs(model) if s.name == name), None)
-    # input_specs reads Paddle's -1 (a dynamic batch) as symbolic: it used to time an empty batch
-    first = spec.shape[0] if spec is not None and spec.shape else None
-    return first if isinstance(first, int) and first > 0 else 0
 
 
 # Not onnxslim.inputs.benchmark_feeds: that drops a batch short of samples, this cycles them.
