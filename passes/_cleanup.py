@@ -20,7 +20,7 @@ from onnxslim.compat.onnxscript import (
     constant_folding_pass,
     default_rewrite_rules,
 )
-from onnxslim.model import WEIGHT_INPUTS
+from onnxslim.model import WEIGHT_INPUTS, onnx_opset
 from onnxslim.passes._cleanup_options import CleanupOptions
 
 __all__ = ["Cleanup", "CleanupOptions"]
@@ -63,7 +63,7 @@ def _should_fold(node: ir.Node) -> bool | None:
 def _axes_inputs_to_attributes(model: ir.Model) -> bool:
     """Before opset 13, Squeeze/Unsqueeze take axes as an attribute; onnxscript's folding of
     ConcatFromSequence emits the opset-13 form (an axes input) even in older graphs."""
-    opset = _onnx_opset(model)
+    opset = onnx_opset(model)
     if opset is None or opset >= 13:
         return False
     modified = False
@@ -80,10 +80,6 @@ def _axes_inputs_to_attributes(model: ir.Model) -> bool:
             node.resize_inputs(1)
             modified = True
     return modified
-
-
-def _onnx_opset(model: ir.Model) -> int | None:
-    return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
 
 
 def _identity_must_stay(node: ir.Node) -> bool:
@@ -236,7 +232,7 @@ class Cleanup(SlimPass):
     rtol = 1e-4
 
     def _upgrade_opset(self, model: ir.Model) -> bool:
-        current = _onnx_opset(model)
+        current = onnx_opset(model)
         if (
             self.settings.target_opset is None
             or current is None
@@ -244,7 +240,7 @@ class Cleanup(SlimPass):
         ):
             return False
         result = ConvertVersionPass(self.settings.target_opset, fallback=True)(model)
-        after = _onnx_opset(result.model)
+        after = onnx_opset(result.model)
         if after != self.settings.target_opset:
             raise UnsupportedModelError(
                 f"cannot upgrade the model from opset {current} to {self.settings.target_opset} "
@@ -316,7 +312,7 @@ class Cleanup(SlimPass):
         modified = False
         for step in self._prepare_steps(model):
             modified |= runner.run(model, step)
-        simplify = self._simplify_steps(_onnx_opset(model))
+        simplify = self._simplify_steps(onnx_opset(model))
         for _ in range(self.settings.iterations):
             changed = False
             for step in simplify:
@@ -354,7 +350,7 @@ class Cleanup(SlimPass):
         nodes_before = sum(1 for _ in model.graph)
         ops_before = {node.op_type for node in model.graph}
         constants_before = sum(1 for node in model.graph if node.op_type == "Constant")
-        opset_before = _onnx_opset(model)
+        opset_before = onnx_opset(model)
         modified, dropped = self._run_robustly(model)
         nodes_after = sum(1 for _ in model.graph)
         ops_after = {node.op_type for node in model.graph}
@@ -365,7 +361,7 @@ class Cleanup(SlimPass):
             - sum(1 for node in model.graph if node.op_type == "Constant"),
             "batchnorm_folded": "BatchNormalization" in ops_before
             and "BatchNormalization" not in ops_after,
-            "opset": f"{opset_before} -> {_onnx_opset(model)}",
+            "opset": f"{opset_before} -> {onnx_opset(model)}",
         }
         if dropped:
             summary["dropped_steps"] = [

@@ -390,3 +390,17 @@ def test_parameter_count_reads_subgraphs_and_every_constant_form() -> None:
     # w (3) + value_float (1) + value_floats (2) + the then-branch initializer (2) + the
     # else-branch Constant (2)
     assert parameter_count(model) == 10
+
+
+def test_onnx_opset_reads_either_default_domain_spelling() -> None:
+    from onnxslim.model import onnx_opset
+
+    model = ir.from_onnx_text(
+        '<ir_version: 8, opset_import: ["" : 15]> g (float[1] x) => (float[1] y) { y = Relu (x) }'
+    )
+    assert onnx_opset(model) == 15 and onnx_opset(model.graph) == 15
+    model.opset_imports.pop("")
+    model.opset_imports["ai.onnx"] = 12
+    assert onnx_opset(model) == 12
+    model.opset_imports.pop("ai.onnx")
+    assert onnx_opset(model) is None

@@ -1,7 +1,7 @@
 """Facts of a model, one home each: node MACs, parameter count, static shapes, the value probe."""
 
 from onnxslim.model._macs import ShapeOf, node_macs, shape_lookup
-from onnxslim.model._ops import INTEGER_OPS, MAC_OPS, WEIGHT_INPUTS
+from onnxslim.model._ops import INTEGER_OPS, MAC_OPS, WEIGHT_INPUTS, onnx_opset
 from onnxslim.model._probe import ValueProbe, expose_values, probe_values
 from onnxslim.model._shapes import inferred_shapes, observed_shapes
 from onnxslim.model._stats import PARAMETER_DTYPES, ModelStats, model_stats, parameter_count
@@ -22,4 +22,5 @@ __all__ = [
     "WEIGHT_INPUTS",
     "INTEGER_OPS",
     "MAC_OPS",
+    "onnx_opset",
 ]

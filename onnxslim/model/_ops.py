@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["WEIGHT_INPUTS", "INTEGER_OPS", "MAC_OPS", "CONV_OPS", "CONV_TRANSPOSE_OPS"]
+import onnx_ir as ir
+
+__all__ = [
+    "onnx_opset",
+    "WEIGHT_INPUTS",
+    "INTEGER_OPS",
+    "MAC_OPS",
+    "CONV_OPS",
+    "CONV_TRANSPOSE_OPS",
+]
 
 # op -> input slots holding the op's parameters; the FIRST slot is the kernel (Conv W, Gemm and
 # MatMul B) whose shape gives the MACs. Scalars there are still weights (a 1-channel bias).
@@ -74,3 +83,10 @@ INTEGER_OPS = frozenset(
         "QAttention",
     }
 )
+
+
+def onnx_opset(model: ir.Model | ir.Graph) -> int | None:
+    """The default-domain opset a model (or graph) imports ("" or "ai.onnx"); None if neither."""
+    imports = model.opset_imports
+    version = imports.get("", imports.get("ai.onnx"))
+    return None if version is None else int(version)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from onnxslim._errors import SlimError, UnsupportedModelError
-from onnxslim.model import WEIGHT_INPUTS
+from onnxslim.model import WEIGHT_INPUTS, onnx_opset
 from onnxslim.torch_bridge._kernels import KERNELS, UnsupportedKernelError, constant_value
 
 __all__ = ["OnnxModule"]
@@ -59,10 +59,7 @@ def _slot_of(slots: dict[int, int], value: ir.Value) -> int:
 
 
 def _opset(model: ir.Model) -> int:
-    version = model.graph.opset_imports.get("", model.graph.opset_imports.get("ai.onnx"))
-    if version is None:
-        version = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-    return int(version)
+    return onnx_opset(model.graph) or onnx_opset(model) or 1
 
 
 class OnnxModule(nn.Module):

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import onnx_ir as ir
 
+from onnxslim.model import onnx_opset
 from onnxslim.passes.pruning._family import Blocked, Family
 from onnxslim.passes.pruning._handlers import HANDLERS
 from onnxslim.passes.pruning._ir import constant_array, is_constant
@@ -21,7 +22,7 @@ class GraphView:
         self.graph = model.graph
         self.shapes = dict(shapes)
         self.prune_hidden = prune_hidden
-        self.opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+        self.opset = onnx_opset(model) or 13
         self.graph_inputs = {v for v in self.graph.inputs if not v.is_initializer()}
         self.graph_outputs = set(self.graph.outputs)
         self._families: dict[int, list[Family] | str] = {}

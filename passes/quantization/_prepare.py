@@ -13,6 +13,7 @@ import onnx_ir.passes.common as common_passes
 import onnxscript.optimizer
 
 from onnxslim import UnsupportedModelError, load, model_file_size, save
+from onnxslim.model import onnx_opset
 
 __all__ = ["MIN_OPSET", "Prepared", "prepare"]
 
@@ -73,7 +74,7 @@ def prepare(model: ir.Model, workdir: Path) -> Prepared:
 
 def _upgrade_opset(prepared: ir.Model) -> ir.Model:
     """``prepared`` at opset >= 13 (a new model when converted)."""
-    opset = prepared.opset_imports.get("", prepared.opset_imports.get("ai.onnx"))
+    opset = onnx_opset(prepared)
     if opset is None or opset >= MIN_OPSET:
         return prepared
     from onnx import version_converter
