@@ -269,9 +269,8 @@ def worker(args: argparse.Namespace) -> None:
         result["summary"] = summary
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mb()
-    Path(args.json).write_text(
-        json.dumps(result, default=str)
-    )  # to the parent process, not a report
+    # to the parent process, not a report
+    Path(args.json).write_text(json.dumps(result, default=str))
 
 
 def run_worker(
@@ -378,9 +377,9 @@ def speed(float_path: Path, paths: list[Path], feeds: dict, runs: int, threads: 
 def config_sweep(names: list[str], batches: list[int], runs: int, threads: int) -> None:
     """fp32/int8 of ORT's int8 configurations (types, granularity, reduce_range, format,
     session.qdqisint8allowed), interleaved with spinning off; SQNR vs fp32."""
-
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from onnxslim.fidelity import sqnr_db
     from onnxslim.runtime import create_session, interleaved_timing, session_options, session_run
 
     u8, s8 = QuantType.QUInt8, QuantType.QInt8
@@ -440,8 +439,7 @@ def config_sweep(names: list[str], batches: list[int], runs: int, threads: int) 
                 reference = outputs["fp32"]
                 for label, _ in sessions:
                     median = medians[label]
-                    noise = float(((reference - outputs[label]) ** 2).sum())
-                    sqnr = 10 * np.log10(float((reference**2).sum()) / max(noise, 1e-30))
+                    sqnr = sqnr_db(reference, outputs[label])
                     print(
                         f"| {name} | {batch} | {label} | {1e3 * median:.2f} | "
                         f"{base / median:.2f}x | {sqnr:.1f} |",

@@ -346,8 +346,7 @@ class Pipeline:
                 onnx.checker.check_model(str(path), full_check=True)
             except Exception as error:
                 raise VerificationError(
-                    f"pass '{name}' produced a model the ONNX checker rejects: "
-                    f"{str(error).strip().splitlines()[0]}"
+                    f"pass '{name}' produced a model the ONNX checker rejects: {_first_line(error)}"
                 ) from None
             outputs = self._outputs(path, samples, providers, stage=name)
         for ref, out in zip(reference_outputs, outputs):

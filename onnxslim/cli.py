@@ -49,9 +49,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _progress(args: argparse.Namespace):
+    from onnxslim.formatting import progress_to_stderr
+
     if getattr(args, "quiet", False) or not sys.stderr.isatty():
         return None
-    return lambda message: print(message, file=sys.stderr, flush=True)
+    return progress_to_stderr
 
 
 # --- optimize -------------------------------------------------------------------------------

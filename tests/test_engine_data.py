@@ -17,6 +17,23 @@ from onnxslim.benchmark._cli import build_parser, run_bench
 from onnxslim.inputs import ItemsReader, NpzReader, SampleReader, open_reader, samples
 
 
+class OrtStyle:
+    """ONNX Runtime's CalibrationDataReader protocol only: get_next()/rewind()."""
+
+    def __init__(self, items: list[dict[str, np.ndarray]]) -> None:
+        self.items = items
+        self.index = 0
+
+    def get_next(self):
+        if self.index >= len(self.items):
+            return None
+        self.index += 1
+        return self.items[self.index - 1]
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
 class Probe(SlimPass):
     """Records what a pass sees of the user's data; changes nothing."""
 
@@ -94,21 +111,7 @@ def test_samples_leaves_a_get_next_reader_rewound_when_it_stops_early() -> None:
         )
     )
 
-    class OrtStyle:  # ONNX Runtime's CalibrationDataReader protocol only
-        def __init__(self) -> None:
-            self.items = [{"x": np.full((1, 1), i, np.float32)} for i in range(5)]
-            self.index = 0
-
-        def get_next(self):
-            if self.index >= len(self.items):
-                return None
-            self.index += 1
-            return self.items[self.index - 1]
-
-        def rewind(self) -> None:
-            self.index = 0
-
-    data = OrtStyle()
+    data = OrtStyle([{"x": np.full((1, 1), i, np.float32)} for i in range(5)])
     assert [float(f["x"][0, 0]) for f in samples(data, model, 2)] == [0.0, 1.0]
     assert data.index == 0
 
@@ -200,22 +203,10 @@ def test_bench_data_with_a_wrong_input_name_fails_before_timing(
 
 
 def test_an_ort_style_reader_is_pipeline_data(conv_bn_path: Path) -> None:
-    class OrtStyle:  # get_next()/rewind() only, as onnxruntime.quantization expects
-        def __init__(self) -> None:
-            self.items = [{"x": _stack(2, seed)} for seed in range(3)]
-            self.index = 0
-
-        def get_next(self):
-            if self.index >= len(self.items):
-                return None
-            self.index += 1
-            return self.items[self.index - 1]
-
-        def rewind(self) -> None:
-            self.index = 0
-
     probe = Probe()
-    result = onnxslim.Pipeline([probe], num_samples=2).run(conv_bn_path, data=OrtStyle())
+    result = onnxslim.Pipeline([probe], num_samples=2).run(
+        conv_bn_path, data=OrtStyle([{"x": _stack(2, seed)} for seed in range(3)])
+    )
     assert result.report.samples == 2
     assert probe.seen["verification"] == [(2, 3, 8, 8)] * 2  # its items, as given
     assert probe.seen["batches"] == [2, 2, 2] and probe.seen["reopened_at_2"] == [2, 2, 2]

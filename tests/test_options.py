@@ -87,7 +87,7 @@ def test_options_come_from_the_declaration_only() -> None:
     from onnxslim.options import option_specs
     from onnxslim.registry import PASSES, get_options_class, get_pass_class
 
-    assert get_options_class("quantize") is not None  # declared since wave 2
+    assert get_options_class("quantize") is not None  # quantize declares its options too
     specs = get_pass_class("quantize").options()
     assert specs["latency_batch"].default == 1 and specs["latency_batch"].annotation is int
     assert all(get_options_class(name) is not None for name in PASSES)  # every pass declares

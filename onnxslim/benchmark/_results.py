@@ -7,16 +7,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-from onnxslim.benchmark._records import (
-    SCHEMA_VERSION,
-    LatencyStats,
-    Measurement,
-    RatioStats,
-    ResultRecord,
-)
+from onnxslim.benchmark._records import ResultRecord
 from onnxslim.benchmark._report import html_report, markdown_report
 
-__all__ = ["LatencyStats", "RatioStats", "Measurement", "BenchmarkResult", "SCHEMA_VERSION"]
+__all__ = ["BenchmarkResult"]
 
 
 @dataclasses.dataclass

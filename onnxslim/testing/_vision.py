@@ -21,6 +21,12 @@ def resnet_style(
     torch = _torch()
     nn = torch.nn
 
+    def shortcut(cin: int, cout: int, stride: int) -> Any:
+        # a 1x1 projection where the residual changes shape, else the identity (None)
+        if stride == 1 and cin == cout:
+            return None
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
     class Basic(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int):
             super().__init__()
@@ -28,11 +34,7 @@ def resnet_style(
             self.bn1 = nn.BatchNorm2d(cout)
             self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(cout)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
+            self.down = shortcut(cin, cout, stride)
 
         def forward(self, x):
             y = torch.relu(self.bn1(self.conv1(x)))
@@ -49,11 +51,7 @@ def resnet_style(
             self.bn2 = nn.BatchNorm2d(mid)
             self.conv3 = nn.Conv2d(mid, cout, 1, bias=False)
             self.bn3 = nn.BatchNorm2d(cout)
-            self.down = None
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(
-                    nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-                )
+            self.down = shortcut(cin, cout, stride)
 
         def forward(self, x):
             y = torch.relu(self.bn1(self.conv1(x)))
