@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from onnxslim.inputs import (
     samples,
 )
 from onnxslim.model import model_stats
+from onnxslim.progress import Task, task
 from onnxslim.runtime import create_session, resolve_providers, session_options
 
 __all__ = ["Bounds", "Pipeline", "Report", "StageRecord", "Result"]
@@ -89,6 +91,20 @@ class Report:
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=False)
 
+    def story(self) -> list[str]:
+        """Each pass's summary as a few lines for people (its registry ``describe`` hook);
+        the ``key=value`` figures stay in :meth:`to_json`."""
+        from onnxslim.registry import describe_summary
+
+        lines = []
+        for stage in self.stages[1:]:
+            described = describe_summary(stage.stage, stage.summary)
+            if described:
+                indent = " " * (len(stage.stage) + 2)
+                lines.append(f"{stage.stage}: {described[0]}")
+                lines += [indent + line for line in described[1:]]
+        return lines
+
     def table(self) -> str:
         header = ["stage", "time", "params", "MACs", "size", "nodes", "fidelity vs input"]
         rows = []
@@ -117,13 +133,7 @@ class Report:
         lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
-        for stage in self.stages:
-            if stage.summary:
-                brief = {k: v for k, v in stage.summary.items() if not isinstance(v, (list, dict))}
-                if brief:
-                    lines.append(
-                        f"{stage.stage}: " + ", ".join(f"{k}={v}" for k, v in brief.items())
-                    )
+        lines += self.story()
         lines.append(f"verified on {self.samples} sample(s) from {self.sample_source}")
         return "\n".join(lines)
 
@@ -236,40 +246,69 @@ class Pipeline:
                 if stage_dir is None
                 else str(save(working, Path(stage_dir) / "00-input.onnx"))
             )
-            previous_outputs = reference_outputs
-            for index, slim_pass in enumerate(self.passes, start=1):
-                if progress:
-                    progress(
-                        f"[{index}/{len(self.passes)}] {slim_pass.name}: {slim_pass.description}"
-                    )
-                started = time.perf_counter()
-                result = run_pass(slim_pass, working, context)
-                working = result.model
-                elapsed = time.perf_counter() - started
-                started = time.perf_counter()
-                record, previous_outputs = self._verify(
-                    slim_pass,
+            with task("optimize", total=len(self.passes), unit="pass") as bar:
+                working = self._run_passes(
                     working,
-                    signature,
-                    verification,
+                    context,
+                    report,
+                    (signature, verification, resolved_providers, reference_outputs),
                     sizes,
-                    resolved_providers,
-                    reference_outputs,
-                    previous_outputs,
+                    progress,
+                    stage_dir,
+                    bar,
                 )
-                record.wall_time_s = elapsed
-                record.verify_time_s = time.perf_counter() - started
-                record.modified = result.modified
-                record.summary = dict(result.summary)
-                if stage_dir is not None:
-                    kept = save(working, Path(stage_dir) / f"{index:02d}-{slim_pass.name}.onnx")
-                    record.model_path = str(kept)
-                report.stages.append(record)
-                if progress:
-                    progress(
-                        f"      done in {elapsed:.1f}s (verified in {record.verify_time_s:.1f}s)"
-                    )
             return Result(model=working, report=report)
+
+    def _run_passes(
+        self,
+        working: ir.Model,
+        context: PassContext,
+        report: Report,
+        checks: tuple[Any, list[Feeds], list[str], list[Feeds]],
+        sizes: DimSizes | None,
+        progress: Callable[[str], None] | None,
+        stage_dir: str | os.PathLike | None,
+        bar: Task,
+    ) -> ir.Model:
+        """Every pass in turn, each verified; the stage bar moves on after each.
+
+        ``checks``: the input's signature, the verification samples, the providers and the
+        input's outputs on them.
+        """
+        signature, verification, providers, reference_outputs = checks
+        previous_outputs = reference_outputs
+        for index, slim_pass in enumerate(self.passes, start=1):
+            bar.describe(stage=slim_pass.name)
+            if progress:
+                progress(f"[{index}/{len(self.passes)}] {slim_pass.name}: {slim_pass.description}")
+            started = time.perf_counter()
+            result = run_pass(slim_pass, working, context)
+            working = result.model
+            elapsed = time.perf_counter() - started
+            started = time.perf_counter()
+            bar.describe(stage=f"{slim_pass.name} (verifying)")
+            record, previous_outputs = self._verify(
+                slim_pass,
+                working,
+                signature,
+                verification,
+                sizes,
+                providers,
+                reference_outputs,
+                previous_outputs,
+            )
+            record.wall_time_s = elapsed
+            record.verify_time_s = time.perf_counter() - started
+            record.modified = result.modified
+            record.summary = dict(result.summary)
+            if stage_dir is not None:
+                kept = save(working, Path(stage_dir) / f"{index:02d}-{slim_pass.name}.onnx")
+                record.model_path = str(kept)
+            report.stages.append(record)
+            bar.advance(1, stage=slim_pass.name)
+            if progress:
+                progress(f"      done in {elapsed:.1f}s (verified in {record.verify_time_s:.1f}s)")
+        return working
 
     def _samples(
         self, working: ir.Model, reader: SampleReader | None, sizes: DimSizes | None
@@ -412,6 +451,16 @@ def _check_exact(slim_pass: SlimPass, previous: list[Feeds], outputs: list[Feeds
                 )
 
 
+# ORT's prefix and the C++ source location and failed check inside its messages: noise to users
+_ORT_NOISE = (
+    re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : "),
+    re.compile(r"/onnxruntime_src/\S+:\d+ (onnxruntime::\S+\(.*?\) .*? was false\. )?"),
+)
+
+
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    text = lines[0] if lines else type(error).__name__
+    for noise in _ORT_NOISE:
+        text = noise.sub("", text)
+    return text

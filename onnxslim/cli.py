@@ -49,11 +49,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _progress(args: argparse.Namespace):
+    """Stage lines above the bars, where bars are drawn (a terminal, not quiet, not CI)."""
+    from onnxslim import progress
     from onnxslim.formatting import progress_to_stderr
 
-    if getattr(args, "quiet", False) or not sys.stderr.isatty():
-        return None
-    return progress_to_stderr
+    return progress_to_stderr if progress.enabled() else None
 
 
 # --- optimize -------------------------------------------------------------------------------
@@ -345,17 +345,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # a bad flag (e.g. --shape) is a user error: exit code 2, returned
         return exit_.code if isinstance(exit_.code, int) else 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    if not args.debug:
-        # third-party libraries log at WARNING about things users cannot act on
-        for noisy in ("onnxscript", "onnx_ir"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    from onnxslim._terminal import terminal
+
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        code = int(args.handler(args) or 0)
+        with terminal(debug=args.debug, quiet=bool(getattr(args, "quiet", False))):
+            code = int(args.handler(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
         return code
     except BrokenPipeError:

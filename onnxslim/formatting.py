@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from onnxslim._json import json_safe
 
 __all__ = ["human_bytes", "human_count", "json_safe", "progress_to_stderr"]
@@ -26,5 +24,8 @@ def human_bytes(size: float) -> str:
 
 
 def progress_to_stderr(message: str) -> None:
-    """A ``progress`` callback for ``Pipeline.run``: one flushed line on stderr per event."""
-    print(message, file=sys.stderr, flush=True)
+    """A ``progress`` callback for ``Pipeline.run``: one flushed line on stderr per event
+    (above any open progress bar, see :func:`onnxslim.progress.write`)."""
+    from onnxslim.progress import write
+
+    write(message)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from onnxslim._errors import RecipeError
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from onnxslim._pass import SlimPass
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PASSES",
     "PassEntry",
+    "describe_summary",
     "get_options_class",
     "get_pass_class",
     "get_pass_hook",
@@ -36,11 +40,14 @@ class PassEntry:
         target: The pass class.
         options: Its declared ``Options`` dataclass, in a module light enough for ``--help``.
         hooks: Named inspection helpers, e.g. ``groups`` for ``onnxslim inspect --groups``.
+        describe: ``describe(summary: dict) -> list[str]``: the pass's summary as a few lines
+            for people (the CLI's and the HTML report's story); ``None``: a pointer to the JSON.
     """
 
     target: str
     options: str
     hooks: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    describe: str | None = None
 
     @property
     def module(self) -> str:
@@ -55,19 +62,23 @@ PASSES: dict[str, PassEntry] = {
     "cleanup": PassEntry(
         "onnxslim.passes._cleanup:Cleanup",
         options="onnxslim.passes._cleanup_options:CleanupOptions",
+        describe="onnxslim.passes._cleanup_describe:describe",
     ),
     "prune": PassEntry(
         "onnxslim.passes.pruning:StructuredPrune",
         options="onnxslim.passes.pruning._options:PruneOptions",
         hooks={"groups": "onnxslim.passes.pruning:dependency_groups"},
+        describe="onnxslim.passes.pruning._describe:describe",
     ),
     "distill": PassEntry(
         "onnxslim.passes.distillation:Distill",
         options="onnxslim.passes.distillation._options:DistillOptions",
+        describe="onnxslim.passes.distillation._describe:describe",
     ),
     "quantize": PassEntry(
         "onnxslim.passes.quantization:QuantizeStatic",
         options="onnxslim.passes.quantization._options:QuantizeOptions",
+        describe="onnxslim.passes.quantization._describe:describe",
     ),
 }
 
@@ -105,3 +116,22 @@ def get_pass_hook(name: str, hook: str) -> Callable[..., Any]:
     if hook not in entry.hooks:
         raise RecipeError(f"pass '{name}' has no '{hook}' hook; it has: {sorted(entry.hooks)}.")
     return _resolve(entry.hooks[hook])
+
+
+def describe_summary(name: str, summary: Mapping[str, Any]) -> list[str]:
+    """Pass ``name``'s summary as lines for people, by the pass's ``describe`` hook.
+
+    Never raises: an unknown pass, a pass without the hook, or a hook failing on a summary it
+    does not know yet all give one line pointing at the JSON report (which has every key).
+    """
+    if not summary:
+        return []
+    entry = PASSES.get(name)
+    if entry is not None and entry.describe is not None:
+        try:
+            lines = [str(line) for line in _resolve(entry.describe)(summary)]
+            if lines:
+                return lines
+        except Exception:  # a summary's story must never fail the run it describes
+            logger.debug("describe hook of pass '%s' failed", name, exc_info=True)
+    return [f"{len(summary)} figure(s) in the JSON report (--report)."]

@@ -9,6 +9,7 @@ from onnxslim.runtime._session import (
     ort_log_to_python,
     resolve_providers,
     session_options,
+    set_log_severity,
 )
 from onnxslim.runtime._timing import InterleavedTiming, interleaved_timing, rotation, session_run
 
@@ -30,4 +31,5 @@ __all__ = [
     "rotation",
     "session_options",
     "session_run",
+    "set_log_severity",
 ]

@@ -22,6 +22,7 @@ __all__ = [
     "session_options",
     "create_session",
     "ort_log_to_python",
+    "set_log_severity",
 ]
 
 PROVIDER_ALIASES = {
@@ -47,6 +48,16 @@ ERROR_SEVERITY = 3
 # ORT's warnings judge the graph it was given (unused initializers, ...): INFO, not the user's warning.
 _PYTHON_LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _ORT_LOGGER = logging.getLogger("onnxslim.ort")
+_severity = ERROR_SEVERITY  # session_options' default threshold (--debug lowers it)
+
+
+def set_log_severity(severity: int) -> int:
+    """The default log threshold of :func:`session_options` (3: errors only; the CLI's
+    ``--debug`` sets 2, warnings too); returns the previous one. ORT's environment log is
+    set by :func:`ort_log_to_python`."""
+    global _severity
+    previous, _severity = _severity, severity
+    return previous
 
 
 def resolve_providers(names: str | Sequence[str] | None) -> list[str]:
@@ -78,7 +89,7 @@ def session_options(
     optimized_external_data: str | None = None,
     optimized_external_min_bytes: int = 1 << 20,
     external_initializers_folder: str | os.PathLike | None = None,
-    log_severity_level: int = ERROR_SEVERITY,
+    log_severity_level: int | None = None,
     config: Mapping[str, str] | None = None,
 ) -> ort.SessionOptions:
     """SessionOptions; pass ``allow_spinning=False`` whenever two sessions are timed side by side.
@@ -92,11 +103,12 @@ def session_options(
             model's weights of at least ``optimized_external_min_bytes``: keeps big models under
             protobuf's 2 GiB limit.
         external_initializers_folder: Folder of the external weights of a model given as bytes.
-        log_severity_level: The session's log threshold (3: errors only, nothing on a terminal).
+        log_severity_level: The session's log threshold; default 3 (errors only), see
+            :func:`set_log_severity`.
         config: Further session config entries (``add_session_config_entry``).
     """
     options = ort.SessionOptions()
-    options.log_severity_level = log_severity_level
+    options.log_severity_level = _severity if log_severity_level is None else log_severity_level
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     if inter_op_threads:
