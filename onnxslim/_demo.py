@@ -156,17 +156,16 @@ def run_demo(args: argparse.Namespace, progress: Callable[[str], None] | None = 
         )
     bench = _bench(stage_paths, labels, quick)
     html = out_dir / "report.html"
-    bench.write(html_path=html, json_path=out_dir / "benchmark.json")
+    bench.write(
+        html_path=html, json_path=out_dir / "benchmark.json", pipeline=result.report.to_dict()
+    )
     rows = _stage_rows(stages, stage_paths, bench, data)
     if not getattr(args, "quiet", False):
         print(_table(rows))
         print(
             f"test set: {len(data['test_labels'])} held-out digits; speed = input latency / stage latency on CPU (interleaved rounds, median ratio)"
         )
-        for stage in stages[1:]:
-            brief = {k: v for k, v in stage.summary.items() if not isinstance(v, (list, dict))}
-            if stage.stage == "quantize" and "fallback" in brief:
-                print(f"quantize: {brief['fallback']}")
+        print("\n".join(result.report.story()))
         print(f"wrote {output}, {out_dir / 'report.json'} and the HTML report {html}")
         print(f"demo took {time.perf_counter() - started:.0f}s")
     return 0

@@ -246,7 +246,7 @@ class Pipeline:
                 if stage_dir is None
                 else str(save(working, Path(stage_dir) / "00-input.onnx"))
             )
-            with task("optimize", total=len(self.passes), unit="pass") as bar:
+            with task("optimize", total=len(self.passes), unit="pass", eta=False) as bar:
                 working = self._run_passes(
                     working,
                     context,

@@ -127,7 +127,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     gate_failures: list[str] = []
     bench_text = ""
     if args.bench:
-        bench, gate_failures, bench_text = _bench_input_output(args, output, sizes)
+        bench, gate_failures, bench_text = _bench_input_output(
+            args, output, sizes, result.report.to_dict()
+        )
         result.report.benchmark = bench.to_dict()
     if args.report:
         Path(args.report).write_text(result.report.to_json() + "\n", encoding="utf-8")
@@ -146,7 +148,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _bench_input_output(
-    args: argparse.Namespace, output: Path, sizes: dict[str, Any]
+    args: argparse.Namespace, output: Path, sizes: dict[str, Any], pipeline: dict[str, Any]
 ) -> tuple[Any, list[str], str]:
     """Benchmarks input vs output on the ``--bench`` providers; writes the HTML page beside the output."""
     from onnxslim.benchmark import Gates, benchmark, check_gates
@@ -156,7 +158,7 @@ def _bench_input_output(
         [args.model, output], providers=args.bench, sizes=sizes or None, labels=["input", "output"]
     )
     html = output.with_suffix(".bench.html")
-    bench.write(html_path=html)
+    bench.write(html_path=html, pipeline=pipeline)
     gates = Gates(
         fidelity=FidelityBounds(
             min_sqnr_db=args.gate_min_sqnr, min_top1_agreement=args.gate_min_top1

@@ -25,6 +25,8 @@ _BAR_FORMAT = (
     "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} "
     "[{elapsed}, ETA {remaining}{postfix}]"
 )
+# steps of very unequal length (the pipeline's passes): an ETA from the first would mislead
+_NO_ETA_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {unit} [{elapsed}{postfix}]"
 
 
 def set_quiet(quiet: bool) -> None:
@@ -50,6 +52,16 @@ def enabled(requested: bool | None = None) -> bool:
     return bool(getattr(stream, "isatty", None) and stream.isatty())
 
 
+def _size() -> tuple[int, int] | None:
+    """None: follow the terminal's size; 100x20 where it reports 0x0 (a bare pty, a recording),
+    on which tqdm draws nothing at all."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return 100, 20
+    return None if size.columns > 0 and size.lines > 0 else (100, 20)
+
+
 def _field(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -58,21 +70,30 @@ class Task:
     """One running bar; a silent one when bars are off (same calls, nothing drawn)."""
 
     def __init__(
-        self, description: str, total: int | None, unit: str, show: bool | None = None
+        self,
+        description: str,
+        total: int | None,
+        unit: str,
+        show: bool | None = None,
+        eta: bool = True,
     ) -> None:
         self._bar: Any = None
+        self._format = _BAR_FORMAT if eta else _NO_ETA_FORMAT
         if enabled(show):
             from tqdm import tqdm
 
+            size = _size()
             self._bar = tqdm(
                 total=total,
                 desc=description,
                 unit=unit,
                 file=sys.stderr,
                 leave=False,
-                dynamic_ncols=True,
+                dynamic_ncols=size is None,
+                ncols=size and size[0],
+                nrows=size and size[1],
                 mininterval=0.2,
-                bar_format=_BAR_FORMAT if total else None,
+                bar_format=self._format if total else None,
             )
 
     @property
@@ -97,7 +118,7 @@ class Task:
         """A total learned late (rounds that fit a time budget): percent and ETA from now on."""
         if self._bar is not None and total != self._bar.total:
             self._bar.total = total
-            self._bar.bar_format = _BAR_FORMAT
+            self._bar.bar_format = self._format
             self._bar.refresh()
 
     def close(self) -> None:
@@ -108,13 +129,19 @@ class Task:
 
 @contextlib.contextmanager
 def task(
-    description: str, total: int | None = None, unit: str = "it", *, show: bool | None = None
+    description: str,
+    total: int | None = None,
+    unit: str = "it",
+    *,
+    show: bool | None = None,
+    eta: bool = True,
 ) -> Iterator[Task]:
     """``with task("calibration", total=n, unit="sample") as bar: ... bar.advance()``.
 
-    ``show``: the caller's own switch, see :func:`enabled`.
+    ``show``: the caller's own switch, see :func:`enabled`; ``eta=False`` for steps of very
+    unequal length.
     """
-    bar = Task(description, total, unit, show)
+    bar = Task(description, total, unit, show, eta)
     try:
         yield bar
     finally:

@@ -98,7 +98,10 @@ def _coverage_or_note(
 
 
 def _timed_rounds(
-    runners: Sequence[SessionRunner], runs: int | None, time_budget_s: float | None
+    runners: Sequence[SessionRunner],
+    runs: int | None,
+    time_budget_s: float | None,
+    label: str = "benchmark",
 ) -> list[list[float]]:
     """Runs every model once per round, rotating the order (A B, B A, ...); seconds per model."""
     timing = interleaved_timing(
@@ -106,6 +109,7 @@ def _timed_rounds(
         rounds=runs,
         time_budget_s=time_budget_s,
         min_rounds=_MIN_RUNS_IN_BUDGET,
+        progress=label,
     )
     return timing.seconds
 
@@ -319,7 +323,12 @@ def _measure_provider(
             _start_session(model, provider, options, options_for_provider, timed_feeds, run.warmup)
             for model in entries
         ]
-        seconds = _timed_rounds([s.runner for s in sessions], run.runs, run.time_budget_s)
+        seconds = _timed_rounds(
+            [s.runner for s in sessions],
+            run.runs,
+            run.time_budget_s,
+            f"benchmark {provider.removesuffix('ExecutionProvider')} batch {batch}",
+        )
         measurements += _measure_batch(
             entries, sessions, provider, batch, seconds, fidelity_feeds, coverages, run.metric
         )

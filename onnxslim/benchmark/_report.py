@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from onnxslim.benchmark._passes_html import esc as _esc
+from onnxslim.benchmark._passes_html import pass_sections
+from onnxslim.benchmark._passes_html import table as _table
 from onnxslim.benchmark._records import Measurement, ResultRecord
 
-__all__ = ["markdown_report", "html_report", "measurement_rows"]
+__all__ = ["markdown_report", "html_report", "measurement_rows", "pass_sections"]
 
 _PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f"]
 _COLUMNS = [
@@ -121,10 +124,6 @@ def markdown_report(result: ResultRecord) -> str:
 
 
 # ---------------------------------------------------------------- SVG charts
-
-
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -373,15 +372,16 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 """
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], css_class: str = "") -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    thead = f"<thead><tr>{head}</tr></thead>" if any(header) else ""
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{css_class}">{thead}<tbody>{body}</tbody></table>'
+def html_report(
+    result: ResultRecord,
+    title: str = "onnxslim benchmark",
+    pipeline: Mapping[str, Any] | None = None,
+) -> str:
+    """A single HTML file: context, charts per provider x batch, tables. No script, no external URL.
 
-
-def html_report(result: ResultRecord, title: str = "onnxslim benchmark") -> str:
-    """A single HTML file: context, charts per provider x batch, tables. No script, no external URL."""
+    ``pipeline``: the report of the pipeline run that made the models (``Report.to_dict()``):
+    a short table per pass goes next to the charts.
+    """
     machine = result.machine
     facts = [
         ["CPU", f"{machine.cpu_model} ({machine.logical_cpus} logical CPUs)"],
@@ -407,6 +407,7 @@ def html_report(result: ResultRecord, title: str = "onnxslim benchmark") -> str:
     sections.append(
         "<ul>" + "".join(f"<li>{_esc(line)}</li>" for line in _context_lines(result)[1:]) + "</ul>"
     )
+    sections += pass_sections(pipeline or {})
     sections.append("<h2>Charts</h2>")
     for provider, batch, items in _groups(result):
         group = f"{_short_provider(provider)}, batch {batch}"

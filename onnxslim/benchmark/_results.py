@@ -20,20 +20,22 @@ class BenchmarkResult(ResultRecord):
     def to_markdown(self) -> str:
         return markdown_report(self)
 
-    def to_html(self, title: str = "onnxslim benchmark") -> str:
-        return html_report(self, title=title)
+    def to_html(self, title: str = "onnxslim benchmark", pipeline: dict | None = None) -> str:
+        """The HTML page; ``pipeline`` (``Report.to_dict()``) adds a short table per pass."""
+        return html_report(self, title=title, pipeline=pipeline)
 
     def write(
         self,
         json_path: str | os.PathLike | None = None,
         html_path: str | os.PathLike | None = None,
         markdown_path: str | os.PathLike | None = None,
+        pipeline: dict | None = None,
     ) -> list[Path]:
-        """Writes the reports asked for; returns their paths."""
+        """Writes the reports asked for; returns their paths (``pipeline``: see ``to_html``)."""
         written = []
         for path, render in (
             (json_path, self.to_json),
-            (html_path, self.to_html),
+            (html_path, lambda: self.to_html(pipeline=pipeline)),
             (markdown_path, self.to_markdown),
         ):
             if path is not None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from onnxslim.progress import task
+
 __all__ = ["InterleavedTiming", "interleaved_timing", "session_run", "rotation"]
 
 # run(index): one inference on feed ``index`` (cycled); its return value is ignored.
@@ -75,6 +77,28 @@ def _warm_up(runs: Sequence[Run], warmup: int) -> float:
     return fastest
 
 
+def _done(
+    count: int, rounds: int | None, budget: float | None, min_rounds: int, started: float
+) -> bool:
+    """Whether the timing is over: ``rounds`` run, or the budget spent after ``min_rounds``."""
+    if rounds is not None:
+        return count >= rounds
+    return budget is not None and count >= min_rounds and time.perf_counter() - started >= budget
+
+
+def _timed_round(runs: Sequence[Run], timing: InterleavedTiming, repeat: int) -> None:
+    """One round: every model once (a block of ``repeat`` runs), in the rotated order."""
+    round_index = len(timing.order)
+    order = rotation(round_index, len(runs))
+    for index in order:
+        run = runs[index]
+        block_started = time.perf_counter()
+        for _ in range(repeat):
+            run(round_index)
+        timing.seconds[index].append((time.perf_counter() - block_started) / repeat)
+    timing.order.append(order)
+
+
 def interleaved_timing(
     runs: Sequence[Run],
     *,
@@ -83,6 +107,7 @@ def interleaved_timing(
     min_rounds: int = 3,
     warmup: int = 0,
     min_block_s: float = 0.0,
+    progress: str | None = None,
 ) -> InterleavedTiming:
     """Times ``runs`` in interleaved rounds, order rotated every round (see :func:`rotation`).
 
@@ -95,6 +120,8 @@ def interleaved_timing(
         min_block_s: A model faster than this (fastest warm-up run) is timed in blocks of
             back-to-back runs lasting about this long, the same count for every model, so timer
             resolution does not decide between two sub-millisecond models (needs ``warmup`` >= 1).
+        progress: A bar over the rounds with this label (``onnxslim.progress``: on a terminal
+            only); with a time budget its total is estimated from the first round.
     """
     if rounds is None and time_budget_s is None:
         raise ValueError("interleaved_timing: give rounds or time_budget_s")
@@ -102,24 +129,11 @@ def interleaved_timing(
     repeat = max(1, min(_MAX_REPEAT, math.ceil(min_block_s / max(fastest, 1e-6))))
     timing = InterleavedTiming(seconds=[[] for _ in runs], order=[], repeat=repeat)
     started = time.perf_counter()
-    round_index = 0
-    while True:
-        if rounds is not None and round_index >= rounds:
-            break
-        if (
-            rounds is None
-            and time_budget_s is not None
-            and round_index >= min_rounds
-            and time.perf_counter() - started >= time_budget_s
-        ):
-            break
-        order = rotation(round_index, len(runs))
-        for index in order:
-            run = runs[index]
-            block_started = time.perf_counter()
-            for _ in range(repeat):
-                run(round_index)
-            timing.seconds[index].append((time.perf_counter() - block_started) / repeat)
-        timing.order.append(order)
-        round_index += 1
+    with task(progress or "timing", rounds, "round", show=None if progress else False) as bar:
+        while not _done(len(timing.order), rounds, time_budget_s, min_rounds, started):
+            _timed_round(runs, timing, repeat)
+            if rounds is None and time_budget_s is not None and len(timing.order) == 1:
+                per_round = max(time.perf_counter() - started, 1e-9)
+                bar.set_total(max(min_rounds, math.ceil(time_budget_s / per_round)))
+            bar.advance(1)
     return timing
