@@ -252,7 +252,11 @@ def test_optimize_with_bench_and_gates(conv_bn_path: Path, tmp_path: Path, capsy
     assert main([*args, "--max-size-ratio", "2.0"]) == 0
     document = json.loads(report.read_text())
     assert [m["model"] for m in document["benchmark"]["measurements"]] == ["input", "output"]
-    assert out.with_suffix(".bench.html").read_text().count("<svg") >= 1
+    page = out.with_suffix(".bench.html").read_text()
+    assert page.count("<svg") >= 1
+    # the per-pass table next to the charts: figures and the pass's own account
+    assert "<h2>Passes</h2><h3>cleanup</h3>" in page.replace("\n", "")
+    assert "<td>what it did</td><td>4 -&gt; 2 nodes (2 folded, fused or removed).</td>" in page
     capsys.readouterr()
     # the cleaned model is smaller than its input: a size ratio bound of 0.5 must fail with exit 4
     assert main([*args, "--max-size-ratio", "0.5"]) == 4
@@ -279,7 +283,9 @@ def test_optimize_prune_flags_and_inspect_groups(
         == 0
     )
     text = capsys.readouterr().out
-    assert "prune" in text and "pruned_groups=" in text
+    # the summary reads as sentences now (issue 14); pruned_groups stays a key of the JSON report
+    assert "prune" in text and "prune: Pruned " in text and "prunable group(s)" in text
+    assert "pruned_groups=" not in text and "key=value" not in text
     widths = sorted(
         {
             onnx.numpy_helper.to_array(t).shape[0]
