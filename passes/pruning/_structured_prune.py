@@ -81,10 +81,15 @@ class StructuredPrune(SlimPass):
         context: PassContext,
     ) -> dict[int, np.ndarray]:
         batches = None
-        if self.criterion == "activation":
-            batches = _batches(context, model, self.calibration_batches)
+        if self.criterion in ("activation", "taylor"):
+            batches = _batches(context, model, self.calibration_batches, self.criterion)
         return score_groups(
-            analysis.view, analysis.groups, self.criterion, seed=self.seed, batches=batches
+            analysis.view,
+            analysis.groups,
+            self.criterion,
+            seed=self.seed,
+            batches=batches,
+            teacher=context.reference_path,
         )
 
     def _select(self, analysis: PruneAnalysis, scores: Mapping[int, np.ndarray]) -> Plan:
@@ -99,17 +104,21 @@ class StructuredPrune(SlimPass):
         )
 
 
-def _batches(context: PassContext, model: ir.Model, limit: int) -> list[dict[str, np.ndarray]]:
+def _batches(
+    context: PassContext, model: ir.Model, limit: int, criterion: str = "activation"
+) -> list[dict[str, np.ndarray]]:
     """The first ``limit`` batches of the user's data, through the one data door."""
     batches: list[dict[str, np.ndarray]] = []
     if context.data is not None:
-        reader = open_samples(context.data, model, batch_size=fixed_batch(model) or 1)
+        # Taylor's per-sample scores gain from a larger batch (32); activation keeps its 1
+        size = fixed_batch(model) or (32 if criterion == "taylor" else 1)
+        reader = open_samples(context.data, model, batch_size=size)
         for batch in reader:
             batches.append(dict(batch))
             if len(batches) >= limit:
                 break
     if not batches:
         raise SlimError(
-            "prune: criterion 'activation' needs calibration data; pass --data (or use criterion 'l2')."
+            f"prune: criterion '{criterion}' needs calibration data; pass --data (or use criterion 'l2')."
         )
     return batches
