@@ -15,6 +15,7 @@ from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
 from onnxslim.passes.pruning._counts import predicted_macs
+from onnxslim.passes.pruning._hints import record_hints
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
@@ -64,6 +65,7 @@ class StructuredPrune(SlimPass):
             parameters_before=parameter_count(model),
         )
         if not plan.empty:
+            record_hints(model, analysis.groups, plan)  # for feature distillation
             apply_plan(analysis.view, plan)
         outcome.parameters_after = parameter_count(model)
         logger.info(
