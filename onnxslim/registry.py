@@ -65,6 +65,10 @@ PASSES: dict[str, PassEntry] = {
         "onnxslim.passes.distillation:Distill",
         options="onnxslim.passes.distillation._options:DistillOptions",
     ),
+    "prune_distill": PassEntry(
+        "onnxslim.passes._gradual:PruneDistill",
+        options="onnxslim.passes._gradual:PruneDistillOptions",
+    ),
     "quantize": PassEntry(
         "onnxslim.passes.quantization:QuantizeStatic",
         options="onnxslim.passes.quantization._options:QuantizeOptions",
