@@ -41,7 +41,7 @@ class PruneDistillOptions:
     )
     steps: int = option(3, help="prune -> distill steps; MACs targets fall geometrically")
     criterion: str = option(
-        "taylor", help="pruning importance of every step (l2, activation, taylor, ...)"
+        "l2", help="pruning importance of every step (l2, activation, taylor, ...)"
     )
     round_to: int | None = option(None, help="kept counts are multiples of this (prune's rule)")
     data: Any = option(None, help="training data of every distill step; default: the pipeline's")
