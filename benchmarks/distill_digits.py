@@ -32,6 +32,7 @@ from sklearn.model_selection import train_test_split
 import onnxslim
 from onnxslim import testing
 from onnxslim.formatting import json_safe
+from onnxslim.inputs import open_samples
 from onnxslim.passes.distillation import Distill
 from onnxslim.passes.pruning import StructuredPrune
 
@@ -104,11 +105,50 @@ def teacher_and_data(args: argparse.Namespace, tmp: Path):
     return path, train_x, test_x, test_y, time.perf_counter() - started
 
 
+def gradual(args, model, context, teacher_acc, test_x, test_y) -> None:
+    """The prune_distill pass: ``--epochs`` split over ``--steps`` steps, accuracy per step."""
+    from onnxslim.passes._gradual import PruneDistill
+
+    started = time.perf_counter()
+    result = PruneDistill(
+        target_macs=args.target_macs or 0.25,
+        steps=args.steps,
+        criterion=args.criterion,
+        round_to=args.round_to,
+        epochs=max(1, args.epochs // args.steps),
+        lr=args.lr,
+        feature_weight=args.feature_weight,
+        distill={"batch_size": args.batch_size, "threads": args.threads, "seed": args.seed},
+        metric=lambda m: accuracy(m, test_x, test_y),
+    ).apply(model, context)
+    final = result.summary["steps"][-1]
+    summary = {
+        "teacher_accuracy": teacher_acc,
+        "steps": result.summary["steps"],
+        "distilled_accuracy": final["metric"],
+        "gap_to_teacher_points": 100 * (teacher_acc - final["metric"]),
+        "seconds": time.perf_counter() - started,
+    }
+    print(json.dumps(json_safe(summary), allow_nan=False, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(json_safe(summary), allow_nan=False, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", choices=("demo", "train"), default="demo")
     parser.add_argument("--teacher-epochs", type=int, default=15, help="with --teacher train")
     parser.add_argument("--ratio", type=float, default=0.5, help="share of channels removed")
+    parser.add_argument(
+        "--target-macs", type=float, default=None, help="fraction of MACs kept (replaces --ratio)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1, help="> 1: prune_distill in this many steps (epochs split)"
+    )
+    parser.add_argument("--criterion", default="l2", help="pruning importance (l2, taylor, ...)")
+    parser.add_argument(
+        "--feature-weight", type=float, default=0.0, help="feature (hint) loss weight; 0: off"
+    )
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--epochs", "--distill-epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=6e-3)
@@ -132,9 +172,17 @@ def main() -> None:
         model = onnxslim.load(teacher_path)
         macs_before = onnxslim.model_stats(model).macs
         context = onnxslim.PassContext(
-            reference_path=teacher_path, sample_inputs=[{input_name: train_x[:8]}], workdir=tmp
+            reference_path=teacher_path,
+            sample_inputs=[{input_name: train_x[:8]}],
+            data=open_samples({input_name: train_x}),
+            workdir=tmp,
         )
-        prune = StructuredPrune(ratio=args.ratio, round_to=args.round_to).apply(model, context)
+        amount = {"target_macs": args.target_macs} if args.target_macs else {"ratio": args.ratio}
+        if args.steps > 1:
+            return gradual(args, model, context, teacher_acc, test_x, test_y)
+        prune = StructuredPrune(**amount, round_to=args.round_to, criterion=args.criterion).apply(
+            model, context
+        )
         model = prune.model
         macs_after = onnxslim.model_stats(model).macs
         pruned_acc = accuracy(model, test_x, test_y)
@@ -150,6 +198,7 @@ def main() -> None:
             temperature=args.temperature,
             threads=args.threads,
             seed=args.seed,
+            feature_weight=args.feature_weight,
         ).apply(model, context)
         distill_seconds = time.perf_counter() - started
         distilled_acc = accuracy(distill.model, test_x, test_y)
@@ -165,7 +214,10 @@ def main() -> None:
         "distilled_accuracy": distilled_acc,
         "gap_to_teacher_points": gap,
         "within_half_point": gap <= 0.5,
-        "channels_removed": args.ratio,
+        "channels_removed": None if args.target_macs else args.ratio,
+        "target_macs": args.target_macs,
+        "criterion": args.criterion,
+        "feature_weight": args.feature_weight,
         "macs": {"teacher": macs_before, "pruned": macs_after, "ratio": macs_after / macs_before},
         "pruning": {k: v for k, v in prune.summary.items() if not isinstance(v, (list, dict))},
         "teacher_epochs": args.teacher_epochs if args.teacher == "train" else None,
@@ -194,7 +246,7 @@ def main() -> None:
     )
     print(
         f"pruned    test accuracy {100 * pruned_acc:6.2f} %  ({macs_after / 1e6:.2f} M MACs, "
-        f"{100 * macs_after / macs_before:.0f} %; {100 * args.ratio:.0f} % of channels removed)"
+        f"{100 * macs_after / macs_before:.0f} %; criterion {args.criterion})"
     )
     print(
         f"distilled test accuracy {100 * distilled_acc:6.2f} %  ({summary['epochs_run']} epochs, "

@@ -75,6 +75,10 @@ PASSES: dict[str, PassEntry] = {
         options="onnxslim.passes.distillation._options:DistillOptions",
         describe="onnxslim.passes.distillation._describe:describe",
     ),
+    "prune_distill": PassEntry(
+        "onnxslim.passes._gradual:PruneDistill",
+        options="onnxslim.passes._gradual:PruneDistillOptions",
+    ),
     "quantize": PassEntry(
         "onnxslim.passes.quantization:QuantizeStatic",
         options="onnxslim.passes.quantization._options:QuantizeOptions",

@@ -12,10 +12,25 @@ from onnxslim import SlimError
 from onnxslim.fidelity import looks_like_scores
 from onnxslim.passes.distillation._config import LOSS
 
-__all__ = ["OUTPUT_LOSSES", "DistillationLoss", "infer_output_losses", "kl_divergence"]
+__all__ = [
+    "HINT_LOSSES",
+    "OUTPUT_LOSSES",
+    "DistillationLoss",
+    "infer_output_losses",
+    "kl_divergence",
+]
 
 # "kl": logits (softmax at T); "kl_probs": the output already is a probability distribution.
 OUTPUT_LOSSES = ("kl", "kl_probs", "mse", "smooth_l1", "none")
+HINT_LOSSES = ("mse", "smooth_l1", "nmse")
+
+
+def _hint_term(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(student, teacher)
+    loss = F.mse_loss(student, teacher)
+    # nmse: the teacher's scale divides out (a constant: no gradient through it)
+    return loss if kind == "mse" else loss / teacher.detach().square().mean().clamp_min(1e-12)
 
 
 def kl_divergence(
@@ -64,10 +79,12 @@ class DistillationLoss:
         ce_weight: Weight of the cross-entropy on labels, applied to the first KL output.
         hints: Student value name -> teacher value name, compared with ``hint_loss``.
         hint_weight: Weight of each hint term.
-        hint_loss: ``"mse"`` or ``"smooth_l1"``.
+        hint_loss: ``"mse"``, ``"smooth_l1"`` or ``"nmse"`` (MSE over the teacher's mean square:
+            scale-free, so one weight fits activations of any magnitude).
         channel_maps: Student value name -> indices of the teacher channels it kept
             (a pruned student is compared with the teacher's tensor restricted to them).
         channel_axis: The channel axis of hinted tensors.
+        channel_axes: Student value name -> its channel axis, where it is not ``channel_axis``.
     """
 
     def __init__(
@@ -82,14 +99,17 @@ class DistillationLoss:
         hint_loss: str = "mse",
         channel_maps: Mapping[str, Sequence[int]] | None = None,
         channel_axis: int = 1,
+        channel_axes: Mapping[str, int] | None = None,
     ) -> None:
         for name, kind in output_losses.items():
             if kind not in OUTPUT_LOSSES:
                 raise SlimError(
                     f"distill: loss '{kind}' for output '{name}' is unknown; use one of {', '.join(OUTPUT_LOSSES)}."
                 )
-        if hint_loss not in ("mse", "smooth_l1"):
-            raise SlimError(f"distill: hint loss '{hint_loss}' is unknown; use mse or smooth_l1.")
+        if hint_loss not in HINT_LOSSES:
+            raise SlimError(
+                f"distill: hint loss '{hint_loss}' is unknown; use {', '.join(HINT_LOSSES)}."
+            )
         if temperature <= 0:
             raise SlimError(f"distill: temperature must be > 0, got {temperature}.")
         self.output_losses = dict(output_losses)
@@ -104,6 +124,7 @@ class DistillationLoss:
             for name, index in (channel_maps or {}).items()
         }
         self.channel_axis = channel_axis
+        self.channel_axes = dict(channel_axes or {})
         self.logits_output = next(
             (n for n, k in self.output_losses.items() if k in ("kl", "kl_probs")), None
         )
@@ -139,14 +160,14 @@ class DistillationLoss:
             s, t = student[student_name], teacher[teacher_name].to(student[student_name].dtype)
             kept = self.channel_maps.get(student_name)
             if kept is not None:
-                t = t.index_select(self.channel_axis, kept.to(t.device))
+                axis = self.channel_axes.get(student_name, self.channel_axis)
+                t = t.index_select(axis, kept.to(t.device))
             if s.shape != t.shape:
                 raise SlimError(
                     f"distill: hint '{student_name}' has shape {tuple(s.shape)} in the student and "
                     f"{tuple(t.shape)} in the teacher ('{teacher_name}'); give channel_maps for pruned tensors."
                 )
-            loss = F.mse_loss(s, t) if self.hint_loss == "mse" else F.smooth_l1_loss(s, t)
-            parts[f"hint:{student_name}"] = self.hint_weight * loss
+            parts[f"hint:{student_name}"] = self.hint_weight * _hint_term(s, t, self.hint_loss)
         if not parts:
             raise SlimError(
                 "distill: no loss term applies (all outputs set to 'none' and no labels or hints)."

@@ -24,6 +24,7 @@ from onnxslim.passes.distillation._export import DictOutputs, export_module, rep
 from onnxslim.passes.distillation._loop import distributed_context, train
 from onnxslim.passes.distillation._losses import DistillationLoss, infer_output_losses
 from onnxslim.passes.distillation._state import TrainResult, TrainState
+from onnxslim.passes.pruning import read_hints
 from onnxslim.runtime import create_session
 from onnxslim.torch_bridge import OnnxModule
 from onnxslim.torch_bridge import write_back as write_back_weights
@@ -69,6 +70,9 @@ class DistillRun:
     ort_outputs: list[dict[str, np.ndarray]] = dataclasses.field(default_factory=list)
     parity: Fidelity | None = None  # torch student vs the written model in ORT (float outputs)
     fidelity_after: Fidelity | None = None
+    # automatic feature hints (from a pruning record): kept teacher channels and their axes
+    feature_maps: dict[str, list[int]] | None = None
+    feature_axes: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def open(cls, options: Distill, model: ir.Model, context: PassContext) -> DistillRun:
@@ -88,18 +92,25 @@ class DistillRun:
                 "distill: no training data; pass data=... (reader, .npz, iterable of input dicts, DataLoader) or give the pipeline data."
             )
         rank, world_size = distributed_context()
+        hints = _hint_pairs(options.hints)
+        feature_maps: dict[str, list[int]] | None = None
+        feature_axes: dict[str, int] = {}
+        if not hints and options.student is None and options.feature_weight > 0:
+            hints, feature_maps, feature_axes = _feature_hints(model)
         return cls(
             options=options,
             model=model,
             context=context,
             teacher_path=teacher_path,
             data=data,
-            hints=_hint_pairs(options.hints),
+            hints=hints,
             input_names=[v.name or "" for v in model.graph.inputs if not v.is_initializer()],
             output_names=[v.name or "" for v in model.graph.outputs],
             workdir=context.workdir or Path(tempfile.mkdtemp(prefix="onnxslim-distill-")),
             rank=rank,
             world_size=world_size,
+            feature_maps=feature_maps,
+            feature_axes=feature_axes,
         )
 
 
@@ -109,6 +120,22 @@ def _hint_pairs(hints: Mapping[str, str] | Sequence[str] | None) -> dict[str, st
     if isinstance(hints, Mapping):
         return dict(hints)
     return {name: name for name in hints}
+
+
+def _feature_hints(model: ir.Model) -> tuple[dict[str, str], dict[str, list[int]], dict[str, int]]:
+    """The hint points a pruning pass recorded in ``model`` (none: no record), the teacher
+    channels each kept, and their channel axes."""
+    record = read_hints(model)
+    if not record:
+        return {}, {}, {}
+    named = {v.name for node in model.graph for v in node.outputs if v.name}
+    points = [name for name in record["points"] if name in named]
+    kept = {n: record["kept"][n] for n in points if n in record["kept"]}
+    return (
+        {name: name for name in points},
+        {n: entry["kept"] for n, entry in kept.items()},
+        {n: int(entry["axis"]) for n, entry in kept.items()},
+    )
 
 
 def build_student(run: DistillRun) -> None:
@@ -184,14 +211,20 @@ def build_loss(run: DistillRun) -> None:
         losses[name] = kind
     run.losses = losses
     options = run.options
+    features = run.feature_maps is not None
     run.loss_fn = DistillationLoss(
         losses,
         temperature=options.temperature,
         kd_weight=options.kd_weight,
         ce_weight=options.ce_weight,
         hints=run.hints,
-        hint_weight=options.hint_weight,
-        channel_maps=options.channel_maps,
+        # automatic feature hints share feature_weight, each scale-free (nmse)
+        hint_weight=options.feature_weight / max(len(run.hints), 1)
+        if features
+        else options.hint_weight,
+        hint_loss="nmse" if features else "mse",
+        channel_maps=run.feature_maps if features else options.channel_maps,
+        channel_axes=run.feature_axes,
     )
 
 
@@ -280,6 +313,8 @@ def summary(run: DistillRun) -> dict[str, Any]:
         "world_size": run.world_size,
         "rank": run.rank,
         "losses": run.losses,
+        "hints": list(run.hints),
+        "feature_hints": run.feature_maps is not None,
         "loss_first_epoch": history[0].loss if history else None,
         "loss_last_epoch": history[-1].loss if history else None,
         "sqnr_before_db": before.sqnr_db,

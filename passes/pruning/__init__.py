@@ -9,6 +9,7 @@ from onnxslim.passes.pruning._apply import apply_plan
 from onnxslim.passes.pruning._family import Blocked, Family
 from onnxslim.passes.pruning._groups import Group
 from onnxslim.passes.pruning._handlers import HANDLERS
+from onnxslim.passes.pruning._hints import choose_hint_points, read_hints, record_hints
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
@@ -27,8 +28,11 @@ __all__ = [
     "StructuredPrune",
     "analyze",
     "apply_plan",
+    "choose_hint_points",
     "cpu_channel_block",
     "dependency_groups",
     "plan_pruning",
+    "read_hints",
+    "record_hints",
     "score_groups",
 ]

@@ -1,12 +1,13 @@
-"""Importance of each unit of a group: magnitude, BN |gamma|, activation statistics, random.
+"""Importance of each unit of a group: magnitude, BN |gamma|, activation statistics, Taylor
+(``_taylor``: |activation x gradient| of a distillation loss, torch), random.
 
-A custom criterion is any callable ``(group, view) -> array of num_units scores`` (higher is
-kept); a Taylor criterion computed from a distillation student plugs in there.
+A custom criterion is any callable ``(group, view) -> array of num_units scores`` (higher is kept).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -71,16 +72,22 @@ def _consumer_inputs(group: Group) -> list[int]:
     return sorted(chosen) or [0]
 
 
-def activation_statistics(
-    view: GraphView, groups: Sequence[Group], batches: Iterable[Mapping[str, np.ndarray]]
-) -> dict[int, np.ndarray]:
-    """Mean |activation| per unit over the calibration batches, one probe run per batch."""
+def probe_points(groups: Sequence[Group]) -> dict[str, tuple[Group, int]]:
+    """Value name -> (group, slot index) of the activations that data-driven criteria read."""
     wanted: dict[str, tuple[Group, int]] = {}
     for group in groups:
         for slot_index in _consumer_inputs(group):
             name = group.slots[slot_index].value.name
             if name is not None:
                 wanted.setdefault(name, (group, slot_index))
+    return wanted
+
+
+def activation_statistics(
+    view: GraphView, groups: Sequence[Group], batches: Iterable[Mapping[str, np.ndarray]]
+) -> dict[int, np.ndarray]:
+    """Mean |activation| per unit over the calibration batches, one probe run per batch."""
+    wanted = probe_points(groups)
     sums = {group.index: np.zeros(group.num_units) for group in groups}
     probe = ValueProbe(view.model, list(wanted))
     for batch in batches:
@@ -102,15 +109,23 @@ def score_groups(
     criterion: str | Criterion,
     seed: int = 0,
     batches: Iterable[Mapping[str, np.ndarray]] | None = None,
+    teacher: str | os.PathLike | None = None,
 ) -> dict[int, np.ndarray]:
-    """Scores per unit for every prunable group (higher = more important)."""
+    """Scores per unit for every prunable group (higher = more important); ``teacher``: the
+    reference ONNX file of the taylor criterion (None: the model itself)."""
     prunable = [g for g in groups if g.prunable]
     if callable(criterion):
         return {g.index: np.asarray(criterion(g, view), dtype=np.float64) for g in prunable}
-    if criterion == "activation":
+    if criterion in ("activation", "taylor"):
         if batches is None:
-            raise ValueError("criterion 'activation' needs calibration data")
-        return activation_statistics(view, prunable, batches)
+            raise ValueError(f"criterion '{criterion}' needs calibration data")
+        if criterion == "activation":
+            return activation_statistics(view, prunable, batches)
+        from onnxslim.passes.pruning._taylor import taylor_importance  # torch: loaded on use
+
+        return taylor_importance(
+            view, prunable, probe_points(prunable), batches, teacher, seed=seed
+        )
     scores = {}
     rng = np.random.default_rng(seed)
     for group in prunable:

@@ -12,7 +12,7 @@ from onnxslim.options import option
 
 __all__ = ["CRITERIA", "DEFAULT_RATIO", "PruneOptions", "check_options", "resolved"]
 
-CRITERIA = ("l1", "l2", "bn", "activation", "random")
+CRITERIA = ("l1", "l2", "bn", "activation", "taylor", "random")
 # the ratio used when neither ratio nor target_macs is given
 DEFAULT_RATIO = 0.3
 
@@ -41,7 +41,8 @@ class PruneOptions:
     )
     criterion: str | Callable[..., Any] = option(
         "l2",
-        help="importance: l1, l2, bn (|gamma|), activation (needs data), random, "
+        help="importance: l1, l2, bn (|gamma|), activation (needs data), taylor (|activation x "
+        "gradient| of a label-free distillation loss; needs data and torch), random, "
         "or a callable (group, view) -> scores",
     )
     global_ranking: bool = option(
@@ -69,7 +70,7 @@ class PruneOptions:
     )
     seed: int = option(0, help="seed of the random criterion")
     calibration_batches: int = option(
-        8, help="batches read from the data for the activation criterion"
+        8, help="batches read from the data for the activation and taylor criteria"
     )
 
 

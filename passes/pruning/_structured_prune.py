@@ -15,6 +15,7 @@ from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
 from onnxslim.passes.pruning._counts import predicted_macs
+from onnxslim.passes.pruning._hints import record_hints
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
@@ -64,6 +65,7 @@ class StructuredPrune(SlimPass):
             parameters_before=parameter_count(model),
         )
         if not plan.empty:
+            record_hints(model, analysis.groups, plan)  # for feature distillation
             apply_plan(analysis.view, plan)
         outcome.parameters_after = parameter_count(model)
         logger.info(
@@ -81,10 +83,15 @@ class StructuredPrune(SlimPass):
         context: PassContext,
     ) -> dict[int, np.ndarray]:
         batches = None
-        if self.criterion == "activation":
-            batches = _batches(context, model, self.calibration_batches)
+        if self.criterion in ("activation", "taylor"):
+            batches = _batches(context, model, self.calibration_batches, self.criterion)
         return score_groups(
-            analysis.view, analysis.groups, self.criterion, seed=self.seed, batches=batches
+            analysis.view,
+            analysis.groups,
+            self.criterion,
+            seed=self.seed,
+            batches=batches,
+            teacher=context.reference_path,
         )
 
     def _select(self, analysis: PruneAnalysis, scores: Mapping[int, np.ndarray]) -> Plan:
@@ -99,17 +106,21 @@ class StructuredPrune(SlimPass):
         )
 
 
-def _batches(context: PassContext, model: ir.Model, limit: int) -> list[dict[str, np.ndarray]]:
+def _batches(
+    context: PassContext, model: ir.Model, limit: int, criterion: str = "activation"
+) -> list[dict[str, np.ndarray]]:
     """The first ``limit`` batches of the user's data, through the one data door."""
     batches: list[dict[str, np.ndarray]] = []
     if context.data is not None:
-        reader = open_samples(context.data, model, batch_size=fixed_batch(model) or 1)
+        # Taylor's per-sample scores gain from a larger batch (32); activation keeps its 1
+        size = fixed_batch(model) or (32 if criterion == "taylor" else 1)
+        reader = open_samples(context.data, model, batch_size=size)
         for batch in reader:
             batches.append(dict(batch))
             if len(batches) >= limit:
                 break
     if not batches:
         raise SlimError(
-            "prune: criterion 'activation' needs calibration data; pass --data (or use criterion 'l2')."
+            f"prune: criterion '{criterion}' needs calibration data; pass --data (or use criterion 'l2')."
         )
     return batches

@@ -1,0 +1,86 @@
+"""What distillation needs from a pruning run: hint points and the teacher channels they kept.
+
+The record lives in the model's metadata (``onnxslim.hints``, small JSON: a handful of value
+names, each with its channel axis and the kept indices of the ORIGINAL model's channels), so it
+travels with the model file and composes over several pruning steps.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.passes.pruning._family import ACTIVATION
+from onnxslim.passes.pruning._groups import Group
+from onnxslim.passes.pruning._importance import probe_points
+from onnxslim.passes.pruning._plan import Plan
+
+__all__ = ["HINTS_KEY", "MAX_HINTS", "choose_hint_points", "read_hints", "record_hints"]
+
+HINTS_KEY = "onnxslim.hints"
+MAX_HINTS = 8
+
+
+def _residual_adds(group: Group) -> list[ir.Node]:
+    """Add nodes of the group whose two inputs are both activations of it (block outputs)."""
+    activations = {id(s.value) for s in group.slots if s.role == ACTIVATION}
+    return [
+        node
+        for node in group.nodes
+        if node.op_type == "Add"
+        and len(node.inputs) == 2
+        and all(id(v) in activations for v in node.inputs)
+    ]
+
+
+def choose_hint_points(model: ir.Model, groups: Sequence[Group]) -> list[str]:
+    """Block outputs, in graph order: per prunable group with a residual Add, the last value its
+    consumers read (what the next block sees); without residual Adds, that value of every
+    prunable group. At most ``MAX_HINTS``, evenly spaced."""
+    prunable = [g for g in groups if g.prunable]
+    chosen = [g for g in prunable if _residual_adds(g)] or prunable
+    position = {id(v): i for i, node in enumerate(model.graph) for v in node.outputs}
+    points: dict[str, int] = {}
+    for group in chosen:
+        values = {s.value.name: s.value for s in group.slots}
+        placed = [(position.get(id(values[n]), -1), n) for n in probe_points([group])]
+        if placed:
+            where, name = max(placed)
+            points.setdefault(name, where)
+    ranked = sorted(points, key=points.__getitem__)
+    if len(ranked) > MAX_HINTS:
+        picks = np.linspace(0, len(ranked) - 1, MAX_HINTS).round().astype(int)
+        ranked = [ranked[i] for i in sorted(set(picks.tolist()))]
+    return ranked
+
+
+def read_hints(model: ir.Model) -> dict[str, Any] | None:
+    """The record a pruning run left in ``model`` (``{"points": [...], "kept": {...}}``), or None."""
+    text = model.metadata_props.get(HINTS_KEY)
+    return json.loads(text) if text else None
+
+
+def record_hints(model: ir.Model, groups: Sequence[Group], plan: Plan) -> None:
+    """Writes the hint points and, for those the plan cuts, the kept ORIGINAL channel indices
+    (composed with an earlier step's record). Read before surgery (slot uses change after it)."""
+    previous = read_hints(model) or {"points": [], "kept": {}}
+    kept: dict[str, dict[str, Any]] = dict(previous["kept"])
+    points = choose_hint_points(model, groups)
+    wanted = set(points) | set(kept)
+    for group in groups:
+        if group.index not in plan.removed_units:
+            continue
+        for slot in group.slots:
+            name = slot.value.name
+            if name not in wanted or slot.role != ACTIVATION:
+                continue
+            now = np.setdiff1d(np.arange(slot.size), plan.removed(slot.value, slot.axis))
+            before = kept.get(name)
+            original = np.asarray(before["kept"])[now] if before else now
+            kept[name] = {"axis": slot.axis, "kept": [int(i) for i in original]}
+    record = {"points": points, "kept": {n: kept[n] for n in points if n in kept}}
+    model.metadata_props[HINTS_KEY] = json.dumps(record, separators=(",", ":"))
