@@ -78,6 +78,7 @@ PASSES: dict[str, PassEntry] = {
     "prune_distill": PassEntry(
         "onnxslim.passes._gradual:PruneDistill",
         options="onnxslim.passes._gradual:PruneDistillOptions",
+        describe="onnxslim.passes._gradual_describe:describe",
     ),
     "quantize": PassEntry(
         "onnxslim.passes.quantization:QuantizeStatic",

@@ -163,3 +163,29 @@ def test_cli_prints_lines_not_key_values(conv_bn_path: Path, tmp_path: Path, cap
     assert "cleanup: 4 -> 2 nodes (2 folded, fused or removed).\n" in out
     assert "         BatchNormalization folded into the layers before it; opset 13 kept.\n" in out
     assert "nodes_before=" not in out and "=" not in out.replace("==", "")
+
+
+def test_prune_distill_lines() -> None:
+    summary = {
+        "target_macs": 0.25,
+        "macs_fraction": 0.247,
+        "resumed_steps": 1,
+        "steps": [
+            {
+                "step": 1,
+                "macs": 6_720_000,
+                "macs_fraction": 0.57,
+                "params": 40_000,
+                "fidelity": {"top1_agreement": 0.998, "sqnr_db": 18.24},
+                "seconds": 40.2,
+            },
+            {"step": 2},
+        ],
+    }
+    assert describe_summary("prune_distill", summary) == [
+        "Pruned and distilled in 2 step(s) to 25% of the MACs (target 25%).",
+        "Resumed 1 finished step(s) from the state file.",
+        "  step 1: MACs 57% of the input (6.72M), params 40.00k, top-1 agreement 99.8%, "
+        "SQNR 18.2 dB, 40 s",
+        "  step 2: no figures",
+    ]
