@@ -373,6 +373,7 @@ def collect_statistics(
     shard = shard or Shard()
     if shard.sharded:
         check_same_tensors(list(names), shard)
+        intra_op_threads = intra_op_threads or shard.threads()  # no oversubscribed cores
     augmented, fetched = augment_with_statistics(model, names, sample_cap if histograms else None)
     output_names = [o for group in fetched.values() for o in group]
     options = session_options(intra_op_threads=intra_op_threads, optimization_level="basic")

@@ -57,6 +57,14 @@ class Shard:
     def owns(self, batch_index: int) -> bool:
         return batch_index % self.world == self.rank
 
+    def threads(self) -> int | None:
+        """ORT threads per rank: this machine's cores shared by the ranks launched on it."""
+        if not self.sharded:
+            return None
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // max(local, 1))
+
 
 def launched_rank() -> tuple[int, int]:
     """(rank, world size) as a launcher (``torchrun``) set them in the environment, else (0, 1)."""

@@ -55,6 +55,9 @@ class CalibrationSettings:
     cache_dir: str | None = None
     # Sharded over torch.distributed ranks: None shards when launched (torchrun) or in a group.
     distributed: bool | None = None
+    # ORT intra-op threads (None: ORT's default; sharded: the cores over the local ranks).
+    # ORT's numerics depend on it (reductions split by thread): equal ranges need equal threads.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -155,6 +158,7 @@ def _collect(
         bins=settings.bins,
         histograms=settings.method != "minmax",
         providers=["CPUExecutionProvider"],
+        intra_op_threads=settings.threads,
         shard=shard,
         total_samples=getattr(reader, "limit", None),
     )
@@ -184,6 +188,7 @@ def run_calibration(
     cache_dir: str | None = None,
     sizes: Mapping[str, int] | None = None,
     distributed: bool | None = None,
+    threads: int | None = None,
 ) -> Calibration:
     """Calibration only, with its statistics: what QuantizeStatic computes before emitting.
 
@@ -194,9 +199,11 @@ def run_calibration(
     ``distributed``: True shards the batches over the torch.distributed ranks (batch i on rank
     i % world; every rank returns the same, one-process result); None (default) does so when
     launched by torchrun with more than one rank or inside an initialised process group.
+    ``threads``: ORT intra-op threads (default: ORT's; sharded: cores / local ranks). ORT's
+    arithmetic depends on it, so compare runs on equal threads.
     """
     settings = CalibrationSettings(
-        method, percentile, moving_average, bins, batch_size, cache_dir, distributed
+        method, percentile, moving_average, bins, batch_size, cache_dir, distributed, threads
     )
     reader = open_calibration_data(data, model, batch_size, samples, sizes)
     with tempfile.TemporaryDirectory(prefix="onnxslim-calibrate-") as folder:
@@ -212,6 +219,6 @@ def calibrate(model: ir.Model, data: Any, **options: Any) -> Ranges:
     """Calibration only: tensor name -> the (low, high) range QuantizeStatic would use.
 
     Takes :func:`run_calibration`'s options (method, percentile, moving_average, bins,
-    batch_size, samples, op_types, cache_dir, sizes, distributed).
+    batch_size, samples, op_types, cache_dir, sizes, distributed, threads).
     """
     return run_calibration(model, data, **options).ranges
