@@ -47,12 +47,17 @@ class _LoopTime(logging.Handler):
     """Picks collect_statistics' "... over N samples in S s" line (this rank's loop)."""
 
     seconds = float("nan")
+    merge = 0.0
+    cpu = float("nan")
     samples = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        found = re.search(r"over (\d+) samples in ([\d.]+) s", record.getMessage())
+        found = re.search(r"over (\d+) samples in ([\d.]+) s \(([\d.]+) s CPU", record.getMessage())
         if found:
-            self.samples, self.seconds = int(found[1]), float(found[2])
+            self.samples, self.seconds, self.cpu = int(found[1]), float(found[2]), float(found[3])
+        merged = re.search(r"merged \d+ ranks in ([\d.]+) s", record.getMessage())
+        if merged:
+            self.merge = float(merged[1])
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -74,6 +79,8 @@ def worker(args: argparse.Namespace) -> None:
         "loop_s": handler.seconds,
         "loop_samples": handler.samples,
         "samples_per_s": round(handler.samples / handler.seconds, 2),
+        "samples_per_cpu_s": round(handler.samples / handler.cpu, 2),
+        "merge_s": handler.merge,
         "tensors": len(calibration.names),
         "merge_bytes": len(calibration.names) * ((bins + 2) * 8 + 5 * 8),
         "ranges": {k: [a.hex(), b.hex()] for k, (a, b) in calibration.ranges.items()},
@@ -119,13 +126,16 @@ def main() -> None:
     print(f"{args.model}: {args.samples} samples, {one['tensors']} tensors, cores {args.cores}")
     print(
         f"  1 process : wall {single:.1f} s, calibration {one['calibration_s']:.1f} s, "
-        f"loop {one['samples_per_s']} samples/s"
+        f"loop {one['samples_per_s']} samples/s ({one['samples_per_cpu_s']} per CPU-s)"
     )
     print(
         f"  {ranks} ranks   : wall {sharded:.1f} s, calibration "
         + ", ".join(f"{p['calibration_s']:.1f}" for p in parts)
         + " s, loop samples/s per rank "
-        + ", ".join(str(p["samples_per_s"]) for p in parts)
+        + ", ".join(f"{p['samples_per_s']} ({p['samples_per_cpu_s']} per CPU-s)" for p in parts)
+        + ", merge "
+        + ", ".join(f"{p['merge_s']:.3f}" for p in parts)
+        + " s"
     )
     threads = args.single_threads or "ORT default"
     print(

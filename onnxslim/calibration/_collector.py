@@ -386,19 +386,21 @@ def collect_statistics(
     )
     del augmented  # ORT keeps its own copy of the weights: no second one in Python
     collector = StatisticsCollector(names, bins=bins, histograms=histograms)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     _stream(probe, fetched, reader, collector, shard, histograms, total_samples)
-    seconds = time.perf_counter() - started
     logger.info(
-        "rank %d of %d: statistics of %d tensors over %d samples in %.1f s",
+        "rank %d of %d: statistics of %d tensors over %d samples in %.3f s (%.3f s CPU)",
         shard.rank,
         shard.world,
         len(names),
         collector.samples,
-        seconds,
+        time.perf_counter() - started,
+        time.process_time() - cpu,
     )
     if shard.sharded:
+        started = time.perf_counter()
         all_reduce_statistics(collector, shard)
+        logger.info("merged %d ranks in %.3f s", shard.world, time.perf_counter() - started)
     return collector
 
 

@@ -58,10 +58,11 @@ class Shard:
         return batch_index % self.world == self.rank
 
     def threads(self) -> int | None:
-        """ORT threads per rank: this machine's cores shared by the ranks launched on it."""
-        if not self.sharded:
-            return None
+        """ORT threads per rank: ORT's default (as one process) when the rank has its machine,
+        else the machine's cores shared by the ranks launched on it."""
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        if not self.sharded or local <= 1:
+            return None
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         return max(1, (cores or 1) // max(local, 1))
 
