@@ -40,7 +40,10 @@ def _model_and_data(name: str, samples: int, size: int):
 
     rng = np.random.default_rng(0)
     data = [{"x": rng.random((1, 3, size, size), dtype=np.float32)} for _ in range(samples)]
-    return onnxslim.load(ppocr_model_path("det")), data
+    path = ppocr_model_path("det")
+    if path is None:
+        sys.exit("the det model ships with rapidocr-onnxruntime: pip install it, or --model digits")
+    return onnxslim.load(path), data
 
 
 class _LoopTime(logging.Handler):
