@@ -84,8 +84,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from onnxslim._io import load
     from onnxslim._pipeline import Pipeline
     from onnxslim._recipe import load_recipe
+    from onnxslim.calibration import join_launch, writes_outputs
     from onnxslim.fidelity import FidelityBounds
 
+    join_launch()  # under torchrun: ranks > 0 calibrate their shard, print nothing, exit 0
     sizes = dict(args.shape or [])
     output = Path(args.output)
     if output.resolve() == Path(args.model).resolve() and not args.overwrite:
@@ -123,6 +125,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         source=args.model,
     )
     del model
+    if not writes_outputs():
+        return 0  # rank 0 of the launch writes every output
     result.save(output, overwrite_input=args.overwrite)
     gate_failures: list[str] = []
     bench_text = ""

@@ -1,4 +1,5 @@
-"""Streaming activation statistics and threshold search (the readers live in onnxslim.inputs)."""
+"""Streaming activation statistics (sharded over torch.distributed ranks, merged exactly) and
+threshold search (the readers live in onnxslim.inputs)."""
 
 from onnxslim.calibration._collector import (
     StatisticsCache,
@@ -7,7 +8,17 @@ from onnxslim.calibration._collector import (
     TensorStatistics,
     augment_with_statistics,
     collect_statistics,
+    merge_collectors,
     model_fingerprint,
+)
+from onnxslim.calibration._distributed import (
+    Shard,
+    join_launch,
+    join_process_group,
+    launched_rank,
+    leave_if_worker,
+    refuse_moving_average,
+    writes_outputs,
 )
 from onnxslim.calibration._thresholds import (
     METHODS,
@@ -19,6 +30,7 @@ from onnxslim.calibration._thresholds import (
 
 __all__ = [
     "METHODS",
+    "Shard",
     "StatisticsCache",
     "StatisticsCollector",
     "StreamingHistogram",
@@ -27,7 +39,14 @@ __all__ = [
     "collect_statistics",
     "compute_range",
     "entropy_threshold",
+    "join_launch",
+    "join_process_group",
+    "launched_rank",
+    "leave_if_worker",
+    "merge_collectors",
     "model_fingerprint",
     "mse_range",
     "percentile_range",
+    "refuse_moving_average",
+    "writes_outputs",
 ]

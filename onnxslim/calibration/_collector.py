@@ -1,12 +1,13 @@
 """Streaming activation statistics: min/max and a histogram per tensor, merged batch by batch.
 
-The histogram's bin edges are multiples of a width ``w`` anchored at 0. When a batch falls
-outside the current window, ``w`` doubles and pairs of bins merge exactly, so the retained
-state per tensor is ``bins`` counts plus a few scalars whatever the number of samples.
+The histogram (``_histogram``) keeps ``bins`` counts plus a few scalars per tensor whatever the
+number of samples, on a grid that depends on the values seen, not their order: collectors of
+disjoint shards merge exactly (:func:`merge_collectors`, ``_distributed`` across ranks).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,15 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.calibration._distributed import (
+    Shard,
+    all_reduce_statistics,
+    check_same_tensors,
+    share_anchors,
+)
+from onnxslim.calibration._histogram import DEFAULT_BINS, StreamingHistogram
 from onnxslim.model import ValueProbe
+from onnxslim.progress import task
 
 __all__ = [
     "StreamingHistogram",
@@ -29,90 +38,15 @@ __all__ = [
     "collect_statistics",
     "augment_with_statistics",
     "StatisticsCache",
+    "merge_collectors",
     "model_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BINS = 2048
 # Histograms take at most this many evenly strided elements per tensor per batch (min/max
 # see every element): with dozens of samples that is ample for the tails and bounds the cost.
 HISTOGRAM_SAMPLE_CAP = 1 << 16
-
-
-class StreamingHistogram:
-    """Counts over ``bins`` bins of width ``width`` starting at ``offset * width``; grows exactly."""
-
-    def __init__(self, bins: int = DEFAULT_BINS):
-        if bins < 16 or bins % 2:
-            raise ValueError(f"bins must be an even number >= 16, got {bins}")
-        self.bins = bins
-        self.counts = np.zeros(bins, dtype=np.int64)
-        self.width = 0.0
-        self.offset = 0  # index of the first bin: its left edge is offset * width
-
-    @property
-    def edges(self) -> np.ndarray:
-        return (self.offset + np.arange(self.bins + 1)) * self.width
-
-    def _fit(self, low: float, high: float) -> None:
-        """Moves/grows the window (doubling the width, merging bin pairs) until [low, high] fits."""
-        if self.width == 0.0:
-            span = max(high - low, abs(high), abs(low), 1e-12)
-            # Half the window initially, so the next batches rarely force a merge.
-            self.width = span * 2.0 / self.bins
-            self.offset = int(np.floor(low / self.width))
-        while True:
-            used = np.flatnonzero(self.counts)
-            first = int(np.floor(low / self.width))
-            last = int(np.floor(high / self.width))
-            if used.size:
-                first = min(first, self.offset + int(used[0]))
-                last = max(last, self.offset + int(used[-1]))
-            if last - first < self.bins:
-                if first < self.offset or last >= self.offset + self.bins:
-                    self._move(first)
-                return
-            self._double()
-
-    def _move(self, new_offset: int) -> None:
-        """Re-anchors the window at ``new_offset`` (same width); no counted bin falls out."""
-        moved = np.zeros(self.bins, np.int64)
-        shift = new_offset - self.offset
-        source = np.arange(self.bins) + shift
-        valid = (source >= 0) & (source < self.bins)
-        moved[valid] = self.counts[source[valid]]
-        self.counts = moved
-        self.offset = new_offset
-
-    def _double(self) -> None:
-        """Doubles the bin width; bins 2m and 2m+1 (absolute indices) merge into bin m."""
-        absolute = self.offset + np.arange(self.bins)
-        merged_index = np.floor_divide(absolute, 2)
-        new_offset = int(merged_index[0])
-        merged = np.bincount(merged_index - new_offset, weights=self.counts, minlength=self.bins)
-        self.counts = merged[: self.bins].astype(np.int64)
-        self.offset = new_offset
-        self.width *= 2.0
-
-    def update(
-        self, values: np.ndarray, low: float | None = None, high: float | None = None
-    ) -> None:
-        values = values.reshape(-1)
-        if values.size == 0:
-            return
-        if low is None or high is None:
-            low, high = float(values.min()), float(values.max())
-        self._fit(low, high)
-        # float32 bin positions relative to the window, then int indices: 12 bytes per element.
-        positions = np.multiply(values, np.float32(1.0 / self.width), dtype=np.float32)
-        np.subtract(positions, np.float32(self.offset), out=positions)
-        np.floor(positions, out=positions)
-        np.clip(positions, 0, self.bins - 1, out=positions)
-        self.counts += np.bincount(positions.astype(np.intp), minlength=self.bins)
-
-    def nbytes(self) -> int:
-        return self.counts.nbytes + 16
 
 
 @dataclasses.dataclass
@@ -134,7 +68,9 @@ class TensorStatistics:
         averaging_constant: float = 0.01,
         histogram: bool = True,
         max_histogram_elements: int = HISTOGRAM_SAMPLE_CAP,
+        phase: int | None = None,
     ) -> None:
+        """One batch; ``phase`` (default: batches so far) picks the strided sample's start."""
         values = np.asarray(values)
         if values.size == 0:
             return
@@ -143,7 +79,8 @@ class TensorStatistics:
         values = values.reshape(-1)
         stride = -(-values.size // max_histogram_elements)
         # Evenly strided elements of big tensors; the start moves so batches cover all phases.
-        sample = values[self.batches % stride :: stride] if stride > 1 else values
+        start = (self.batches if phase is None else phase) % stride
+        sample = values[start::stride] if stride > 1 else values
         self.update_reduced(
             float(values.min()),
             float(values.max()),
@@ -208,12 +145,46 @@ class StatisticsCollector:
             name: TensorStatistics(name, histogram=StreamingHistogram(bins)) for name in names
         }
         self.samples = 0
+        self.batches_seen = 0  # batches given to this collector (a shard's own)
 
-    def update(self, arrays: Mapping[str, np.ndarray], samples: int = 1) -> None:
+    def update(
+        self, arrays: Mapping[str, np.ndarray], samples: int = 1, batch_index: int | None = None
+    ) -> None:
+        """One batch; ``batch_index`` is its index in the whole data (a shard's batches skip)."""
+        index = self.batches_seen if batch_index is None else batch_index
         for name, values in arrays.items():
             if name in self.tensors:
-                self.tensors[name].update(values, self.averaging_constant, self.histograms)
+                self.tensors[name].update(
+                    values,
+                    self.averaging_constant,
+                    self.histograms,
+                    phase=index,
+                )
         self.samples += samples
+        self.batches_seen += 1
+        if index == 0:
+            self.seal()
+
+    # Anchors: the first batch of the whole data fixes each histogram's width lattice.
+    def anchors(self) -> np.ndarray:
+        """Per tensor (in order) the histogram's anchor, NaN where none (yet)."""
+        return np.array(
+            [
+                np.nan if t.histogram.base is None else t.histogram.base
+                for t in self.tensors.values()
+            ],
+            dtype=np.float64,
+        )
+
+    def set_anchors(self, anchors: np.ndarray) -> None:
+        """A shard that does not hold the first batch takes the anchors of the one that does."""
+        for stats, anchor in zip(self.tensors.values(), anchors):
+            stats.histogram.anchor(float(anchor))
+
+    def seal(self) -> None:
+        """After the first batch of the whole data: histograms with no anchor become free."""
+        for stats in self.tensors.values():
+            stats.histogram.seal()
 
     def retained_bytes(self) -> int:
         """Bytes of state the collector keeps between batches (flat in the sample count)."""
@@ -260,10 +231,40 @@ class StatisticsCollector:
             stats.average_minimum = None if np.isnan(row[2]) else float(row[2])
             stats.average_maximum = None if np.isnan(row[3]) else float(row[3])
             stats.batches, stats.elements = int(row[4]), int(row[5])
-            stats.histogram.width, stats.histogram.offset = float(row[6]), int(row[7])
-            stats.histogram.counts = hist.astype(np.int64)
+            histogram = stats.histogram
+            histogram.width, histogram.offset = float(row[6]), int(row[7])
+            histogram.counts = hist.astype(np.int64)
+            if histogram.width > 0:  # a lattice to go on with: the stored width
+                histogram.base, histogram.low, histogram.high = (
+                    histogram.width,
+                    stats.minimum,
+                    stats.maximum,
+                )
         collector.samples = int(arrays["samples"])
         return collector
+
+
+def merge_collectors(collectors: Sequence[StatisticsCollector]) -> StatisticsCollector:
+    """The statistics of disjoint shards of the data, exactly those of one collector on all
+    of it when the shards were anchored alike (``set_anchors``) and fed global batch indices.
+    Moving-average min/max is order-dependent: the merge has none."""
+    first = collectors[0]
+    names = list(first.tensors)
+    if any(list(c.tensors) != names or c.bins != first.bins for c in collectors):
+        raise ValueError("merge_collectors needs collectors of the same tensors and bins")
+    merged = StatisticsCollector(
+        names, first.bins, first.averaging_constant, histograms=first.histograms
+    )
+    for name, stats in merged.tensors.items():
+        parts = [c.tensors[name] for c in collectors]
+        stats.minimum = min(p.minimum for p in parts)
+        stats.maximum = max(p.maximum for p in parts)
+        stats.batches = sum(p.batches for p in parts)
+        stats.elements = sum(p.elements for p in parts)
+        stats.histogram = StreamingHistogram.merged([p.histogram for p in parts])
+    merged.samples = sum(c.samples for c in collectors)
+    merged.batches_seen = sum(c.batches_seen for c in collectors)
+    return merged
 
 
 PHASE_INPUT = "__onnxslim_calibration_phase"
@@ -354,17 +355,25 @@ def collect_statistics(
     providers: Sequence[str] | None = None,
     intra_op_threads: int | None = None,
     sample_cap: int = HISTOGRAM_SAMPLE_CAP,
+    shard: Shard | None = None,
+    total_samples: int | None = None,
 ) -> StatisticsCollector:
     """Runs the model batch by batch and streams the statistics of tensors ``names``.
 
     The graph itself reduces every tensor to min/max/size and a strided sample of at most
     ``sample_cap`` elements, so no full activation leaves ORT and memory does not grow with
-    the number of tensors, batches or samples.
+    the number of tensors, batches or samples. With a sharded ``shard`` (see
+    :func:`join_process_group`) this rank runs batches ``i % world == rank`` only and returns
+    the statistics of all ranks' batches, bit for bit those of one process on all of them.
     """
     import onnxruntime as ort
 
     from onnxslim.runtime import session_options
 
+    shard = shard or Shard()
+    if shard.sharded:
+        check_same_tensors(list(names), shard)
+        intra_op_threads = intra_op_threads or shard.threads()  # no oversubscribed cores
     augmented, fetched = augment_with_statistics(model, names, sample_cap if histograms else None)
     output_names = [o for group in fetched.values() for o in group]
     options = session_options(intra_op_threads=intra_op_threads, optimization_level="basic")
@@ -377,28 +386,70 @@ def collect_statistics(
     )
     del augmented  # ORT keeps its own copy of the weights: no second one in Python
     collector = StatisticsCollector(names, bins=bins, histograms=histograms)
-    phased = PHASE_INPUT in probe.input_names
-    started = time.perf_counter()
-    for batch_index, batch in enumerate(reader):
-        feeds = dict(batch)
-        if phased:
-            feeds[PHASE_INPUT] = np.array([batch_index], np.int64)
-        results = probe.run(feeds)
-        for name, group in fetched.items():
-            low, high, size = (float(results[o]) for o in group[:3])
-            sample = results[group[3]] if histograms else None
-            collector.tensors[name].update_reduced(
-                low, high, sample, int(size), collector.averaging_constant
-            )
-        collector.samples += len(next(iter(batch.values())))
-        del results
+    started, cpu = time.perf_counter(), time.process_time()
+    _stream(probe, fetched, reader, collector, shard, histograms, total_samples)
     logger.info(
-        "collected statistics of %d tensors over %d samples in %.1f s",
+        "rank %d of %d: statistics of %d tensors over %d samples in %.3f s (%.3f s CPU)",
+        shard.rank,
+        shard.world,
         len(names),
         collector.samples,
         time.perf_counter() - started,
+        time.process_time() - cpu,
     )
+    if shard.sharded:
+        started = time.perf_counter()
+        all_reduce_statistics(collector, shard)
+        logger.info("merged %d ranks in %.3f s", shard.world, time.perf_counter() - started)
     return collector
+
+
+def _stream(
+    probe: ValueProbe,
+    fetched: Mapping[str, tuple[str, ...]],
+    reader: Iterable[Mapping[str, np.ndarray]],
+    collector: StatisticsCollector,
+    shard: Shard,
+    histograms: bool,
+    total_samples: int | None,
+) -> None:
+    """The loop over this shard's batches; batch 0 fixes every rank's histogram lattice."""
+    phased = PHASE_INPUT in probe.input_names
+    anchored = False
+    # Rank 0's bar only; its share of the samples is about 1/world of them.
+    share = None if total_samples is None else -(-total_samples // shard.world)
+    progress = task("calibration", total=share, unit="sample")
+    with progress if shard.rank == 0 else contextlib.nullcontext() as bar:
+        for batch_index, batch in enumerate(reader):
+            if batch_index > 0 and not anchored:
+                _seal(collector, shard)
+                anchored = True
+            if not shard.owns(batch_index):
+                continue
+            feeds = dict(batch)
+            if phased:  # the index in the whole data: the strided sample as in one process
+                feeds[PHASE_INPUT] = np.array([batch_index], np.int64)
+            results = probe.run(feeds)
+            for name, group in fetched.items():
+                low, high, size = (float(results[o]) for o in group[:3])
+                sample = results[group[3]] if histograms else None
+                collector.tensors[name].update_reduced(
+                    low, high, sample, int(size), collector.averaging_constant
+                )
+            samples = len(next(iter(batch.values())))
+            collector.samples += samples
+            collector.batches_seen += 1
+            del results
+            if bar is not None:
+                bar.advance(samples)
+        if not anchored:
+            _seal(collector, shard)
+
+
+def _seal(collector: StatisticsCollector, shard: Shard) -> None:
+    if shard.sharded:
+        share_anchors(collector, shard)  # rank 0 holds batch 0; NaN anchors mean free
+    collector.seal()
 
 
 def model_fingerprint(model: ir.Model) -> str:

@@ -15,10 +15,14 @@ import onnx_ir as ir
 from onnxslim import RecipeError
 from onnxslim.calibration import (
     METHODS,
+    Shard,
     StatisticsCache,
     collect_statistics,
     compute_range,
+    join_process_group,
+    leave_if_worker,
     model_fingerprint,
+    refuse_moving_average,
 )
 from onnxslim.inputs import BatchedReader, DimSizes, open_samples
 from onnxslim.passes.quantization._candidates import quantizable_op_types
@@ -49,6 +53,11 @@ class CalibrationSettings:
     bins: int = 2048
     batch_size: int = 1
     cache_dir: str | None = None
+    # Sharded over torch.distributed ranks: None shards when launched (torchrun) or in a group.
+    distributed: bool | None = None
+    # ORT intra-op threads (None: ORT's default; sharded: the cores over the local ranks).
+    # ORT's numerics depend on it (reductions split by thread): equal ranges need equal threads.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -112,6 +121,15 @@ def collect_ranges(
 
 
 def _statistics(prepared: ir.Model, names: list[str], reader: Any, settings: CalibrationSettings):
+    shard = join_process_group(settings.distributed)
+    if shard.sharded:
+        refuse_moving_average(shard, settings.method == "minmax" and settings.moving_average)
+        collector = _collect(prepared, names, reader, settings, shard)
+        # Ranks other than 0 of a CLI launch end here; rank 0 goes on to write the outputs.
+        leave_if_worker(shard)
+        # No cache: every rank would have to agree on a hit, and merged statistics have no
+        # moving averages for a later one-process run to find.
+        return collector, False
     cache = StatisticsCache(settings.cache_dir) if settings.cache_dir else None
     key = None
     if cache is not None:
@@ -124,17 +142,26 @@ def _statistics(prepared: ir.Model, names: list[str], reader: Any, settings: Cal
         if cached is not None:
             logger.info("statistics cache hit %s", key)
             return cached, True
-    collector = collect_statistics(
+    collector = _collect(prepared, names, reader, settings, Shard())
+    if cache is not None and key is not None:
+        cache.store(key, collector)
+    return collector, False
+
+
+def _collect(
+    prepared: ir.Model, names: list[str], reader: Any, settings: CalibrationSettings, shard: Shard
+):
+    return collect_statistics(
         prepared,
         names,
         reader,
         bins=settings.bins,
         histograms=settings.method != "minmax",
         providers=["CPUExecutionProvider"],
+        intra_op_threads=settings.threads,
+        shard=shard,
+        total_samples=getattr(reader, "limit", None),
     )
-    if cache is not None and key is not None:
-        cache.store(key, collector)
-    return collector, False
 
 
 def open_calibration_data(
@@ -160,14 +187,24 @@ def run_calibration(
     op_types: Sequence[str] | None = None,
     cache_dir: str | None = None,
     sizes: Mapping[str, int] | None = None,
+    distributed: bool | None = None,
+    threads: int | None = None,
 ) -> Calibration:
     """Calibration only, with its statistics: what QuantizeStatic computes before emitting.
 
     ``data`` is anything QuantizeStatic's ``calibration`` takes; ``op_types`` (default: every op
     ORT can quantize) picks the nodes whose float activations are calibrated. ``model`` is not
     modified. The same code path as the pass: on the same data the ranges are equal.
+
+    ``distributed``: True shards the batches over the torch.distributed ranks (batch i on rank
+    i % world; every rank returns the same, one-process result); None (default) does so when
+    launched by torchrun with more than one rank or inside an initialised process group.
+    ``threads``: ORT intra-op threads (default: ORT's; sharded: cores / local ranks). ORT's
+    arithmetic depends on it, so compare runs on equal threads.
     """
-    settings = CalibrationSettings(method, percentile, moving_average, bins, batch_size, cache_dir)
+    settings = CalibrationSettings(
+        method, percentile, moving_average, bins, batch_size, cache_dir, distributed, threads
+    )
     reader = open_calibration_data(data, model, batch_size, samples, sizes)
     with tempfile.TemporaryDirectory(prefix="onnxslim-calibrate-") as folder:
         prepared = prepare(model, Path(folder))
@@ -182,6 +219,6 @@ def calibrate(model: ir.Model, data: Any, **options: Any) -> Ranges:
     """Calibration only: tensor name -> the (low, high) range QuantizeStatic would use.
 
     Takes :func:`run_calibration`'s options (method, percentile, moving_average, bins,
-    batch_size, samples, op_types, cache_dir, sizes).
+    batch_size, samples, op_types, cache_dir, sizes, distributed, threads).
     """
     return run_calibration(model, data, **options).ranges

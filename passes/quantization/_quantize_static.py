@@ -157,6 +157,7 @@ class QuantizeStatic(SlimPass):
             self.bins,
             self.batch_size,
             self.cache_dir,
+            threads=self.threads,  # ORT's numerics depend on its thread count
         )
 
     # -- the pass ------------------------------------------------------------------------
