@@ -26,6 +26,8 @@ from onnxslim import (
     RecipeError,
     SlimPass,
     SlimPassResult,
+    UnsupportedModelError,
+    input_specs,
     load,
     model_file_size,
     save,
@@ -162,6 +164,7 @@ class QuantizeStatic(SlimPass):
     # -- the pass ------------------------------------------------------------------------
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         started = time.perf_counter()
+        _refuse_empty_batches(model)
         profile = self.resolved_profile()
         reader, smoke = self._open_reader(model, context)
         with _scratch_folder(context.workdir) as workdir:
@@ -336,6 +339,17 @@ class QuantizeStatic(SlimPass):
         _materialize_workdir_weights(result_model, run.workdir)
         _replace_contents_in_place(run.model, result_model)
         return SlimPassResult(run.model, modified=True, summary=summary)
+
+
+def _refuse_empty_batches(model: ir.Model) -> None:
+    """A batch dim declared 0 is fixed at 0 for ORT (-1 and named dims are dynamic): such a model
+    runs only empty batches, so neither calibration nor the latency guard could run it."""
+    for spec in input_specs(model):
+        if spec.shape and spec.shape[0] == 0:
+            raise UnsupportedModelError(
+                f"input '{spec.name}' declares its batch dim as 0, so ONNX Runtime runs it only on "
+                "empty batches; re-export it with a dynamic batch (a named or -1 dim)."
+            )
 
 
 def _check_options(options: QuantizeOptions) -> None:
