@@ -9,6 +9,7 @@ _prepare, _tensors, _calibrate, _emit, _accuracy_guard, _latency_guard, _candida
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import re
@@ -33,12 +34,14 @@ from onnxslim import (
     save,
 )
 from onnxslim.calibration import METHODS
-from onnxslim.fidelity import FidelityBounds
+from onnxslim.fidelity import FidelityBounds, TaskMetric
 from onnxslim.inputs import BatchedReader
 from onnxslim.passes.quantization._accuracy_guard import (
     Evaluator,
+    JudgingData,
     evaluation_batches,
     first_candidates,
+    judging_data,
     keep_sensitive_layers_in_float,
     tensor_sqnr,
     widen_clipped_ranges,
@@ -147,9 +150,13 @@ class QuantizeStatic(SlimPass):
     def bound(self) -> FidelityBounds:
         if not self.accuracy_guard:
             return FidelityBounds.off()
-        return FidelityBounds(
-            min_sqnr_db=self.min_sqnr_db, min_top1_agreement=self.min_top1, metric=self.metric
-        )
+        return FidelityBounds(min_sqnr_db=self.min_sqnr_db, min_top1_agreement=self.min_top1)
+
+    def task_metric(self) -> TaskMetric | None:
+        """The metric the user named (it alone is then the bound); None: chosen per output."""
+        if not self.accuracy_guard or self.metric is None:
+            return None
+        return _parse_metric(self.metric, self.min_score)
 
     def calibration_settings(self) -> CalibrationSettings:
         return CalibrationSettings(
@@ -167,10 +174,15 @@ class QuantizeStatic(SlimPass):
         _refuse_empty_batches(model)
         profile = self.resolved_profile()
         reader, smoke = self._open_reader(model, context)
+        reader, judging = self._judging_data(reader, smoke, context)
         with _scratch_folder(context.workdir) as workdir:
             summary = start_summary(reader, smoke, self.method, profile)
+            summary["judged_on"] = judging.judged_on
+            if judging.warning is not None and self.accuracy_guard:
+                logger.warning("%s", judging.warning)
+                summary["warnings"].append(judging.warning)
             run = self._prepare_and_calibrate(
-                model, context, reader, profile, workdir, summary, started
+                model, context, reader, profile, workdir, summary, started, judging.batches
             )
             tried = self._accuracy_guard(run)
             tried, chosen = self._latency_guard(run, tried)
@@ -189,8 +201,30 @@ class QuantizeStatic(SlimPass):
                 "no calibration data given: using random smoke data; the ranges are meaningless"
             )
             data = "random"
-        reader = open_calibration_data(data, model, self.batch_size, self.samples, context.sizes)
+        # with a sample limit, the guard's held-out samples may come from just past it
+        limit = None if self.samples is None else self.samples + self.eval_samples
+        reader = open_calibration_data(data, model, self.batch_size, limit, context.sizes)
         return reader, smoke or reader.smoke
+
+    def _judging_data(
+        self, reader: BatchedReader, smoke: bool, context: PassContext
+    ) -> tuple[BatchedReader, JudgingData]:
+        """The calibration reader and the guard's samples, unseen by the calibration if possible."""
+        own_data = self.calibration is not None and context.data is not None
+        verification = list(context.sample_inputs) if own_data else []
+        if verification and _same_first_sample(reader, verification[0]):
+            verification = []  # the pipeline verifies on the calibration data itself
+        if smoke or not isinstance(reader, BatchedReader):
+            batches = evaluation_batches(reader, self.eval_samples)
+            count = sum(len(next(iter(b.values()))) for b in batches)
+            source = "random smoke data" if smoke else "calibration samples (reused)"
+            return reader, JudgingData(batches, None, {"source": source, "samples": count})
+        judging = judging_data(reader, self.eval_samples, self.samples, verification)
+        if judging.calibration_limit is not None and judging.calibration_limit != reader.limit:
+            reader = copy.copy(reader)
+            reader.limit = judging.calibration_limit
+            reader.rewind()
+        return reader, judging
 
     def _prepare_and_calibrate(
         self,
@@ -201,6 +235,7 @@ class QuantizeStatic(SlimPass):
         workdir: Path,
         summary: dict[str, Any],
         started: float,
+        batches: list[dict],
     ) -> _Run:
         input_path = workdir / "input.onnx"
         save(model, input_path)
@@ -214,8 +249,8 @@ class QuantizeStatic(SlimPass):
         names = tensors_to_calibrate(prepared.proto, static_ops)
         calibration = collect_ranges(prepared.model, names, reader, self.calibration_settings())
         summary["calibration"] = calibration.summary()
-        batches = evaluation_batches(reader, self.eval_samples)
-        evaluator = Evaluator(input_path, prepared, batches, self.bound())
+        evaluator = Evaluator(input_path, prepared, batches, self.bound(), self.task_metric())
+        summary.update(evaluator.summary())
         excluded.update(unranged_exclusions(prepared.proto, names, calibration.ranges, excluded))
         emitter = Emitter(prepared.path, workdir, profile, calibration.ranges)
         return _Run(
@@ -352,8 +387,28 @@ def _refuse_empty_batches(model: ir.Model) -> None:
             )
 
 
+def _same_first_sample(reader: BatchedReader, feeds: Any) -> bool:
+    first = next(iter(reader), None)
+    if first is None or set(first) != set(feeds):
+        return False
+    return all(
+        np.shape(first[n])[1:] == np.shape(feeds[n])[1:]
+        and np.array_equal(np.asarray(first[n])[:1], np.asarray(feeds[n])[:1])
+        for n in first
+    )
+
+
+def _parse_metric(metric: Any, min_score: float | None) -> TaskMetric:
+    try:
+        return TaskMetric.parse(metric, min_score)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
 def _check_options(options: QuantizeOptions) -> None:
     """Refuses bad options before any work (each used to fail late with a ValueError/re.error)."""
+    if options.metric is not None:
+        _parse_metric(options.metric, options.min_score)
     method, mode, percentile, bins = options.method, options.mode, options.percentile, options.bins
     samples, exclude = options.samples, options.exclude
     if method not in METHODS:
