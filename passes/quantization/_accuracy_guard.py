@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +269,15 @@ def keep_sensitive_layers_in_float(
     emitter: Emitter,
     evaluator: Evaluator,
     excluded: Mapping[str, str],
+    skip: Collection[str] = (),
 ) -> tuple[list[Candidate], dict[str, float]]:
     """Step 2: on static candidates that still break the bound, keep the most sensitive layers
-    in float (1, 2, 4, ... up to 32); also the last per-layer SQNR loss ranking (dB)."""
+    in float (1, 2, 4, ... up to 32); also the last per-layer SQNR loss ranking (dB). Candidates
+    labelled in ``skip`` (already rescued by another placement) are left as they are."""
     sensitivity: dict[str, float] = {}
     result = []
     for entry in tried:
-        if entry.evaluation.accurate or entry.op_types is None:
+        if entry.evaluation.accurate or entry.op_types is None or entry.label in skip:
             result.append(entry)
             continue
         sensitivity = _sensitivity(entry, prepared, evaluator.batches)

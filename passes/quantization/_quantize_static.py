@@ -66,6 +66,7 @@ from onnxslim.passes.quantization._latency_guard import (
     timing_feeds,
 )
 from onnxslim.passes.quantization._options import QuantizeOptions
+from onnxslim.passes.quantization._placement import with_float_islands
 from onnxslim.passes.quantization._prepare import Prepared, prepare
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
 from onnxslim.passes.quantization._summary import (
@@ -273,8 +274,12 @@ class QuantizeStatic(SlimPass):
         tried = first_candidates(run.op_sets, run.emitter, run.evaluator, run.excluded)
         clipped = run.calibration.clipped()
         tried = widen_clipped_ranges(tried, clipped, run.emitter, run.evaluator, run.excluded)
+        # per node, not per op class: the attention tensors that break the metric stay float
+        tried, rescued = with_float_islands(
+            tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded
+        )
         tried, sensitivity = keep_sensitive_layers_in_float(
-            tried, run.prepared, run.emitter, run.evaluator, run.excluded
+            tried, run.prepared, run.emitter, run.evaluator, run.excluded, skip=rescued
         )
         run.summary["sensitivity_db"] = {
             n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]
