@@ -24,6 +24,7 @@ from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._prepare import Prepared
+from onnxslim.progress import task
 from onnxslim.runtime import create_session, session_options
 
 __all__ = [
@@ -226,9 +227,11 @@ def first_candidates(
 ) -> list[Candidate]:
     """One evaluated candidate per op set, with the calibrated ranges."""
     tried = []
-    for label, op_types in op_sets:
-        path = emitter.emit(label, op_types, list(excluded))
-        tried.append(Candidate(label, op_types, path, evaluator.evaluate(path)))
+    with task("quantize: op-class candidates", len(op_sets), "candidate") as bar:
+        for label, op_types in op_sets:
+            path = emitter.emit(label, op_types, list(excluded))
+            tried.append(Candidate(label, op_types, path, evaluator.evaluate(path)))
+            bar.advance(candidate=label)
     return tried
 
 
@@ -242,25 +245,35 @@ def widen_clipped_ranges(
     """Step 1: a clipping method (percentile/entropy/mse) can cut off the rare large values that
     carry the signal (digit strokes on a blank page): widen the most clipped ranges back to
     min/max, most clipped first, until the bound holds (else keep the best-scoring try)."""
+    failing = [c for c in tried if not (c.evaluation.accurate or c.dynamic or not clipped)]
     result = []
-    for entry in tried:
-        if entry.evaluation.accurate or entry.dynamic or not clipped:
+    with task("quantize: widening clipped ranges", len(failing), "candidate") as bar:
+        for entry in tried:
+            if any(entry is c for c in failing):
+                entry = _widened(entry, clipped, emitter, evaluator, excluded)
+                bar.advance(candidate=entry.label)
             result.append(entry)
-            continue
-        best = entry
-        counts = sorted({max(1, round(f * len(clipped))) for f in (0.25, 0.5, 1.0)})
-        for count in counts:
-            widened = {**emitter.ranges, **{n: clipped[n] for n in list(clipped)[:count]}}
-            path = emitter.emit(entry.label, entry.op_types, list(excluded), widened)
-            evaluation = evaluator.evaluate(path)
-            if evaluation.accurate or evaluation.score > best.evaluation.score:
-                best = entry.replace(
-                    path=path, evaluation=evaluation, ranges=widened, widened=count
-                )
-            if evaluation.accurate:
-                break
-        result.append(best)
     return result
+
+
+def _widened(
+    entry: Candidate,
+    clipped: Mapping[str, tuple[float, float]],
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+) -> Candidate:
+    best = entry
+    counts = sorted({max(1, round(f * len(clipped))) for f in (0.25, 0.5, 1.0)})
+    for count in counts:
+        widened = {**emitter.ranges, **{n: clipped[n] for n in list(clipped)[:count]}}
+        path = emitter.emit(entry.label, entry.op_types, list(excluded), widened)
+        evaluation = evaluator.evaluate(path)
+        if evaluation.accurate or evaluation.score > best.evaluation.score:
+            best = entry.replace(path=path, evaluation=evaluation, ranges=widened, widened=count)
+        if evaluation.accurate:
+            break
+    return best
 
 
 def keep_sensitive_layers_in_float(
@@ -276,25 +289,35 @@ def keep_sensitive_layers_in_float(
     labelled in ``skip`` (already rescued by another placement) are left as they are."""
     sensitivity: dict[str, float] = {}
     result = []
-    for entry in tried:
-        if entry.evaluation.accurate or entry.op_types is None or entry.label in skip:
+    failing = [
+        c for c in tried if not (c.evaluation.accurate or c.op_types is None or c.label in skip)
+    ]
+    with task("quantize: sensitive layers in float", len(failing), "candidate") as bar:
+        for entry in tried:
+            if any(entry is c for c in failing):
+                sensitivity = _sensitivity(entry, prepared, evaluator.batches)
+                entry = _without_sensitive(entry, sensitivity, emitter, evaluator, excluded)
+                bar.advance(candidate=entry.label)
             result.append(entry)
-            continue
-        sensitivity = _sensitivity(entry, prepared, evaluator.batches)
-        ranked = [
-            n for n, _ in sorted(sensitivity.items(), key=lambda kv: -kv[1]) if n not in excluded
-        ]
-        count = 1
-        # At most 6 retries (up to 32 layers in float): beyond that int8 is not worth it here.
-        while not entry.evaluation.accurate and count <= min(len(ranked), 32):
-            extra = {
-                n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]
-            }
-            path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
-            entry = entry.replace(path=path, evaluation=evaluator.evaluate(path), excluded=extra)
-            count *= 2
-        result.append(entry)
     return result, sensitivity
+
+
+def _without_sensitive(
+    entry: Candidate,
+    sensitivity: Mapping[str, float],
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+) -> Candidate:
+    ranked = [n for n, _ in sorted(sensitivity.items(), key=lambda kv: -kv[1]) if n not in excluded]
+    count = 1
+    # At most 6 retries (up to 32 layers in float): beyond that int8 is not worth it here.
+    while not entry.evaluation.accurate and count <= min(len(ranked), 32):
+        extra = {n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]}
+        path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
+        entry = entry.replace(path=path, evaluation=evaluator.evaluate(path), excluded=extra)
+        count *= 2
+    return entry
 
 
 def _sensitivity(entry: Candidate, prepared: Prepared, batches: Sequence[Feeds]) -> dict:

@@ -11,6 +11,7 @@ import onnx
 from onnxslim.passes.quantization._accuracy_guard import Evaluator
 from onnxslim.passes.quantization._candidates import Candidate
 from onnxslim.passes.quantization._emit import Emitter
+from onnxslim.progress import task
 
 __all__ = ["ISLAND_STEPS", "float_islands", "with_float_islands"]
 
@@ -73,15 +74,17 @@ def with_float_islands(
         return result, set()
     position = result.index(base) + 1
     rescued: set[str] = set()
-    for step, nodes in float_islands(graph):
-        extra = {n: why for n, why in nodes.items() if n not in excluded}
-        label = f"{base.label}, {step}"
-        path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
-        entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
-        entry = entry.replace(excluded=extra)
-        result.insert(position, entry)
-        position += 1
-        if entry.evaluation.accurate:
-            rescued.add(base.label)
-            break
+    steps = float_islands(graph)
+    with task("quantize: placement search", len(steps), "candidate") as bar:
+        for step, nodes in steps:
+            extra = {n: why for n, why in nodes.items() if n not in excluded}
+            label = f"{base.label}, {step}"
+            path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
+            entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
+            result.insert(position, entry.replace(excluded=extra))
+            position += 1
+            bar.advance(candidate=label)
+            if entry.evaluation.accurate:
+                rescued.add(base.label)
+                break
     return result, rescued
