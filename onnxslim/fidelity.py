@@ -19,6 +19,8 @@ __all__ = [
     "TaskMetric",
     "choose_metric",
     "compare_outputs",
+    "ctc_agreement",
+    "ctc_decode",
     "decisive_top1_agreement",
     "looks_like_scores",
     "map_iou",
@@ -248,8 +250,16 @@ MetricFunction = Callable[[list, list], "float | bool"]
 # Defaults (decided in issue 17): top-1 keeps 95% of the decisions; an embedding keeps 0.99 mean
 # cosine (about 17 dB SQNR on zero-mean features); a map keeps 95% IoU of its thresholded region;
 # a sequence keeps 99% of its per-step decisions (a 25-step word then flips under one step in 4).
-DEFAULT_MIN_SCORE = {"top1": 0.95, "cosine": 0.99, "sqnr": 20.0, "iou": 0.95, "seq-top1": 0.99}
-METRICS = ("top1", "cosine", "sqnr", "iou@T", "seq-top1", "ctc")
+# A CTC decode keeps 99% of the float model's characters (edit distance).
+DEFAULT_MIN_SCORE = {
+    "top1": 0.95,
+    "cosine": 0.99,
+    "sqnr": 20.0,
+    "iou": 0.95,
+    "seq-top1": 0.99,
+    "ctc": 0.99,
+}
+METRICS = ("top1", "cosine", "sqnr", "iou@T", "seq-top1", "ctc")  # ctc: greedy decodes, blank 0
 
 
 def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -284,6 +294,36 @@ def seq_top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
     return top1_agreement(reference, candidate)
 
 
+def ctc_decode(scores: np.ndarray, blank: int = 0) -> list[list[int]]:
+    """Greedy CTC decode of [batch, steps, classes] scores: argmax, repeats merged, blanks dropped."""
+    decoded = []
+    for best in np.asarray(scores).argmax(-1):
+        keep = np.ones(len(best), bool)
+        keep[1:] = best[1:] != best[:-1]
+        decoded.append([int(c) for c in best[keep] if c != blank])
+    return decoded
+
+
+def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, left in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, right in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (left != right))
+    return row[-1]
+
+
+def ctc_agreement(reference: np.ndarray, candidate: np.ndarray, blank: int = 0) -> float:
+    """1 - edit distance / length of the reference's greedy CTC decodes (the float model's
+    characters kept), over all samples; 1.0 when both decode to nothing."""
+    if reference.ndim != 3:
+        raise ValueError(f"ctc needs [batch, steps, classes] scores, got {reference.shape}")
+    pairs = list(zip(ctc_decode(reference, blank), ctc_decode(candidate, blank)))
+    length = sum(len(r) for r, _ in pairs)
+    errors = sum(_edit_distance(r, c) for r, c in pairs)
+    return 1.0 - errors / length if length else float(errors == 0)
+
+
 def _probability_rows(array: np.ndarray) -> bool:
     rows = array.reshape(-1, array.shape[-1]).astype(np.float64)
     if rows.min() >= 0 and rows.max() <= 1 + 1e-6:
@@ -309,6 +349,12 @@ def choose_metric(name: str, reference: np.ndarray) -> tuple[str, str]:
     if reference.ndim >= 4:
         return "sqnr", f"{where}: a feature map with values outside [0, 1]"
     if reference.ndim == 3 and reference.shape[-1] > 1 and _probability_rows(reference):
+        blank = float(np.mean(reference.argmax(-1) == 0))
+        if blank >= 0.3:  # CTC: most steps say "no new character"
+            return (
+                "ctc",
+                f"{where}: per-step probabilities, class 0 wins {100 * blank:.0f}% of steps (CTC)",
+            )
         return "seq-top1", f"{where}: per-step class probabilities (sequence scores)"
     if reference.ndim == 3:
         return "cosine", f"{where}: per-token features, not probabilities (an embedding)"
@@ -329,7 +375,8 @@ class TaskMetric:
     """A task metric over the guard's outputs and the floor its score must reach.
 
     ``name``: ``top1``, ``cosine``, ``sqnr`` (dB), ``iou@T`` (maps thresholded at T),
-    ``seq-top1`` (alias ``ctc``) or ``user`` (``function``: ``(reference_outputs,
+    ``seq-top1`` (per-step argmax), ``ctc`` (greedy CTC decodes, blank 0: characters kept) or
+    ``user`` (``function``: ``(reference_outputs,
     candidate_outputs) -> bool | float`` over lists of per-batch output dicts). ``outputs``:
     the outputs it judges (None: every floating output). ``reason``: why it was chosen.
     """
@@ -346,7 +393,7 @@ class TaskMetric:
         if callable(spec):
             return cls("user", min_score, function=spec, reason="given by the user")
         text = str(spec).strip().lower()
-        text = "seq-top1" if text in ("ctc", "per-step-top1", "per-step top1") else text
+        text = "seq-top1" if text in ("per-step-top1", "per-step top1") else text
         base, _, threshold = text.partition("@")
         if base not in DEFAULT_MIN_SCORE or (threshold and base != "iou"):
             raise ValueError(
@@ -399,6 +446,8 @@ class TaskMetric:
             return top1_agreement(reference, candidate)
         if base == "seq-top1":
             return seq_top1_agreement(reference, candidate)
+        if base == "ctc":
+            return ctc_agreement(reference, candidate)
         if base == "cosine":
             return mean_cosine(reference, candidate)
         if base == "iou":

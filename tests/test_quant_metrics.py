@@ -61,15 +61,30 @@ def test_iou_thresholds_maps_and_compares_regions():
     assert map_iou(np.zeros((2, 4)), np.zeros((2, 4))) == 1.0  # both empty: identical
 
 
-def test_seq_top1_counts_steps_and_ctc_is_its_alias():
+def test_seq_top1_counts_steps():
     scores = RNG.normal(size=(4, 25, 30)).astype(np.float32)
     one_step = scores.copy()
     one_step[0, 3] = -scores[0, 3]  # 1 of 100 steps flips
     assert _verdict("seq-top1", scores, one_step) is None  # 0.99 >= 0.99
     three_steps = scores.copy()
     three_steps[0, :3] = -scores[0, :3]
-    assert _verdict("ctc", scores, three_steps) == "seq-top1 0.97 < 0.99"
-    assert _verdict("ctc", scores, three_steps, min_score=0.95) is None
+    assert _verdict("seq-top1", scores, three_steps) == "seq-top1 0.97 < 0.99"
+    assert _verdict("per-step top1", scores, three_steps, min_score=0.95) is None
+
+
+def _ctc_scores(paths: list[list[int]], classes: int = 6) -> np.ndarray:
+    return np.stack([np.eye(classes, dtype=np.float32)[p] for p in paths])
+
+
+def test_ctc_compares_greedy_decodes_not_steps():
+    # "blank, 1, 1, blank, 2, 3" decodes to [1, 2, 3]; moving a character a step keeps it
+    reference = _ctc_scores([[0, 1, 1, 0, 2, 3], [4, 0, 4, 0, 0, 5]])
+    shifted = _ctc_scores([[1, 1, 0, 0, 2, 3], [4, 4, 0, 4, 5, 0]])
+    assert _verdict("ctc", reference, shifted) is None
+    assert _verdict("seq-top1", reference, shifted) == "seq-top1 0.4167 < 0.99"  # 5 of 12 steps
+    dropped = _ctc_scores([[0, 1, 1, 0, 0, 3], [4, 0, 4, 0, 0, 5]])  # the 2 is lost: 5/6
+    assert _verdict("ctc", reference, dropped) == "ctc 0.8333 < 0.99"
+    assert choose_metric("p", reference)[0] == "ctc"
 
 
 def test_user_metric_as_bool_or_score():
@@ -96,7 +111,7 @@ def test_unknown_metric_is_refused_in_one_sentence():
         (RNG.normal(size=(4, 384)).astype(np.float32), "cosine", "384 unnormalized features"),
         (np.full((4, 1, 8, 8), 0.3, np.float32), "iou@0.5", "a map of values in [0, 1]"),
         (RNG.normal(size=(4, 8, 16)).astype(np.float32), "cosine", "per-token features"),
-        (np.full((4, 8, 16), 1 / 16, np.float32), "seq-top1", "per-step class probabilities"),
+        (np.eye(16, dtype=np.float32)[RNG.integers(1, 16, (4, 8))], "seq-top1", "per-step class"),
         (RNG.normal(size=(4, 1)).astype(np.float32), "sqnr", "one value per sample"),
     ],
 )
@@ -224,6 +239,6 @@ def test_metric_from_the_cli_flags_and_a_recipe_key():
     recipe = onnxslim.parse_recipe(
         {"passes": [{"name": "quantize", "metric": "ctc", "min_score": 0.98}]}
     )
-    assert recipe.passes[0].task_metric().name == "seq-top1"
+    assert recipe.passes[0].task_metric().name == "ctc"
     with pytest.raises(RecipeError, match="unknown metric 'map'"):
         onnxslim.parse_recipe({"passes": [{"name": "quantize", "metric": "map"}]})

@@ -309,11 +309,18 @@ def _without_sensitive(
     evaluator: Evaluator,
     excluded: Mapping[str, str],
 ) -> Candidate:
-    ranked = [n for n, _ in sorted(sensitivity.items(), key=lambda kv: -kv[1]) if n not in excluded]
+    kept = dict(entry.excluded)
+    ranked = [
+        n
+        for n, _ in sorted(sensitivity.items(), key=lambda kv: -kv[1])
+        if n not in excluded and n not in kept
+    ]
     count = 1
     # At most 6 retries (up to 32 layers in float): beyond that int8 is not worth it here.
     while not entry.evaluation.accurate and count <= min(len(ranked), 32):
+        # on top of the nodes the candidate already keeps float (a placement's islands)
         extra = {n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]}
+        extra = {**kept, **extra}
         path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
         entry = entry.replace(path=path, evaluation=evaluator.evaluate(path), excluded=extra)
         count *= 2

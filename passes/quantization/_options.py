@@ -101,7 +101,8 @@ class QuantizeOptions:
         flag="--quant-metric",
         metavar="METRIC",
         help="the accuracy guard's task metric, then the only bound: top1, cosine (embeddings), "
-        "sqnr, iou@T (maps thresholded at T), seq-top1 or ctc (per-step argmax), or in the API "
+        "sqnr, iou@T (maps thresholded at T), seq-top1 (per-step argmax), ctc (characters of "
+        "greedy CTC decodes kept, blank 0), or in the API "
         "a callable (reference_outputs, candidate_outputs) -> bool, or a score with min_score; "
         "None picks one per output from its shape and range",
     )
@@ -110,7 +111,7 @@ class QuantizeOptions:
         flag="--quant-min-score",
         metavar="X",
         help="the metric's floor; None: top1 0.95, cosine 0.99, sqnr 20 (dB), iou 0.95, "
-        "seq-top1 0.99",
+        "seq-top1 0.99, ctc 0.99",
     )
     eval_samples: int = option(
         8,
