@@ -98,3 +98,30 @@ def test_attention_block_keeps_softmax_inputs_float_and_quantizes_the_rest(tmp_p
     softmax = next(n for n in model.graph if n.op_type == "Softmax")
     assert softmax.inputs[0].producer().op_type == "Add"  # no DequantizeLinear: float logits
     assert result.modified and summary["judged_on"]["source"] == "held-out calibration data"
+
+
+def test_an_exported_layernorm_is_a_float_island_down_to_its_centring_sub():
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["mean"], name="mean", axes=[-1]),
+        helper.make_node("Sub", ["x", "mean"], ["d"], name="centre"),
+        helper.make_node("Pow", ["d", "two"], ["d2"], name="square"),
+        helper.make_node("ReduceMean", ["d2"], ["var"], name="variance", axes=[-1]),
+        helper.make_node("Add", ["var", "eps"], ["var_eps"], name="add_eps"),
+        helper.make_node("Sqrt", ["var_eps"], ["std"], name="std"),
+        helper.make_node("Div", ["d", "std"], ["n"], name="normalize"),
+        helper.make_node("Mul", ["n", "two"], ["y"], name="gamma"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "ln",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])],
+        [
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+            numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+        ],
+    )
+    ((label, nodes_in_float),) = float_islands(graph)
+    assert label == ISLAND_STEPS[1]
+    assert sorted(nodes_in_float) == ["add_eps", "centre", "normalize", "square", "std", "variance"]
+    assert set(nodes_in_float.values()) == {"placement search: normalization at 'normalize'"}

@@ -50,12 +50,45 @@ def float_islands(graph: onnx.GraphProto) -> list[tuple[str, dict[str, str]]]:
             feeding = producers.get(node.input[0])
             if feeding is not None and feeding.name and feeding.op_type != "MatMul":
                 norms[feeding.name] = f"placement search: feeds {node.op_type} '{node.name}'"
+    norms.update(_decomposed_norms(graph, producers))
     steps = []
     if softmax:
         steps.append((ISLAND_STEPS[0], softmax))
     if scores or norms:
         steps.append((ISLAND_STEPS[1], {**softmax, **scores, **norms}))
     return steps
+
+
+_VARIANCE_CHAIN = ("Add", "ReduceMean", "Pow", "Mul", "Sqrt")
+
+
+def _decomposed_norms(
+    graph: onnx.GraphProto, producers: Mapping[str, onnx.NodeProto]
+) -> dict[str, str]:
+    """Exported LayerNorms (x - mean) / sqrt(mean((x - mean)^2) + eps): the Div and the
+    variance chain back to the centring Sub (a squared, wide-range tensor int8 cannot hold)."""
+    found: dict[str, str] = {}
+    for node in graph.node:
+        sqrt = (
+            producers.get(node.input[1]) if node.op_type == "Div" and len(node.input) > 1 else None
+        )
+        if sqrt is None or sqrt.op_type != "Sqrt" or not node.name:
+            continue
+        chain, pending, centred = [node.name], [sqrt], False
+        while pending:
+            current = pending.pop()
+            if not current.name or current.name in chain:
+                continue
+            chain.append(current.name)
+            if current.op_type == "Sub":
+                centred = True
+                continue
+            if current.op_type in (*_VARIANCE_CHAIN, "Sqrt"):
+                pending.extend(p for i in current.input[:1] if (p := producers.get(i)) is not None)
+        if centred:
+            why = f"placement search: normalization at '{node.name}'"
+            found.update(dict.fromkeys(dict.fromkeys(chain), why))
+    return found
 
 
 def with_float_islands(
