@@ -242,3 +242,25 @@ def test_metric_from_the_cli_flags_and_a_recipe_key():
     assert recipe.passes[0].task_metric().name == "ctc"
     with pytest.raises(RecipeError, match="unknown metric 'map'"):
         onnxslim.parse_recipe({"passes": [{"name": "quantize", "metric": "map"}]})
+
+
+def test_a_sample_limit_leaves_the_next_samples_to_the_guard(tmp_path):
+    path = _embedder(tmp_path)
+    data = _ranged_data(0.2)[:20]
+    result = QuantizeStatic(data, samples=12, latency_guard=False).apply(
+        onnxslim.load(path), PassContext(workdir=tmp_path / "a")
+    )
+    assert result.summary["calibration"]["samples"] == 12
+    assert result.summary["judged_on"]["description"] == (
+        "the last 8 of 20 samples; the calibration used the first 12"
+    )
+    # too few past the limit: the calibration still stops at it, the guard reuses its samples
+    short = QuantizeStatic(data[:15], samples=12, latency_guard=False).apply(
+        onnxslim.load(path), PassContext(workdir=tmp_path / "b")
+    )
+    assert short.summary["calibration"]["samples"] == 12
+    assert short.summary["judged_on"]["source"] == "calibration samples (reused)"
+    off = QuantizeStatic(data, samples=12, latency_guard=False, accuracy_guard=False).apply(
+        onnxslim.load(path), PassContext(workdir=tmp_path / "c")
+    )
+    assert off.summary["calibration"]["samples"] == 12

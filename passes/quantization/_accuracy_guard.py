@@ -110,7 +110,7 @@ def judging_data(
         f"verification data or at least {(HOLDOUT_RATIO + 1) * eval_samples} samples)"
     )
     judged_on = {"source": "calibration samples (reused)", "samples": count}
-    return JudgingData(batches, None, judged_on, warning)
+    return JudgingData(batches, samples, judged_on, warning)
 
 
 class Evaluator:

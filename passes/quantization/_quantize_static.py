@@ -215,10 +215,15 @@ class QuantizeStatic(SlimPass):
         verification = list(context.sample_inputs) if own_data else []
         if verification and _same_first_sample(reader, verification[0]):
             verification = []  # the pipeline verifies on the calibration data itself
-        if smoke or not isinstance(reader, BatchedReader):
+        if smoke or not self.accuracy_guard or not isinstance(reader, BatchedReader):
+            # nothing to judge (or judged on meaningless data): the timing samples only
             batches = evaluation_batches(reader, self.eval_samples)
             count = sum(len(next(iter(b.values()))) for b in batches)
             source = "random smoke data" if smoke else "calibration samples (reused)"
+            if self.samples is not None and isinstance(reader, BatchedReader):
+                reader = copy.copy(reader)
+                reader.limit = self.samples
+                reader.rewind()
             return reader, JudgingData(batches, None, {"source": source, "samples": count})
         judging = judging_data(reader, self.eval_samples, self.samples, verification)
         if judging.calibration_limit is not None and judging.calibration_limit != reader.limit:
