@@ -426,14 +426,17 @@ class TaskMetric:
 
     def violation(self, reference: Outputs, candidate: Outputs) -> str | None:
         """One line when the score misses the floor (a bool user metric: when it is False)."""
-        if self.function is not None and self.bound is None:
-            passed = self.function(list(reference), list(candidate))
-            return None if passed else "the user metric failed"
+        return self.judge(reference, candidate)[1]
+
+    def judge(self, reference: Outputs, candidate: Outputs) -> tuple[float, str | None]:
+        """The score and the violation line (None: it holds), computing the metric once."""
         value, bound = self.score(reference, candidate), self.bound
+        if self.function is not None and bound is None:
+            return value, (None if value else "the user metric failed")
         if bound is None or value >= bound:
-            return None
+            return value, None
         unit = " dB" if self.name == "sqnr" else ""
-        return f"{self.name} {value:.4g}{unit} < {bound:g}{unit}"
+        return value, f"{self.name} {value:.4g}{unit} < {bound:g}{unit}"
 
     def _judged(self, reference: Outputs) -> list[str]:
         first = reference[0] if reference else {}

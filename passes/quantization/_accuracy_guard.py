@@ -166,8 +166,8 @@ class Evaluator:
         scores: dict[str, float] = {}
         for metric in self.metrics:
             where = f" on {', '.join(metric.outputs)}" if metric.outputs else ""
-            scores[metric.name + where] = metric.score(self.reference, outputs)
-            violation = metric.violation(self.reference, outputs)
+            score, violation = metric.judge(self.reference, outputs)
+            scores[metric.name + where] = score
             if violation is not None:
                 problems.append(violation + where)
         if not self.proxy_outputs:
