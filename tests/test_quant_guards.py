@@ -104,3 +104,18 @@ def test_minus_one_batch_model_that_int8_slows_comes_back_float(tmp_path):
     onnxslim.save(int8.model, int8_path)
     float_s, int8_s = interleaved_latency([path, int8_path], data[0], runs=5, threads=1)
     assert int8_s > float_s
+
+
+def test_timing_feeds_batch_a_recurrent_state_on_its_own_axis():
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["state"], ["y"])],
+        "rnn",
+        [helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "N", 4])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert fixed_batch(model, "state") == 2 and fixed_batch(model, "state", axis=1) == 0
+    batches = [{"state": np.arange(16, dtype=np.float32).reshape(2, 2, 4)}]
+    feeds = timing_feeds(model, batches, 3, {"state": 1})["state"]
+    assert feeds.shape == (2, 3, 4)  # was (2, 2, 4): axis 0 read as the batch, fixed at 2
+    np.testing.assert_array_equal(feeds[0, :, 0], [0, 4, 0])

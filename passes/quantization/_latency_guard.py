@@ -33,16 +33,23 @@ __all__ = [
 
 
 # Not onnxslim.inputs.benchmark_feeds: that drops a batch short of samples, this cycles them.
-def timing_feeds(model: ir.Model, batches: Sequence[dict], batch: int) -> dict:
-    """Feeds of ``batch`` samples (the model's fixed batch wins), cycling the eval samples."""
+def timing_feeds(
+    model: ir.Model,
+    batches: Sequence[dict],
+    batch: int,
+    axes: Mapping[str, int | None] | None = None,
+) -> dict:
+    """Feeds of ``batch`` samples (the model's fixed batch wins), cycling the eval samples on
+    each input's batch axis (``axes``: the reader's; 0 unless given, None: a constant input)."""
     feeds = {}
     for name in batches[0]:
-        if np.ndim(batches[0][name]) == 0:
+        axis = (axes or {}).get(name, 0)
+        if np.ndim(batches[0][name]) == 0 or axis is None:
             feeds[name] = batches[0][name]
             continue
-        size = fixed_batch(model, name) or batch
-        pool = np.concatenate([b[name] for b in batches])
-        feeds[name] = np.take(pool, np.arange(size) % len(pool), axis=0)
+        size = fixed_batch(model, name, axis) or batch
+        pool = np.concatenate([b[name] for b in batches], axis=axis)
+        feeds[name] = np.take(pool, np.arange(size) % pool.shape[axis], axis=axis)
     return feeds
 
 

@@ -112,6 +112,7 @@ class _Run:
     evaluator: Evaluator
     summary: dict[str, Any]
     started: float
+    batch_axes: dict[str, int | None]  # the reader's batch axis per input (absent: 0)
 
 
 class QuantizeStatic(SlimPass):
@@ -273,6 +274,7 @@ class QuantizeStatic(SlimPass):
             evaluator,
             summary,
             started,
+            dict(getattr(reader, "batch_axes", {}) or {}),
         )
 
     def _accuracy_guard(self, run: _Run) -> list[Candidate]:
@@ -294,8 +296,9 @@ class QuantizeStatic(SlimPass):
     def _latency_guard(
         self, run: _Run, tried: list[Candidate]
     ) -> tuple[list[Candidate], int | None]:
-        feeds = timing_feeds(run.model, run.evaluator.batches, self.latency_batch)
-        run.summary["latency_batch"] = len(next(iter(feeds.values())))
+        feeds = timing_feeds(run.model, run.evaluator.batches, self.latency_batch, run.batch_axes)
+        first = next(iter(feeds))
+        run.summary["latency_batch"] = np.shape(feeds[first])[run.batch_axes.get(first, 0) or 0]
         base = next((c for c in tried if c.evaluation.accurate and not c.dynamic), None)
         if base is not None and self.latency_guard:
             # Per node: the int8 kernels that cost far more per MAC than the rest (a 1-channel
