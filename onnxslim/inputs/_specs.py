@@ -60,13 +60,14 @@ def input_specs(model: ir.Model) -> list[InputSpec]:
     return specs
 
 
-def fixed_batch(model: ir.Model, name: str | None = None) -> int:
-    """The batch size the graph fixes on input ``name`` (default: its first input); 0 where the
-    batch dim is symbolic or unknown (Paddle's -1 included)."""
+def fixed_batch(model: ir.Model, name: str | None = None, axis: int = 0) -> int:
+    """The batch size the graph fixes on input ``name`` (default: its first input) at its batch
+    ``axis``; 0 where that dim is symbolic or unknown (Paddle's -1 included) or declared 0
+    (which ORT takes literally: only empty batches)."""
     specs = input_specs(model)
     spec = specs[0] if name is None and specs else next((s for s in specs if s.name == name), None)
-    first = spec.shape[0] if spec is not None and spec.shape else None
-    return first if isinstance(first, int) and first > 0 else 0
+    dim = spec.shape[axis] if spec is not None and len(spec.shape) > axis else None
+    return dim if isinstance(dim, int) and dim > 0 else 0
 
 
 def resolve_shape(spec: InputSpec, sizes: DimSizes | None = None) -> tuple[int, ...]:

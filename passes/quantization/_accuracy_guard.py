@@ -3,24 +3,35 @@ keep the most sensitive layers in float until the bound holds."""
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.fidelity import FidelityBounds, compare_outputs
+from onnxslim.fidelity import (
+    FidelityBounds,
+    TaskMetric,
+    choose_metric,
+    compare_outputs,
+    looks_like_scores,
+)
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._prepare import Prepared
+from onnxslim.progress import task
 from onnxslim.runtime import create_session, session_options
 
 __all__ = [
     "Evaluator",
+    "JudgingData",
     "evaluation_batches",
+    "judging_data",
     "first_candidates",
     "keep_sensitive_layers_in_float",
     "layer_sensitivity",
@@ -38,41 +49,174 @@ def evaluation_batches(reader: Iterable[dict], samples: int) -> list[dict]:
     batches: list[dict] = []
     for batch in reader:
         batches.append(batch)
-        if sum(len(next(iter(b.values()))) for b in batches) >= samples:
+        if sum(_count(b) for b in batches) >= samples:
             break
     return batches
 
 
+def _count(batch: Mapping[str, Any]) -> int:
+    return len(next(iter(batch.values())))
+
+
+# The calibration keeps at least this many times the samples it gives up to the guard.
+HOLDOUT_RATIO = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgingData:
+    """The batches the accuracy guard judges on, the calibration's sample limit (None: the
+    reader's own), the report's ``judged_on`` and a warning when calibration samples are reused."""
+
+    batches: list[dict]
+    calibration_limit: int | None
+    judged_on: dict[str, Any]
+    warning: str | None = None
+
+
+def judging_data(
+    reader: Iterable[dict],
+    eval_samples: int,
+    samples: int | None,
+    verification: Sequence[Feeds] = (),
+) -> JudgingData:
+    """Samples the calibration does not see: the pipeline's ``verification`` feeds when given
+    (other data than the calibration's), else the last whole batches of ``reader`` covering
+    ``eval_samples`` when the calibration keeps enough (``samples``, or HOLDOUT_RATIO x the
+    held-out count); else the first calibration samples again, with a warning."""
+    if verification:
+        taken = [dict(v) for v in verification[:eval_samples]]
+        count = sum(_count(b) for b in taken)
+        return JudgingData(taken, None, {"source": "verification data", "samples": count})
+    tail: collections.deque[dict] = collections.deque()
+    total = 0
+    for batch in reader:
+        tail.append(batch)
+        total += _count(batch)
+        while len(tail) > 1 and sum(_count(b) for b in tail) - _count(tail[0]) >= eval_samples:
+            tail.popleft()
+    held = sum(_count(b) for b in tail)
+    rest = total - held
+    if (samples is not None and rest >= samples) or rest >= HOLDOUT_RATIO * held:
+        limit = samples if samples is not None else rest
+        judged_on = {"source": "held-out calibration data", "samples": held}
+        judged_on["description"] = (
+            f"the last {held} of {total} samples; the calibration used the first {limit}"
+        )
+        return JudgingData(list(tail), limit, judged_on)
+    batches = evaluation_batches(reader, eval_samples)
+    count = sum(_count(b) for b in batches)
+    warning = (
+        f"the accuracy guard judged on {count} calibration samples (no unseen samples: give "
+        f"verification data or at least {(HOLDOUT_RATIO + 1) * eval_samples} samples)"
+    )
+    judged_on = {"source": "calibration samples (reused)", "samples": count}
+    return JudgingData(batches, samples, judged_on, warning)
+
+
 class Evaluator:
-    """Runs a candidate on the evaluation batches and checks the bound against the float model
-    (on logits where an output is a Sigmoid/Softmax of them)."""
+    """Runs a candidate on the evaluation batches and checks the bound against the float model.
+
+    The bound is the task ``metric`` when given; else one metric per output chosen from its
+    shape and range (:func:`onnxslim.fidelity.choose_metric`): embeddings, maps and sequence
+    scores get their task metric, class scores and other outputs the classic SQNR / top-1
+    bounds (on logits where an output is a Sigmoid/Softmax of them).
+    """
 
     def __init__(
-        self, input_path: Path, prepared: Prepared, batches: list[dict], bound: FidelityBounds
+        self,
+        input_path: Path,
+        prepared: Prepared,
+        batches: list[dict],
+        bound: FidelityBounds,
+        metric: TaskMetric | None = None,
     ) -> None:
         self.batches = batches
         self.bound = bound
         self.reference = run_outputs(input_path, batches)
-        self.logits = output_logits(prepared.model)
+        self.metrics, proxies = _metrics(self.reference, bound, metric)
+        self.proxy_outputs = [name for name, _ in proxies]
+        self._proxy_reasons = [reason for _, reason in proxies]
+        self.logits = {
+            o: t for o, t in output_logits(prepared.model).items() if o in self.proxy_outputs
+        }
         self.reference_logits = (
             run_with_logits(prepared.path, batches, self.logits) if self.logits else self.reference
         )
 
+    def summary(self) -> dict[str, Any]:
+        """``metric``, ``metric_chosen_because`` and the floors, for the pass's report."""
+        judged = [*(m.name for m in self.metrics)]
+        reasons = [m.reason for m in self.metrics]
+        if self.proxy_outputs:
+            kinds = {_proxy_kind(self.reference[0][n]) for n in self.proxy_outputs}
+            judged.insert(0, "+".join(sorted(kinds, reverse=True)))
+            reasons.insert(
+                0, "; ".join(self._proxy_reasons) + " (bounds: min_top1 on scores, min_sqnr_db)"
+            )
+        return {
+            "metric": ", ".join(dict.fromkeys(judged)) or "none (accuracy guard off)",
+            "metric_chosen_because": "; ".join(r for r in reasons if r),
+            "min_score": {m.name: m.bound for m in self.metrics},
+        }
+
     def evaluate(self, path: Path) -> Evaluation:
         outputs = run_outputs(path, self.batches)
         fidelity = compare_outputs(self.reference, outputs)
+        problems: list[str] = []
+        scores: dict[str, float] = {}
+        for metric in self.metrics:
+            where = f" on {', '.join(metric.outputs)}" if metric.outputs else ""
+            score, violation = metric.judge(self.reference, outputs)
+            scores[metric.name + where] = score
+            if violation is not None:
+                problems.append(violation + where)
+        if not self.proxy_outputs:
+            return Evaluation(fidelity, tuple(problems), task_scores=scores)
         if not self.logits:
-            problems = self.bound.violations(fidelity, self.reference, outputs)
-            return Evaluation(fidelity, tuple(problems))
-        candidate_logits = run_with_logits(path, self.batches, self.logits)
-        logit_fidelity = compare_outputs(self.reference_logits, candidate_logits)
-        problems = self.bound.violations(logit_fidelity, self.reference_logits, candidate_logits)
+            reference, candidate = (
+                _only(self.reference, self.proxy_outputs),
+                _only(outputs, self.proxy_outputs),
+            )
+            proxy = compare_outputs(reference, candidate)
+            problems += self.bound.violations(proxy, reference, candidate)
+            return Evaluation(fidelity, tuple(problems), task_scores=scores)
+        reference = _only(self.reference_logits, self.proxy_outputs)
+        candidate = _only(run_with_logits(path, self.batches, self.logits), self.proxy_outputs)
+        logit_fidelity = compare_outputs(reference, candidate)
+        found = self.bound.violations(logit_fidelity, reference, candidate)
         return Evaluation(
             fidelity,
-            tuple(p.replace("output SQNR", "logits SQNR") for p in problems),
+            tuple(problems + [p.replace("output SQNR", "logits SQNR") for p in found]),
             logits_sqnr_db=logit_fidelity.sqnr_db,
             on_logits=True,
+            task_scores=scores,
         )
+
+
+def _metrics(
+    reference: Sequence[Feeds], bound: FidelityBounds, metric: TaskMetric | None
+) -> tuple[list[TaskMetric], list[tuple[str, str]]]:
+    """The task metrics, and the outputs the classic bounds judge (with why)."""
+    if metric is not None:
+        return [metric], []
+    if not bound.enabled or not reference:
+        return [], []
+    metrics, proxies = [], []
+    for name in reference[0]:
+        chosen, reason = choose_metric(name, np.concatenate([r[name] for r in reference]))
+        if chosen in ("top1", "sqnr"):
+            proxies.append((name, reason))
+        else:
+            metrics.append(TaskMetric(chosen, outputs=(name,), reason=reason))
+    return metrics, proxies
+
+
+def _proxy_kind(array: np.ndarray) -> str:
+    return "top1" if looks_like_scores(array) and array.ndim == 2 else "sqnr"
+
+
+def _only(outputs: Sequence[Feeds], names: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    return [{n: o[n] for n in names} for o in outputs]
 
 
 def first_candidates(
@@ -83,9 +227,11 @@ def first_candidates(
 ) -> list[Candidate]:
     """One evaluated candidate per op set, with the calibrated ranges."""
     tried = []
-    for label, op_types in op_sets:
-        path = emitter.emit(label, op_types, list(excluded))
-        tried.append(Candidate(label, op_types, path, evaluator.evaluate(path)))
+    with task("quantize: op-class candidates", len(op_sets), "candidate") as bar:
+        for label, op_types in op_sets:
+            path = emitter.emit(label, op_types, list(excluded))
+            tried.append(Candidate(label, op_types, path, evaluator.evaluate(path)))
+            bar.advance(candidate=label)
     return tried
 
 
@@ -99,25 +245,35 @@ def widen_clipped_ranges(
     """Step 1: a clipping method (percentile/entropy/mse) can cut off the rare large values that
     carry the signal (digit strokes on a blank page): widen the most clipped ranges back to
     min/max, most clipped first, until the bound holds (else keep the best-scoring try)."""
+    failing = [c for c in tried if not (c.evaluation.accurate or c.dynamic or not clipped)]
     result = []
-    for entry in tried:
-        if entry.evaluation.accurate or entry.dynamic or not clipped:
+    with task("quantize: widening clipped ranges", len(failing), "candidate") as bar:
+        for entry in tried:
+            if any(entry is c for c in failing):
+                entry = _widened(entry, clipped, emitter, evaluator, excluded)
+                bar.advance(candidate=entry.label)
             result.append(entry)
-            continue
-        best = entry
-        counts = sorted({max(1, round(f * len(clipped))) for f in (0.25, 0.5, 1.0)})
-        for count in counts:
-            widened = {**emitter.ranges, **{n: clipped[n] for n in list(clipped)[:count]}}
-            path = emitter.emit(entry.label, entry.op_types, list(excluded), widened)
-            evaluation = evaluator.evaluate(path)
-            if evaluation.accurate or evaluation.score > best.evaluation.score:
-                best = entry.replace(
-                    path=path, evaluation=evaluation, ranges=widened, widened=count
-                )
-            if evaluation.accurate:
-                break
-        result.append(best)
     return result
+
+
+def _widened(
+    entry: Candidate,
+    clipped: Mapping[str, tuple[float, float]],
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+) -> Candidate:
+    best = entry
+    counts = sorted({max(1, round(f * len(clipped))) for f in (0.25, 0.5, 1.0)})
+    for count in counts:
+        widened = {**emitter.ranges, **{n: clipped[n] for n in list(clipped)[:count]}}
+        path = emitter.emit(entry.label, entry.op_types, list(excluded), widened)
+        evaluation = evaluator.evaluate(path)
+        if evaluation.accurate or evaluation.score > best.evaluation.score:
+            best = entry.replace(path=path, evaluation=evaluation, ranges=widened, widened=count)
+        if evaluation.accurate:
+            break
+    return best
 
 
 def keep_sensitive_layers_in_float(
@@ -126,30 +282,49 @@ def keep_sensitive_layers_in_float(
     emitter: Emitter,
     evaluator: Evaluator,
     excluded: Mapping[str, str],
+    skip: Collection[str] = (),
 ) -> tuple[list[Candidate], dict[str, float]]:
     """Step 2: on static candidates that still break the bound, keep the most sensitive layers
-    in float (1, 2, 4, ... up to 32); also the last per-layer SQNR loss ranking (dB)."""
+    in float (1, 2, 4, ... up to 32); also the last per-layer SQNR loss ranking (dB). Candidates
+    labelled in ``skip`` (already rescued by another placement) are left as they are."""
     sensitivity: dict[str, float] = {}
     result = []
-    for entry in tried:
-        if entry.evaluation.accurate or entry.op_types is None:
+    failing = [
+        c for c in tried if not (c.evaluation.accurate or c.op_types is None or c.label in skip)
+    ]
+    with task("quantize: sensitive layers in float", len(failing), "candidate") as bar:
+        for entry in tried:
+            if any(entry is c for c in failing):
+                sensitivity = _sensitivity(entry, prepared, evaluator.batches)
+                entry = _without_sensitive(entry, sensitivity, emitter, evaluator, excluded)
+                bar.advance(candidate=entry.label)
             result.append(entry)
-            continue
-        sensitivity = _sensitivity(entry, prepared, evaluator.batches)
-        ranked = [
-            n for n, _ in sorted(sensitivity.items(), key=lambda kv: -kv[1]) if n not in excluded
-        ]
-        count = 1
-        # At most 6 retries (up to 32 layers in float): beyond that int8 is not worth it here.
-        while not entry.evaluation.accurate and count <= min(len(ranked), 32):
-            extra = {
-                n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]
-            }
-            path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
-            entry = entry.replace(path=path, evaluation=evaluator.evaluate(path), excluded=extra)
-            count *= 2
-        result.append(entry)
     return result, sensitivity
+
+
+def _without_sensitive(
+    entry: Candidate,
+    sensitivity: Mapping[str, float],
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+) -> Candidate:
+    kept = dict(entry.excluded)
+    ranked = [
+        n
+        for n, _ in sorted(sensitivity.items(), key=lambda kv: -kv[1])
+        if n not in excluded and n not in kept
+    ]
+    count = 1
+    # At most 6 retries (up to 32 layers in float): beyond that int8 is not worth it here.
+    while not entry.evaluation.accurate and count <= min(len(ranked), 32):
+        # on top of the nodes the candidate already keeps float (a placement's islands)
+        extra = {n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]}
+        extra = {**kept, **extra}
+        path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
+        entry = entry.replace(path=path, evaluation=evaluator.evaluate(path), excluded=extra)
+        count *= 2
+    return entry
 
 
 def _sensitivity(entry: Candidate, prepared: Prepared, batches: Sequence[Feeds]) -> dict:

@@ -45,13 +45,15 @@ class Evaluation:
     """A candidate's fidelity to the float model and the bound's violations (none: accurate).
 
     ``logits_sqnr_db`` is the SQNR on the logits where the guard checks logits (outputs made by
-    a final Sigmoid/Softmax), else None.
+    a final Sigmoid/Softmax), else None. ``task_scores``: each task metric's score (metric
+    name, with the output it judged -> score).
     """
 
     fidelity: Fidelity
     problems: tuple[str, ...] = ()
     logits_sqnr_db: float | None = None
     on_logits: bool = False
+    task_scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def accurate(self) -> bool:

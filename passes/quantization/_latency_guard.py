@@ -19,6 +19,7 @@ from onnxslim.inputs import fixed_batch
 from onnxslim.model import model_stats
 from onnxslim.passes.quantization._candidates import COMPUTE_OPS, Candidate, Rejected
 from onnxslim.passes.quantization._prepare import Prepared
+from onnxslim.progress import task
 from onnxslim.runtime import create_session, interleaved_timing, session_options, session_run
 
 __all__ = [
@@ -32,16 +33,23 @@ __all__ = [
 
 
 # Not onnxslim.inputs.benchmark_feeds: that drops a batch short of samples, this cycles them.
-def timing_feeds(model: ir.Model, batches: Sequence[dict], batch: int) -> dict:
-    """Feeds of ``batch`` samples (the model's fixed batch wins), cycling the eval samples."""
+def timing_feeds(
+    model: ir.Model,
+    batches: Sequence[dict],
+    batch: int,
+    axes: Mapping[str, int | None] | None = None,
+) -> dict:
+    """Feeds of ``batch`` samples (the model's fixed batch wins), cycling the eval samples on
+    each input's batch axis (``axes``: the reader's; 0 unless given, None: a constant input)."""
     feeds = {}
     for name in batches[0]:
-        if np.ndim(batches[0][name]) == 0:
+        axis = (axes or {}).get(name, 0)
+        if np.ndim(batches[0][name]) == 0 or axis is None:
             feeds[name] = batches[0][name]
             continue
-        size = fixed_batch(model, name) or batch
-        pool = np.concatenate([b[name] for b in batches])
-        feeds[name] = np.take(pool, np.arange(size) % len(pool), axis=0)
+        size = fixed_batch(model, name, axis) or batch
+        pool = np.concatenate([b[name] for b in batches], axis=axis)
+        feeds[name] = np.take(pool, np.arange(size) % pool.shape[axis], axis=axis)
     return feeds
 
 
@@ -141,13 +149,14 @@ def rank_and_confirm(
     ``min_speedup`` x the input is chosen."""
     tried = list(tried)
     acceptable = [i for i, c in enumerate(tried) if c.rejected is None]
-    latencies = interleaved_latency(
-        [input_path, *[tried[i].path for i in acceptable]],
-        feeds,
-        runs=runs,
-        threads=threads,
-        quantile=0.25,
-    )
+    with task("quantize: timing candidates", None, "round"):
+        latencies = interleaved_latency(
+            [input_path, *[tried[i].path for i in acceptable]],
+            feeds,
+            runs=runs,
+            threads=threads,
+            quantile=0.25,
+        )
     float_latency = latencies[0]
     fast = []
     for index, latency in zip(acceptable, latencies[1:]):
@@ -159,25 +168,28 @@ def rank_and_confirm(
             reason = f"latency: {speedup:.2f}x of the input (needs > {min_speedup:g}x)"
             tried[index] = tried[index].replace(rejected=Rejected(reason))
     chosen = None
-    for index in _best_first(tried, fast):
-        # Sessions created in the other order than in the ranking round, so a bias of
-        # creation order (thread pools, memory placement) cannot confirm itself.
-        after, before = interleaved_latency(
-            [tried[index].path, input_path], feeds, runs=runs, threads=threads
-        )
-        entry = tried[index].replace(speedup_confirmed=before / after)
-        if before / after > min_speedup:
-            tried[index] = entry.replace(
-                speedup=min(entry.speedup or 0.0, before / after),
-                latency_ms=max(entry.latency_ms or 0.0, after * 1e3),
+    ordered = _best_first(tried, fast)
+    with task("quantize: confirming speed-ups", len(ordered), "candidate") as bar:
+        for index in ordered:
+            # Sessions created in the other order than in the ranking round, so a bias of
+            # creation order (thread pools, memory placement) cannot confirm itself.
+            after, before = interleaved_latency(
+                [tried[index].path, input_path], feeds, runs=runs, threads=threads
             )
-            chosen = index
-            break
-        reason = (
-            f"latency: {before / after:.2f}x of the input on re-measurement "
-            f"(needs > {min_speedup:g}x)"
-        )
-        tried[index] = entry.replace(rejected=Rejected(reason))
+            bar.advance(candidate=tried[index].label, speedup=round(before / after, 2))
+            entry = tried[index].replace(speedup_confirmed=before / after)
+            if before / after > min_speedup:
+                tried[index] = entry.replace(
+                    speedup=min(entry.speedup or 0.0, before / after),
+                    latency_ms=max(entry.latency_ms or 0.0, after * 1e3),
+                )
+                chosen = index
+                break
+            reason = (
+                f"latency: {before / after:.2f}x of the input on re-measurement "
+                f"(needs > {min_speedup:g}x)"
+            )
+            tried[index] = entry.replace(rejected=Rejected(reason))
     return LatencyVerdict(tried, chosen, float_latency * 1e3)
 
 

@@ -96,10 +96,29 @@ class QuantizeOptions:
         0.95,
         help="top-1 agreement bound where outputs look like class scores; None turns it off",
     )
-    metric: Callable[[list, list], bool] | None = option(
-        None, help="user callable (reference_outputs, candidate_outputs) -> bool"
+    metric: str | Callable[[list, list], Any] | None = option(
+        None,
+        flag="--quant-metric",
+        metavar="METRIC",
+        help="the accuracy guard's task metric, then the only bound: top1, cosine (embeddings), "
+        "sqnr, iou@T (maps thresholded at T), seq-top1 (per-step argmax), ctc (characters of "
+        "greedy CTC decodes kept, blank 0), or in the API "
+        "a callable (reference_outputs, candidate_outputs) -> bool, or a score with min_score; "
+        "None picks one per output from its shape and range",
     )
-    eval_samples: int = option(8, help="samples (from the calibration data) used by the guards")
+    min_score: float | None = option(
+        None,
+        flag="--quant-min-score",
+        metavar="X",
+        help="the metric's floor; None: top1 0.95, cosine 0.99, sqnr 20 (dB), iou 0.95, "
+        "seq-top1 0.99, ctc 0.99",
+    )
+    eval_samples: int = option(
+        8,
+        help="samples the guards judge on: the pipeline's verification data when the "
+        "calibration data is other data, else held out from the calibration data (the last "
+        "ones, when at least 4x as many remain for calibration), else calibration samples",
+    )
     cache_dir: str | None = option(
         None, help="folder for the statistics cache; None disables the cache"
     )

@@ -9,6 +9,7 @@ _prepare, _tensors, _calibrate, _emit, _accuracy_guard, _latency_guard, _candida
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import re
@@ -26,17 +27,21 @@ from onnxslim import (
     RecipeError,
     SlimPass,
     SlimPassResult,
+    UnsupportedModelError,
+    input_specs,
     load,
     model_file_size,
     save,
 )
 from onnxslim.calibration import METHODS
-from onnxslim.fidelity import FidelityBounds
+from onnxslim.fidelity import FidelityBounds, TaskMetric
 from onnxslim.inputs import BatchedReader
 from onnxslim.passes.quantization._accuracy_guard import (
     Evaluator,
+    JudgingData,
     evaluation_batches,
     first_candidates,
+    judging_data,
     keep_sensitive_layers_in_float,
     tensor_sqnr,
     widen_clipped_ranges,
@@ -61,6 +66,7 @@ from onnxslim.passes.quantization._latency_guard import (
     timing_feeds,
 )
 from onnxslim.passes.quantization._options import QuantizeOptions
+from onnxslim.passes.quantization._placement import with_float_islands
 from onnxslim.passes.quantization._prepare import Prepared, prepare
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
 from onnxslim.passes.quantization._summary import (
@@ -106,6 +112,7 @@ class _Run:
     evaluator: Evaluator
     summary: dict[str, Any]
     started: float
+    batch_axes: dict[str, int | None]  # the reader's batch axis per input (absent: 0)
 
 
 class QuantizeStatic(SlimPass):
@@ -145,9 +152,13 @@ class QuantizeStatic(SlimPass):
     def bound(self) -> FidelityBounds:
         if not self.accuracy_guard:
             return FidelityBounds.off()
-        return FidelityBounds(
-            min_sqnr_db=self.min_sqnr_db, min_top1_agreement=self.min_top1, metric=self.metric
-        )
+        return FidelityBounds(min_sqnr_db=self.min_sqnr_db, min_top1_agreement=self.min_top1)
+
+    def task_metric(self) -> TaskMetric | None:
+        """The metric the user named (it alone is then the bound); None: chosen per output."""
+        if not self.accuracy_guard or self.metric is None:
+            return None
+        return _parse_metric(self.metric, self.min_score)
 
     def calibration_settings(self) -> CalibrationSettings:
         return CalibrationSettings(
@@ -163,12 +174,18 @@ class QuantizeStatic(SlimPass):
     # -- the pass ------------------------------------------------------------------------
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         started = time.perf_counter()
+        _refuse_empty_batches(model)
         profile = self.resolved_profile()
         reader, smoke = self._open_reader(model, context)
+        reader, judging = self._judging_data(reader, smoke, context)
         with _scratch_folder(context.workdir) as workdir:
             summary = start_summary(reader, smoke, self.method, profile)
+            summary["judged_on"] = judging.judged_on
+            if judging.warning is not None and self.accuracy_guard:
+                logger.warning("%s", judging.warning)
+                summary["warnings"].append(judging.warning)
             run = self._prepare_and_calibrate(
-                model, context, reader, profile, workdir, summary, started
+                model, context, reader, profile, workdir, summary, started, judging.batches
             )
             tried = self._accuracy_guard(run)
             tried, chosen = self._latency_guard(run, tried)
@@ -187,8 +204,35 @@ class QuantizeStatic(SlimPass):
                 "no calibration data given: using random smoke data; the ranges are meaningless"
             )
             data = "random"
-        reader = open_calibration_data(data, model, self.batch_size, self.samples, context.sizes)
+        # with a sample limit, the guard's held-out samples may come from just past it
+        limit = None if self.samples is None else self.samples + self.eval_samples
+        reader = open_calibration_data(data, model, self.batch_size, limit, context.sizes)
         return reader, smoke or reader.smoke
+
+    def _judging_data(
+        self, reader: BatchedReader, smoke: bool, context: PassContext
+    ) -> tuple[BatchedReader, JudgingData]:
+        """The calibration reader and the guard's samples, unseen by the calibration if possible."""
+        own_data = self.calibration is not None and context.data is not None
+        verification = list(context.sample_inputs) if own_data else []
+        if verification and _same_first_sample(reader, verification[0]):
+            verification = []  # the pipeline verifies on the calibration data itself
+        if smoke or not self.accuracy_guard or not isinstance(reader, BatchedReader):
+            # nothing to judge (or judged on meaningless data): the timing samples only
+            batches = evaluation_batches(reader, self.eval_samples)
+            count = sum(len(next(iter(b.values()))) for b in batches)
+            source = "random smoke data" if smoke else "calibration samples (reused)"
+            if self.samples is not None and isinstance(reader, BatchedReader):
+                reader = copy.copy(reader)
+                reader.limit = self.samples
+                reader.rewind()
+            return reader, JudgingData(batches, None, {"source": source, "samples": count})
+        judging = judging_data(reader, self.eval_samples, self.samples, verification)
+        if judging.calibration_limit is not None and judging.calibration_limit != reader.limit:
+            reader = copy.copy(reader)
+            reader.limit = judging.calibration_limit
+            reader.rewind()
+        return reader, judging
 
     def _prepare_and_calibrate(
         self,
@@ -199,6 +243,7 @@ class QuantizeStatic(SlimPass):
         workdir: Path,
         summary: dict[str, Any],
         started: float,
+        batches: list[dict],
     ) -> _Run:
         input_path = workdir / "input.onnx"
         save(model, input_path)
@@ -212,8 +257,8 @@ class QuantizeStatic(SlimPass):
         names = tensors_to_calibrate(prepared.proto, static_ops)
         calibration = collect_ranges(prepared.model, names, reader, self.calibration_settings())
         summary["calibration"] = calibration.summary()
-        batches = evaluation_batches(reader, self.eval_samples)
-        evaluator = Evaluator(input_path, prepared, batches, self.bound())
+        evaluator = Evaluator(input_path, prepared, batches, self.bound(), self.task_metric())
+        summary.update(evaluator.summary())
         excluded.update(unranged_exclusions(prepared.proto, names, calibration.ranges, excluded))
         emitter = Emitter(prepared.path, workdir, profile, calibration.ranges)
         return _Run(
@@ -230,14 +275,19 @@ class QuantizeStatic(SlimPass):
             evaluator,
             summary,
             started,
+            dict(getattr(reader, "batch_axes", {}) or {}),
         )
 
     def _accuracy_guard(self, run: _Run) -> list[Candidate]:
         tried = first_candidates(run.op_sets, run.emitter, run.evaluator, run.excluded)
         clipped = run.calibration.clipped()
         tried = widen_clipped_ranges(tried, clipped, run.emitter, run.evaluator, run.excluded)
+        # per node, not per op class: the attention tensors that break the metric stay float
+        tried, rescued = with_float_islands(
+            tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded
+        )
         tried, sensitivity = keep_sensitive_layers_in_float(
-            tried, run.prepared, run.emitter, run.evaluator, run.excluded
+            tried, run.prepared, run.emitter, run.evaluator, run.excluded, skip=rescued
         )
         run.summary["sensitivity_db"] = {
             n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]
@@ -247,8 +297,9 @@ class QuantizeStatic(SlimPass):
     def _latency_guard(
         self, run: _Run, tried: list[Candidate]
     ) -> tuple[list[Candidate], int | None]:
-        feeds = timing_feeds(run.model, run.evaluator.batches, self.latency_batch)
-        run.summary["latency_batch"] = len(next(iter(feeds.values())))
+        feeds = timing_feeds(run.model, run.evaluator.batches, self.latency_batch, run.batch_axes)
+        first = next(iter(feeds))
+        run.summary["latency_batch"] = np.shape(feeds[first])[run.batch_axes.get(first, 0) or 0]
         base = next((c for c in tried if c.evaluation.accurate and not c.dynamic), None)
         if base is not None and self.latency_guard:
             # Per node: the int8 kernels that cost far more per MAC than the rest (a 1-channel
@@ -339,8 +390,39 @@ class QuantizeStatic(SlimPass):
         return SlimPassResult(run.model, modified=True, summary=summary)
 
 
+def _refuse_empty_batches(model: ir.Model) -> None:
+    """A batch dim declared 0 is fixed at 0 for ORT (-1 and named dims are dynamic): such a model
+    runs only empty batches, so neither calibration nor the latency guard could run it."""
+    for spec in input_specs(model):
+        if spec.shape and spec.shape[0] == 0:
+            raise UnsupportedModelError(
+                f"input '{spec.name}' declares its batch dim as 0, so ONNX Runtime runs it only on "
+                "empty batches; re-export it with a dynamic batch (a named or -1 dim)."
+            )
+
+
+def _same_first_sample(reader: BatchedReader, feeds: Any) -> bool:
+    first = next(iter(reader), None)
+    if first is None or set(first) != set(feeds):
+        return False
+    return all(
+        np.shape(first[n])[1:] == np.shape(feeds[n])[1:]
+        and np.array_equal(np.asarray(first[n])[:1], np.asarray(feeds[n])[:1])
+        for n in first
+    )
+
+
+def _parse_metric(metric: Any, min_score: float | None) -> TaskMetric:
+    try:
+        return TaskMetric.parse(metric, min_score)
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+
+
 def _check_options(options: QuantizeOptions) -> None:
     """Refuses bad options before any work (each used to fail late with a ValueError/re.error)."""
+    if options.metric is not None:
+        _parse_metric(options.metric, options.min_score)
     method, mode, percentile, bins = options.method, options.mode, options.percentile, options.bins
     samples, exclude = options.samples, options.exclude
     if method not in METHODS:

@@ -39,6 +39,8 @@ def fidelity_summary(evaluation: Evaluation) -> dict:
     values = dataclasses.asdict(evaluation.fidelity)
     if evaluation.on_logits:
         values["logits_sqnr_db"] = _rounded(evaluation.logits_sqnr_db)
+    if evaluation.task_scores:
+        values["task_scores"] = {k: round(float(v), 4) for k, v in evaluation.task_scores.items()}
     return values
 
 
