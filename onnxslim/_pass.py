@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -13,7 +14,7 @@ import onnx_ir as ir
 
 from onnxslim._errors import SlimError, VerificationError
 from onnxslim.inputs import SampleReader
-from onnxslim.options import OptionSpec, option_specs, option_values
+from onnxslim.options import OptionSpec, check_value, option_specs, option_values
 
 __all__ = ["PassContext", "SlimPass", "SlimPassResult", "run_pass"]
 
@@ -75,6 +76,16 @@ class SlimPass(ir.passes.InPlacePass, abc.ABC):
             raise TypeError(f"{type(self).__name__}: give an Options value or keywords, not both")
         if options is not None and not isinstance(options, declared):
             raise TypeError(f"{type(self).__name__} takes {declared.__name__}, got {options!r}")
+        if options is None:
+            # keywords get the recipe's type checks: a clear error now, not a TypeError mid-run
+            # (choices are left to the pass, whose message names the domain: "unknown mode")
+            specs = option_specs(type(self))
+            values = {
+                key: check_value(type(self).name or type(self).__name__, specs[key], value)
+                if key in specs and not _is_choice(specs[key].annotation)
+                else value
+                for key, value in values.items()
+            }
         self.settings = options if options is not None else declared(**values)
 
     def __getattr__(self, name: str) -> Any:
@@ -100,6 +111,13 @@ class SlimPass(ir.passes.InPlacePass, abc.ABC):
     def config(self) -> dict[str, Any]:
         """Current option values, for the report and recipes."""
         return option_values(self)
+
+
+def _is_choice(annotation: Any) -> bool:
+    """``Literal[...]`` or ``Literal[...] | None``."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return True
+    return any(typing.get_origin(arg) is typing.Literal for arg in typing.get_args(annotation))
 
 
 def _fingerprint(model: ir.Model) -> tuple[Any, ...]:

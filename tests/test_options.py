@@ -213,3 +213,13 @@ def test_describe_type_and_literal_choices() -> None:
     assert check_value("x", OptionSpec("t", tuple[int, ...]), (1, 2)) == [1, 2]
     assert check_value("x", OptionSpec("n", int | float), 3) == 3
     assert check_value("x", OptionSpec("n", float | None), None) is None
+
+
+def test_keyword_options_get_the_recipe_type_checks():
+    from onnxslim.passes.quantization import QuantizeStatic
+
+    with pytest.raises(
+        RecipeError, match=r"option 'eval_samples' of pass 'quantize' expects int, got str '32'\."
+    ):
+        QuantizeStatic(eval_samples="32")
+    assert QuantizeStatic(exclude=("conv1",)).exclude == ["conv1"]

@@ -122,4 +122,7 @@ class QuantizeOptions:
     cache_dir: str | None = option(
         None, help="folder for the statistics cache; None disables the cache"
     )
-    threads: int | None = option(None, help="intra-op threads for timing (None: ORT's default)")
+    threads: int | None = option(
+        None,
+        help="intra-op threads for calibration and timing (None: ORT's default); set it for byte-identical sharded calibration",
+    )
