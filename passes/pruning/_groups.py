@@ -19,7 +19,7 @@ from onnxslim.passes.pruning._family import (
     STAT,
     Family,
 )
-from onnxslim.passes.pruning._ir import is_constant
+from onnxslim.passes.pruning._ir import is_constant, is_stored_constant
 from onnxslim.passes.pruning._view import GraphView
 
 _PRODUCER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
@@ -201,7 +201,7 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
             reasons.append(f"'{value.name}' is a graph output")
         touching = [user for user, _ in value.uses()]
         producer = value.producer()
-        if producer is not None and not (producer.op_type == "Constant" and is_constant(value)):
+        if producer is not None and not is_stored_constant(value):  # Constant, ConstantOfShape
             touching.append(producer)
         for node in touching:
             if node.graph is not view.graph:
