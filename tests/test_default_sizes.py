@@ -14,6 +14,7 @@ import pytest
 from onnxslim import Pipeline
 from onnxslim.inputs import DefaultSizeError, random_inputs, runnable_sizes
 from onnxslim.passes import Cleanup
+from onnxslim.passes.pruning import StructuredPrune, dependency_groups
 from onnxslim.runtime import create_session
 
 # A waveform front-end: reflect padding by 32 needs more than 32 samples (16 is today's default).
@@ -146,3 +147,30 @@ def test_cli_exit_2_one_line_no_ort_log(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+# An audio CNN behind a reflect pad of 80 samples: pruning observes shapes at a size that runs.
+AUDIO_CNN = """
+<ir_version: 8, opset_import: ["" : 17]>
+audio (float[1, 1, samples] x) => (float[1, 4, frames] y) {
+    pads = Constant <value = int64[6] {0, 0, 80, 0, 0, 80}> ()
+    padded = Pad <mode = "reflect"> (x, pads)
+    w1 = Constant <value = float[8, 1, 3] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+        17, 18, 19, 20, 21, 22, 23, 24}> ()
+    h = Conv (padded, w1)
+    r = Relu (h)
+    w2 = Constant <value = float[4, 8, 1] {1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 1,
+        0, 0, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0}> ()
+    y = Conv (r, w2)
+}
+"""
+
+
+def test_pruning_observes_shapes_at_sizes_that_run() -> None:
+    model = parse(AUDIO_CNN)
+    assert runnable_sizes(model) == {"samples": 224}
+    groups = dependency_groups(model)
+    assert [g["prunable"] for g in groups] == [True, False]
+    result = StructuredPrune(ratio=0.5, round_to=1)(model)
+    assert result.summary["units_removed"] == 4
+    assert runs(model, {"samples": 224})
