@@ -174,3 +174,19 @@ def test_pruning_observes_shapes_at_sizes_that_run() -> None:
     result = StructuredPrune(ratio=0.5, round_to=1)(model)
     assert result.summary["units_removed"] == 4
     assert runs(model, {"samples": 224})
+
+
+SAMPLE_RATE = """
+<ir_version: 8, opset_import: ["" : 17]>
+vad (float[1, samples] x, int64 sr) => (float[1, samples] y) {
+    rate = Constant <value = int64 {16000}> ()
+    is16k = Equal (sr, rate)
+    y = Where (is16k, x, x)
+}
+"""
+
+
+def test_a_scalar_tested_against_a_constant_takes_that_value() -> None:
+    feeds = random_inputs(parse(SAMPLE_RATE), seed=3)
+    assert feeds["sr"].shape == () and int(feeds["sr"]) == 16000
+    assert feeds["x"].shape == (1, 16)
