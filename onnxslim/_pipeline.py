@@ -30,6 +30,7 @@ from onnxslim.inputs import (
     input_specs,
     open_samples,
     random_inputs,
+    runnable_sizes,
     samples,
 )
 from onnxslim.model import model_stats
@@ -224,6 +225,8 @@ class Pipeline:
             reader = (
                 None if data is None else open_samples(data, working, batch_size=None, sizes=sizes)
             )
+            if reader is None:  # smoke data: sizes for symbolic dims at which the model runs
+                sizes = runnable_sizes(working, sizes, resolved_providers)
             verification, sample_source = self._samples(working, reader, sizes)
             context = PassContext(
                 reference_path=reference_path,

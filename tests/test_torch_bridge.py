@@ -982,6 +982,7 @@ _SUPPORTED_OPS = [
     "Expand",
     "Flatten",
     "Floor",
+    "GRU",
     "Gather",
     "GatherElements",
     "Gelu",
@@ -995,6 +996,7 @@ _SUPPORTED_OPS = [
     "Identity",
     "InstanceNormalization",
     "IsNaN",
+    "LSTM",
     "LayerNormalization",
     "LeakyRelu",
     "Less",
@@ -1015,6 +1017,7 @@ _SUPPORTED_OPS = [
     "PRelu",
     "Pad",
     "Pow",
+    "RNN",
     "Range",
     "Reciprocal",
     "ReduceL1",
@@ -1062,7 +1065,7 @@ def test_kernel_table_lists_every_supported_op():
     from onnxslim.torch_bridge._kernels import KERNELS as table
 
     assert table is KERNELS
-    assert len(KERNELS) == 99
+    assert len(KERNELS) == 102  # 99 + LSTM, GRU, RNN (_kernels_recurrent)
     assert supported_ops() == _SUPPORTED_OPS
     assert KERNELS["Resize"] is KERNELS["Upsample"]
     assert KERNELS["Softmax"] is KERNELS["LogSoftmax"]

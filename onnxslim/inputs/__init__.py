@@ -6,6 +6,7 @@ feed dicts) into a :class:`SampleReader`; ``samples`` and ``benchmark_feeds`` ta
 """
 
 from onnxslim.inputs._base import BatchAxes, BatchedReader, Feeds, SampleReader, validate_feeds
+from onnxslim.inputs._defaults import DIM_LADDERS, DefaultSizeError, runnable_sizes
 from onnxslim.inputs._images import IMAGE_SUFFIXES, ImageFolderReader, ImagePreprocessing
 from onnxslim.inputs._open import benchmark_feeds, open_reader, open_samples, samples
 from onnxslim.inputs._readers import (
@@ -28,6 +29,8 @@ from onnxslim.inputs._specs import (
 )
 
 __all__ = [
+    "DIM_LADDERS",
+    "DefaultSizeError",
     "IMAGE_SUFFIXES",
     "BatchAxes",
     "BatchedReader",
@@ -52,6 +55,7 @@ __all__ = [
     "parse_size_argument",
     "random_inputs",
     "resolve_shape",
+    "runnable_sizes",
     "samples",
     "to_numpy",
     "validate_feeds",

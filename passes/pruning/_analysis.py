@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx_ir as ir
 
-from onnxslim.inputs import random_inputs
+from onnxslim.inputs import DefaultSizeError, random_inputs, runnable_sizes
 from onnxslim.model import observed_shapes
 from onnxslim.passes.pruning._counts import base_macs
 from onnxslim.passes.pruning._groups import Group, apply_ignores, build_groups, make_segments
@@ -36,6 +36,10 @@ def analyze(
     ignore: Iterable[str] = (),
 ) -> PruneAnalysis:
     """Observes concrete shapes (one ORT run on random inputs) and builds the dependency groups."""
+    try:  # sizes at which the model runs (free when the pipeline already chose them)
+        sizes = runnable_sizes(model, sizes)
+    except DefaultSizeError:
+        pass  # observing shapes then falls back to inferred shapes, and says so
     feeds = random_inputs(model, sizes)
     view = GraphView(model, observed_shapes(model, feeds), prune_hidden=prune_hidden)
     groups = build_groups(view)

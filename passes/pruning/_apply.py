@@ -31,7 +31,7 @@ def apply_plan(view: GraphView, plan: Plan) -> None:
             continue
         for slot in group.slots:
             if slot.users:
-                _cut_param_copy(view, slot, plan)
+                _cut_param_copy(view, slot, plan, group.index)
             elif is_stored_constant(slot.value):
                 cuts.setdefault(id(slot.value), (slot.value, []))[1].append(
                     (slot.axis, plan.removed(slot.value, slot.axis))
@@ -48,9 +48,9 @@ def apply_plan(view: GraphView, plan: Plan) -> None:
     reinfer_shapes(view.model)
 
 
-def _cut_param_copy(view: GraphView, slot: Slot, plan: Plan) -> None:
+def _cut_param_copy(view: GraphView, slot: Slot, plan: Plan, group: int) -> None:
     array = np.delete(
-        constant_array(slot.value), plan.removed(slot.value, slot.axis), axis=slot.axis
+        constant_array(slot.value), plan.removed(slot.value, slot.axis, group), axis=slot.axis
     )
     copy = new_constant(view.graph, array, slot.value.name or "param")
     for node in slot.users:

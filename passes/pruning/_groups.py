@@ -19,10 +19,11 @@ from onnxslim.passes.pruning._family import (
     STAT,
     Family,
 )
-from onnxslim.passes.pruning._ir import is_constant
+from onnxslim.passes.pruning._ir import is_constant, is_stored_constant
 from onnxslim.passes.pruning._view import GraphView
 
 _PRODUCER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Gather"}
+_RECURRENT_OPS = {"LSTM", "GRU", "RNN"}  # hidden units seed from W's gate rows
 
 
 @dataclasses.dataclass
@@ -116,11 +117,35 @@ def build_groups(view: GraphView) -> list[Group]:
         if seed is None or (id(seed[0]), seed[1]) in visited:
             continue
         groups.append(_explore(view, seed, len(groups), visited))
+    _block_shared_slots(groups)
     return groups
 
 
+def _block_shared_slots(groups: list[Group]) -> None:
+    """An activation axis reached by two groups (e.g. both parts of a merged Reshape axis) would
+    be cut twice by unrelated plans: both groups block."""
+    owners: dict[tuple[int, int], list[Group]] = {}
+    for group in groups:
+        for slot in group.slots:
+            if slot.role == ACTIVATION:
+                owners.setdefault((id(slot.value), slot.axis), []).append(group)
+    for key, sharing in owners.items():
+        if len(sharing) > 1 and sum(not g.reasons for g in sharing) > 1:
+            label = next(s.label for s in sharing[0].slots if (id(s.value), s.axis) == key)
+            for group in sharing:
+                others = ", ".join(str(g.index) for g in sharing if g is not group)
+                group.reasons.append(f"'{label}' is also in group {others}")
+
+
 def _seed(view: GraphView, node: ir.Node) -> tuple[ir.Value, int] | None:
-    if node.op_type not in _PRODUCER_OPS or node.domain not in ("", "ai.onnx"):
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type in _RECURRENT_OPS:
+        w, r = node.inputs[1], node.inputs[2]
+        if w is None or not (is_constant(w) and is_constant(r)):
+            return None
+        return w, 1
+    if node.op_type not in _PRODUCER_OPS:
         return None
     y = node.outputs[0]
     shape = view.shape(y)
@@ -176,7 +201,7 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
             reasons.append(f"'{value.name}' is a graph output")
         touching = [user for user, _ in value.uses()]
         producer = value.producer()
-        if producer is not None and not (producer.op_type == "Constant" and is_constant(value)):
+        if producer is not None and not is_stored_constant(value):  # Constant, ConstantOfShape
             touching.append(producer)
         for node in touching:
             if node.graph is not view.graph:
@@ -188,14 +213,16 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
             if isinstance(result, str):
                 reasons.append(f"{_node_label(node)}: {result}")
                 continue
-            family = next((f for f in result if f.index_of(value, axis) is not None), None)
-            if family is None:
+            matching = [f for f in result if f.index_of(value, axis) is not None]
+            if not matching:
                 reasons.append(
                     f"{_node_label(node)}: axis {axis} of '{value.name}' is not followed"
                 )
                 continue
-            if (id(node), id(family)) in seen_families:
+            # A merged Reshape axis is in two families (outer, inner): the one entered through holds.
+            if any((id(node), id(f)) in seen_families for f in matching):
                 continue
+            family = matching[0]
             seen_families.add((id(node), id(family)))
             nodes.append(node)
             families.append((family, node))

@@ -21,6 +21,7 @@ from onnxslim.passes.pruning._handlers_elementwise import (
     unary,
 )
 from onnxslim.passes.pruning._handlers_matmul import gather, gemm, matmul
+from onnxslim.passes.pruning._handlers_recurrent import recurrent
 from onnxslim.passes.pruning._handlers_reduce import reduce, softmax
 from onnxslim.passes.pruning._handlers_shape import (
     concat,
@@ -86,6 +87,9 @@ HANDLERS: dict[str, Handler] = {
     "LayerNormalization": layer_norm,
     "Shape": shape_op,
     "Tile": tile,
+    "LSTM": recurrent,
+    "GRU": recurrent,
+    "RNN": recurrent,
     "DepthToSpace": blocker("DepthToSpace moves channels into space"),
     "SpaceToDepth": blocker("SpaceToDepth moves space into channels"),
     "If": blocker("control flow (If) is not followed"),

@@ -223,13 +223,7 @@ def reshape(view: GraphView, node: ir.Node) -> HandlerResult:
             if out_prefix[b] == in_prefix[in_axis] and out_shape[b] != 1
         ]
         if not candidates:
-            families.append(
-                Family(
-                    [(x, in_axis, ACTIVATION)],
-                    [],
-                    blocked=f"{node.op_type} merges axis {in_axis} into a preceding axis (channel shuffle or flatten of a leading axis)",
-                )
-            )
+            families.append(_inner_merge(view, node, in_axis, in_prefix, out_prefix))
             continue
         out_axis = candidates[0]
         out_size = out_shape[out_axis]
@@ -264,6 +258,50 @@ def reshape(view: GraphView, node: ir.Node) -> HandlerResult:
                 family.rewrite = _rewrite_reshape(view, node, out_axis)
         families.append(family)
     return families
+
+
+def _inner_merge(
+    view: GraphView, node: ir.Node, in_axis: int, in_prefix: np.ndarray, out_prefix: np.ndarray
+) -> Family:
+    """Axis ``in_axis`` as the innermost part of a merged output axis ([.., D, H] -> [.., D*H]):
+    output element ``d*H + u`` is unit ``u``. Only for a bidirectional RNN's directions (Y): in
+    general the outer axis may be cut by another group (a channel shuffle), which stays blocked."""
+    x, y = node.inputs[0], node.outputs[0]
+    size = int(view.shape(x)[in_axis])
+    ends = [b for b in range(len(out_prefix) - 1) if out_prefix[b + 1] == in_prefix[in_axis + 1]]
+    if not ends or out_prefix[ends[0]] >= in_prefix[in_axis] or not _from_recurrent(x):
+        return Family(
+            [(x, in_axis, ACTIVATION)],
+            [],
+            blocked=f"{node.op_type} merges axis {in_axis} into a preceding axis (channel shuffle or flatten of a leading axis)",
+        )
+    out_axis = ends[0]
+    outer = int(view.shape(y)[out_axis]) // size
+    family = Family(
+        [(x, in_axis, ACTIVATION), (y, out_axis, ACTIVATION)],
+        [(0, 1, np.tile(np.arange(size), outer), np.arange(outer * size))],
+    )
+    if node.op_type == "Reshape":
+        reason = _target_entry_problem(view, node, out_axis)
+        if reason:
+            family.blocked = reason
+        else:
+            family.rewrite = _rewrite_reshape(view, node, out_axis)
+    return family
+
+
+def _from_recurrent(value: ir.Value | None) -> bool:
+    """``value`` is an LSTM/GRU/RNN's Y, through layout ops only (Transpose, Squeeze, Identity)."""
+    for _ in range(4):
+        producer = None if value is None else value.producer()
+        if producer is None:
+            return False
+        if producer.op_type in ("LSTM", "GRU", "RNN"):
+            return producer.outputs[0] is value
+        if producer.op_type not in ("Transpose", "Squeeze", "Identity"):
+            return False
+        value = producer.inputs[0]
+    return False
 
 
 def _shape_pieces(view: GraphView, value: ir.Value | None) -> list[tuple[ir.Node, int, int]] | None:

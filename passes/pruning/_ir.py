@@ -18,27 +18,48 @@ def _through_identity(value: ir.Value | None) -> ir.Value | None:
     return value
 
 
+def _filled(value: ir.Value) -> tuple[tuple[int, ...], np.ndarray] | None:
+    """(shape, fill) of a ConstantOfShape with a constant shape: a uniform weight (light models)."""
+    producer = value.producer()
+    if (
+        producer is None
+        or producer.op_type != "ConstantOfShape"
+        or producer.domain not in ("", "ai.onnx")
+    ):
+        return None
+    shape_value = producer.inputs[0] if producer.inputs else None
+    shape = None if shape_value is None else ir.convenience.get_const_tensor(shape_value)
+    if shape is None:
+        return None
+    fill = producer.attributes.get("value")
+    scalar = np.zeros(1, np.float32) if fill is None else fill.as_tensor().numpy().reshape(-1)[:1]
+    return tuple(int(d) for d in shape.numpy().reshape(-1)), scalar
+
+
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The value's constant content (initializer, Constant node, or Identity of one), else None."""
+    """The value's constant content (initializer, Constant node, ConstantOfShape of a constant
+    shape, or Identity of one), else None."""
     value = _through_identity(value)
     if value is None:
         return None
     tensor = ir.convenience.get_const_tensor(value)
-    return None if tensor is None else tensor.numpy()
+    if tensor is not None:
+        return tensor.numpy()
+    filled = _filled(value)
+    return None if filled is None else np.full(filled[0], filled[1][0], dtype=filled[1].dtype)
 
 
 def is_stored_constant(value: ir.Value | None) -> bool:
-    """An initializer or the output of a Constant node: something whose content can be cut."""
+    """An initializer, a Constant node's output or a constant-shape ConstantOfShape: content that
+    can be cut."""
     if value is None:
         return False
     if value.const_value is not None or value.is_initializer():
         return True
     producer = value.producer()
-    return (
-        producer is not None
-        and producer.op_type == "Constant"
-        and producer.domain in ("", "ai.onnx")
-    )
+    if producer is None or producer.domain not in ("", "ai.onnx"):
+        return False
+    return producer.op_type == "Constant" or _filled(value) is not None
 
 
 def is_constant(value: ir.Value | None) -> bool:
@@ -49,7 +70,15 @@ def set_constant(value: ir.Value, array: np.ndarray) -> None:
     """Replaces a constant's content in place (initializer or Constant node)."""
     tensor = ir.tensor(np.ascontiguousarray(array), name=value.name)
     producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
+    filled = _filled(value)
+    if producer is not None and filled is not None:
+        if array.size and not np.all(array == array.reshape(-1)[0]):
+            raise ValueError(f"'{value.name}' is a ConstantOfShape: only uniform content fits it")
+        graph = producer.graph
+        assert graph is not None
+        shape = np.array(array.shape, dtype=np.int64)  # a cut of a uniform tensor: a new shape
+        producer.replace_input_with(0, new_constant(graph, shape, value.name or "shape"))
+    elif producer is not None and producer.op_type == "Constant":
         for key in list(producer.attributes):
             del producer.attributes[key]
         producer.attributes["value"] = ir.AttrTensor("value", tensor)

@@ -31,6 +31,7 @@ class Plan:
     def __post_init__(self) -> None:
         self._removed: dict[tuple[int, int], np.ndarray] = {}
         self._sizes: dict[tuple[int, int], int] = {}
+        self._param_removed: dict[tuple[int, int, int], np.ndarray] = {}
         for group in self.groups:
             units = self.removed_units.get(group.index)
             if units is None or len(units) == 0:
@@ -39,8 +40,12 @@ class Plan:
                 removed = np.flatnonzero(np.isin(unit_of, units))
                 self._removed[(id(slot.value), slot.axis)] = removed
                 self._sizes[(id(slot.value), slot.axis)] = slot.size
+                if slot.users:  # a per-channel param shared across groups: each cuts its own copy
+                    self._param_removed[(group.index, id(slot.value), slot.axis)] = removed
 
-    def removed(self, value: ir.Value, axis: int) -> np.ndarray:
+    def removed(self, value: ir.Value, axis: int, group: int | None = None) -> np.ndarray:
+        if group is not None and (group, id(value), axis) in self._param_removed:
+            return self._param_removed[(group, id(value), axis)]
         return self._removed.get((id(value), axis), np.zeros(0, dtype=np.int64))
 
     def fraction(self, value: ir.Value | None, axis: int) -> float:
