@@ -69,6 +69,10 @@ PASSES: dict[str, PassEntry] = {
         "onnxslim.passes.quantization:QuantizeStatic",
         options="onnxslim.passes.quantization._options:QuantizeOptions",
     ),
+    "quantize_int4": PassEntry(
+        "onnxslim.passes.quantization:QuantizeWeightsInt4",
+        options="onnxslim.passes.quantization._int4:Int4Options",
+    ),
 }
 
 
