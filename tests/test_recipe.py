@@ -100,8 +100,14 @@ def test_one_pass_table() -> None:
     import onnxslim.passes
     from onnxslim.registry import PASSES, get_pass_class, get_pass_hook, pass_names
 
-    assert pass_names() == ["cleanup", "prune", "distill", "quantize"]
-    assert onnxslim.passes.__all__ == ["Cleanup", "StructuredPrune", "Distill", "QuantizeStatic"]
+    assert pass_names() == ["cleanup", "prune", "distill", "quantize", "quantize_int4"]
+    assert onnxslim.passes.__all__ == [
+        "Cleanup",
+        "StructuredPrune",
+        "Distill",
+        "QuantizeStatic",
+        "QuantizeWeightsInt4",
+    ]
     for name, entry in PASSES.items():
         pass_class = get_pass_class(name)
         assert pass_class.name == name
