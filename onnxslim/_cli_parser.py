@@ -46,8 +46,9 @@ def _add_optimize(commands: argparse._SubParsersAction, handler: Handler) -> Non
     how.add_argument("--passes", help="comma-separated pass names, e.g. cleanup (the default)")
     optimize.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="static int8 quantization (QDQ, guarded: never slower, accuracy bound)",
+        choices=["int8", "int4"],
+        help="int8: static QDQ quantization; int4: weight-only MatMuls (MatMulNBits); both "
+        "guarded: never slower, accuracy bound",
     )
     _add_pass_flags(optimize)
     _add_data_flags(optimize)

@@ -68,7 +68,8 @@ def _passes_from_flags(args: argparse.Namespace) -> list[Any]:
     def wanted(name: str) -> bool:
         # --quantize int8 names the precision; the other passes start with their data/target flag
         return flags_enable(args, name, get_options_class(name)) or (
-            name == "quantize" and args.quantize is not None
+            args.quantize is not None
+            and name == {"int8": "quantize", "int4": "quantize_int4"}[args.quantize]
         )
 
     if args.passes:

@@ -85,6 +85,10 @@ PASSES: dict[str, PassEntry] = {
         options="onnxslim.passes.quantization._options:QuantizeOptions",
         describe="onnxslim.passes.quantization._describe:describe",
     ),
+    "quantize_int4": PassEntry(
+        "onnxslim.passes.quantization:QuantizeWeightsInt4",
+        options="onnxslim.passes.quantization._int4:Int4Options",
+    ),
 }
 
 

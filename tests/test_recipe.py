@@ -100,13 +100,21 @@ def test_one_pass_table() -> None:
     import onnxslim.passes
     from onnxslim.registry import PASSES, get_pass_class, get_pass_hook, pass_names
 
-    assert pass_names() == ["cleanup", "prune", "distill", "prune_distill", "quantize"]
+    assert pass_names() == [
+        "cleanup",
+        "prune",
+        "distill",
+        "prune_distill",
+        "quantize",
+        "quantize_int4",
+    ]
     assert onnxslim.passes.__all__ == [
         "Cleanup",
         "StructuredPrune",
         "Distill",
         "PruneDistill",
         "QuantizeStatic",
+        "QuantizeWeightsInt4",
     ]
     for name, entry in PASSES.items():
         pass_class = get_pass_class(name)

@@ -1,5 +1,5 @@
-"""ONNX Runtime's private or unstable names, in one place: symbolic shape inference's steps, and
-the quantizer we hand our own ranges to.
+"""ONNX Runtime's private or unstable names, in one place: symbolic shape inference's steps, the
+quantizer we hand our own ranges to, and the 4-bit weight-only MatMul quantizer.
 
 ORT's public ``quantize_static`` calibrates itself; we give our ranges to its ``QDQQuantizer``
 (not exported from ``onnxruntime.quantization``'s ``__init__``), so its constructor is called here,
@@ -8,6 +8,9 @@ with keywords, and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,9 @@ from onnxslim._errors import RecipeError
 __all__ = [
     "ORT_QUANTIZATION_DIR",
     "QDQQuantizer",
+    "INT4_ALGORITHMS",
     "load_model_with_shape_infer",
+    "matmul_nbits_quantized",
     "qdq_quantizer",
     "quant_type",
     "shape_inferred_proto",
@@ -106,3 +111,74 @@ def qdq_quantizer(
 def shape_inferred_proto(path: Path) -> onnx.ModelProto:
     """ORT's own load with onnx shape inference and its "already inferred" mark."""
     return load_model_with_shape_infer(path)
+
+
+INT4_ALGORITHMS = ("rtn", "hqq", "gptq")
+
+
+def _matmul_nbits_module() -> Any:
+    """``onnxruntime.quantization.matmul_nbits_quantizer``, imported without its side effect: it
+    calls ``logging.basicConfig(level=INFO)`` at import, which would print every later record."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        from onnxruntime.quantization import matmul_nbits_quantizer
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+    return matmul_nbits_quantizer
+
+
+def matmul_nbits_quantized(
+    model: onnx.ModelProto,
+    *,
+    algorithm: str,
+    block_size: int,
+    symmetric: bool,
+    accuracy_level: int | None,
+    nodes_to_exclude: Sequence[str],
+    calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+) -> onnx.ModelProto:
+    """``model`` with its constant-weight MatMuls as 4-bit ``com.microsoft.MatMulNBits``.
+
+    ``rtn`` is ORT's native blockwise round-to-nearest (C++; symmetric or not, ``accuracy_level``
+    kept); ``hqq`` is half-quadratic (asymmetric only, torch); ``gptq`` needs ``calibration``
+    feeds (ORT's Neural Compressor port). ``model`` is consumed: ORT edits it.
+    """
+    module = _matmul_nbits_module()
+    if algorithm == "rtn":
+        config = module.DefaultWeightOnlyQuantConfig(
+            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level, bits=4
+        )
+    elif algorithm == "hqq":
+        config = module.HQQWeightOnlyQuantConfig(block_size=block_size, bits=4)
+    elif algorithm == "gptq":
+        if not calibration:
+            raise RecipeError("int4 'gptq' needs calibration data; give some or use 'rtn'.")
+        # ORT deep-copies the reader and iterates it: a list of feeds is such a reader
+        config = module.GPTQWeightOnlyQuantConfig(
+            calibration_data_reader=[dict(feeds) for feeds in calibration],  # type: ignore[arg-type]
+            block_size=block_size,
+        )
+    else:
+        raise RecipeError(
+            f"int4 algorithm '{algorithm}' is not supported; use one of {', '.join(INT4_ALGORITHMS)}."
+        )
+    quantizer = module.MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=block_size,
+        is_symmetric=symmetric,
+        accuracy_level=accuracy_level,
+        nodes_to_exclude=list(nodes_to_exclude),
+        algo_config=config,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # gptq prints a progress bar to stdout
+        quantizer.process()
+    result = quantizer.model.model  # ONNXModel for rtn/hqq; a ModelProto-holding wrapper for gptq
+    if not any(opset.domain == "com.microsoft" for opset in result.opset_import):
+        # the Neural Compressor port (gptq) writes MatMulNBits without declaring its domain
+        result.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return result

@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_FOLD_INPUT_SIZE_LIMIT",
     "EXACT_NO_OP_RULES",
     "constant_folding_pass",
+    "quantization_fusion_rules",
     "default_rewrite_rules",
 ]
 
@@ -87,3 +88,42 @@ def constant_folding_pass(
         output_size_limit=output_size_limit,
         should_fold=should_fold,
     )
+
+
+def quantization_fusion_rules() -> dict[str, Callable[[ir.Model], int]]:
+    """Fusions to standard ONNX ops, by name -> ``apply(model) -> count``: BatchNorm into the
+    Conv/ConvTranspose/Gemm before it, Conv + constant Mul/Add, HardSigmoid/HardSwish chains,
+    and the decomposed LayerNorm (``LayerNormalization``, opset >= 17)."""
+    from onnxscript.rewriter.rules.common import _fuse_batchnorm, _fuse_conv_affine, _fuse_hardswish
+    from onnxscript.rewriter.rules.fusion import _layer_norm
+
+    return {
+        "batchnorm": _fuse_batchnorm.rules.apply_to_model,
+        "conv_affine": rewriter.RewriteRuleSet(
+            [_fuse_conv_affine.affine_conv_fusion_rule, _fuse_conv_affine.conv_affine_fusion_rule]
+        ).apply_to_model,
+        "hardswish": _fuse_hardswish.fuse_hardswish_rules().apply_to_model,
+        "layer_norm": rewriter.RewriteRuleSet(
+            [_layer_norm_axes_attribute_rule(), *_layer_norm.layer_normalization_rules]
+        ).apply_to_model,
+    }
+
+
+def _layer_norm_axes_attribute_rule() -> RewriteRule:
+    """onnxscript's LayerNorm fusion for opsets 13..17 (its pattern takes ReduceMean's axes as
+    an input, the opset-18 form; exported models at 17 carry them as an attribute)."""
+    from onnxscript.rewriter import pattern
+    from onnxscript.rewriter.rules.fusion import _layer_norm
+
+    class LayerNormAxesAttribute(_layer_norm.LayerNormFusion):
+        def pattern(self, op, x, scale, epsilon):
+            deviation = op.Sub(x, op.ReduceMean(x, axes=[-1], keepdims=1))
+            squared = pattern.OrValue([op.Mul(deviation, deviation), op.Pow(deviation, 2)])
+            variance = op.ReduceMean(squared, axes=[-1], keepdims=1)
+            std_dev = op.Sqrt(op.Add(variance, epsilon))
+            normalized = pattern.OrValue(
+                [op.Mul(deviation, op.Reciprocal(std_dev)), op.Div(deviation, std_dev)]
+            )
+            return op.Mul(normalized, scale)
+
+    return LayerNormAxesAttribute.rule()

@@ -1,4 +1,5 @@
-"""Static int8 quantization: streamed calibration, ORT QDQ emission, target profiles, guards."""
+"""Static int8 quantization (streamed calibration, ORT QDQ emission, target profiles, guards) and
+int4 weight-only MatMuls."""
 
 from onnxslim.passes.quantization._accuracy_guard import layer_sensitivity, run_outputs
 from onnxslim.passes.quantization._calibrate import (
@@ -14,6 +15,7 @@ from onnxslim.passes.quantization._candidates import (
     quantizable_op_types,
     select_nodes,
 )
+from onnxslim.passes.quantization._int4 import Int4Options, QuantizeWeightsInt4
 from onnxslim.passes.quantization._latency_guard import interleaved_latency
 from onnxslim.passes.quantization._options import QuantizeOptions
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
@@ -24,8 +26,10 @@ __all__ = [
     "CalibrationSettings",
     "Candidate",
     "Evaluation",
+    "Int4Options",
     "QuantizeOptions",
     "QuantizeStatic",
+    "QuantizeWeightsInt4",
     "Rejected",
     "TargetProfile",
     "calibrate",

@@ -14,6 +14,7 @@ import onnxscript.optimizer
 
 from onnxslim import UnsupportedModelError, load, model_file_size, save
 from onnxslim.model import onnx_opset
+from onnxslim.passes.quantization._fusion import fuse_for_quantization
 
 __all__ = ["MIN_OPSET", "Prepared", "prepare"]
 
@@ -29,9 +30,10 @@ class Prepared:
     path: Path
     proto: onnx.ModelProto
     model: ir.Model
+    fusions: dict = dataclasses.field(default_factory=dict)  # _fusion.FusionReport.to_dict()
 
 
-def prepare(model: ir.Model, workdir: Path) -> Prepared:
+def prepare(model: ir.Model, workdir: Path, *, fuse: bool = False) -> Prepared:
     """A copy with Constant nodes as initializers (ORT quantizes only initializer weights and
     biases), opset >= 13, and inferred shapes; saved as ``workdir/prepared.onnx``. ``model`` is
     not modified."""
@@ -50,6 +52,8 @@ def prepare(model: ir.Model, workdir: Path) -> Prepared:
         if value.type is not None and not isinstance(value.type, ir.TensorType)
     }
     prepared = _upgrade_opset(prepared)
+    # exact fusions before QDQ placement, so QDQ wraps the fused ops (_fusion.py)
+    prepared, fusions = fuse_for_quantization(prepared, fuse=fuse)
     # onnx-ir's pass hands onnx a copy without the weights (memory: no model-sized copies);
     # shape inference is an aid, ORT's quantizer copes without it (the pass logs failures).
     common_passes.ShapeInferencePass(strict_mode=False)(prepared)
@@ -67,9 +71,9 @@ def prepare(model: ir.Model, workdir: Path) -> Prepared:
     save(saved, path)  # weights > 1 GiB or external go beside it: no 2 GB proto limit
     if model_file_size(path) == path.stat().st_size:
         # every weight is inside the file: ``saved`` shares them with ``proto`` (no third copy)
-        return Prepared(path, proto, saved)
+        return Prepared(path, proto, saved, fusions.to_dict())
     # loaded back, so external weights resolve beside the file (the pass's scratch folder)
-    return Prepared(path, proto, load(path, check=False))
+    return Prepared(path, proto, load(path, check=False), fusions.to_dict())
 
 
 def _upgrade_opset(prepared: ir.Model) -> ir.Model:

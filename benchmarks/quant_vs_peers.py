@@ -1,0 +1,379 @@
+"""onnxslim int8 vs its peers on the same models, calibration samples and evaluator.
+
+Tools: onnxslim (`QuantizeStatic` defaults), ORT `quantize_static` (default config; best CPU
+config U8/S8 per-channel; best after ORT's `quant_pre_process`), Intel NNCF (default; transformer
+preset) and Qualcomm AIMET-ONNX (default QuantSim, exported as QDQ). NNCF and AIMET come with
+the `peers` extra (`pip install -e .[peers]`); a peer that is not installed is skipped, and the
+table says so.
+
+Columns: the task metric of the int8 model (fp32's in the header), its speed-up vs fp32 (one
+core pinned, one thread, spinning off, median of interleaved runs, batch 1), quantization wall
+time and the peak RSS of the subprocess that quantized (VmHWM; each tool in a fresh process).
+
+    python benchmarks/quant_vs_peers.py --models digits,cls --quick
+    python benchmarks/quant_vs_peers.py --models digits,cls,det --tools ours,ort-best-pre,aimet
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quant_vs_ort import _NpzReader, make_data, ort_prepare, peak_rss_mb  # noqa: E402
+
+MODELS = ("digits", "cls", "det")
+TOOLS = (
+    "ours",
+    "ours-fuse",
+    "ort-default",
+    "ort-best",
+    "ort-best-pre",
+    "nncf-default",
+    "nncf-transformer",
+    "aimet-default",
+)
+PEER_PACKAGES = {"nncf": "nncf", "aimet": "aimet_onnx"}
+
+
+# -- models, data, evaluators ----------------------------------------------------------------
+def _cls_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cropped text lines (one line of words filling the height, as rapidocr's detector crops
+    them), half turned by 180 degrees, preprocessed like rapidocr's classifier (3x48x192 BGR,
+    (x/255 - 0.5)/0.5); labels 0 (upright) / 1 (180)."""
+    from _real_data import WORDS
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 2
+    batch = []
+    for label in labels:
+        image = Image.new("RGB", (192, 48), tuple(int(v) for v in rng.integers(190, 256, 3)))
+        draw = ImageDraw.Draw(image)
+        font = ImageFont.load_default(size=int(rng.integers(28, 36)))
+        text = " ".join(rng.choice(WORDS, size=3))
+        colour = tuple(int(v) for v in rng.integers(0, 70, 3))
+        draw.text((int(rng.integers(0, 8)), int(rng.integers(2, 8))), text, fill=colour, font=font)
+        if label:
+            image = image.rotate(180)
+        pixels = np.asarray(image, np.float32)[:, :, ::-1] / 255.0
+        batch.append(((pixels - 0.5) / 0.5).transpose(2, 0, 1))
+    return np.stack(batch).astype(np.float32), labels
+
+
+def build(name: str, samples: int, quick: bool) -> dict:
+    """The model's path, calibration and held-out data, and its evaluator (outputs -> metric)."""
+    from onnxslim.testing import ppocr_model_path
+
+    if name == "digits":
+        from onnxslim.data import demo_model_path
+
+        held_out = make_data("digits", {}, 0, seed=1)
+        labels = held_out.pop("labels")
+        return {
+            "path": demo_model_path(),
+            "calibration": make_data("digits", {}, samples, seed=0),
+            "held_out": held_out,
+            "metric": ("top-1", lambda outs: _accuracy(outs, labels)),
+        }
+    path = ppocr_model_path(name)
+    if path is None:
+        raise SystemExit(f"{name} needs the rapidocr-onnxruntime wheel")
+    if name == "cls":
+        calibration, _ = _cls_images(samples, seed=0)
+        held_out, labels = _cls_images(32 if quick else 128, seed=1)
+        return {
+            "path": path,
+            "calibration": {"x": calibration},
+            "held_out": {"x": held_out},
+            "metric": ("orientation acc", lambda outs: _accuracy(outs, labels)),
+        }
+    if name == "det":
+        shapes = {"x": (3, 256 if quick else 320, 256 if quick else 320)}
+        held_out = make_data("ppocr_det", shapes, 4 if quick else 8, seed=1)
+        return {
+            "path": path,
+            "calibration": make_data("ppocr_det", shapes, min(samples, 16), seed=0),
+            "held_out": held_out,
+            "metric": ("map IoU vs fp32", None),  # judged against the fp32 outputs
+        }
+    raise SystemExit(f"unknown model {name}; choose from {', '.join(MODELS)}")
+
+
+def _accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
+    predicted = np.concatenate([o.reshape(len(o), -1).argmax(-1) for o in outputs])
+    return float((predicted == labels).mean())
+
+
+def _map_iou(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    ious = []
+    for ref, cand in zip(reference, candidate):
+        a, b = ref > 0.3, cand > 0.3
+        union = np.logical_or(a, b).sum()
+        ious.append(np.logical_and(a, b).sum() / union if union else 1.0)
+    return float(np.mean(ious))
+
+
+def first_outputs(path: Path, held_out: dict) -> list[np.ndarray]:
+    from onnxslim.runtime import create_session
+
+    session = create_session(path)
+    name = session.get_inputs()[0].name
+    array = next(iter(held_out.values()))
+    declared = session.get_inputs()[0].shape[0]
+    step = (
+        declared
+        if isinstance(declared, int) and declared > 0
+        else 1
+        if array.shape[-1] >= 256
+        else 16
+    )
+    return [session.run(None, {name: array[i : i + step]})[0] for i in range(0, len(array), step)]
+
+
+def evaluate(model: dict, path: Path, reference: list[np.ndarray]) -> float:
+    outputs = first_outputs(path, model["held_out"])
+    _, metric = model["metric"]
+    return _map_iou(reference, outputs) if metric is None else metric(outputs)
+
+
+# -- workers: one fresh subprocess per quantization (wall time, peak RSS) ---------------------
+def _ours(model: Path, data: Path, output: Path, fuse: bool = False) -> dict:
+    import dataclasses
+
+    import onnxslim
+    from onnxslim.passes.quantization import QuantizeOptions, QuantizeStatic
+
+    options = {}
+    if fuse:  # fusion before placement (passes/quantization/_fusion.py)
+        if "fuse" not in {f.name for f in dataclasses.fields(QuantizeOptions)}:
+            raise SystemExit("QuantizeOptions has no 'fuse' option yet")
+        options["fuse"] = True
+    loaded = onnxslim.load(model)
+    result = QuantizeStatic(str(data), **options).apply(loaded, onnxslim.PassContext())
+    onnxslim.save(loaded, output)
+    return {"chosen": result.summary.get("chosen") or "float returned"}
+
+
+def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from onnxslim.runtime import cpu_features
+
+    options: dict = {}
+    note: dict = {}
+    if config != "default":
+        features = cpu_features()
+        options = dict(
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=not (features.vnni or features.amx),
+        )
+    source = model
+    if config == "best-pre":
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        source = output.with_suffix(".pre.onnx")
+        try:
+            quant_pre_process(str(model), str(source))
+        except AssertionError:  # its symbolic shape inference refuses some graphs (PP-OCR cls)
+            quant_pre_process(str(model), str(source), skip_symbolic_shape=True)
+            note = {"chosen": "pre-process without symbolic shape inference"}
+    quantize_static(
+        str(source), str(output), _NpzReader(data), quant_format=QuantFormat.QDQ, **options
+    )
+    return note
+
+
+def _calibration_items(data: Path) -> list[dict]:
+    reader, items = _NpzReader(data), []
+    while (feeds := reader.get_next()) is not None:
+        items.append(feeds)
+    return items
+
+
+def _nncf(model: Path, data: Path, output: Path, preset: str) -> dict:
+    import nncf
+    import onnx
+
+    items = _calibration_items(data)
+    options = {"model_type": nncf.ModelType.TRANSFORMER} if preset == "transformer" else {}
+    quantized = nncf.quantize(
+        onnx.load(str(model)), nncf.Dataset(items), subset_size=len(items), **options
+    )
+    onnx.save(quantized, str(output))
+    return {}
+
+
+def _aimet(model: Path, data: Path, output: Path) -> dict:
+    import onnx
+    from aimet_onnx.quantsim import QuantizationSimModel
+
+    # defaults: int8 weights and activations, min-max, AIMET's default config; a real input
+    # as the dummy one (AIMET reads a -1 batch dim as a size)
+    items = _calibration_items(data)
+    proto = onnx.load(str(model))
+    for value in proto.graph.input:  # AIMET reads a -1 dim as a size: declare the batch of 1
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.dim_value = 1
+    sim = QuantizationSimModel(proto, dummy_input=items[0])
+    sim.compute_encodings(items)
+    onnx.save(sim.to_onnx_qdq(), str(output))
+    return {}
+
+
+WORKERS: dict[str, Callable[[Path, Path, Path], dict]] = {
+    "ours": _ours,
+    "ours-fuse": lambda m, d, o: _ours(m, d, o, fuse=True),
+    "ort-default": lambda m, d, o: _ort(m, d, o, "default"),
+    "ort-best": lambda m, d, o: _ort(m, d, o, "best"),
+    "ort-best-pre": lambda m, d, o: _ort(m, d, o, "best-pre"),
+    "nncf-default": lambda m, d, o: _nncf(m, d, o, "default"),
+    "nncf-transformer": lambda m, d, o: _nncf(m, d, o, "transformer"),
+    "aimet-default": _aimet,
+}
+
+
+def worker(args: argparse.Namespace) -> None:
+    logging.disable(logging.WARNING)
+    started = time.perf_counter()
+    result = WORKERS[args.worker](Path(args.model), Path(args.data), Path(args.output))
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_mb"] = peak_rss_mb()
+    Path(args.json).write_text(json.dumps(result, default=str))  # to the parent process
+
+
+def run_worker(tool: str, model: Path, data: Path, output: Path, timeout: int) -> dict:
+    result_path = output.with_suffix(".json")
+    command = [sys.executable, __file__, "--worker", tool, "--model", str(model)]
+    command += ["--data", str(data), "--output", str(output), "--json", str(result_path)]
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"over {timeout} s"}
+    if completed.returncode != 0 or not result_path.is_file():
+        lines = completed.stderr.strip().splitlines()
+        return {"error": lines[-1][:90] if lines else f"exit {completed.returncode}"}
+    return json.loads(result_path.read_text())
+
+
+def missing_peer(tool: str) -> str | None:
+    package = PEER_PACKAGES.get(tool.split("-")[0])
+    if package is not None and importlib.util.find_spec(package) is None:
+        return f"{package} is not installed (pip install -e .[peers])"
+    return None
+
+
+# -- timing and the table --------------------------------------------------------------------
+def speedups(float_path: Path, paths: list[Path], feeds: dict, runs: int) -> list[float]:
+    """fp32 latency / int8 latency: one core pinned, one thread, spinning off, interleaved medians."""
+    from onnxslim.passes.quantization import interleaved_latency
+
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})
+    try:
+        latencies = interleaved_latency([float_path, *paths], feeds, runs=runs, threads=1)
+    finally:
+        os.sched_setaffinity(0, affinity)
+    return [latencies[0] / t for t in latencies[1:]]
+
+
+def run_model(name: str, args: argparse.Namespace, folder: Path) -> list[dict]:
+    model = build(name, args.samples, args.quick)
+    data = folder / f"{name}-calibration.npz"
+    np.savez(data, **model["calibration"])
+    ort_input = ort_prepare(Path(model["path"]), folder)  # opset >= 13, folded biases
+    reference = first_outputs(Path(model["path"]), model["held_out"])
+    fp32_metric = 1.0 if model["metric"][1] is None else model["metric"][1](reference)
+    rows, produced = [], {}
+    for tool in args.tools.split(","):
+        row = {"model": name, "tool": tool, "metric_name": model["metric"][0], "fp32": fp32_metric}
+        skipped = missing_peer(tool)
+        if skipped:
+            rows.append({**row, "error": f"skipped: {skipped}"})
+            continue
+        output = folder / f"{name}-{tool}.onnx"
+        # ORT and NNCF get the opset-13, bias-folded copy their integer kernels need; ours and
+        # AIMET take the user's model (AIMET's QDQ export fails on the folded copy of cls)
+        own_input = tool.startswith(("ours", "aimet"))
+        source = Path(model["path"]) if own_input else ort_input
+        row.update(run_worker(tool, source, data, output, args.timeout))
+        if output.is_file() and "error" not in row:
+            try:
+                row["metric"] = evaluate(model, output, reference)
+                produced[tool] = output
+            except Exception as error:  # a peer's model that ORT cannot run on the data
+                row["error"] = f"evaluation: {type(error).__name__}: {str(error)[:60]}"
+        rows.append(row)
+    feeds = {k: v[:1] for k, v in model["held_out"].items()}
+    for tool, ratio in zip(
+        produced, speedups(Path(model["path"]), list(produced.values()), feeds, args.runs)
+    ):
+        next(r for r in rows if r["tool"] == tool)["speedup"] = ratio
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(
+        f"{'model':8} {'tool':17} {'metric (fp32)':>22} {'speed-up':>9} {'quant s':>8} {'peak MB':>8}  note"
+    )
+    for row in rows:
+        metric = f"{row['metric']:.3f}" if "metric" in row else "-"
+        label = f"{metric} ({row['fp32']:.3f})"
+        speed = f"{row['speedup']:.2f}x" if "speedup" in row else "-"
+        seconds = f"{row['seconds']:.1f}" if "seconds" in row else "-"
+        memory = f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else "-"
+        note = row.get("error") or row.get("chosen") or ""
+        print(
+            f"{row['model']:8} {row['tool']:17} {label:>22} {speed:>9} {seconds:>8} {memory:>8}  {note}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="digits,cls")
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument(
+        "--samples", type=int, default=64, help="calibration samples (det: 16 at most)"
+    )
+    parser.add_argument("--runs", type=int, default=21, help="interleaved timing rounds")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per quantization")
+    parser.add_argument("--quick", action="store_true", help="16 samples, 9 rounds, smaller det")
+    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    for hidden in ("--model", "--data", "--output", "--json"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    logging.disable(logging.WARNING)
+    if args.quick:
+        args.samples, args.runs = min(args.samples, 16), min(args.runs, 9)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="quant-vs-peers-") as tmp:
+        for name in args.models.split(","):
+            rows += run_model(name, args, Path(tmp))
+    print_rows(rows)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Fusion before placement: the graph fusions ORT would apply at load, applied to the prepared
+copy first, so ORT's QDQ quantizer wraps the fused ops (one DequantizeLinear -> HardSwish ->
+QuantizeLinear instead of four float elementwise ops between int8 Convs).
+
+Only fusions to standard ONNX ops (the QDQ quantizer and every provider take them): BatchNorm
+into Conv/ConvTranspose/Gemm, Conv + constant Mul/Add, HardSigmoid/HardSwish chains, the
+decomposed LayerNorm. Each is verified like a cleanup step: the fused model's outputs must
+match the unfused model's on the samples within a scale-aware tolerance, else that fusion is
+dropped for this model with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxslim.compat.onnxscript import quantization_fusion_rules
+from onnxslim.inputs import random_inputs
+from onnxslim.model import onnx_opset
+from onnxslim.runtime import create_session
+
+__all__ = ["FusionReport", "fuse_for_quantization", "outputs_match"]
+
+Feeds = Mapping[str, np.ndarray]
+# The opset each fusion's op needs. From 13 to 17 no op's inference semantics changed (types and
+# new ops were added; ReduceMean takes axes as an input only from 18), so a model at 13..16 is
+# declared at the needed opset for that fusion; the exactness check verifies it.
+FUSION_OPSETS = {"batchnorm": 1, "conv_affine": 1, "hardswish": 14, "layer_norm": 17}
+BUMPABLE_OPSETS = range(13, 18)
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionReport:
+    """Fusions applied (name -> count, verified exact), dropped or not tried (name -> why), and
+    the declared opset change a fusion's op needed ("13 -> 14"; None: none)."""
+
+    applied: dict[str, int] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    opset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"applied": dict(self.applied), "skipped": dict(self.skipped), "opset": self.opset}
+
+
+def outputs_match(
+    reference: Sequence[Sequence[np.ndarray]],
+    candidate: Sequence[Sequence[np.ndarray]],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+) -> str | None:
+    """None when every output is within ``atol + rtol * max|reference output|``, else why not."""
+    for sample, (ref_outputs, cand_outputs) in enumerate(zip(reference, candidate, strict=True)):
+        for index, (ref, cand) in enumerate(zip(ref_outputs, cand_outputs, strict=True)):
+            ref, cand = np.asarray(ref), np.asarray(cand)
+            if ref.shape != cand.shape:
+                return f"output {index} changed shape {ref.shape} -> {cand.shape}"
+            if not np.issubdtype(ref.dtype, np.floating):
+                if not np.array_equal(ref, cand):
+                    return f"output {index} (integer) differs on sample {sample}"
+                continue
+            ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
+            scale = float(np.nanmax(np.abs(ref64))) if ref.size else 0.0
+            error = float(np.nanmax(np.abs(ref64 - cand64))) if ref.size else 0.0
+            if not np.array_equal(np.isnan(ref64), np.isnan(cand64)) or error > atol + rtol * scale:
+                return (
+                    f"output {index} moved by {error:.3g} on sample {sample} "
+                    f"(allowed {atol + rtol * scale:.3g}: {rtol:g} of its scale {scale:.3g})"
+                )
+    return None
+
+
+def _run(model: ir.Model, samples: Sequence[Feeds]) -> list[list[np.ndarray]]:
+    session = create_session(model)
+    return [list(session.run(None, dict(feeds))) for feeds in samples]
+
+
+def fuse_for_quantization(
+    model: ir.Model,
+    *,
+    fuse: bool = True,
+    samples: Sequence[Feeds] | None = None,
+    sizes: Mapping[str, Any] | None = None,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+) -> tuple[ir.Model, FusionReport]:
+    """``model`` with the exact fusions applied (a new model when any is; ``model`` itself is
+    not modified), and what was applied or dropped.
+
+    ``samples`` (default: two random feeds) are the inputs the exactness check runs on.
+    """
+    report = FusionReport()
+    if not fuse:
+        return model, report
+    first_opset = onnx_opset(model) or 0
+    rules = quantization_fusion_rules()
+    feeds = list(samples or [random_inputs(model, sizes, seed=seed) for seed in range(2)])
+    reference = _run(model, feeds)
+    current = model
+    for name, apply in rules.items():
+        needed = FUSION_OPSETS[name]
+        declared = onnx_opset(current) or 0
+        if declared < needed and declared not in BUMPABLE_OPSETS:
+            report.skipped[name] = f"opset {declared} < {needed} (upgrade to 13 or more first)"
+            continue
+        candidate = current.clone()  # weights shared; a rewrite replaces, never mutates, them
+        if declared < needed:
+            candidate.opset_imports[""] = needed
+        count = apply(candidate)
+        if not count:
+            continue
+        problem = outputs_match(reference, _run(candidate, feeds), rtol=rtol, atol=atol)
+        if problem is None:
+            current = candidate
+            report.applied[name] = int(count)
+        else:
+            report.skipped[name] = f"not exact on this model: {problem}"
+    final_opset = onnx_opset(current) or 0
+    if final_opset != first_opset:
+        report = dataclasses.replace(report, opset=f"{first_opset} -> {final_opset}")
+    return current, report
