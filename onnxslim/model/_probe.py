@@ -81,29 +81,15 @@ def expose_values(
     return exposed, skipped
 
 
-def _link_external_weights(model: ir.Model, path: Path) -> bool:
-    """Writes the graph at ``path`` with its external weight files hard-linked beside it.
-
-    Big models' weights are then read where they are, not copied; False when the model has
-    no external weights or a file cannot be linked (another filesystem, an odd location).
-    """
-    files = {
-        (Path(tensor.base_dir), Path(tensor.location))
-        for value in model.graph.initializers.values()
-        if isinstance(tensor := value.const_value, ir.ExternalTensor)
-    }
-    if not files or any(loc.is_absolute() or ".." in loc.parts for _, loc in files):
-        return False
-    # ORT refuses data paths outside the model's folder, symlinks included: hard links only
-    try:
-        for base, location in files:
-            target = path.parent / location
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(base / location, target)
-    except OSError:
-        return False
-    ir.save(model, path)
-    return True
+def _keep_weights_mapped(model: ir.Model, options: ort.SessionOptions) -> None:
+    """Memory-mapped weights stay mapped: ORT's pre-packing would copy every MatMul/Conv weight
+    into its own buffers (the model's weight size again, in anonymous memory)."""
+    if any(
+        isinstance(value.const_value, ir.ExternalTensor)
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+    ):
+        options.add_session_config_entry("session.disable_prepacking", "1")
 
 
 class ValueProbe:
@@ -118,7 +104,9 @@ class ValueProbe:
         options: Session options; default ``session_options(allow_spinning=False,
             optimization_level="disable")`` (reading values, not timing).
         provider_options: ORT options per provider.
-        external_data: Write the copy's weights beside it (None: decided by size, as ``save``).
+        external_data: Write the copy's in-memory weights beside it (None: decided by size,
+            as ``save``). Weights already in external files are read in place (hard links),
+            never copied; ORT memory-maps them and does not pre-pack them.
     """
 
     def __init__(
@@ -141,11 +129,11 @@ class ValueProbe:
         self.names: tuple[str, ...] = tuple(self._fetch)
         if options is None:
             options = session_options(allow_spinning=False, optimization_level="disable")
+        _keep_weights_mapped(copy, options)
         with tempfile.TemporaryDirectory(prefix="onnxslim-probe-") as tmp:
             path = Path(tmp) / "probe.onnx"
-            if external_data is True or not _link_external_weights(copy, path):
-                save(copy, path, external_data=external_data)
-            del copy  # ORT holds its own weights from here on
+            save(copy, path, external_data=external_data, link_external_data=True)
+            del copy  # ORT holds (or maps) its own weights from here on
             self.session = create_session(path, providers, options, provider_options)
         self.input_names = tuple(i.name for i in self.session.get_inputs())
         exposed_outputs = set(self._fetch.values())

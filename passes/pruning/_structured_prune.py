@@ -56,6 +56,7 @@ class StructuredPrune(SlimPass):
             model, sizes, prune_hidden=self.prune_hidden, round_to=self.round_to, ignore=self.ignore
         )
         scores = self._importance(analysis, model, context)
+        _unmap_external_weights(model)  # the scores read every weight: drop those pages
         plan = self._select(analysis, scores)
         outcome = describe_plan(
             analysis,
@@ -97,6 +98,14 @@ class StructuredPrune(SlimPass):
             max_ratio=self.max_ratio,
             min_kept=self.min_kept,
         )
+
+
+def _unmap_external_weights(model: ir.Model) -> None:
+    """Closes the memory maps of external weights (reopened lazily on the next read)."""
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                value.const_value.release()
 
 
 def _batches(context: PassContext, model: ir.Model, limit: int) -> list[dict[str, np.ndarray]]:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim import model_file_size
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
@@ -179,7 +180,10 @@ def run_outputs(
     batches: Sequence[Feeds],
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> list[dict[str, np.ndarray]]:
-    session = create_session(Path(path), providers, session_options())
+    # external weights stay memory-mapped: pre-packing would copy them all into memory
+    mapped = model_file_size(path) > Path(path).stat().st_size
+    options = session_options(config={"session.disable_prepacking": "1"} if mapped else None)
+    session = create_session(Path(path), providers, options)
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(names, dict(b)))) for b in batches]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxslim import model_file_size
 from onnxslim.compat.onnxruntime import (
     ORT_QUANTIZATION_DIR,
     qdq_quantizer,
@@ -51,8 +52,45 @@ def quiet_ort_quantizer() -> Iterator[None]:
 
 
 def _has_external_data(path: Path) -> bool:
-    """Whether onnxslim's save wrote the model's weights to a side file (> 1 GiB or external)."""
-    return Path(f"{path}.data").is_file()
+    """Whether the model's weights are in side files (> 1 GiB, or linked external weights)."""
+    return model_file_size(path) > path.stat().st_size
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _graphs(subgraph)
+
+
+def read_external_weights(proto: onnx.ModelProto, folder: Path) -> None:
+    """Reads ``proto``'s external weights (beside ``folder``) into it, in place. By hand: onnx
+    refuses hard-linked data files, and our scratch copies hard-link the user's weights."""
+    for graph in _graphs(proto.graph):
+        for tensor in graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            with open(folder / info["location"], "rb") as data:
+                data.seek(int(info.get("offset", 0)))
+                tensor.raw_data = (
+                    data.read(int(info["length"])) if "length" in info else data.read()
+                )
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _linked_weights(proto: onnx.ModelProto, folder: Path) -> bool:
+    """Whether an external data file of ``proto`` is hard-linked (onnx then refuses to read it)."""
+    locations = {
+        entry.value
+        for graph in _graphs(proto.graph)
+        for tensor in graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return any((folder / location).stat().st_nlink > 1 for location in locations)
 
 
 def emit_qdq(
@@ -92,9 +130,14 @@ def emit_dynamic(
     """Writes ORT's dynamic quantization of the MatMul/Gemm weights of the model at the path."""
     from onnxruntime.quantization import quantize_dynamic
 
+    model_input: Path | onnx.ModelProto = prepared_path
+    skeleton = onnx.load(str(prepared_path), load_external_data=False)
+    if _linked_weights(skeleton, prepared_path.parent):
+        read_external_weights(skeleton, prepared_path.parent)
+        model_input = skeleton
     with quiet_ort_quantizer():
         quantize_dynamic(
-            prepared_path,
+            model_input,
             output,
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=False,
@@ -142,10 +185,12 @@ class Emitter:
         )
 
     def _fresh_inferred_copy(self) -> onnx.ModelProto:
-        # One file -> shape inference -> file -> proto per pass instead of one per candidate;
-        # ORT's quantizer edits the proto it gets, so each candidate gets an in-memory copy.
+        # One file -> shape inference -> proto per pass instead of one per candidate, kept
+        # without its external weights; ORT's quantizer edits the proto it gets, so each
+        # candidate gets a copy with the weights read from disk: one float copy in memory.
         if self._inferred is None:
-            self._inferred = shape_inferred_proto(self.prepared_path)
+            self._inferred = shape_inferred_proto(self.prepared_path, with_weights=False)
         copy = onnx.ModelProto()
         copy.CopyFrom(self._inferred)
+        read_external_weights(copy, self.prepared_path.parent)
         return copy
