@@ -268,13 +268,16 @@ def save(
                     _move_beside(staging / name, destination.parent / name)
                 os.replace(staged_model, destination)
         elif external_data:
+            written: list[ir.TensorProtocol] = []
             ir.save(
                 model,
                 staged_model,
                 external_data=data_name,
                 size_threshold_bytes=_INLINE_LIMIT_BYTES,
                 alignment=EXTERNAL_DATA_ALIGNMENT,
+                callback=lambda tensor, _: _release_previous(written, tensor),
             )
+            _release_previous(written, None)
             # two renames: a concurrent save must not pair its model with our weights
             with _folder_lock(destination.parent):
                 os.replace(staging / data_name, destination.parent / data_name)
@@ -363,6 +366,15 @@ def _spill_in_memory_tensors(
     if not swapped:
         (folder / data_name).unlink()
     return swapped
+
+
+def _release_previous(written: list[ir.TensorProtocol], tensor: ir.TensorProtocol | None) -> None:
+    """Called before each tensor is written: the last one is on disk, so its memory map (whose
+    pages would otherwise stay resident until the save ends) is closed; reopened on use."""
+    if written and isinstance(written[0], ir.ExternalTensor):
+        with contextlib.suppress(BufferError):  # an array still views it: it stays mapped
+            written[0].release()
+    written[:] = [tensor] if tensor is not None else []
 
 
 def _move_beside(source: Path, target: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from onnxslim.model import ValueProbe
+from onnxslim.passes.pruning._apply import release_mapped
 from onnxslim.passes.pruning._family import (
     ACTIVATION,
     CONSUMER,
@@ -50,6 +51,8 @@ def magnitude(group: Group, power: int) -> np.ndarray:
         if array is None or not np.issubdtype(array.dtype, np.floating):
             continue
         np.add.at(scores, units, _per_element(array, slot.axis, power))
+        del array
+        release_mapped(slot.value)  # its pages leave memory once scored (remapped on use)
     return np.sqrt(scores) if power == 2 else scores
 
 

@@ -13,7 +13,7 @@ from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.inputs import fixed_batch, open_samples
 from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
-from onnxslim.passes.pruning._apply import apply_plan
+from onnxslim.passes.pruning._apply import apply_plan, release_mapped
 from onnxslim.passes.pruning._counts import predicted_macs
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
@@ -101,11 +101,9 @@ class StructuredPrune(SlimPass):
 
 
 def _unmap_external_weights(model: ir.Model) -> None:
-    """Closes the memory maps of external weights (reopened lazily on the next read)."""
     for graph in model.graphs():
         for value in graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                value.const_value.release()
+            release_mapped(value)
 
 
 def _batches(context: PassContext, model: ir.Model, limit: int) -> list[dict[str, np.ndarray]]:

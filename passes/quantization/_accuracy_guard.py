@@ -11,13 +11,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim import model_file_size
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._prepare import Prepared
-from onnxslim.runtime import create_session, session_options
+from onnxslim.runtime import session_options
 
 __all__ = [
     "Evaluator",
@@ -180,12 +179,9 @@ def run_outputs(
     batches: Sequence[Feeds],
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> list[dict[str, np.ndarray]]:
-    # external weights stay memory-mapped: pre-packing would copy them all into memory
-    mapped = model_file_size(path) > Path(path).stat().st_size
-    options = session_options(config={"session.disable_prepacking": "1"} if mapped else None)
-    session = create_session(Path(path), providers, options)
-    names = [o.name for o in session.get_outputs()]
-    return [dict(zip(names, session.run(names, dict(b)))) for b in batches]
+    # the probe keeps external weights mapped (no pre-packing) and runs big models in segments
+    probe = ValueProbe(Path(path), [], providers=providers, options=session_options())
+    return [probe.run(dict(b), probe.outputs) for b in batches]
 
 
 def output_logits(model: ir.Model) -> dict[str, str]:
