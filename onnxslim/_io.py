@@ -104,6 +104,28 @@ def _check_text_fields(model: ir.Model, path: Path) -> None:
             )
 
 
+def _check_structure(path: Path, proto: onnx.ModelProto) -> None:
+    """The ONNX checker; by path, so it resolves external data beside the model (> 2 GB too).
+
+    onnx refuses hard-linked data files, and onnxslim's scratch copies hard-link the weights
+    while a pass runs: then the structure is checked on a copy whose external tensors are
+    empty (the files themselves were checked by ``_check_external_data``).
+    """
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as error:
+        if "hard link" not in str(error):
+            raise
+        weightless = onnx.ModelProto()
+        weightless.CopyFrom(proto)
+        for tensor in weightless.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                del tensor.external_data[:], tensor.dims[:]
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                tensor.dims.append(0)
+        onnx.checker.check_model(weightless)
+
+
 def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     """Loads an ONNX model; external weights stay on disk, memory-mapped on first use.
 
@@ -145,8 +167,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     _check_external_data(model, path)
     if check:
         try:
-            # by path: the checker resolves external data beside the model and handles > 2 GB
-            onnx.checker.check_model(str(path))
+            _check_structure(path, proto)
         except Exception as error:  # ValidationError, or a decode error inside the checker
             reason = (
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -177,3 +177,36 @@ def test_dynamic_candidate_reads_linked_weights(tmp_path: Path, mode: str) -> No
         calibration="random:2", latency_guard=False, accuracy_guard=False, mode=mode
     )(onnxslim.load(_chain(tmp_path)))
     assert "MatMulInteger" in {n.op_type for n in result.model.graph}
+
+
+def _quantized_chain(tmp_path: Path, segment_bytes: int | None) -> Path:
+    from onnxslim.passes.quantization._emit import Emitter
+    from onnxslim.passes.quantization._tensors import tensors_to_calibrate
+
+    source = tmp_path / "chain.onnx"
+    if not source.exists():
+        _chain(tmp_path, layers=4)
+    work = tmp_path / f"work-{segment_bytes}"
+    work.mkdir()
+    prepared = prepare(onnxslim.load(source), work)
+    names = tensors_to_calibrate(prepared.proto, ["MatMul", "Relu"])
+    ranges = {name: (-2.0 - i / 8, 2.0 + i / 8) for i, name in enumerate(sorted(names))}
+    profile = QuantizeStatic().resolved_profile()
+    emitter = Emitter(prepared.path, work, profile, ranges, segment_bytes=segment_bytes)
+    return emitter.emit("int8", ["MatMul", "Relu"], [])
+
+
+def test_segmented_emission_equals_the_whole_graph_emission(tmp_path: Path) -> None:
+    whole = _quantized_chain(tmp_path, None)
+    parts = _quantized_chain(tmp_path, 2_000_000)  # one 1.44 MB weight per part: 4 parts
+    assert sorted(p.name for p in parts.parent.glob("*.data")) == [
+        f"candidate-0-int8.part{i}.onnx.data" for i in range(4)
+    ]
+    whole_ops = [n.op_type for n in onnx.load(whole).graph.node]
+    parts_ops = [n.op_type for n in onnx.load(parts).graph.node]
+    # each of the 3 boundaries is quantized on both sides: one more Q/DQ pair (Q(DQ(Q(x))) is
+    # Q(x) at the same scale, and ORT removes such pairs when it optimizes)
+    assert len(parts_ops) == len(whole_ops) + 6
+    assert parts_ops.count("QuantizeLinear") == whole_ops.count("QuantizeLinear") + 3
+    onnx.checker.check_model(str(parts))
+    assert np.array_equal(_run(parts), _run(whole))

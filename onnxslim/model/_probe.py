@@ -16,6 +16,7 @@ from onnxslim.model._segments import (
     SEGMENT_BYTES,
     SEGMENT_THRESHOLD_BYTES,
     SegmentedRunner,
+    can_segment,
     external_bytes,
 )
 
@@ -155,7 +156,7 @@ class ValueProbe:
         del copy  # ORT holds (or maps) its own weights from here on
         if segment_bytes is not None:
             runner = SegmentedRunner(self._path, segment_bytes, self._build, self._fetch.values())
-            if len(runner.segments) > 1 and SegmentedRunner.supports(runner.proto.graph):
+            if len(runner.segments) > 1 and can_segment(runner.proto.graph):
                 self._runner = runner
         if self._runner is None:
             self._session = self._build(self._path)

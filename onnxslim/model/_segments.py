@@ -13,7 +13,15 @@ import onnx
 import onnx_ir as ir
 from onnx import helper
 
-__all__ = ["SEGMENT_BYTES", "SEGMENT_THRESHOLD_BYTES", "SegmentedRunner", "external_bytes"]
+__all__ = [
+    "SEGMENT_BYTES",
+    "SEGMENT_THRESHOLD_BYTES",
+    "SegmentedRunner",
+    "can_segment",
+    "external_bytes",
+    "proto_weight_bytes",
+    "segment_nodes",
+]
 
 # Models whose external weights exceed this run segment by segment, each segment holding at
 # most SEGMENT_BYTES of weights (one larger tensor gets a segment of its own).
@@ -46,7 +54,22 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return tensor.ByteSize()
 
 
-def _ranges(graph: onnx.GraphProto, budget: int) -> list[list[onnx.NodeProto]]:
+def proto_weight_bytes(graph: onnx.GraphProto) -> int:
+    """Bytes of a graph proto's initializers, external ones by their recorded length."""
+    return sum(_tensor_bytes(t) for t in graph.initializer)
+
+
+def can_segment(graph: onnx.GraphProto) -> bool:
+    """Segments need a flat graph whose outputs are all node outputs or graph inputs."""
+    if any(a.HasField("g") or a.graphs for n in graph.node for a in n.attribute):
+        return False
+    produced = {name for node in graph.node for name in node.output}
+    produced |= {i.name for i in graph.input}
+    return all(o.name in produced for o in graph.output)
+
+
+def segment_nodes(graph: onnx.GraphProto, budget: int) -> list[list[onnx.NodeProto]]:
+    """Consecutive node ranges (graph order) each using at most ``budget`` bytes of weights."""
     sizes = {t.name: _tensor_bytes(t) for t in graph.initializer}
     ranges: list[list[onnx.NodeProto]] = [[]]
     held: set[str] = set()
@@ -81,7 +104,7 @@ class SegmentedRunner:
         initializers = {t.name for t in graph.initializer}
         self.inputs = [i.name for i in graph.input if i.name not in initializers]
         self.outputs = [o.name for o in graph.output]
-        ranges = _ranges(graph, budget)
+        ranges = segment_nodes(graph, budget)
         wanted = set(self.outputs) | set(fetch)
         needed_later: list[set[str]] = []
         later: set[str] = set()
@@ -96,15 +119,6 @@ class SegmentedRunner:
             inputs = sorted(used - set(produced) - initializers)
             outputs = [name for name in produced if name in after or name in wanted]
             self.segments.append(_Segment(nodes, inputs, outputs))
-
-    @staticmethod
-    def supports(proto_graph: onnx.GraphProto) -> bool:
-        """Segments need a flat graph whose outputs are all node outputs or graph inputs."""
-        if any(a.HasField("g") or a.graphs for n in proto_graph.node for a in n.attribute):
-            return False
-        produced = {name for node in proto_graph.node for name in node.output}
-        produced |= {i.name for i in proto_graph.input}
-        return all(o.name in produced for o in proto_graph.output)
 
     def _write(self, index: int, segment: _Segment, env: Mapping[str, np.ndarray]) -> Path:
         graph = self.proto.graph

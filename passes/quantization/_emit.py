@@ -18,6 +18,8 @@ from onnxslim.compat.onnxruntime import (
     quant_type,
     shape_inferred_proto,
 )
+from onnxslim.model import SEGMENT_BYTES, SEGMENT_THRESHOLD_BYTES, can_segment, proto_weight_bytes
+from onnxslim.passes.quantization._emit_segments import emit_in_segments
 from onnxslim.passes.quantization._profiles import TargetProfile
 
 __all__ = ["Emitter", "emit_dynamic", "emit_qdq", "quiet_ort_quantizer"]
@@ -153,8 +155,16 @@ class Emitter:
     """Emits numbered candidate files from one prepared model; ORT's shape inference runs once."""
 
     def __init__(
-        self, prepared_path: Path, workdir: Path, profile: TargetProfile, ranges: Ranges
+        self,
+        prepared_path: Path,
+        workdir: Path,
+        profile: TargetProfile,
+        ranges: Ranges,
+        segment_bytes: int | None = None,
     ) -> None:
+        """``segment_bytes``: emit node ranges of at most that many weight bytes one at a time
+        (None: 256 MiB ranges for models with more than 1 GiB of weights, else whole)."""
+        self.segment_bytes = segment_bytes
         self.prepared_path = prepared_path
         self.workdir = workdir
         self.profile = profile
@@ -174,23 +184,36 @@ class Emitter:
         path = self.workdir / f"candidate-{next(self._numbers)}-{slug}.onnx"
         if op_types is None:
             return emit_dynamic(self.prepared_path, path, excluded, self.profile)
-        return emit_qdq(
-            self._fresh_inferred_copy(),
-            path,
-            ranges or self.ranges,
-            op_types,
-            excluded,
-            self.profile,
-            external_data=_has_external_data(self.prepared_path),
-        )
+        ranges = ranges or self.ranges
+
+        def quantize(model: onnx.ModelProto, output: Path, external_data: bool = True) -> None:
+            emit_qdq(
+                model, output, ranges, op_types, excluded, self.profile, external_data=external_data
+            )
+
+        skeleton = self._skeleton()
+        budget = self.segment_bytes
+        if budget is None and proto_weight_bytes(skeleton.graph) > SEGMENT_THRESHOLD_BYTES:
+            budget = SEGMENT_BYTES
+        if budget is not None and can_segment(skeleton.graph):
+            # one node range at a time: only its float weights are ever in memory
+            def load(part: onnx.ModelProto) -> None:
+                read_external_weights(part, self.prepared_path.parent)
+
+            return emit_in_segments(skeleton, path, budget, quantize, load)
+        quantize(self._fresh_inferred_copy(), path, _has_external_data(self.prepared_path))
+        return path
+
+    def _skeleton(self) -> onnx.ModelProto:
+        if self._inferred is None:
+            self._inferred = shape_inferred_proto(self.prepared_path, with_weights=False)
+        return self._inferred
 
     def _fresh_inferred_copy(self) -> onnx.ModelProto:
         # One file -> shape inference -> proto per pass instead of one per candidate, kept
         # without its external weights; ORT's quantizer edits the proto it gets, so each
         # candidate gets a copy with the weights read from disk: one float copy in memory.
-        if self._inferred is None:
-            self._inferred = shape_inferred_proto(self.prepared_path, with_weights=False)
         copy = onnx.ModelProto()
-        copy.CopyFrom(self._inferred)
+        copy.CopyFrom(self._skeleton())
         read_external_weights(copy, self.prepared_path.parent)
         return copy
