@@ -33,7 +33,12 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
-    """The kernel's peak RSS of this process (VmHWM): anonymous and file-backed pages together."""
+    """The kernel's peak RSS of this process (VmHWM): anonymous and file-backed pages together.
+    Not ru_maxrss: Linux carries that across exec (a child starts at its parent's RSS)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -164,6 +164,13 @@ def test_quantize_and_prune_an_external_model_round_trip(tmp_path: Path) -> None
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     a = onnxslim.save(mapped, tmp_path / "a" / "p.onnx", external_data=True)
     b = onnxslim.save(inline, tmp_path / "b" / "p.onnx", external_data=True)
+    # cuts of mapped weights over 1 MiB went to a mapped scratch file, not to memory (w1,
+    # cut on both axes to 464 x 464, is 0.86 MB: in memory)
+    assert _external(mapped) == ["w0", "w2"]
+    assert Path(mapped.graph.initializers["w0"].const_value.base_dir).name.startswith(
+        "onnxslim-pruned-"
+    )
+    assert _external(inline) == []
     assert onnx.load(a).graph.initializer[0].dims == [
         WIDTH,
         464,
@@ -210,3 +217,14 @@ def test_segmented_emission_equals_the_whole_graph_emission(tmp_path: Path) -> N
     assert parts_ops.count("QuantizeLinear") == whole_ops.count("QuantizeLinear") + 3
     onnx.checker.check_model(str(parts))
     assert np.array_equal(_run(parts), _run(whole))
+
+
+def test_segmented_probe_gives_the_values_of_one_session(tmp_path: Path) -> None:
+    source = _chain(tmp_path, layers=4)
+    whole = ValueProbe(onnxslim.load(source), ["m1", "h2"])
+    parts = ValueProbe(onnxslim.load(source), ["m1", "h2"], segment_bytes=2_000_000)
+    assert (whole.segments, parts.segments) == (1, 4)
+    assert parts.input_names == ("x",) and parts.outputs == ("m1", "h2", "y")
+    one, other = whole.run(_feeds(), whole.outputs), parts.run(_feeds(), parts.outputs)
+    assert all(np.array_equal(one[name], other[name]) for name in ("m1", "h2", "y"))
+    assert np.array_equal(parts.session.run(["y"], _feeds())[0], one["y"])  # built on first use

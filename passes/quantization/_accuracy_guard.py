@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.fidelity import FidelityBounds, compare_outputs
+from onnxslim.inputs import fixed_batch
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
@@ -247,13 +248,14 @@ def layer_sensitivity(
     )
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
-    for batch in batches:
+    # one sample at a time where the batch is free: every tensor of both models is held at once
+    runs = batches if fixed_batch(float_model) else [s for b in batches for s in _samples(b)]
+    for batch in runs:
         reference = reference_probe.run(batch, names)
         found = candidate_probe.run(batch, candidate_names)
-        candidate = {name: found[seen_as[name]] for name in names}
         for name in names:
-            ref = reference[name].astype(np.float64)
-            diff = ref - candidate[name].astype(np.float64)
+            ref = reference.pop(name).astype(np.float64)  # freed as it is compared
+            diff = ref - found[seen_as[name]].astype(np.float64)
             signal[name] += float(np.sum(ref * ref))
             noise[name] += float(np.sum(diff * diff))
     tensor_sqnr = {
@@ -278,6 +280,11 @@ def layer_sensitivity(
         after = tensor_sqnr[output_name]
         losses[node_name] = (min(before, 100.0) - min(after, 100.0)) if np.isfinite(after) else 0.0
     return losses, tensor_sqnr
+
+
+def _samples(batch: Feeds) -> list[dict[str, np.ndarray]]:
+    count = len(next(iter(batch.values())))
+    return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(count)]
 
 
 def _seen_as(model: ir.Model, names: Iterable[str]) -> dict[str, str]:
