@@ -351,7 +351,7 @@ def _save_linked(model: ir.Model, staged: Path, data_name: str | None) -> list[s
         for value, tensor in swapped:
             value.const_value = tensor
     names = sorted({str(location) for _, location in files})
-    return names + ([data_name] if swapped else [])
+    return names + ([data_name] if swapped and data_name is not None else [])
 
 
 def _spill_in_memory_tensors(
@@ -378,7 +378,7 @@ def _spill_in_memory_tensors(
                     offset,
                     tensor.nbytes,
                     tensor.dtype,
-                    shape=tensor.shape,
+                    shape=ir.Shape(tensor.shape.numpy()),
                     name=tensor.name or value.name or "",
                     base_dir=str(folder),
                 )

@@ -155,7 +155,9 @@ class ValueProbe:
         save(copy, self._path, external_data=external_data, link_external_data=True)
         del copy  # ORT holds (or maps) its own weights from here on
         if segment_bytes is not None:
-            runner = SegmentedRunner(self._path, segment_bytes, self._build, self._fetch.values())
+            runner = SegmentedRunner(
+                self._path, segment_bytes, self._build, list(self._fetch.values())
+            )
             if len(runner.segments) > 1 and can_segment(runner.proto.graph):
                 self._runner = runner
         if self._runner is None:
