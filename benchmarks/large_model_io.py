@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,7 +33,50 @@ def rss_mib() -> float:
 
 
 def peak_rss_mib() -> float:
+    """The kernel's peak RSS of this process (VmHWM): anonymous and file-backed pages together.
+    Not ru_maxrss: Linux carries that across exec (a child starts at its parent's RSS)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_mib() -> dict[str, float]:
+    """Current RSS split: anonymous (heap, ORT's buffers) and file-backed (mapped weights)."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+class PeakSampler:
+    """Samples RssAnon and RssFile every few ms in a thread: their separate peaks (the kernel
+    keeps only the peak of their sum, VmHWM). Sampling can miss a spike shorter than a period."""
+
+    def __init__(self, period_s: float = 0.005) -> None:
+        self.period_s = period_s
+        self.anon = self.file = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = memory_mib()
+            self.anon = max(self.anon, now.get("RssAnon", 0.0))
+            self.file = max(self.file, now.get("RssFile", 0.0))
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def generate(folder: Path, gib: float, width: int = 8192) -> tuple[Path, int]:

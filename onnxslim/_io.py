@@ -23,6 +23,7 @@ __all__ = [
     "temporary_model_file",
     "source_path",
     "EXTERNAL_DATA_THRESHOLD_BYTES",
+    "EXTERNAL_DATA_ALIGNMENT",
 ]
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,10 @@ logger = logging.getLogger(__name__)
 # a protobuf cannot exceed 2 GiB, and keeping headroom avoids late failures.
 EXTERNAL_DATA_THRESHOLD_BYTES = 1 << 30
 _SOURCE_KEY = "onnxslim.source_path"
+# ORT memory-maps external weights only at offsets aligned to the allocation granularity
+# (64 KiB on Windows, 4 KiB elsewhere); tensors above 1 MiB start at a multiple of this.
+EXTERNAL_DATA_ALIGNMENT = 1 << 16
+_INLINE_LIMIT_BYTES = 1024  # smaller tensors stay in the .onnx file
 
 
 def _check_versions(proto: onnx.ModelProto, path: Path) -> None:
@@ -99,6 +104,28 @@ def _check_text_fields(model: ir.Model, path: Path) -> None:
             )
 
 
+def _check_structure(path: Path, proto: onnx.ModelProto) -> None:
+    """The ONNX checker; by path, so it resolves external data beside the model (> 2 GB too).
+
+    onnx refuses hard-linked data files, and onnxslim's scratch copies hard-link the weights
+    while a pass runs: then the structure is checked on a copy whose external tensors are
+    empty (the files themselves were checked by ``_check_external_data``).
+    """
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as error:
+        if "hard link" not in str(error):
+            raise
+        weightless = onnx.ModelProto()
+        weightless.CopyFrom(proto)
+        for tensor in weightless.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                del tensor.external_data[:], tensor.dims[:]
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                tensor.dims.append(0)
+        onnx.checker.check_model(weightless)
+
+
 def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     """Loads an ONNX model; external weights stay on disk, memory-mapped on first use.
 
@@ -140,8 +167,7 @@ def load(path: str | os.PathLike, *, check: bool = True) -> ir.Model:
     _check_external_data(model, path)
     if check:
         try:
-            # by path: the checker resolves external data beside the model and handles > 2 GB
-            onnx.checker.check_model(str(path))
+            _check_structure(path, proto)
         except Exception as error:  # ValidationError, or a decode error inside the checker
             reason = (
                 str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -216,6 +242,7 @@ def save(
     *,
     external_data: bool | None = None,
     overwrite_input: bool = False,
+    link_external_data: bool = False,
 ) -> Path:
     """Saves a model atomically: temp files in the target folder, then renamed into place.
 
@@ -225,6 +252,10 @@ def save(
         external_data: Write initializers to ``<name>.data`` beside the model. ``None``
             decides: yes when the weights exceed 1 GiB or already live in external files.
         overwrite_input: Allow ``path`` to be the file the model was loaded from.
+        link_external_data: Weights already in external files stay there: the files are
+            hard-linked beside ``path`` (no copy, no read); only in-memory weights are
+            written. For scratch copies handed to ORT; falls back to a copy where a link
+            cannot be made (another filesystem) or would replace a different file.
 
     Returns:
         The resolved destination path.
@@ -249,8 +280,25 @@ def save(
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:
         staged_model = staging / destination.name
-        if external_data:
-            ir.save(model, staged_model, external_data=data_name, size_threshold_bytes=1024)
+        linked = None
+        if link_external_data:
+            linked = _save_linked(model, staged_model, data_name if external_data else None)
+        if linked is not None:
+            with _folder_lock(destination.parent):
+                for name in linked:
+                    _move_beside(staging / name, destination.parent / name)
+                os.replace(staged_model, destination)
+        elif external_data:
+            written: list[ir.TensorProtocol] = []
+            ir.save(
+                model,
+                staged_model,
+                external_data=data_name,
+                size_threshold_bytes=_INLINE_LIMIT_BYTES,
+                alignment=EXTERNAL_DATA_ALIGNMENT,
+                callback=lambda tensor, _: _release_previous(written, tensor),
+            )
+            _release_previous(written, None)
             # two renames: a concurrent save must not pair its model with our weights
             with _folder_lock(destination.parent):
                 os.replace(staging / data_name, destination.parent / data_name)
@@ -264,6 +312,101 @@ def save(
     return destination
 
 
+def _external_files(model: ir.Model) -> set[tuple[Path, Path]] | None:
+    """(base folder, relative location) of every external weight file; None if one escapes."""
+    files = {
+        (Path(tensor.base_dir), Path(tensor.location))
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+        if isinstance(tensor := value.const_value, ir.ExternalTensor)
+    }
+    if any(location.is_absolute() or ".." in location.parts for _, location in files):
+        return None  # ORT refuses data paths outside the model's folder
+    return files
+
+
+def _save_linked(model: ir.Model, staged: Path, data_name: str | None) -> list[str] | None:
+    """Writes ``staged`` with external weights hard-linked beside it and in-memory weights
+    (when ``data_name``) appended to ``data_name``, tensor by tensor; the names to move, or None
+    when a link cannot be made. ``model`` is left as it was."""
+    files = _external_files(model)
+    if files is None or data_name in {str(location) for _, location in files}:
+        return None
+    target_folder = staged.parent.parent  # the destination's folder (staging is inside it)
+    try:
+        for base, location in files:
+            existing = target_folder / location
+            if existing.exists() and not os.path.samefile(existing, base / location):
+                return None  # a different file of that name is already there
+            (staged.parent / location).parent.mkdir(parents=True, exist_ok=True)
+            os.link(base / location, staged.parent / location)
+    except OSError:
+        return None
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        if data_name is not None:
+            swapped = _spill_in_memory_tensors(model, staged.parent, data_name)
+        ir.save(model, staged)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+    names = sorted({str(location) for _, location in files})
+    return names + ([data_name] if swapped and data_name is not None else [])
+
+
+def _spill_in_memory_tensors(
+    model: ir.Model, folder: Path, data_name: str
+) -> list[tuple[ir.Value, ir.TensorProtocol]]:
+    """Writes in-memory initializers to ``folder/data_name`` one at a time and points their
+    values at the file; returns (value, original tensor) to put back."""
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    with open(folder / data_name, "wb") as file:
+        for graph in model.graphs():
+            for value in graph.initializers.values():
+                tensor = value.const_value
+                if tensor is None or isinstance(tensor, ir.ExternalTensor):
+                    continue
+                if tensor.nbytes <= _INLINE_LIMIT_BYTES or isinstance(tensor, ir.StringTensor):
+                    continue
+                offset = file.tell()
+                if tensor.nbytes > 1 << 20:
+                    offset = -(-offset // EXTERNAL_DATA_ALIGNMENT) * EXTERNAL_DATA_ALIGNMENT
+                    file.seek(offset)
+                file.write(tensor.tobytes())
+                external = ir.ExternalTensor(
+                    data_name,
+                    offset,
+                    tensor.nbytes,
+                    tensor.dtype,
+                    shape=ir.Shape(tensor.shape.numpy()),
+                    name=tensor.name or value.name or "",
+                    base_dir=str(folder),
+                )
+                swapped.append((value, tensor))
+                value.const_value = external
+    if not swapped:
+        (folder / data_name).unlink()
+    return swapped
+
+
+def _release_previous(written: list[ir.TensorProtocol], tensor: ir.TensorProtocol | None) -> None:
+    """Called before each tensor is written: the last one is on disk, so its memory map (whose
+    pages would otherwise stay resident until the save ends) is closed; reopened on use."""
+    if written and isinstance(written[0], ir.ExternalTensor):
+        with contextlib.suppress(BufferError):  # an array still views it: it stays mapped
+            written[0].release()
+    written[:] = [tensor] if tensor is not None else []
+
+
+def _move_beside(source: Path, target: Path) -> None:
+    """Moves a staged file into place; a hard link of the very file already there is dropped."""
+    if target.exists() and os.path.samefile(source, target):
+        source.unlink()
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+
+
 @contextlib.contextmanager
 def temporary_model_file(
     model: ir.Model, directory: str | os.PathLike | None = None
@@ -271,5 +414,5 @@ def temporary_model_file(
     """Yields the path of a temporary copy of ``model`` on disk (ORT takes paths)."""
     with tempfile.TemporaryDirectory(prefix="onnxslim-", dir=directory) as tmp:
         target = Path(tmp) / "model.onnx"
-        save(model, target)
+        save(model, target, link_external_data=True)
         yield target

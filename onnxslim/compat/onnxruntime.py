@@ -21,7 +21,7 @@ import onnxruntime.quantization
 from onnxruntime.quantization import QuantType
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
-from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+from onnxruntime.quantization.quant_utils import add_infer_metadata, load_model_with_shape_infer
 
 from onnxslim._errors import RecipeError
 
@@ -108,9 +108,17 @@ def qdq_quantizer(
     )
 
 
-def shape_inferred_proto(path: Path) -> onnx.ModelProto:
-    """ORT's own load with onnx shape inference and its "already inferred" mark."""
-    return load_model_with_shape_infer(path)
+def shape_inferred_proto(path: Path, *, with_weights: bool = True) -> onnx.ModelProto:
+    """ORT's own load with onnx shape inference and its "already inferred" mark; without weights,
+    external weights stay on disk (the same steps, with ``load_external_data=False``)."""
+    if with_weights:
+        return load_model_with_shape_infer(path)
+    inferred = path.with_name(f"{path.stem}-inferred{path.suffix}")
+    onnx.shape_inference.infer_shapes_path(str(path), str(inferred))
+    proto = onnx.load(str(inferred), load_external_data=False)
+    add_infer_metadata(proto)
+    inferred.unlink()
+    return proto
 
 
 INT4_ALGORITHMS = ("rtn", "hqq", "gptq")

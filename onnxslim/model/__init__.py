@@ -3,6 +3,13 @@
 from onnxslim.model._macs import ShapeOf, node_macs, shape_lookup
 from onnxslim.model._ops import INTEGER_OPS, MAC_OPS, WEIGHT_INPUTS, onnx_opset
 from onnxslim.model._probe import ValueProbe, expose_values, probe_values
+from onnxslim.model._segments import (
+    SEGMENT_BYTES,
+    SEGMENT_THRESHOLD_BYTES,
+    can_segment,
+    proto_weight_bytes,
+    segment_nodes,
+)
 from onnxslim.model._shapes import inferred_shapes, observed_shapes
 from onnxslim.model._stats import PARAMETER_DTYPES, ModelStats, model_stats, parameter_count
 
@@ -23,4 +30,9 @@ __all__ = [
     "INTEGER_OPS",
     "MAC_OPS",
     "onnx_opset",
+    "SEGMENT_BYTES",
+    "SEGMENT_THRESHOLD_BYTES",
+    "can_segment",
+    "proto_weight_bytes",
+    "segment_nodes",
 ]

@@ -12,6 +12,14 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from onnxslim.model._segments import (
+    SEGMENT_BYTES,
+    SEGMENT_THRESHOLD_BYTES,
+    SegmentedRunner,
+    can_segment,
+    external_bytes,
+)
+
 __all__ = ["ValueProbe", "probe_values", "expose_values"]
 
 SUBGRAPH_REASON = "inside a subgraph (If/Loop/Scan body): only main-graph values can be outputs"
@@ -81,29 +89,15 @@ def expose_values(
     return exposed, skipped
 
 
-def _link_external_weights(model: ir.Model, path: Path) -> bool:
-    """Writes the graph at ``path`` with its external weight files hard-linked beside it.
-
-    Big models' weights are then read where they are, not copied; False when the model has
-    no external weights or a file cannot be linked (another filesystem, an odd location).
-    """
-    files = {
-        (Path(tensor.base_dir), Path(tensor.location))
-        for value in model.graph.initializers.values()
-        if isinstance(tensor := value.const_value, ir.ExternalTensor)
-    }
-    if not files or any(loc.is_absolute() or ".." in loc.parts for _, loc in files):
-        return False
-    # ORT refuses data paths outside the model's folder, symlinks included: hard links only
-    try:
-        for base, location in files:
-            target = path.parent / location
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(base / location, target)
-    except OSError:
-        return False
-    ir.save(model, path)
-    return True
+def _keep_weights_mapped(model: ir.Model, options: ort.SessionOptions) -> None:
+    """Memory-mapped weights stay mapped: ORT's pre-packing would copy every MatMul/Conv weight
+    into its own buffers (the model's weight size again, in anonymous memory)."""
+    if any(
+        isinstance(value.const_value, ir.ExternalTensor)
+        for graph in model.graphs()
+        for value in graph.initializers.values()
+    ):
+        options.add_session_config_entry("session.disable_prepacking", "1")
 
 
 class ValueProbe:
@@ -118,7 +112,13 @@ class ValueProbe:
         options: Session options; default ``session_options(allow_spinning=False,
             optimization_level="disable")`` (reading values, not timing).
         provider_options: ORT options per provider.
-        external_data: Write the copy's weights beside it (None: decided by size, as ``save``).
+        external_data: Write the copy's in-memory weights beside it (None: decided by size,
+            as ``save``). Weights already in external files are read in place (hard links),
+            never copied; ORT memory-maps them and does not pre-pack them.
+        segment_bytes: Run the model in consecutive segments holding at most this many bytes
+            of weights, one ORT session at a time, so that no more than that is mapped at
+            once. None: segments of 256 MiB when the external weights exceed 1 GiB (a graph
+            with subgraphs always runs whole). ``session`` is then built on first use.
     """
 
     def __init__(
@@ -130,6 +130,7 @@ class ValueProbe:
         options: ort.SessionOptions | None = None,
         provider_options: Sequence[dict] | None = None,
         external_data: bool | None = None,
+        segment_bytes: int | None = None,
     ) -> None:
         from onnxslim._io import save
         from onnxslim.runtime import create_session, session_options
@@ -141,17 +142,36 @@ class ValueProbe:
         self.names: tuple[str, ...] = tuple(self._fetch)
         if options is None:
             options = session_options(allow_spinning=False, optimization_level="disable")
-        with tempfile.TemporaryDirectory(prefix="onnxslim-probe-") as tmp:
-            path = Path(tmp) / "probe.onnx"
-            if external_data is True or not _link_external_weights(copy, path):
-                save(copy, path, external_data=external_data)
-            del copy  # ORT holds its own weights from here on
-            self.session = create_session(path, providers, options, provider_options)
-        self.input_names = tuple(i.name for i in self.session.get_inputs())
+        _keep_weights_mapped(copy, options)
+        if segment_bytes is None and external_bytes(copy) > SEGMENT_THRESHOLD_BYTES:
+            segment_bytes = SEGMENT_BYTES
+        self._session: ort.InferenceSession | None = None
+        self._runner: SegmentedRunner | None = None
+        self._build = lambda path: create_session(path, providers, options, provider_options)
+        self._folder = tempfile.TemporaryDirectory(prefix="onnxslim-probe-")
+        self._path = Path(self._folder.name) / "probe.onnx"
+        if segment_bytes is not None:  # every weight external: segment files stay small
+            external_data = True
+        save(copy, self._path, external_data=external_data, link_external_data=True)
+        del copy  # ORT holds (or maps) its own weights from here on
+        if segment_bytes is not None:
+            runner = SegmentedRunner(
+                self._path, segment_bytes, self._build, list(self._fetch.values())
+            )
+            if len(runner.segments) > 1 and can_segment(runner.proto.graph):
+                self._runner = runner
+        if self._runner is None:
+            self._session = self._build(self._path)
+            self._folder.cleanup()
+            self.input_names = tuple(i.name for i in self._session.get_inputs())
+            model_outputs = [o.name for o in self._session.get_outputs()]
+        else:
+            self.input_names = tuple(self._runner.inputs)
+            model_outputs = self._runner.outputs
         exposed_outputs = set(self._fetch.values())
-        for output in self.session.get_outputs():
-            if output.name not in exposed_outputs:
-                self._fetch.setdefault(output.name, output.name)
+        for name in model_outputs:
+            if name not in exposed_outputs:
+                self._fetch.setdefault(name, name)
         # every name run() can return: the exposed values, then the model's own outputs
         self.outputs: tuple[str, ...] = tuple(self._fetch)
 
@@ -163,8 +183,24 @@ class ValueProbe:
         if not wanted:  # ORT reads an empty fetch list as "every output"
             return {}
         inputs = {k: v for k, v in feeds.items() if k in self.input_names}
-        results = self.session.run([self._fetch[n] for n in wanted], inputs)
+        fetch = [self._fetch[n] for n in wanted]
+        if self._runner is not None:
+            results = self._runner.run(inputs, fetch)
+        else:
+            results = self.session.run(fetch, inputs)
         return dict(zip(wanted, results, strict=True))
+
+    @property
+    def segments(self) -> int:
+        """How many sessions one run goes through (1: the whole model at once)."""
+        return 1 if self._runner is None else len(self._runner.segments)
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ORT session over the whole copy (built here on first use when running in segments)."""
+        if self._session is None:
+            self._session = self._build(self._path)
+        return self._session
 
 
 def probe_values(

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -22,6 +28,52 @@ from onnxslim.passes.pruning._view import GraphView
 
 logger = logging.getLogger(__name__)
 
+_ALIGNMENT = 1 << 16
+_SPILL_MIN_BYTES = 1 << 20  # smaller cuts stay in memory
+
+
+def release_mapped(value: ir.Value | None) -> None:
+    """Closes the memory map of a value's external tensor (reopened lazily on the next read)."""
+    tensor = value.const_value if value is not None else None
+    if isinstance(tensor, ir.ExternalTensor):
+        with contextlib.suppress(BufferError):  # an array still views it: it stays mapped
+            tensor.release()
+
+
+class _Spill:
+    """Cut weights of memory-mapped models go to a scratch file, one at a time, and are mapped
+    back: the pruned model never holds its weights in memory (the file goes with the model)."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.file: Any = None
+        self.folder = ""
+
+    def put(self, value: ir.Value, array: np.ndarray) -> None:
+        if self.file is None:
+            self.folder = tempfile.mkdtemp(prefix="onnxslim-pruned-")
+            weakref.finalize(self.model, shutil.rmtree, self.folder, True)
+            self.file = open(os.path.join(self.folder, "pruned.bin"), "wb")  # noqa: SIM115
+        array = np.ascontiguousarray(array)
+        offset = -(-self.file.tell() // _ALIGNMENT) * _ALIGNMENT  # ORT maps aligned offsets
+        self.file.seek(offset)
+        self.file.write(array.data)
+        self.file.flush()
+        value.const_value = ir.ExternalTensor(
+            "pruned.bin",
+            offset,
+            array.nbytes,
+            ir.DataType.from_numpy(array.dtype),
+            shape=ir.Shape(array.shape),
+            name=value.name or "",
+            base_dir=self.folder,
+        )
+        value.shape = ir.Shape(array.shape)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
 
 def apply_plan(view: GraphView, plan: Plan) -> None:
     """Cuts constants along pruned axes, runs the rewrites, and re-infers shapes."""
@@ -36,11 +88,21 @@ def apply_plan(view: GraphView, plan: Plan) -> None:
                 cuts.setdefault(id(slot.value), (slot.value, []))[1].append(
                     (slot.axis, plan.removed(slot.value, slot.axis))
                 )
+    spill = _Spill(view.model)
     for value, axis_cuts in cuts.values():
+        mapped = isinstance(value.const_value, ir.ExternalTensor)
         array = constant_array(value)
         for axis, indices in axis_cuts:
             array = np.delete(array, indices, axis=axis)
-        set_constant(value, array)
+        if mapped and array.nbytes > _SPILL_MIN_BYTES:
+            old = value.const_value
+            spill.put(value, array)
+            del array
+            if isinstance(old, ir.ExternalTensor):
+                old.release()
+        else:
+            set_constant(value, array)
+    spill.close()
     for group in plan.groups:
         if group.index in plan.removed_units:
             for rewrite in group.rewrites:

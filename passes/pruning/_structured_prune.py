@@ -13,7 +13,7 @@ from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.inputs import fixed_batch, open_samples
 from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
-from onnxslim.passes.pruning._apply import apply_plan
+from onnxslim.passes.pruning._apply import apply_plan, release_mapped
 from onnxslim.passes.pruning._counts import predicted_macs
 from onnxslim.passes.pruning._hints import record_hints
 from onnxslim.passes.pruning._importance import score_groups
@@ -57,6 +57,7 @@ class StructuredPrune(SlimPass):
             model, sizes, prune_hidden=self.prune_hidden, round_to=self.round_to, ignore=self.ignore
         )
         scores = self._importance(analysis, model, context)
+        _unmap_external_weights(model)  # the scores read every weight: drop those pages
         plan = self._select(analysis, scores)
         outcome = describe_plan(
             analysis,
@@ -104,6 +105,12 @@ class StructuredPrune(SlimPass):
             max_ratio=self.max_ratio,
             min_kept=self.min_kept,
         )
+
+
+def _unmap_external_weights(model: ir.Model) -> None:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            release_mapped(value)
 
 
 def _batches(

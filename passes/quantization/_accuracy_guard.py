@@ -20,12 +20,13 @@ from onnxslim.fidelity import (
     compare_outputs,
     looks_like_scores,
 )
+from onnxslim.inputs import fixed_batch
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._prepare import Prepared
 from onnxslim.progress import task
-from onnxslim.runtime import create_session, session_options
+from onnxslim.runtime import session_options
 
 __all__ = [
     "Evaluator",
@@ -354,9 +355,9 @@ def run_outputs(
     batches: Sequence[Feeds],
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> list[dict[str, np.ndarray]]:
-    session = create_session(Path(path), providers, session_options())
-    names = [o.name for o in session.get_outputs()]
-    return [dict(zip(names, session.run(names, dict(b)))) for b in batches]
+    # the probe keeps external weights mapped (no pre-packing) and runs big models in segments
+    probe = ValueProbe(Path(path), [], providers=providers, options=session_options())
+    return [probe.run(dict(b), probe.outputs) for b in batches]
 
 
 def output_logits(model: ir.Model) -> dict[str, str]:
@@ -422,13 +423,14 @@ def layer_sensitivity(
     )
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
-    for batch in batches:
+    # one sample at a time where the batch is free: every tensor of both models is held at once
+    runs = batches if fixed_batch(float_model) else [s for b in batches for s in _samples(b)]
+    for batch in runs:
         reference = reference_probe.run(batch, names)
         found = candidate_probe.run(batch, candidate_names)
-        candidate = {name: found[seen_as[name]] for name in names}
         for name in names:
-            ref = reference[name].astype(np.float64)
-            diff = ref - candidate[name].astype(np.float64)
+            ref = reference.pop(name).astype(np.float64)  # freed as it is compared
+            diff = ref - found[seen_as[name]].astype(np.float64)
             signal[name] += float(np.sum(ref * ref))
             noise[name] += float(np.sum(diff * diff))
     tensor_sqnr = {
@@ -453,6 +455,11 @@ def layer_sensitivity(
         after = tensor_sqnr[output_name]
         losses[node_name] = (min(before, 100.0) - min(after, 100.0)) if np.isfinite(after) else 0.0
     return losses, tensor_sqnr
+
+
+def _samples(batch: Feeds) -> list[dict[str, np.ndarray]]:
+    count = len(next(iter(batch.values())))
+    return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(count)]
 
 
 def _seen_as(model: ir.Model, names: Iterable[str]) -> dict[str, str]:

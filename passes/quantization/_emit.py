@@ -11,12 +11,15 @@ from pathlib import Path
 
 import onnx
 
+from onnxslim import model_file_size
 from onnxslim.compat.onnxruntime import (
     ORT_QUANTIZATION_DIR,
     qdq_quantizer,
     quant_type,
     shape_inferred_proto,
 )
+from onnxslim.model import SEGMENT_BYTES, SEGMENT_THRESHOLD_BYTES, can_segment, proto_weight_bytes
+from onnxslim.passes.quantization._emit_segments import emit_in_segments
 from onnxslim.passes.quantization._profiles import TargetProfile
 
 __all__ = ["Emitter", "emit_dynamic", "emit_qdq", "quiet_ort_quantizer"]
@@ -51,8 +54,45 @@ def quiet_ort_quantizer() -> Iterator[None]:
 
 
 def _has_external_data(path: Path) -> bool:
-    """Whether onnxslim's save wrote the model's weights to a side file (> 1 GiB or external)."""
-    return Path(f"{path}.data").is_file()
+    """Whether the model's weights are in side files (> 1 GiB, or linked external weights)."""
+    return model_file_size(path) > path.stat().st_size
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _graphs(subgraph)
+
+
+def read_external_weights(proto: onnx.ModelProto, folder: Path) -> None:
+    """Reads ``proto``'s external weights (beside ``folder``) into it, in place. By hand: onnx
+    refuses hard-linked data files, and our scratch copies hard-link the user's weights."""
+    for graph in _graphs(proto.graph):
+        for tensor in graph.initializer:
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            with open(folder / info["location"], "rb") as data:
+                data.seek(int(info.get("offset", 0)))
+                tensor.raw_data = (
+                    data.read(int(info["length"])) if "length" in info else data.read()
+                )
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def _linked_weights(proto: onnx.ModelProto, folder: Path) -> bool:
+    """Whether an external data file of ``proto`` is hard-linked (onnx then refuses to read it)."""
+    locations = {
+        entry.value
+        for graph in _graphs(proto.graph)
+        for tensor in graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "location"
+    }
+    return any((folder / location).stat().st_nlink > 1 for location in locations)
 
 
 def emit_qdq(
@@ -92,9 +132,14 @@ def emit_dynamic(
     """Writes ORT's dynamic quantization of the MatMul/Gemm weights of the model at the path."""
     from onnxruntime.quantization import quantize_dynamic
 
+    model_input: Path | onnx.ModelProto = prepared_path
+    skeleton = onnx.load(str(prepared_path), load_external_data=False)
+    if _linked_weights(skeleton, prepared_path.parent):
+        read_external_weights(skeleton, prepared_path.parent)
+        model_input = skeleton
     with quiet_ort_quantizer():
         quantize_dynamic(
-            prepared_path,
+            model_input,
             output,
             op_types_to_quantize=["MatMul", "Gemm"],
             per_channel=False,
@@ -110,8 +155,16 @@ class Emitter:
     """Emits numbered candidate files from one prepared model; ORT's shape inference runs once."""
 
     def __init__(
-        self, prepared_path: Path, workdir: Path, profile: TargetProfile, ranges: Ranges
+        self,
+        prepared_path: Path,
+        workdir: Path,
+        profile: TargetProfile,
+        ranges: Ranges,
+        segment_bytes: int | None = None,
     ) -> None:
+        """``segment_bytes``: emit node ranges of at most that many weight bytes one at a time
+        (None: 256 MiB ranges for models with more than 1 GiB of weights, else whole)."""
+        self.segment_bytes = segment_bytes
         self.prepared_path = prepared_path
         self.workdir = workdir
         self.profile = profile
@@ -131,21 +184,36 @@ class Emitter:
         path = self.workdir / f"candidate-{next(self._numbers)}-{slug}.onnx"
         if op_types is None:
             return emit_dynamic(self.prepared_path, path, excluded, self.profile)
-        return emit_qdq(
-            self._fresh_inferred_copy(),
-            path,
-            ranges or self.ranges,
-            op_types,
-            excluded,
-            self.profile,
-            external_data=_has_external_data(self.prepared_path),
-        )
+        ranges = ranges or self.ranges
+
+        def quantize(model: onnx.ModelProto, output: Path, external_data: bool = True) -> None:
+            emit_qdq(
+                model, output, ranges, op_types, excluded, self.profile, external_data=external_data
+            )
+
+        skeleton = self._skeleton()
+        budget = self.segment_bytes
+        if budget is None and proto_weight_bytes(skeleton.graph) > SEGMENT_THRESHOLD_BYTES:
+            budget = SEGMENT_BYTES
+        if budget is not None and can_segment(skeleton.graph):
+            # one node range at a time: only its float weights are ever in memory
+            def load(part: onnx.ModelProto) -> None:
+                read_external_weights(part, self.prepared_path.parent)
+
+            return emit_in_segments(skeleton, path, budget, quantize, load)
+        quantize(self._fresh_inferred_copy(), path, _has_external_data(self.prepared_path))
+        return path
+
+    def _skeleton(self) -> onnx.ModelProto:
+        if self._inferred is None:
+            self._inferred = shape_inferred_proto(self.prepared_path, with_weights=False)
+        return self._inferred
 
     def _fresh_inferred_copy(self) -> onnx.ModelProto:
-        # One file -> shape inference -> file -> proto per pass instead of one per candidate;
-        # ORT's quantizer edits the proto it gets, so each candidate gets an in-memory copy.
-        if self._inferred is None:
-            self._inferred = shape_inferred_proto(self.prepared_path)
+        # One file -> shape inference -> proto per pass instead of one per candidate, kept
+        # without its external weights; ORT's quantizer edits the proto it gets, so each
+        # candidate gets a copy with the weights read from disk: one float copy in memory.
         copy = onnx.ModelProto()
-        copy.CopyFrom(self._inferred)
+        copy.CopyFrom(self._skeleton())
+        read_external_weights(copy, self.prepared_path.parent)
         return copy

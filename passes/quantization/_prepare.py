@@ -68,7 +68,8 @@ def prepare(model: ir.Model, workdir: Path, *, fuse: bool = False) -> Prepared:
     base_dir = _external_base_dir(model)
     if base_dir is not None:  # a copy from a proto lost where the external weights live
         ir.external_data.set_base_dir(saved.graph, base_dir)
-    save(saved, path)  # weights > 1 GiB or external go beside it: no 2 GB proto limit
+    # weights > 1 GiB go beside it (no 2 GB proto limit); external ones are linked, not copied
+    save(saved, path, link_external_data=True)
     if model_file_size(path) == path.stat().st_size:
         # every weight is inside the file: ``saved`` shares them with ``proto`` (no third copy)
         return Prepared(path, proto, saved, fusions.to_dict())

@@ -246,7 +246,7 @@ class QuantizeStatic(SlimPass):
         batches: list[dict],
     ) -> _Run:
         input_path = workdir / "input.onnx"
-        save(model, input_path)
+        save(model, input_path, link_external_data=True)  # external weights linked, not copied
         prepared = prepare(model, workdir)
         excluded, unmatched = user_exclusions(prepared.proto, self.exclude)
         for message in unmatched:
