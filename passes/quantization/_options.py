@@ -68,6 +68,11 @@ class QuantizeOptions:
         "auto",
         help="auto (static QDQ or dynamic MatMul quantization, by measurement), static, dynamic",
     )
+    fuse: bool = option(
+        True,
+        help="exact fusions (BatchNorm, Conv+Mul/Add, HardSwish, LayerNorm) before QDQ placement "
+        "so QDQ wraps the fused ops; each verified on samples and dropped if not exact",
+    )
     latency_guard: bool = option(
         True,
         flag="--no-latency-guard",

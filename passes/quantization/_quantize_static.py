@@ -247,7 +247,8 @@ class QuantizeStatic(SlimPass):
     ) -> _Run:
         input_path = workdir / "input.onnx"
         save(model, input_path, link_external_data=True)  # external weights linked, not copied
-        prepared = prepare(model, workdir)
+        prepared = prepare(model, workdir, fuse=self.fuse)
+        summary["fusions"] = prepared.fusions
         excluded, unmatched = user_exclusions(prepared.proto, self.exclude)
         for message in unmatched:
             logger.warning(message)
