@@ -141,8 +141,8 @@ def test_progress_bar_shows_calibration_over_samples(capsys, monkeypatch):
     assert collector.samples == 6
     bar = capsys.readouterr().err
     # tqdm draws at most every 0.2 s and erases the bar at the end (leave=False): the first
-    # frame shows the description, the total and the unit.
-    assert "calibration:" in bar and "0/6" in bar and "sample/s" in bar
+    # frame shows the description, the total, the unit and the ETA.
+    assert "calibration:" in bar and "0/6 sample" in bar and "ETA" in bar
 
 
 def test_minmax_without_histograms_merges_exactly():
