@@ -58,12 +58,15 @@ def terminal(*, debug: bool, quiet: bool) -> Iterator[None]:
     previous_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    # torch installs its own stderr handler and stops propagation: route through ours instead
     muted = {}
-    if not debug:
-        for name in _NOISY:
-            logger = logging.getLogger(name)
-            muted[name] = logger.level
-            logger.setLevel(logging.ERROR)
+    for name in _NOISY:
+        logger = logging.getLogger(name)
+        muted[name] = (logger.level, logger.propagate, list(logger.handlers))
+        for own in muted[name][2]:
+            logger.removeHandler(own)
+        logger.propagate = True
+        logger.setLevel(logging.DEBUG if debug else logging.ERROR)
     logging.captureWarnings(True)  # warnings.warn (torch's, onnx's) become py.warnings records
     # the bars would tear between debug lines; --debug's log is its own progress
     progress.set_quiet(quiet or debug)
@@ -77,7 +80,11 @@ def terminal(*, debug: bool, quiet: bool) -> Iterator[None]:
         set_log_severity(severity)
         progress.set_quiet(False)
         logging.captureWarnings(False)
-        for name, level in muted.items():
-            logging.getLogger(name).setLevel(level)
+        for name, (level, propagate, handlers) in muted.items():
+            logger = logging.getLogger(name)
+            logger.setLevel(level)
+            logger.propagate = propagate
+            for own in handlers:
+                logger.addHandler(own)
         root.removeHandler(handler)
         root.setLevel(previous_level)

@@ -59,7 +59,9 @@ def _on_terminal(args: list[str]) -> tuple[int, str, str]:
         drawn += chunk
     os.close(main)
     out = process.stdout.read().decode() if process.stdout else ""
-    return process.wait(timeout=300), out, drawn.decode(errors="replace")
+    # the terminal turns each "\n" into "\r\n"; a bare "\r" is what a bar draws
+    err = drawn.decode(errors="replace").replace("\r\n", "\n")
+    return process.wait(timeout=300), out, err
 
 
 def test_terminal_shows_bars_with_eta(command: list[str]) -> None:
