@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-
 from onnxslim.testing._export import export_torch
 from onnxslim.testing._requires import _torch
 
