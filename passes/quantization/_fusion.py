@@ -11,6 +11,7 @@ dropped for this model with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.compat.onnxscript import quantization_fusion_rules
-from onnxslim.inputs import random_inputs
+from onnxslim.inputs import DefaultSizeError, random_inputs, runnable_sizes
 from onnxslim.model import onnx_opset
 from onnxslim.runtime import create_session
 
@@ -98,6 +99,9 @@ def fuse_for_quantization(
         return model, report
     first_opset = onnx_opset(model) or 0
     rules = quantization_fusion_rules()
+    if not samples:  # sizes at which the model runs (a decoder's cache: a decode step)
+        with contextlib.suppress(DefaultSizeError):
+            sizes = runnable_sizes(model, sizes)
     feeds = list(samples or [random_inputs(model, sizes, seed=seed) for seed in range(2)])
     reference = _run(model, feeds)
     current = model
