@@ -69,6 +69,7 @@ from onnxslim.passes.quantization._options import QuantizeOptions
 from onnxslim.passes.quantization._placement import with_float_islands
 from onnxslim.passes.quantization._prepare import Prepared, prepare
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
+from onnxslim.passes.quantization._recovery import recover
 from onnxslim.passes.quantization._summary import (
     candidates_summary,
     excluded_reasons,
@@ -188,6 +189,7 @@ class QuantizeStatic(SlimPass):
                 model, context, reader, profile, workdir, summary, started, judging.batches
             )
             tried = self._accuracy_guard(run)
+            tried = recover(self, run, reader, tried)  # _recovery: CLE, SmoothQuant, bias, QAT-KD
             tried, chosen = self._latency_guard(run, tried)
             summary["candidates"] = candidates_summary(tried, chosen)
             summary["size_bytes_before"] = model_file_size(run.input_path)
