@@ -95,10 +95,12 @@ def recover(quantize: Any, run: Any, reader: Any, tried: list[Candidate]) -> lis
             best = recovery.try_variant(method, best)
     if "bias_correction" in plan:
         best = recovery.try_bias_correction(best)
-    if "qat" in plan and not any(c.evaluation.accurate for c in [*tried, *recovery.added]):
+    if "qat" in plan and not any(
+        c.evaluation.accurate for c in [*tried, *recovery.added] if not c.excluded
+    ):
         recovery.try_qat(best)
     elif "qat" in plan:
-        report["qat"] = {"skipped": "a candidate already meets the bound"}
+        report["qat"] = {"skipped": "an all-int8 candidate already meets the bound"}
     return [*tried, *recovery.added]
 
 
