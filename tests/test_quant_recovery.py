@@ -124,6 +124,39 @@ def test_bias_correction_restores_the_shifted_mean_exactly(tmp_path: Path) -> No
     assert np.abs(fixed_y - float_y).max() < np.abs(int8_y - float_y).max() / 4
 
 
+def test_bias_correction_adds_a_conv_bias_within_half_an_int32_step(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    weight = rng.normal(size=(4, 3, 1, 1)) * 0.05
+    weight[0, 0] = 1.0
+    proto = _model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", kernel_shape=[1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, ["N", 4, 4, 4])],
+        {"w": weight},
+        opset=13,
+    )
+    batches = [{"x": rng.integers(0, 256, size=(4, 3, 4, 4)).astype(np.float32)} for _ in range(2)]
+    ranges = {"x": (0.0, 255.0), "c": (-400.0, 400.0)}
+    qdq = _emit(proto, tmp_path / "qdq.onnx", ranges, ["Conv"])
+    shifts = bias_shifts(qdq, proto, batches)
+    initializers = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(qdq)).graph.initializer}
+    error = weight[:, :, 0, 0] - initializers["w_quantized"][:, :, 0, 0] * initializers["w_scale"]
+    mean_x = np.concatenate([b["x"] for b in batches]).astype(np.float64).mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(shifts["conv"], error @ mean_x, rtol=1e-5, atol=1e-5)
+    corrected = fold_bias_shifts(proto, shifts)
+    assert list(corrected.graph.node[0].input) == ["x", "w", "conv_bias"]  # a bias was added
+    fixed = _emit(corrected, tmp_path / "fixed.onnx", ranges, ["Conv"])
+    float_means = shifted_means([_run(proto, b)[0] for b in batches], 1)
+    # the Conv's own output, before requantization; its bias is int32 with step s_x * s_w
+    # (the graph output "c" is the requantized value: ORT renamed the Conv's own output)
+    own = next(n.output[0] for n in onnx.load(str(fixed)).graph.node if n.name == "conv")
+    assert own != "c"
+    fixed_means = shifted_means([_run(_exposed(fixed, own), b)[-1] for b in batches], 1)
+    step = 1.0 * float(initializers["w_scale"])
+    assert np.abs(fixed_means - float_means).max() <= step / 2 + 1e-4
+    assert np.abs(shifts["conv"]).max() > 10 * step
+
+
 def _exposed(model: onnx.ModelProto | Path, name: str) -> onnx.ModelProto:
     proto = onnx.load(str(model)) if isinstance(model, Path) else onnx.ModelProto()
     if isinstance(model, onnx.ModelProto):

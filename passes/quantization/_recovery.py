@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ __all__ = ["Variant", "recover"]
 logger = logging.getLogger(__name__)
 
 Ranges = Mapping[str, tuple[float, float]]
+
+# samples the per-channel statistics (SmoothQuant maxima, bias shifts) read: means and maxima
+# settle long before the calibration data ends, and big models pay per sample
+STATISTICS_SAMPLES = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +192,15 @@ class _Recovery:
         candidate = self._emit(method, variant, f"{self.base.label}, {method.replace('_', ' ')}")
         return self._record(method, candidate, best, variant, **facts)
 
+    def _statistics_batches(self) -> Iterator[dict]:
+        """The first STATISTICS_SAMPLES samples of the calibration data, in its batches."""
+        seen = 0
+        for batch in self.reader:
+            yield batch
+            seen += len(next(iter(batch.values())))
+            if seen >= STATISTICS_SAMPLES:
+                return
+
     def _channel_max(self, proto: onnx.ModelProto) -> dict[str, np.ndarray]:
         """Per-channel (last axis) max |x| of each SmoothQuant target's input on the data."""
         names = list(smoothing_targets(proto))
@@ -195,7 +208,7 @@ class _Recovery:
             return {}
         probe = ValueProbe(ir.from_proto(proto), names)
         maxima: dict[str, np.ndarray] = {}
-        for batch in self.reader:
+        for batch in self._statistics_batches():
             for name, value in probe.run(batch, names).items():
                 value = np.abs(np.asarray(value, dtype=np.float32))
                 found = value.reshape(-1, value.shape[-1]).max(axis=0)
@@ -204,7 +217,7 @@ class _Recovery:
 
     def try_bias_correction(self, best: tuple[Candidate, Variant]) -> tuple[Candidate, Variant]:
         candidate, variant = best
-        shifts = bias_shifts(candidate.path, variant.proto, self.reader)
+        shifts = bias_shifts(candidate.path, variant.proto, self._statistics_batches())
         if not shifts:
             self.report["bias_correction"] = {
                 "skipped": "no Conv/Gemm/MatMul+Add with int8 weights"
