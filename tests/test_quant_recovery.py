@@ -10,9 +10,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxslim import PassContext
+from onnxslim import PassContext, RecipeError
 from onnxslim.passes.quantization import QuantizeStatic
 from onnxslim.passes.quantization._bias_correction import (
     bias_shifts,
@@ -334,3 +335,10 @@ def test_quantize_tries_recovery_when_the_bound_fails(tmp_path: Path) -> None:
     assert report["smooth_quant"]["accurate"] is False
     assert report["bias_correction"] == {"skipped": "no Conv/Gemm/MatMul+Add with int8 weights"}
     assert "qat" not in report  # qat_epochs 0: off
+
+
+def test_recovery_options_are_checked_before_any_work() -> None:
+    with pytest.raises(RecipeError, match=r"smooth_quant_alpha must be in \[0, 1\], got 1.5"):
+        QuantizeStatic("random", smooth_quant_alpha=1.5)
+    with pytest.raises(RecipeError, match="qat_epochs must be >= 0 and qat_lr > 0, got -1"):
+        QuantizeStatic("random", qat_epochs=-1)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxslim import RecipeError
 from onnxslim.model import SEGMENT_THRESHOLD_BYTES, ValueProbe, proto_weight_bytes
 from onnxslim.passes.quantization._bias_correction import bias_shifts, fold_bias_shifts
 from onnxslim.passes.quantization._calibrate import collect_ranges
@@ -29,7 +30,7 @@ from onnxslim.passes.quantization._equalize import equalize
 from onnxslim.passes.quantization._smoothquant import smooth, smoothing_targets
 from onnxslim.passes.quantization._tensors import tensors_to_calibrate
 
-__all__ = ["Variant", "recover"]
+__all__ = ["Variant", "check_recovery_options", "recover"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,18 @@ class Variant:
     proto: onnx.ModelProto
     emitter: Emitter
     ranges: Ranges
+
+
+def check_recovery_options(options: Any) -> None:
+    """Refuses bad recovery options before any work."""
+    if not 0.0 <= options.smooth_quant_alpha <= 1.0:
+        raise RecipeError(
+            f"smooth_quant_alpha must be in [0, 1], got {options.smooth_quant_alpha}."
+        )
+    if options.qat_epochs < 0 or not options.qat_lr > 0:
+        raise RecipeError(
+            f"qat_epochs must be >= 0 and qat_lr > 0, got {options.qat_epochs} and {options.qat_lr}."
+        )
 
 
 def _wanted(setting: bool | None, failing: bool) -> bool:
