@@ -98,8 +98,13 @@ def recover(quantize: Any, run: Any, reader: Any, tried: list[Candidate]) -> lis
     if base is None or base.op_types is None:
         report["skipped"] = "no static int8 candidate to recover"
         return tried
-    if proto_weight_bytes(run.prepared.proto.graph) > SEGMENT_THRESHOLD_BYTES:
-        report["skipped"] = "the model's weights exceed 1 GiB (recovery edits an in-memory copy)"
+    external = any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in run.prepared.proto.graph.initializer
+    )
+    if external or proto_weight_bytes(run.prepared.proto.graph) > SEGMENT_THRESHOLD_BYTES:
+        report["skipped"] = (
+            "the weights are external or exceed 1 GiB (recovery edits a copy in memory)"
+        )
         return tried
     if base.excluded:  # recover the op set with every layer in int8, not the guard's fallback
         path = run.emitter.emit(f"{base.label}, all int8", base.op_types, run.excluded, base.ranges)
