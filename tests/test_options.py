@@ -165,7 +165,7 @@ def test_every_declared_flag_is_in_optimize_help_with_its_help_text(
                 flags += 1
                 assert spec.flag in text
                 assert " ".join(f"{name}: {spec.help}".split()) in text
-    assert flags == 18  # issue 17: --quant-metric, --quant-min-score
+    assert flags == 19  # issue 17: --quant-metric, --quant-min-score, --qat-epochs
 
 
 def test_flags_build_the_passes_the_declarations_name() -> None:

@@ -972,6 +972,7 @@ _SUPPORTED_OPS = [
     "Conv",
     "ConvTranspose",
     "Cos",
+    "DequantizeLinear",
     "Div",
     "Dropout",
     "Einsum",
@@ -1017,6 +1018,7 @@ _SUPPORTED_OPS = [
     "PRelu",
     "Pad",
     "Pow",
+    "QuantizeLinear",
     "RNN",
     "Range",
     "Reciprocal",
@@ -1065,7 +1067,7 @@ def test_kernel_table_lists_every_supported_op():
     from onnxslim.torch_bridge._kernels import KERNELS as table
 
     assert table is KERNELS
-    assert len(KERNELS) == 102  # 99 + LSTM, GRU, RNN (_kernels_recurrent)
+    assert len(KERNELS) == 104  # 99 + LSTM, GRU, RNN (_kernels_recurrent) + Q/DQ (_kernels_quant)
     assert supported_ops() == _SUPPORTED_OPS
     assert KERNELS["Resize"] is KERNELS["Upsample"]
     assert KERNELS["Softmax"] is KERNELS["LogSoftmax"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from onnxslim.torch_bridge import (  # noqa: F401
     _kernels_elementwise,
     _kernels_nn,
+    _kernels_quant,
     _kernels_recurrent,
     _kernels_reduce,
     _kernels_resize,

@@ -124,6 +124,30 @@ class QuantizeOptions:
         "calibration data is other data, else held out from the calibration data (the last "
         "ones, when at least 4x as many remain for calibration), else calibration samples",
     )
+    equalize: bool | None = option(
+        None,
+        help="cross-layer equalization of Conv -> ReLU -> Conv pairs (depthwise included), exact "
+        "in float: None tries it when no candidate meets the bound, True always, False never",
+    )
+    smooth_quant: bool | None = option(
+        None,
+        help="SmoothQuant of MatMuls whose inputs have outlier channels, exact in float: None "
+        "tries it when no candidate meets the bound, True always, False never",
+    )
+    smooth_quant_alpha: float = option(0.5, help="SmoothQuant's migration strength alpha in [0, 1]")
+    bias_correction: bool | None = option(
+        None,
+        help="fold each layer's int8 output-mean shift on the calibration data into its bias: "
+        "None tries it when no candidate meets the bound, True always, False never",
+    )
+    qat_epochs: int = option(
+        0,
+        flag="--qat-epochs",
+        metavar="N",
+        help="quantization-aware distillation (fake-quant student trained from the float model, "
+        "no labels) for N epochs when the other recoveries leave the bound failing; 0: off",
+    )
+    qat_lr: float = option(1e-4, help="QAT-KD learning rate")
     cache_dir: str | None = option(
         None, help="folder for the statistics cache; None disables the cache"
     )

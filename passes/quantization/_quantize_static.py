@@ -69,6 +69,7 @@ from onnxslim.passes.quantization._options import QuantizeOptions
 from onnxslim.passes.quantization._placement import with_float_islands
 from onnxslim.passes.quantization._prepare import Prepared, prepare
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
+from onnxslim.passes.quantization._recovery import check_recovery_options, recover
 from onnxslim.passes.quantization._summary import (
     candidates_summary,
     excluded_reasons,
@@ -188,6 +189,7 @@ class QuantizeStatic(SlimPass):
                 model, context, reader, profile, workdir, summary, started, judging.batches
             )
             tried = self._accuracy_guard(run)
+            tried = recover(self, run, reader, tried)  # _recovery: CLE, SmoothQuant, bias, QAT-KD
             tried, chosen = self._latency_guard(run, tried)
             summary["candidates"] = candidates_summary(tried, chosen)
             summary["size_bytes_before"] = model_file_size(run.input_path)
@@ -424,6 +426,7 @@ def _check_options(options: QuantizeOptions) -> None:
     """Refuses bad options before any work (each used to fail late with a ValueError/re.error)."""
     if options.metric is not None:
         _parse_metric(options.metric, options.min_score)
+    check_recovery_options(options)
     method, mode, percentile, bins = options.method, options.mode, options.percentile, options.bins
     samples, exclude = options.samples, options.exclude
     if method not in METHODS:
