@@ -293,6 +293,7 @@ def _embed(path, feeds_list: list[dict]) -> np.ndarray:
 
 def run_minilm(args, folder: Path) -> dict:
     from onnxslim.passes import Cleanup, Distill, QuantizeStatic, StructuredPrune
+    from onnxslim.passes._gradual import PruneDistill
     from onnxslim.testing import WordPieceTokenizer
 
     model_dir = _minilm_files()
@@ -308,17 +309,39 @@ def run_minilm(args, folder: Path) -> dict:
         {k: v[i : i + 1] for k, v in train.items()} for i in range(len(train["input_ids"]))
     ]
     eval_batches = [tokenizer(eval_texts[i : i + 25]) for i in range(0, len(eval_texts), 25)]
+    epochs = args.minilm_epochs or (2 if args.quick else 8)
+    distill_options = {
+        "batch_size": 16,
+        "output_losses": {"embedding": "mse"},
+        "seed": 0,
+        "augment": args.minilm_augment,
+    }
+    if args.minilm_steps:  # gradual: prune -> distill steps, feature KD at the hint points
+        recover = [
+            PruneDistill(
+                target_macs=args.minilm_macs,
+                steps=args.minilm_steps,
+                criterion=args.minilm_criterion,
+                data=train_items,
+                epochs=epochs,
+                lr=args.minilm_lr,
+                prune={"allocation": args.minilm_allocation},
+                distill=distill_options,
+                metric=_cosine_metric(eval_batches, source),  # reported, never optimized
+            )
+        ]
+    else:
+        recover = [
+            StructuredPrune(
+                target_macs=args.minilm_macs,
+                criterion=args.minilm_criterion,
+                allocation=args.minilm_allocation,
+            ),
+            Distill(train_items, epochs=epochs, lr=args.minilm_lr, **distill_options),
+        ]
     passes = [
         Cleanup(target_opset=14),
-        StructuredPrune(target_macs=args.minilm_macs, criterion=args.minilm_criterion),
-        Distill(
-            train_items,
-            epochs=args.minilm_epochs or (2 if args.quick else 8),
-            batch_size=16,
-            lr=args.minilm_lr,
-            output_losses={"embedding": "mse"},
-            seed=0,
-        ),
+        *recover,
         QuantizeStatic(
             calibration=train_items[:32],
             method="percentile",
@@ -375,6 +398,21 @@ def run_minilm(args, folder: Path) -> dict:
         ),
         "summaries": _summaries(stages),
     }
+
+
+def _cosine_metric(eval_batches: list[dict], source: Path):
+    """Mean cosine of a step model's embeddings to the float model's on the held-out texts."""
+    reference = _embed(source, eval_batches)
+
+    def metric(model) -> float:
+        runner = onnxslim.create_session(model)
+        got = np.concatenate([runner.run(None, feeds)[0] for feeds in eval_batches])
+        cosine = np.sum(reference * got, 1) / (
+            np.linalg.norm(reference, axis=1) * np.linalg.norm(got, axis=1)
+        )
+        return float(cosine.mean())
+
+    return metric
 
 
 def augment_sentences(texts: list[str], seed: int) -> list[str]:
@@ -438,6 +476,15 @@ def main() -> None:
     )
     parser.add_argument("--det-epochs", type=int, help="distillation epochs (default 3 / 10)")
     parser.add_argument("--minilm-epochs", type=int, help="distillation epochs (default 2 / 8)")
+    parser.add_argument(
+        "--minilm-steps", type=int, default=0, help="prune_distill steps (0: one-shot prune)"
+    )
+    parser.add_argument(
+        "--minilm-augment", help="Distill augment of the texts, e.g. text:103 (mask with [MASK])"
+    )
+    parser.add_argument(
+        "--minilm-allocation", default="score", help="prune allocation: score or sensitivity"
+    )
     parser.add_argument("--runs", type=int, default=40, help="timed interleaved rounds")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

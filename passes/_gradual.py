@@ -2,7 +2,8 @@
 
 The MACs targets of the steps fall geometrically to ``target_macs`` (3 steps to 0.25 keep
 0.63, 0.40, 0.25 of the input's MACs); after each step the model, a state file and the step's
-record (MACs, parameters, fidelity to the teacher, the user's metric, seconds) are written to
+record (MACs, parameters, fidelity to the teacher, the user's metric, latency against the
+input timed interleaved, seconds) are written to
 ``state_dir`` so a re-run with the same options and input continues after the last finished step.
 """
 
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +26,7 @@ import onnxslim
 from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.model import parameter_count
 from onnxslim.options import option
+from onnxslim.runtime import create_session, interleaved_timing, session_options, session_run
 
 __all__ = ["PruneDistill", "PruneDistillOptions", "step_targets"]
 
@@ -58,6 +61,11 @@ class PruneDistillOptions:
     metric: Callable[[ir.Model], float] | None = option(
         None, help="callable(model) -> task metric, recorded after every step"
     )
+    timing_seconds: float = option(
+        1.0,
+        help="seconds of interleaved ORT timing of every step's model against the input "
+        "(latency per step for the report); 0: not timed",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_macs <= 1.0:
@@ -83,6 +91,8 @@ class PruneDistill(SlimPass):
     description = "Gradual structured pruning, each step recovered by distillation (resumable)."
     exact = False
 
+    _input: ir.Model | None = None
+
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         folder = Path(self.state_dir) if self.state_dir else context.workdir
         if folder is None:
@@ -93,6 +103,7 @@ class PruneDistill(SlimPass):
         state_path = folder / STATE_FILE
         fingerprint = self._fingerprint(model)
         records = _finished_steps(state_path, fingerprint)
+        self._input = model.clone() if self.timing_seconds > 0 else None
         if records:
             last = onnxslim.load(folder / records[-1]["model"])
             _move_into(model, last)
@@ -153,11 +164,35 @@ class PruneDistill(SlimPass):
             "params": parameter_count(model),
             "fidelity": {k: fidelity.get(k) for k in ("top1_agreement", "sqnr_db")},
             "metric": self.metric(model) if self.metric is not None else None,
+            **self._latency(model, context),
             "seconds": time.perf_counter() - started,
             "model": f"prune_distill_step{step + 1}.onnx",
         }
         logger.info("prune_distill: step %d: %s", step + 1, record)
         return record
+
+    def _latency(self, model: ir.Model, context: PassContext) -> dict[str, float]:
+        """The step model's median latency and its ratio to the input's, timed interleaved."""
+        if self._input is None:
+            return {}
+        from onnxslim.passes.pruning._targets import sample_feeds
+
+        feeds = sample_feeds(self._input, context, context.sizes, 1)
+        options = session_options(allow_spinning=False)
+        sessions = [create_session(m, context.providers, options) for m in (self._input, model)]
+        timing = interleaved_timing(
+            [session_run(s, feeds) for s in sessions],
+            time_budget_s=self.timing_seconds,
+            min_rounds=3,
+            warmup=1,
+            min_block_s=0.02,
+        )
+        medians = timing.quantiles()
+        return {
+            "latency_ms": 1000 * medians[1],
+            "input_latency_ms": 1000 * medians[0],
+            "latency_fraction": statistics.median(timing.ratios(1, 0)),
+        }
 
     def _fingerprint(self, model: ir.Model) -> str:
         """The options and the input model: a state file of another run is not resumed."""

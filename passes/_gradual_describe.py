@@ -26,6 +26,10 @@ def _step_line(record: Mapping[str, Any]) -> str:
             parts.append(f"top-1 agreement {top1:.1%}")
         if isinstance(sqnr, (int, float)):
             parts.append(f"SQNR {sqnr:.1f} dB")
+    latency, ratio = record.get("latency_ms"), record.get("latency_fraction")
+    if isinstance(latency, (int, float)):
+        share = f" ({ratio:.0%} of the input)" if isinstance(ratio, (int, float)) else ""
+        parts.append(f"latency {latency:.3g} ms{share}")
     metric = record.get("metric")
     if isinstance(metric, (int, float)):
         parts.append(f"metric {metric:.4g}")

@@ -531,7 +531,7 @@ def test_options_have_one_source_of_defaults():
             if field.name in parameters:
                 assert parameters[field.name].default == field.default, field.name
                 shared += 1
-    assert shared == 23
+    assert shared == 24  # issue 15: augment
     assert (parameters["epochs"].default, parameters["lr"].default) == (5, 1e-3)
     assert (parameters["batch_size"].default, parameters["temperature"].default) == (32, 4.0)
     assert Distill(epochs=2, lr=0.01, seed=3).train_config() == TrainConfig(
@@ -703,7 +703,7 @@ def test_declared_options_positional_data_and_recipe_checks(tmp_path):
         f.name: f for c in (TrainConfig, LossConfig, DataConfig) for f in dataclasses.fields(c)
     }
     shared = [f for f in dataclasses.fields(DistillOptions) if f.name in configs]
-    assert len(shared) == 23
+    assert len(shared) == 24  # issue 15: augment
     for field in shared:
         source = configs[field.name]
         assert (field.default, field.metadata["help"]) == (source.default, source.metadata["help"])
@@ -776,3 +776,50 @@ def test_teacher_exposes_hinted_values_in_one_session(teacher_path, digits):
         match=r"^distill: teacher has no value\(s\) 'nope' for hint losses; name values",
     ):
         OrtTeacher(teacher_path, extra_outputs=["nope"])
+
+
+def test_augmented_inputs_reach_student_and_teacher_alike(teacher_path, digits):
+    """Student = teacher and lr 0: the loss is 0 only if the teacher ran on the same augmented
+    batch as the student (the clean batch would give it other outputs)."""
+    from onnxslim.inputs import ImageAugment
+
+    seen: list[np.ndarray] = []
+
+    def recording(feeds, rng):
+        out = ImageAugment(flip=1.0, crop=0.3)(feeds, rng)
+        seen.append(out["input0"])
+        return out
+
+    images = digits[0][:32]
+    result = Distill(
+        reader(images),
+        teacher=str(teacher_path),
+        epochs=1,
+        lr=0.0,
+        batch_size=16,
+        augment=recording,
+    ).apply(onnxslim.load(teacher_path), onnxslim.PassContext())
+    summary = result.summary
+    assert summary["teacher_cache"] == "off (augmented inputs: the teacher runs on every batch)"
+    assert len(seen) == summary["steps"] == 2
+    clean = {tuple(sample.ravel()) for sample in images}
+    assert not any(tuple(sample.ravel()) in clean for batch in seen for sample in batch)
+    assert summary["history"][0]["loss"] < 1e-6
+
+
+def test_distill_with_image_augmentation_repairs_and_is_repeatable(teacher_path, digits):
+    def run() -> dict:
+        model = perturbed_student(teacher_path)
+        options = {"teacher": str(teacher_path), "epochs": 1, "lr": 3e-3, "batch_size": 16}
+        return (
+            Distill(reader(digits[0]), augment="image", threads=1, **options)
+            .apply(model, onnxslim.PassContext())
+            .summary
+        )
+
+    first, second = run(), run()
+    assert first["steps"] == SAMPLES // 16
+    assert first["fidelity_after"]["sqnr_db"] > first["fidelity_before"]["sqnr_db"]
+    assert [r["loss"] for r in first["history"]] == [r["loss"] for r in second["history"]]
+    with pytest.raises(onnxslim.SlimError, match="augment 'noise'"):
+        Distill(augment="noise")

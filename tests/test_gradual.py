@@ -53,6 +53,9 @@ def test_two_steps_meet_the_target_and_a_rerun_resumes_after_the_finished_step(t
     assert set(steps[0]) >= {"macs", "params", "fidelity", "metric", "seconds"}
     assert 0.0 <= steps[1]["fidelity"]["top1_agreement"] <= 1.0
     assert len(calls) == 2
+    assert all(s["latency_ms"] > 0 and s["input_latency_ms"] > 0 for s in steps)
+    assert all(s["latency_fraction"] > 0 for s in steps)
+    _check_report_curves(summary)
     state_path = tmp_path / "work" / STATE_FILE
     state = json.loads(state_path.read_text())
     assert [s["step"] for s in state["steps"]] == [1, 2]
@@ -69,6 +72,44 @@ def test_two_steps_meet_the_target_and_a_rerun_resumes_after_the_finished_step(t
         np.testing.assert_array_equal(
             again.graph.initializers[name].const_value.numpy(), value.const_value.numpy()
         )
+
+
+def _check_report_curves(summary: dict) -> None:
+    """The HTML report's pass section draws quality vs MACs and vs latency, a point per step."""
+    import re
+
+    from onnxslim.benchmark._passes_html import pass_sections
+
+    page = "".join(
+        pass_sections(
+            {"stages": [{"stage": "input"}, {"stage": "prune_distill", "summary": summary}]}
+        )
+    )
+    charts = re.findall(r'<svg [^>]*class="chart steps".*?</svg>', page)
+    assert len(charts) == 2
+    assert "top-1 agreement (%) vs fraction of the input&#x27;s MACs" in page or (
+        "task metric vs fraction of the input&#x27;s MACs across steps" in page
+    )
+    assert "vs latency (ms) across steps" in charts[1]
+    for chart in charts:
+        assert chart.count('<circle class="step"') == len(summary["steps"]) == 2
+        assert chart.count("<polyline") == 1
+    assert "latency " in page and "of the input)" in page  # the step lines of describe
+
+
+def test_step_curve_uses_the_metric_and_skips_steps_without_figures():
+    from onnxslim.benchmark._passes_html import step_curve_svg, step_points
+
+    steps = [
+        {"step": 1, "macs_fraction": 0.7, "metric": 0.99, "fidelity": {"top1_agreement": 1.0}},
+        {"step": 2, "macs_fraction": 0.5, "metric": 0.97},
+        {"step": 3, "metric": 0.9},  # no MACs: not a point
+    ]
+    assert step_points(steps, "macs_fraction") == ("task metric", [(1, 0.7, 0.99), (2, 0.5, 0.97)])
+    chart = step_curve_svg(steps, "macs_fraction", "MACs")
+    assert chart.count('<circle class="step"') == 2
+    assert "step 2: 0.5, 0.97" in chart
+    assert step_curve_svg(steps, "latency_ms", "latency (ms)") == ""
 
 
 def test_refuses_a_target_outside_its_range():

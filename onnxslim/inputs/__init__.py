@@ -3,8 +3,18 @@
 ``open_samples(source, model)`` turns what the user gave (an ``.npz`` of samples stacked on the
 batch axis, folders of ``.npy``/``.npz``/images, iterables, DataLoaders, ``random[:N]``, whole
 feed dicts) into a :class:`SampleReader`; ``samples`` and ``benchmark_feeds`` take feeds from it.
+``augmentation`` / ``augment_feeds``: seeded image, audio and text augmentation of those feeds.
 """
 
+from onnxslim.inputs._augment import (
+    AUGMENTATIONS,
+    AudioAugment,
+    Augment,
+    ImageAugment,
+    TextAugment,
+    augment_feeds,
+    augmentation,
+)
 from onnxslim.inputs._base import BatchAxes, BatchedReader, Feeds, SampleReader, validate_feeds
 from onnxslim.inputs._defaults import DIM_LADDERS, DefaultSizeError, runnable_sizes
 from onnxslim.inputs._images import IMAGE_SUFFIXES, ImageFolderReader, ImagePreprocessing
@@ -29,6 +39,13 @@ from onnxslim.inputs._specs import (
 )
 
 __all__ = [
+    "AUGMENTATIONS",
+    "Augment",
+    "AudioAugment",
+    "ImageAugment",
+    "TextAugment",
+    "augment_feeds",
+    "augmentation",
     "DIM_LADDERS",
     "DefaultSizeError",
     "IMAGE_SUFFIXES",

@@ -65,6 +65,13 @@ class TrainConfig:
         "augment); True: always (a DataLoader's batches by content); False: the teacher runs "
         "on every batch.",
     )
+    augment: Any = _option(
+        None,
+        "Augmentation of the training inputs, the same inputs for student and teacher: "
+        "``image`` (flip, crop, colour), ``audio`` (gain, noise, shift), ``text`` (token "
+        "dropout), ``text:MASK_ID`` (token masking) or a callable (feeds, rng) -> feeds; "
+        "deterministic under ``seed``. The teacher then runs on every batch (no cache).",
+    )
     threads: int | Literal["auto"] | None = _option(
         None,
         "torch threads while training (restored afterwards). None: one per 1 G MACs of a "

@@ -17,7 +17,7 @@ from torch import nn
 
 from onnxslim import SlimError
 from onnxslim.fidelity import Fidelity, compare_outputs
-from onnxslim.inputs import Feeds
+from onnxslim.inputs import Feeds, augment_feeds, augmentation, to_numpy
 from onnxslim.passes.distillation._batches import to_device
 from onnxslim.passes.distillation._checkpoint import resume_checkpoint, save_checkpoint
 from onnxslim.passes.distillation._config import TrainConfig
@@ -178,7 +178,9 @@ def _set_up(config: TrainConfig, state: TrainState) -> None:
         state.model = nn.parallel.DistributedDataParallel(
             state.student, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if config.cache_teacher is not False:
+    if config.augment is not None:
+        state.teacher_cache = "off (augmented inputs: the teacher runs on every batch)"
+    elif config.cache_teacher is not False:
         state.targets, state.teacher_cache = TeacherTargets.build(
             state.teacher, state.batches, None if config.cache_teacher else TEACHER_CACHE_BYTES
         )
@@ -278,6 +280,11 @@ def _train_step(
 ) -> tuple[float, dict[str, float]]:
     """One optimizer step on one batch: (loss, loss terms)."""
     device = state.device
+    augment = augmentation(config.augment)
+    if augment is not None:  # student and teacher see the same augmented batch
+        feeds = augment_feeds(
+            augment, {k: to_numpy(v) for k, v in feeds.items()}, config.seed, state.step
+        )
     if state.targets is not None:
         teacher_outputs = {name: tensor.to(device) for name, tensor in state.targets[key].items()}
     else:

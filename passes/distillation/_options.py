@@ -12,6 +12,7 @@ import math
 from typing import Any, Literal
 
 from onnxslim import SlimError
+from onnxslim.inputs import augmentation
 from onnxslim.options import option
 from onnxslim.passes.distillation._config import (
     DataConfig,
@@ -95,6 +96,7 @@ class DistillOptions:
     patience: int | None = _from(TrainConfig, "patience")
     train_bn_stats: bool = _from(DataConfig, "train_bn_stats")
     cache_teacher: bool | None = _from(TrainConfig, "cache_teacher")
+    augment: Any = _from(TrainConfig, "augment")
     threads: int | Literal["auto"] | None = _from(TrainConfig, "threads")
     seed: int = _from(TrainConfig, "seed")
     checkpoint: str | None = _from(TrainConfig, "checkpoint")
@@ -114,6 +116,7 @@ class DistillOptions:
             if not (math.isfinite(weight) and weight >= 0):
                 raise SlimError(f"distill: {name} must be >= 0, got {weight}.")
         _check_device(self.device)
+        augmentation(self.augment)  # an unknown name is refused before training
         threads = self.threads
         if (
             threads is not None

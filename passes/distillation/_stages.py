@@ -157,7 +157,7 @@ def build_teacher(run: DistillRun) -> None:
         run.teacher_path,
         run.context.providers,
         extra_outputs=list(run.hints.values()),
-        cache=bool(run.options.cache_teacher),
+        cache=bool(run.options.cache_teacher) and run.options.augment is None,
     )
     if teacher.input_names != run.input_names:
         raise SlimError(

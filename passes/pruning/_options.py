@@ -10,9 +10,10 @@ from typing import Any
 from onnxslim import SlimError
 from onnxslim.options import option
 
-__all__ = ["CRITERIA", "DEFAULT_RATIO", "PruneOptions", "check_options", "resolved"]
+__all__ = ["ALLOCATIONS", "CRITERIA", "DEFAULT_RATIO", "PruneOptions", "check_options", "resolved"]
 
 CRITERIA = ("l1", "l2", "bn", "activation", "taylor", "random")
+ALLOCATIONS = ("score", "sensitivity")
 # the ratio used when neither ratio nor target_macs is given
 DEFAULT_RATIO = 0.3
 
@@ -38,6 +39,28 @@ class PruneOptions:
         metavar="FRACTION",
         enables=True,
         help="fraction of the MACs KEPT (0.5 keeps half), in (0, 1]; replaces ratio",
+    )
+    target_latency: float | None = option(
+        None,
+        help="fraction of the input's latency KEPT (0.6 runs in 60 % of the time), in (0, 1], measured on "
+        "the pipeline's execution provider; replaces ratio and target_macs",
+    )
+    latency_tolerance: float = option(
+        0.03, help="target_latency is met when the measured ratio is within this of it"
+    )
+    latency_trials: int = option(5, help="pruned candidates timed at most for target_latency")
+    latency_seconds: float = option(2.0, help="timing budget of each target_latency trial (s)")
+    allocation: str = option(
+        "score",
+        help="how a MACs or latency target is shared among groups: score (cheapest normalized "
+        "importance first, one ranking) or sensitivity (each group's measured output error "
+        "when pruned by sensitivity_step, per MAC saved)",
+    )
+    sensitivity_step: float = option(
+        0.25, help="fraction of a group's units removed to measure its sensitivity, in (0, 1)"
+    )
+    sensitivity_batches: int = option(
+        4, help="batches of the data (else random inputs) the sensitivity is measured on"
     )
     criterion: str | Callable[..., Any] = option(
         "l2",
@@ -78,6 +101,25 @@ def check_options(options: PruneOptions) -> None:
     """Refuses values the pass cannot honour, naming the option and what it counts."""
     # `ratio` counts what goes, `target_macs` what stays: the messages say which is which.
     ratio, target_macs = options.ratio, options.target_macs
+    if options.target_latency is not None and (ratio is not None or target_macs is not None):
+        raise SlimError(
+            f"prune: give target_latency (fraction of the latency kept, got "
+            f"{options.target_latency}) alone, without ratio or target_macs."
+        )
+    if options.target_latency is not None and not 0.0 < options.target_latency <= 1.0:
+        raise SlimError(
+            f"prune: target_latency {options.target_latency} is outside (0, 1]; it is the "
+            "fraction of the input's latency to keep (0.6 runs in 60 % of the time)."
+        )
+    if options.allocation not in ALLOCATIONS:
+        raise SlimError(
+            f"prune: unknown allocation '{options.allocation}'; use one of {', '.join(ALLOCATIONS)}."
+        )
+    if not 0.0 < options.sensitivity_step < 1.0:
+        raise SlimError(
+            f"prune: sensitivity_step {options.sensitivity_step} is outside (0, 1); it is the "
+            "fraction of a group's units removed to measure how much the outputs move."
+        )
     if ratio is not None and target_macs is not None:
         raise SlimError(
             f"prune: give either ratio (fraction of units removed, got {ratio}) or target_macs "
@@ -115,7 +157,7 @@ def resolved(options: PruneOptions, channel_block: Callable[[], int]) -> PruneOp
     return dataclasses.replace(
         options,
         ratio=DEFAULT_RATIO
-        if options.ratio is None and options.target_macs is None
+        if options.ratio is None and options.target_macs is None and options.target_latency is None
         else options.ratio,
         round_to=channel_block() if options.round_to is None else options.round_to,
         ignore=list(options.ignore),

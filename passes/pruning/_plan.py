@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -134,17 +134,24 @@ def plan_pruning(
             min_kept=min_kept,
         )
         return Plan(analysis.groups, removed)
-    return _greedy_for_macs(analysis, scores, target_macs * analysis.base_macs, max_ratio, min_kept)
+    return greedy_for_macs(analysis, scores, target_macs * analysis.base_macs, max_ratio, min_kept)
 
 
-def _greedy_for_macs(
+# cost(group index, units removed from the group before, after a cut) -> the cut's price
+CutCost = Callable[[int, int, int], float]
+
+
+def greedy_for_macs(
     analysis: PruneAnalysis,
     scores: Mapping[int, np.ndarray],
     goal: float,
     max_ratio: float,
     min_kept: int,
+    *,
+    cost: CutCost | None = None,
 ) -> Plan:
-    """Removes whole rounding steps, least important first (scores normalized per group), until MACs <= goal."""
+    """Removes whole rounding steps, cheapest first, until MACs <= goal; the price of a cut is
+    ``cost`` or, without it, the mean normalized score of the units it removes."""
     segments = []  # (group index, units sorted by score, normalized scores, step)
     for group in analysis.groups:
         if group.index not in scores:
@@ -158,6 +165,13 @@ def _greedy_for_macs(
             )
     kept = [len(units) for _, units, _, _ in segments]
 
+    def removed_from(group_index: int) -> int:
+        return sum(
+            len(units) - count
+            for (g, units, _, _), count in zip(segments, kept)
+            if g == group_index
+        )
+
     def plan() -> Plan:
         removed: dict[int, list[np.ndarray]] = {}
         for (group_index, units, _, _), count in zip(segments, kept):
@@ -170,12 +184,16 @@ def _greedy_for_macs(
     current = plan()
     while predicted_macs(analysis.view, current) > goal:
         best, best_score = None, None
-        for index, (_, units, normalized, step) in enumerate(segments):
+        for index, (group_index, units, normalized, step) in enumerate(segments):
             size, count = len(units), kept[index]
             target = (count - 1) // step * step if count % step == 0 else count // step * step
             if target < max(min_kept, 1) or size - target > max_ratio * size + 1e-9:
                 continue
-            chunk_score = float(np.mean(normalized[size - count : size - target]))
+            if cost is None:
+                chunk_score = float(np.mean(normalized[size - count : size - target]))
+            else:
+                before = removed_from(group_index)
+                chunk_score = cost(group_index, before, before + count - target)
             if best_score is None or chunk_score < best_score:
                 best, best_score = (index, target), chunk_score
         if best is None:

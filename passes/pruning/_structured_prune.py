@@ -20,6 +20,7 @@ from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
 from onnxslim.passes.pruning._plan import Plan, plan_pruning
 from onnxslim.passes.pruning._summary import describe_plan
+from onnxslim.passes.pruning._targets import choose_plan
 from onnxslim.runtime import cpu_features
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class StructuredPrune(SlimPass):
         )
         scores = self._importance(analysis, model, context)
         _unmap_external_weights(model)  # the scores read every weight: drop those pages
-        plan = self._select(analysis, scores)
+        plan, extra = choose_plan(self.settings, analysis, scores, model, context, sizes)
         outcome = describe_plan(
             analysis,
             plan,
@@ -75,7 +76,9 @@ class StructuredPrune(SlimPass):
             outcome.macs_before,
             outcome.macs_after,
         )
-        return SlimPassResult(model, modified=not plan.empty, summary=outcome.summary())
+        return SlimPassResult(
+            model, modified=not plan.empty, summary={**outcome.summary(), **extra}
+        )
 
     def _importance(
         self,

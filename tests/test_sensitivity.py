@@ -1,0 +1,150 @@
+"""Sensitivity-driven allocation of a MACs target, and the latency target's search."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper
+import onnx_ir as ir
+import pytest
+
+from onnxslim import PassContext, SlimError
+from onnxslim.passes.pruning import StructuredPrune
+from onnxslim.passes.pruning._latency import search_for_latency
+from onnxslim.passes.pruning._sensitivity import Sensitivity, output_error
+
+
+def two_branch_net() -> ir.Model:
+    """x(8) -> [Gemm a(8->16) -> Relu -> Gemm(16->8)] + [Gemm b(8->16) -> Relu -> Gemm(16->8)].
+
+    Branch b has 10x larger first weights (the larger L2 score) but its second weights are
+    100x smaller: its output is 1/10 of branch a's, so pruning a hurts far more."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "wa": rng.normal(size=(8, 16)),
+        "va": rng.normal(size=(16, 8)),
+        "wb": 10 * rng.normal(size=(8, 16)),
+        "vb": 0.01 * rng.normal(size=(16, 8)),
+    }
+    nodes = [
+        oh.make_node("MatMul", ["x", "wa"], ["ha"], name="fc_a"),
+        oh.make_node("Relu", ["ha"], ["ra"], name="relu_a"),
+        oh.make_node("MatMul", ["ra", "va"], ["oa"], name="out_a"),
+        oh.make_node("MatMul", ["x", "wb"], ["hb"], name="fc_b"),
+        oh.make_node("Relu", ["hb"], ["rb"], name="relu_b"),
+        oh.make_node("MatMul", ["rb", "vb"], ["ob"], name="out_b"),
+        oh.make_node("Add", ["oa", "ob"], ["y"], name="sum"),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "two_branch",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 8])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])],
+        [onnx.numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
+    )
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+    return ir.serde.deserialize_model(proto)
+
+
+def kept(summary: dict) -> dict[str, int]:
+    return {name: counts[1] for name, counts in summary["channels_kept"].items()}
+
+
+def test_sensitivity_allocation_prunes_the_sensitive_group_less_than_score_ranking():
+    options = {"target_macs": 0.6, "round_to": 1, "max_ratio": 0.9}
+    by_score = StructuredPrune(**options).apply(two_branch_net(), PassContext())
+    by_sensitivity = StructuredPrune(**options, allocation="sensitivity").apply(
+        two_branch_net(), PassContext()
+    )
+    # the same MACs (batch 4: 2048 before, 0.6 keeps at most 1228)
+    assert by_score.summary["macs"]["after"] == by_sensitivity.summary["macs"]["after"] == 1216
+    assert kept(by_score.summary) == {"fc_a": 12, "out_a": 8, "out_b": 8, "fc_b": 7}
+    assert kept(by_sensitivity.summary) == {"fc_a": 16, "out_a": 8, "out_b": 8, "fc_b": 3}
+    measured = by_sensitivity.summary["sensitivity"]
+    assert [m["removed"] for m in measured.values()] == [4, 4]
+    errors = [m["error"] for m in measured.values()]
+    assert errors[0] > 50 * errors[1]  # branch a's cut moves the output far more
+
+
+def test_sensitivity_with_a_ratio_keeps_the_ratios_macs():
+    uniform = StructuredPrune(ratio=0.5, round_to=1).apply(two_branch_net(), PassContext())
+    shared = StructuredPrune(ratio=0.5, round_to=1, allocation="sensitivity").apply(
+        two_branch_net(), PassContext()
+    )
+    assert kept(uniform.summary) == {"fc_a": 8, "out_a": 8, "out_b": 8, "fc_b": 8}
+    assert shared.summary["macs"]["after"] == uniform.summary["macs"]["after"] == 1024
+    assert kept(shared.summary) == {"fc_a": 14, "out_a": 8, "out_b": 8, "fc_b": 2}
+
+
+def test_sensitivity_cost_grows_with_the_fraction_removed():
+    measured = Sensitivity(error=0.04, removed=4, size=16, macs_saved=64)
+    assert measured.cost(0, 4) == pytest.approx(0.04 / 64)
+    assert measured.cost(4, 8) == pytest.approx(3 * 0.04 / 64)
+    assert Sensitivity(0.1, 4, 16, 0).cost(0, 4) == float("inf")
+    reference = [{"y": np.array([3.0, 4.0], dtype=np.float32)}]
+    assert output_error(reference, [{"y": np.array([3.0, 3.0])}]) == pytest.approx(1 / 25)
+
+
+def test_latency_search_interpolates_to_the_target_on_given_measurements():
+    # latency = 0.3 + 0.7 * MACs: a fixed overhead the MACs do not remove
+    calls: list[float] = []
+
+    def measure(fraction: float) -> float:
+        calls.append(fraction)
+        return 0.3 + 0.7 * fraction
+
+    search = search_for_latency(measure, 0.65, tolerance=0.01, trials=5)
+    assert search.met
+    assert calls[0] == 0.65
+    assert search.macs_fraction == pytest.approx(0.5, abs=0.01 / 0.7)
+    assert 0.65 - 0.01 <= measure(search.macs_fraction) <= 0.65 + 0.01
+    assert len(search.trials) <= 5
+
+
+def test_latency_search_reports_an_unreachable_target():
+    search = search_for_latency(lambda f: 0.5 + 0.5 * f, 0.3, tolerance=0.02, trials=3)
+    assert not search.met
+    assert len(search.trials) == 3
+    assert search.macs_fraction == min(f for f, _ in search.trials)
+
+
+def conv_net() -> ir.Model:
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(32, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(size=(32, 32, 3, 3)).astype(np.float32) * 0.1
+    w3 = rng.normal(size=(8, 32, 1, 1)).astype(np.float32)
+    nodes = [
+        oh.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        oh.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        oh.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        oh.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "convs",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 32, 32])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 32, 32])],
+        [onnx.numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"))],
+    )
+    return ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)]))
+
+
+def test_target_latency_runs_on_a_small_conv_net_and_keeps_the_block_rounding():
+    result = StructuredPrune(
+        target_latency=0.6, round_to=8, latency_trials=2, latency_seconds=0.3
+    ).apply(conv_net(), PassContext())
+    latency = result.summary["latency"]
+    assert latency["target"] == 0.6
+    assert 1 <= len(latency["trials"]) <= 2
+    assert latency["trials"][0]["macs"] == 0.6
+    assert result.summary["macs"]["kept_fraction"] <= latency["macs_fraction"] + 1e-9
+    assert all(k % 8 == 0 for k in kept(result.summary).values())
+
+
+def test_target_latency_is_alone_and_allocation_is_checked():
+    with pytest.raises(SlimError, match="target_latency"):
+        StructuredPrune(target_latency=0.5, target_macs=0.5)
+    with pytest.raises(SlimError, match="unknown allocation 'even'"):
+        StructuredPrune(target_macs=0.5, allocation="even")
