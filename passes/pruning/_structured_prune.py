@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,6 @@ from onnxslim.passes.pruning._counts import predicted_macs
 from onnxslim.passes.pruning._hints import record_hints
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
-from onnxslim.passes.pruning._plan import Plan, plan_pruning
 from onnxslim.passes.pruning._summary import describe_plan
 from onnxslim.passes.pruning._targets import choose_plan
 from onnxslim.runtime import cpu_features
@@ -96,17 +94,6 @@ class StructuredPrune(SlimPass):
             seed=self.seed,
             batches=batches,
             teacher=context.reference_path,
-        )
-
-    def _select(self, analysis: PruneAnalysis, scores: Mapping[int, np.ndarray]) -> Plan:
-        return plan_pruning(
-            analysis,
-            scores,
-            ratio=self.ratio,
-            target_macs=self.target_macs,
-            global_ranking=self.global_ranking,
-            max_ratio=self.max_ratio,
-            min_kept=self.min_kept,
         )
 
 
