@@ -1,7 +1,8 @@
 """Reference models for tests and benchmarks: torch modules of common shapes, their ONNX export,
-and the real third-party models that installed wheels ship. Needs the ``torch`` extra for the
-torch builders. Nothing here downloads anything."""
+the real third-party models that installed wheels ship, and speech-like audio with frame labels.
+Needs the ``torch`` extra for the torch builders. Nothing here downloads anything."""
 
+from onnxslim.testing._audio import SpeechLikeClip, frame_agreement, log_mel, speech_like_audio
 from onnxslim.testing._export import export_torch
 from onnxslim.testing._real_models import minilm_encoder, ppocr_model_path
 from onnxslim.testing._text import WordPieceTokenizer, bert_style_encoder
@@ -16,4 +17,8 @@ __all__ = [
     "ppocr_model_path",
     "minilm_encoder",
     "WordPieceTokenizer",
+    "SpeechLikeClip",
+    "speech_like_audio",
+    "log_mel",
+    "frame_agreement",
 ]
