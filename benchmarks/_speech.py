@@ -43,8 +43,11 @@ EMBEDDING_INPUT, EMBEDDING_OUTPUT = "input_1", "conv2d_19"
 
 
 def add_speech_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--speech-prune", type=float, default=0.3, help="channel ratio cut")
-    parser.add_argument("--speech-epochs", type=int, help="distillation epochs (default 2 / 6)")
+    parser.add_argument("--speech-macs", type=float, default=0.5, help="MACs kept by pruning")
+    parser.add_argument(
+        "--speech-prune", type=float, help="channel ratio cut instead of a MACs target"
+    )
+    parser.add_argument("--speech-epochs", type=int, help="distillation epochs (default 2 / 3)")
     parser.add_argument("--speech-lr", type=float, default=1e-3)
     parser.add_argument(
         "--speech-min-agree", type=float, default=0.95, help="int8 guard: speech agreement kept"
@@ -136,7 +139,13 @@ def ort_quantize(source: Path, calibration: np.ndarray, output: Path, activation
         def rewind(self) -> None:
             self.index = 0
 
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
     prepared = ort_prepare(source, output.parent)
+    # ORT's recommended pre-processing (symbolic shapes, ORT graph optimizations) before quantizing
+    preprocessed = prepared.with_suffix(".pre.onnx")
+    quant_pre_process(str(prepared), str(preprocessed))
+    prepared = preprocessed
     quantize_static(
         str(prepared),
         str(output),
@@ -170,8 +179,10 @@ def _clips(count: int, seconds: float, seed: int) -> list[SpeechLikeClip]:
     ]
 
 
-def _features(mel_session, clips: list[SpeechLikeClip]):
+def _features(mel_session, clips: list[SpeechLikeClip], every: int = 1):
+    """Windows, labels and windows per clip; ``every`` > 1 keeps every n-th (they overlap 90 %)."""
     pairs = [mel_windows(mel_session, clip) for clip in clips]
+    pairs = [(w[::every], y[::every]) for w, y in pairs]
     return (
         np.concatenate([p[0] for p in pairs]),
         np.concatenate([p[1] for p in pairs]),
@@ -185,10 +196,12 @@ def _pipeline(args, source: Path, train: np.ndarray, folder: Path, guard) -> lis
     items = [{EMBEDDING_INPUT: train[i : i + 1]} for i in range(len(train))]
     passes = [
         Cleanup(),
-        StructuredPrune(ratio=args.speech_prune),
+        StructuredPrune(ratio=args.speech_prune)
+        if args.speech_prune
+        else StructuredPrune(target_macs=args.speech_macs),
         Distill(
             items,
-            epochs=args.speech_epochs or (2 if args.quick else 6),
+            epochs=args.speech_epochs or (2 if args.quick else 3),
             batch_size=32,
             lr=args.speech_lr,
             output_losses={EMBEDDING_OUTPUT: "mse"},
@@ -228,7 +241,7 @@ def run_speech(args, folder: Path) -> dict:
     models = wakeword_models()
     mel = _session(models / "melspectrogram.onnx")
     started = time.perf_counter()
-    train_x, train_y, _ = _features(mel, _clips(4 if args.quick else 8, 20.0, seed=1))
+    train_x, train_y, _ = _features(mel, _clips(4 if args.quick else 8, 20.0, seed=1), every=2)
     eval_x, eval_y, lengths = _features(mel, _clips(3 if args.quick else 6, 20.0, seed=101))
     source = models / "embedding_model.onnx"
     head = fit_speech_head(embed(source, train_x), train_y)
