@@ -139,8 +139,9 @@ def test_vad_cnn_prune_distill_int8_keeps_frame_agreement(tmp_path: Path) -> Non
         source, data=items[:2], sizes={"mel": (1, FRAMES, 16)}, stage_dir=tmp_path / "stages"
     )
     stages = result.report.stages
+    paths = [Path(str(stage.model_path)) for stage in stages]
     assert [s.stage for s in stages] == ["input", "cleanup", "prune", "distill", "quantize"]
-    pruned = onnx.load(stages[2].model_path)
+    pruned = onnx.load(paths[2])
     conv_widths = [
         next(i for i in pruned.graph.initializer if i.name == n.input[1]).dims[0]
         for n in pruned.graph.node
@@ -148,14 +149,14 @@ def test_vad_cnn_prune_distill_int8_keeps_frame_agreement(tmp_path: Path) -> Non
     ]
     assert conv_widths == [17, 17, 1]
     assert stages[2].parameters < stages[1].parameters
-    quantized = onnx.load(stages[4].model_path)
+    quantized = onnx.load(paths[4])
     assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) > 0
-    reference = probabilities(Path(stages[0].model_path), eval_x)
+    reference = probabilities(paths[0], eval_x)
     assert reference.shape == eval_y.shape == (8, FRAMES)
     assert np.mean((reference > 0.5) == eval_y) > 0.85  # the float VAD does its task
     agreement = {
-        stage.stage: frame_agreement(reference, probabilities(Path(stage.model_path), eval_x))
-        for stage in stages[1:]
+        stage.stage: frame_agreement(reference, probabilities(path, eval_x))
+        for stage, path in zip(stages[1:], paths[1:])
     }
     assert stages[3].summary["sqnr_after_db"] > stages[3].summary["sqnr_before_db"] + 10
     assert agreement["cleanup"] == 1.0
