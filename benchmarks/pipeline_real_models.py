@@ -15,7 +15,10 @@
 Per stage: params, MACs, file size, ORT CPU p50 latency (interleaved with every other stage,
 spinning off) and fidelity. The distillation teacher is the input model in ONNX Runtime.
 
-    python benchmarks/pipeline_real_models.py [--models det,minilm] [--quick] [--json out.json]
+- **openWakeWord speech embedding** (openwakeword 0.5.1 wheel): ``_speech.py`` (synthetic
+  speech-like audio, a speech-activity head as the task metric, ORT quantize_static beside it).
+
+    python benchmarks/pipeline_real_models.py [--models det,minilm,speech] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from onnxslim.formatting import human_bytes, human_count, json_safe, progress_to
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _real_data import PARAPHRASE_CHECKS, SENTENCES, render_text_images  # noqa: E402
+from _speech import add_speech_arguments, run_speech  # noqa: E402
 
 logger = logging.getLogger("pipeline_real_models")
 
@@ -487,16 +491,21 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=40, help="timed interleaved rounds")
     parser.add_argument("--json", type=Path)
+    add_speech_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     results = {}
     with tempfile.TemporaryDirectory(prefix="pipeline-real-") as folder:
         for name in args.models.split(","):
             started = time.perf_counter()
-            runner = {"det": run_det, "minilm": run_minilm}[name]
+            runner = {"det": run_det, "minilm": run_minilm, "speech": run_speech}[name]
             results[name] = runner(args, Path(folder))
             results[name]["seconds"] = round(time.perf_counter() - started, 1)
-            title = {"det": "PP-OCRv4 det", "minilm": "all-MiniLM-L6-v2"}[name]
+            title = {
+                "det": "PP-OCRv4 det",
+                "minilm": "all-MiniLM-L6-v2",
+                "speech": "openWakeWord embedding",
+            }[name]
             print_table(title, results[name]["rows"], results[name]["columns"])
             print(f"{results[name]['note']}; total {results[name]['seconds']:.0f}s")
     if args.json:

@@ -1,7 +1,8 @@
 """Reference models for tests and benchmarks: torch modules of common shapes, their ONNX export,
-and the real third-party models that installed wheels ship. Needs the ``torch`` extra for the
-torch builders. Nothing here downloads anything."""
+the real third-party models that installed wheels ship, and speech-like audio with frame labels.
+Needs the ``torch`` extra for the torch builders. Nothing here downloads anything."""
 
+from onnxslim.testing._audio import SpeechLikeClip, frame_agreement, log_mel, speech_like_audio
 from onnxslim.testing._decoders import (
     decoder_feeds,
     export_decoder,
@@ -26,4 +27,8 @@ __all__ = [
     "gpt2_decoder",
     "export_decoder",
     "decoder_feeds",
+    "SpeechLikeClip",
+    "speech_like_audio",
+    "log_mel",
+    "frame_agreement",
 ]
