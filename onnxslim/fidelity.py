@@ -45,8 +45,20 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
 
 
 def looks_like_scores(array: np.ndarray) -> bool:
-    """Class scores [N, C] or per-step token scores [N, T, C], C > 1."""
-    return np.issubdtype(array.dtype, np.floating) and array.ndim in (2, 3) and array.shape[-1] > 1
+    """Class scores [N, C] or per-step token scores [N, T, C], C > 1: logits or probability rows.
+
+    Values in [0, 1] whose rows do not sum to 1 are independent probabilities (a per-frame
+    speech probability [N, T], multi-label sigmoids): an argmax over them is no class decision.
+    """
+    if not (
+        np.issubdtype(array.dtype, np.floating) and array.ndim in (2, 3) and array.shape[-1] > 1
+    ):
+        return False
+    finite = array[np.isfinite(array)]
+    if finite.size == 0 or finite.min() < 0 or finite.max() > 1 + 1e-6:
+        return True
+    rows = array.reshape(-1, array.shape[-1]).astype(np.float64)
+    return bool(np.allclose(np.nan_to_num(rows).sum(-1), 1.0, atol=1e-3))
 
 
 @dataclasses.dataclass

@@ -101,3 +101,18 @@ def test_json_safe_is_the_one_encoding() -> None:
     }
     assert json_safe(document) == {"1": ["nan", 3, "a/b"], "x": [True, {"y": "-inf"}]}
     assert type(json_safe(np.int64(3))) is int and json_safe(True) is True
+
+
+def test_independent_probabilities_are_not_class_scores():
+    """A per-frame speech probability [N, T] (sigmoids, rows not summing to 1) has no top-1:
+    an argmax over time once made distillation rank an untrained epoch first."""
+    from onnxslim.fidelity import compare_outputs, looks_like_scores
+
+    rng = np.random.default_rng(0)
+    frames = 1 / (1 + np.exp(-rng.normal(size=(4, 50)))).astype(np.float32)
+    logits = rng.normal(size=(4, 10)).astype(np.float32)
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    assert not looks_like_scores(frames)
+    assert looks_like_scores(logits) and looks_like_scores(softmax)
+    assert compare_outputs([{"p": frames}], [{"p": frames * 0.9}]).top1_agreement is None
+    assert compare_outputs([{"p": softmax}], [{"p": softmax}]).top1_agreement == 1.0

@@ -867,3 +867,37 @@ def test_declared_options_say_removed_and_kept():
     # the positional first argument is still the ratio; an Options value works too
     assert StructuredPrune(0.25).ratio == 0.25
     assert StructuredPrune(PruneOptions(ratio=0.4, round_to=4)).settings.round_to == 4
+
+
+def test_prune_that_removes_nothing_says_why(tmp_path):
+    """24-channel convs at ratio 0.1 with round_to 16: no smaller multiple of 16 is kept, so
+    nothing is cut; the summary and the log say so instead of a bare pruned_groups=0."""
+    import onnx
+
+    from onnxslim import PassContext
+    from onnxslim.passes import StructuredPrune
+
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array(rng.normal(size=(24, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array(rng.normal(size=(8, 24, 1, 1)).astype(np.float32), "w2")
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1]),
+            onnx.helper.make_node("Relu", ["a"], ["b"]),
+            onnx.helper.make_node("Conv", ["b", "w2"], ["y"]),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 8, 8])],
+        [w1, w2],
+    )
+    import onnx_ir as ir
+
+    model = ir.from_proto(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    )
+    result = StructuredPrune(ratio=0.1, round_to=16).apply(model, PassContext(workdir=tmp_path))
+    assert not result.modified and result.summary["pruned_groups"] == 0
+    (warning,) = result.summary["warnings"]
+    assert warning.startswith("prune removed nothing: 1 group(s) are prunable, but at this ratio")
+    assert "round_to=16" in warning and "round_to lower (1 keeps any width)" in warning

@@ -67,6 +67,16 @@ class StructuredPrune(SlimPass):
         if not plan.empty:
             record_hints(model, analysis.groups, plan)  # for feature distillation
             apply_plan(analysis.view, plan)
+        elif outcome.prunable_groups:
+            # a silent no-op reads as success: say why and what to change
+            hint = (
+                f"prune removed nothing: {outcome.prunable_groups} group(s) are prunable, but at "
+                f"this ratio/target and round_to={self.round_to} no group keeps a smaller multiple "
+                "of round_to; ask for more (a larger ratio or a smaller target) or set round_to "
+                "lower (1 keeps any width)"
+            )
+            logger.warning(hint)
+            extra = {**extra, "warnings": [*extra.get("warnings", []), hint]}
         outcome.parameters_after = parameter_count(model)
         logger.info(
             "pruned %d groups: MACs %d -> %d",
