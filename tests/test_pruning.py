@@ -901,3 +901,6 @@ def test_prune_that_removes_nothing_says_why(tmp_path):
     (warning,) = result.summary["warnings"]
     assert warning.startswith("prune removed nothing: 1 group(s) are prunable, but at this ratio")
     assert "round_to=16" in warning and "round_to lower (1 keeps any width)" in warning
+    from onnxslim.registry import describe_summary
+
+    assert describe_summary("prune", result.summary)[-1] == f"Warning: {warning}."

@@ -81,4 +81,5 @@ def describe(summary: Mapping[str, Any]) -> list[str]:
     if cuts:
         lines.append(cuts)
     lines += _blocked(summary.get("blocked"))
+    lines += [f"Warning: {w}." for w in summary.get("warnings") or [] if isinstance(w, str)]
     return lines
