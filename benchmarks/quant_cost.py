@@ -123,7 +123,11 @@ def _ort(model: Path, data: Path, output: Path, method: str) -> dict:
 
     calibrate = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
     quantize_static(
-        str(model), str(output), _NpzReader(data), quant_format=QuantFormat.QDQ, calibrate_method=calibrate
+        str(model),
+        str(output),
+        _NpzReader(data),
+        quant_format=QuantFormat.QDQ,
+        calibrate_method=calibrate,
     )
     return {}
 
@@ -142,10 +146,14 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default="digits,cls,det")
     parser.add_argument("--tools", default=",".join(TOOLS))
-    parser.add_argument("--samples", type=int, default=64, help="calibration samples (det: 16 at most)")
+    parser.add_argument(
+        "--samples", type=int, default=64, help="calibration samples (det: 16 at most)"
+    )
     parser.add_argument("--stages", action="store_true", help="time and measure each stage of ours")
     parser.add_argument("--timeout", type=int, default=900)
     parser.add_argument("--json-out", type=Path)
@@ -172,7 +180,9 @@ def main() -> None:
         args.json_out.write_text(json.dumps(rows, indent=1, default=str))
 
 
-def run_worker_here(tool: str, model: Path, data: Path, output: Path, timeout: int, extra: list) -> dict:
+def run_worker_here(
+    tool: str, model: Path, data: Path, output: Path, timeout: int, extra: list
+) -> dict:
     import subprocess
 
     result_path = output.with_suffix(".json")
@@ -202,7 +212,10 @@ def _print(row: dict) -> None:
             entry[1] += stage["s"]
             entry[2] = max(entry[2], stage["peak_mb"])
             continue
-        print(f"    {stage['stage']:32} {stage['s']:7.2f} s  peak {stage['peak_mb']:6.0f}  rss {stage['rss_mb']:6.0f}", flush=True)
+        print(
+            f"    {stage['stage']:32} {stage['s']:7.2f} s  peak {stage['peak_mb']:6.0f}  rss {stage['rss_mb']:6.0f}",
+            flush=True,
+        )
     for name, (count, seconds, peak) in subs.items():
         print(f"      {name:24} x{count:<3} {seconds:7.2f} s  peak {peak:6.0f}", flush=True)
 

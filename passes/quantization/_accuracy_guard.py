@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -161,7 +162,8 @@ class Evaluator:
         }
 
     def evaluate(self, path: Path) -> Evaluation:
-        outputs = run_outputs(path, self.batches)
+        # one session per candidate: its outputs and (where judged on them) its logits
+        outputs, with_logits = _outputs_and_logits(path, self.batches, self.logits)
         fidelity = compare_outputs(self.reference, outputs)
         problems: list[str] = []
         scores: dict[str, float] = {}
@@ -182,7 +184,7 @@ class Evaluator:
             problems += self.bound.violations(proxy, reference, candidate)
             return Evaluation(fidelity, tuple(problems), task_scores=scores)
         reference = _only(self.reference_logits, self.proxy_outputs)
-        candidate = _only(run_with_logits(path, self.batches, self.logits), self.proxy_outputs)
+        candidate = _only(with_logits, self.proxy_outputs)
         logit_fidelity = compare_outputs(reference, candidate)
         found = self.bound.violations(logit_fidelity, reference, candidate)
         return Evaluation(
@@ -384,6 +386,20 @@ def run_with_logits(
 ) -> list[dict[str, np.ndarray]]:
     """Outputs per batch, with each Sigmoid/Softmax output replaced by its logits (the
     dequantized logits in a QDQ model)."""
+    return _outputs_and_logits(path, batches, logits, providers)[1]
+
+
+def _outputs_and_logits(
+    path: str | os.PathLike,
+    batches: Sequence[Feeds],
+    logits: Mapping[str, str],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """The outputs per batch and (``logits`` given) the same with each Sigmoid/Softmax output
+    replaced by its logits, from ONE session (no logits: the outputs twice, one session)."""
+    if not logits:
+        outputs = run_outputs(path, batches, providers)
+        return outputs, outputs
     model = ir.load(str(path))
     values = _seen_as(model, logits.values())
     seen_as = {output: values[source] for output, source in logits.items() if source in values}
@@ -392,9 +408,14 @@ def run_with_logits(
         model, list(seen_as.values()), providers=providers, options=session_options()
     )
     outputs = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
+    del model
     fetch = [seen_as.get(name, name) for name in outputs]
-    found = [probe.run(b, fetch) for b in batches]
-    return [{name: got[f] for name, f in zip(outputs, fetch)} for got in found]
+    plain, replaced = [], []
+    for batch in batches:
+        got = probe.run(batch, list(dict.fromkeys([*outputs, *fetch])))
+        plain.append({name: got[name] for name in outputs})
+        replaced.append({name: got[f] for name, f in zip(outputs, fetch)})
+    return plain, replaced
 
 
 def layer_sensitivity(
@@ -415,24 +436,23 @@ def layer_sensitivity(
     seen_as = _seen_as(quantized, names)
     reference_values = {v.name for node in float_model.graph for v in node.outputs}
     names = [n for n in names if n in seen_as and n in reference_values]
-    # the sessions ORT deploys (full optimizations: QDQ fused), not the probe's default
-    reference_probe = ValueProbe(float_model, names, providers=providers, options=session_options())
     candidate_names = [seen_as[n] for n in names]
-    candidate_probe = ValueProbe(
-        quantized, candidate_names, providers=providers, options=session_options()
-    )
+    # The sessions ORT deploys (full optimizations: QDQ fused), not the probe's default; every
+    # tensor exposed at once (exposing fewer changes ORT's fusions, hence the numbers). Without
+    # the memory arena each session hands its buffers back after a run instead of keeping them.
+    probes = [
+        ValueProbe(model, fetch, providers=providers, options=_unpooled_options())
+        for model, fetch in ((float_model, names), (quantized, candidate_names))
+    ]
+    del quantized
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
     # one sample at a time where the batch is free: every tensor of both models is held at once
     runs = batches if fixed_batch(float_model) else [s for b in batches for s in _samples(b)]
+    parts = 2 if len(names) >= SPLIT_MIN_TENSORS else 1
     for batch in runs:
-        reference = reference_probe.run(batch, names)
-        found = candidate_probe.run(batch, candidate_names)
-        for name in names:
-            ref = reference.pop(name).astype(np.float64)  # freed as it is compared
-            diff = ref - found[seen_as[name]].astype(np.float64)
-            signal[name] += float(np.sum(ref * ref))
-            noise[name] += float(np.sum(diff * diff))
+        held = _add_sample(probes, names, seen_as, batch, parts, (signal, noise))
+        parts = max(1, math.ceil(held / PART_BYTES))
     tensor_sqnr = {
         name: (
             float("inf")
@@ -455,6 +475,49 @@ def layer_sensitivity(
         after = tensor_sqnr[output_name]
         losses[node_name] = (min(before, 100.0) - min(after, 100.0)) if np.isfinite(after) else 0.0
     return losses, tensor_sqnr
+
+
+# The reference's tensors are fetched in parts of about this many bytes (each part a run of
+# its own) while the candidate's are held: the peak is one model's tensors plus one part, not
+# both models' tensors; with one part (small models) each model runs once per sample.
+PART_BYTES = 96 << 20
+SPLIT_MIN_TENSORS = 32  # the first sample's split, before any size is known
+
+
+def _add_sample(
+    probes: Sequence[ValueProbe],
+    names: Sequence[str],
+    seen_as: Mapping[str, str],
+    batch: Feeds,
+    parts: int,
+    sums: tuple[dict[str, float], dict[str, float]],
+) -> int:
+    """Adds one batch's signal and noise energy per tensor to ``sums``; the reference tensors'
+    bytes. Same sessions whatever the fetch list, so the same numbers for any ``parts``."""
+    signal, noise = sums
+    size = math.ceil(len(names) / parts)
+    groups = [names[i : i + size] for i in range(0, len(names), size)]
+    reference = probes[0].run(batch, groups[0])
+    found = probes[1].run(batch, [seen_as[n] for n in names])
+    held = 0
+    for index, group in enumerate(groups):
+        if index:
+            reference = probes[0].run(batch, group)
+        for name in group:
+            value = reference.pop(name)
+            held += value.nbytes
+            ref = value.astype(np.float64)  # freed as it is compared
+            del value
+            diff = ref - found.pop(seen_as[name]).astype(np.float64)
+            signal[name] += float(np.sum(ref * ref))
+            noise[name] += float(np.sum(diff * diff))
+    return held
+
+
+def _unpooled_options() -> Any:
+    options = session_options()
+    options.enable_cpu_mem_arena = False
+    return options
 
 
 def _samples(batch: Feeds) -> list[dict[str, np.ndarray]]:
