@@ -11,13 +11,12 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantiz
 import onnxslim
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization import layer_sensitivity, run_outputs
-from onnxslim.passes.quantization._accuracy_guard import (
+from onnxslim.passes.quantization._accuracy_guard import _outputs_and_logits, run_with_logits
+from onnxslim.passes.quantization._sensitivity import (
     PART_BYTES,
     SPLIT_MIN_TENSORS,
     _add_sample,
-    _outputs_and_logits,
     _seen_as,
-    run_with_logits,
 )
 from onnxslim.runtime import session_options
 
