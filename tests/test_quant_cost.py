@@ -104,3 +104,30 @@ def test_sensitivity_sums_do_not_depend_on_how_the_reference_is_fetched(tmp_path
     )
     expected = {n: 10 * np.log10(signal[n] / noise[n]) for n in names if noise[n]}
     assert {n: v for n, v in sqnr.items() if np.isfinite(v)} == expected
+
+
+def test_latency_guard_macs_come_from_the_timed_feeds_not_symbolic_inference(tmp_path):
+    """The MACs at the timed feeds' shapes, from one run: no symbolic inference of the whole
+    model (seconds and ~180 MiB of sympy on digits/cls; on PP-OCR cls it left most Conv MACs
+    unknown and some negative)."""
+    from onnxslim.model import model_stats
+    from onnxslim.passes.quantization._latency_guard import _node_macs
+
+    weight = numpy_helper.from_array(np.ones((4, 2, 3, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 8, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "conv.onnx"
+    onnx.save(model, str(path))
+    loaded = onnxslim.load(path)
+    feeds = {"x": np.zeros((3, 2, 8, 8), np.float32)}
+    assert _node_macs(loaded, ["conv"], feeds, None) == {"conv": 3 * 4 * 8 * 8 * 2 * 3 * 3}
+    # where symbolic inference resolves (here batch 1), the same MACs per sample: the same
+    # per-MAC ranking of kernels
+    assert model_stats(loaded).macs_per_node == {"conv": 4 * 8 * 8 * 2 * 3 * 3}
