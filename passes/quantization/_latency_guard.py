@@ -103,10 +103,11 @@ def _node_macs(
     sympy's memory); the inferred shapes where a node's MACs stay unknown."""
     wanted = set(names)
     nodes = [node for node in model.graph if node.name in wanted]
+    # a Conv's MACs need its output's shape, the other compute ops' their inputs'
     values = [
         v.name
         for node in nodes
-        for v in (*node.inputs, *node.outputs[:1])
+        for v in (node.outputs[:1] if node.op_type == "Conv" else node.inputs)
         if v is not None and v.name and not v.is_initializer()
     ]
     shape_of = shape_lookup(observed_shapes(model, dict(feeds), list(dict.fromkeys(values))))
