@@ -97,6 +97,7 @@ def test_sensitivity_sums_do_not_depend_on_how_the_reference_is_fetched(tmp_path
         assert held == [LAYERS * 8 * 4] * 6  # float32 [1, 8] per tensor
         results.append(sums)
     assert all(r == results[0] for r in results[1:])  # bit for bit
+    assert _add_sample(probes, [], {}, runs[0], 2, sums) == 0  # no tensor kept its name
     # and layer_sensitivity (parts chosen from the sizes) gives the same SQNRs
     signal, noise = results[0]
     _, sqnr = layer_sensitivity(

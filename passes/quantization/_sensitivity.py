@@ -96,6 +96,8 @@ def _add_sample(
     """Adds one batch's signal and noise energy per tensor to ``sums``; the reference tensors'
     bytes. Same sessions whatever the fetch list, so the same numbers for any ``parts``."""
     signal, noise = sums
+    if not names:  # nothing kept its name in the quantized model
+        return 0
     size = math.ceil(len(names) / parts)
     groups = [names[i : i + size] for i in range(0, len(names), size)]
     reference = probes[0].run(batch, groups[0])
