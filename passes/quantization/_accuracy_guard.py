@@ -20,11 +20,11 @@ from onnxslim.fidelity import (
     compare_outputs,
     looks_like_scores,
 )
-from onnxslim.inputs import fixed_batch
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._prepare import Prepared
+from onnxslim.passes.quantization._sensitivity import _seen_as, layer_sensitivity
 from onnxslim.progress import task
 from onnxslim.runtime import session_options
 
@@ -161,7 +161,8 @@ class Evaluator:
         }
 
     def evaluate(self, path: Path) -> Evaluation:
-        outputs = run_outputs(path, self.batches)
+        # one session per candidate: its outputs and (where judged on them) its logits
+        outputs, with_logits = _outputs_and_logits(path, self.batches, self.logits)
         fidelity = compare_outputs(self.reference, outputs)
         problems: list[str] = []
         scores: dict[str, float] = {}
@@ -182,7 +183,7 @@ class Evaluator:
             problems += self.bound.violations(proxy, reference, candidate)
             return Evaluation(fidelity, tuple(problems), task_scores=scores)
         reference = _only(self.reference_logits, self.proxy_outputs)
-        candidate = _only(run_with_logits(path, self.batches, self.logits), self.proxy_outputs)
+        candidate = _only(with_logits, self.proxy_outputs)
         logit_fidelity = compare_outputs(reference, candidate)
         found = self.bound.violations(logit_fidelity, reference, candidate)
         return Evaluation(
@@ -384,6 +385,20 @@ def run_with_logits(
 ) -> list[dict[str, np.ndarray]]:
     """Outputs per batch, with each Sigmoid/Softmax output replaced by its logits (the
     dequantized logits in a QDQ model)."""
+    return _outputs_and_logits(path, batches, logits, providers)[1]
+
+
+def _outputs_and_logits(
+    path: str | os.PathLike,
+    batches: Sequence[Feeds],
+    logits: Mapping[str, str],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """The outputs per batch and (``logits`` given) the same with each Sigmoid/Softmax output
+    replaced by its logits, from ONE session (no logits: the outputs twice, one session)."""
+    if not logits:
+        outputs = run_outputs(path, batches, providers)
+        return outputs, outputs
     model = ir.load(str(path))
     values = _seen_as(model, logits.values())
     seen_as = {output: values[source] for output, source in logits.items() if source in values}
@@ -391,89 +406,12 @@ def run_with_logits(
     probe = ValueProbe(
         model, list(seen_as.values()), providers=providers, options=session_options()
     )
-    outputs = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
-    fetch = [seen_as.get(name, name) for name in outputs]
-    found = [probe.run(b, fetch) for b in batches]
-    return [{name: got[f] for name, f in zip(outputs, fetch)} for got in found]
-
-
-def layer_sensitivity(
-    float_model: ir.Model,
-    quantized_path: str | os.PathLike,
-    node_outputs: Mapping[str, str],
-    batches: Sequence[Feeds],
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-node SQNR loss (dB) and per-tensor SQNR (dB), in one pass with all layers quantized.
-
-    ``node_outputs`` maps a node name to its output tensor (which keeps its name in the QDQ
-    model). A node's loss is the SQNR of its inputs' worst tensor minus its output's SQNR:
-    the damage the node itself adds, not what it inherits.
-    """
-    names = sorted(set(node_outputs.values()))
-    quantized = ir.load(str(quantized_path))
-    seen_as = _seen_as(quantized, names)
-    reference_values = {v.name for node in float_model.graph for v in node.outputs}
-    names = [n for n in names if n in seen_as and n in reference_values]
-    # the sessions ORT deploys (full optimizations: QDQ fused), not the probe's default
-    reference_probe = ValueProbe(float_model, names, providers=providers, options=session_options())
-    candidate_names = [seen_as[n] for n in names]
-    candidate_probe = ValueProbe(
-        quantized, candidate_names, providers=providers, options=session_options()
-    )
-    signal = dict.fromkeys(names, 0.0)
-    noise = dict.fromkeys(names, 0.0)
-    # one sample at a time where the batch is free: every tensor of both models is held at once
-    runs = batches if fixed_batch(float_model) else [s for b in batches for s in _samples(b)]
-    for batch in runs:
-        reference = reference_probe.run(batch, names)
-        found = candidate_probe.run(batch, candidate_names)
-        for name in names:
-            ref = reference.pop(name).astype(np.float64)  # freed as it is compared
-            diff = ref - found[seen_as[name]].astype(np.float64)
-            signal[name] += float(np.sum(ref * ref))
-            noise[name] += float(np.sum(diff * diff))
-    tensor_sqnr = {
-        name: (
-            float("inf")
-            if noise[name] == 0
-            else 10 * np.log10(max(signal[name], 1e-30) / noise[name])
-        )
-        for name in names
-    }
-    losses = {}
-    for node_name, output_name in node_outputs.items():
-        if output_name not in tensor_sqnr:
-            continue
-        named = next((n for n in float_model.graph if n.name == node_name), None)
-        inherited = [
-            tensor_sqnr[v.name]
-            for v in (named.inputs if named else [])
-            if v is not None and v.name in tensor_sqnr
-        ]
-        before = min(inherited) if inherited else float("inf")
-        after = tensor_sqnr[output_name]
-        losses[node_name] = (min(before, 100.0) - min(after, 100.0)) if np.isfinite(after) else 0.0
-    return losses, tensor_sqnr
-
-
-def _samples(batch: Feeds) -> list[dict[str, np.ndarray]]:
-    count = len(next(iter(batch.values())))
-    return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(count)]
-
-
-def _seen_as(model: ir.Model, names: Iterable[str]) -> dict[str, str]:
-    """Each float tensor of ``names`` -> the value its consumers see in the QDQ ``model``: the
-    DequantizeLinear output where there is one, else the tensor itself (absent: dropped).
-
-    ORT even renames a Conv's output to its folded Relu's, so some names are gone.
-    """
-    values = {v.name for node in model.graph for v in node.outputs}
-    seen_as = {}
-    for name in names:
-        dequantized = f"{name}_DequantizeLinear_Output"
-        if dequantized in values:
-            seen_as[name] = dequantized
-        elif name in values:
-            seen_as[name] = name
-    return seen_as
+    names = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
+    del model
+    fetch = [seen_as.get(name, name) for name in names]
+    plain, replaced = [], []
+    for batch in batches:
+        got = probe.run(batch, list(dict.fromkeys([*names, *fetch])))
+        plain.append({name: got[name] for name in names})
+        replaced.append({name: got[f] for name, f in zip(names, fetch)})
+    return plain, replaced

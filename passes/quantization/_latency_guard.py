@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.inputs import fixed_batch
-from onnxslim.model import model_stats
+from onnxslim.model import model_stats, node_macs, observed_shapes, shape_lookup
 from onnxslim.passes.quantization._candidates import COMPUTE_OPS, Candidate, Rejected
 from onnxslim.passes.quantization._prepare import Prepared
 from onnxslim.progress import task
@@ -84,7 +84,6 @@ def slow_int8_nodes(
     """Compute nodes of ``candidate`` whose int8 kernel takes over 3x the median time per MAC
     of its quantized compute nodes, measured with ORT's profiler; with reasons."""
     seconds = node_kernel_seconds(candidate.path, feeds, runs=max(5, runs), threads=threads)
-    macs = model_stats(prepared.model, sizes).macs_per_node
     op_types = candidate.op_types or ()
     quantized = [
         node.name
@@ -93,7 +92,29 @@ def slow_int8_nodes(
         and node.op_type in op_types
         and node.name not in candidate.excluded
     ]
-    return slow_nodes(seconds, macs, quantized)
+    return slow_nodes(seconds, _node_macs(prepared.model, quantized, feeds, sizes), quantized)
+
+
+def _node_macs(
+    model: ir.Model, names: Sequence[str], feeds: Mapping, sizes: Mapping[str, int] | None
+) -> dict[str, int]:
+    """MACs of the nodes ``names`` at the timed feeds' shapes, from one float run exposing only
+    their inputs and outputs (symbolic shape inference of the whole model costs seconds and
+    sympy's memory); the inferred shapes where a node's MACs stay unknown."""
+    wanted = set(names)
+    nodes = [node for node in model.graph if node.name in wanted]
+    # a Conv's MACs need its output's shape, the other compute ops' their inputs'
+    values = [
+        v.name
+        for node in nodes
+        for v in (node.outputs[:1] if node.op_type == "Conv" else node.inputs)
+        if v is not None and v.name and not v.is_initializer()
+    ]
+    shape_of = shape_lookup(observed_shapes(model, dict(feeds), list(dict.fromkeys(values))))
+    macs = {node.name or "": node_macs(node, shape_of) for node in nodes}
+    if any(m is None for m in macs.values()):
+        return model_stats(model, sizes).macs_per_node
+    return {name: m for name, m in macs.items() if m}
 
 
 def interleaved_latency(

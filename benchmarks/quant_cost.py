@@ -1,0 +1,224 @@
+"""The cost of `QuantizeStatic` with the guards on, stage by stage, against ORT's quantize_static.
+
+Each tool runs in a fresh subprocess (wall time, VmHWM) on the same calibration samples as
+`quant_vs_peers.py` (digits, PP-OCR cls and det). For ours, every stage of the pass is timed and
+its own peak RSS measured: the peak is reset (``/proc/self/clear_refs``) when a stage starts.
+
+    taskset -c 0 python benchmarks/quant_cost.py --models digits,cls,det
+    taskset -c 0 python benchmarks/quant_cost.py --models det --tools ours --stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quant_vs_ort import _NpzReader  # noqa: E402
+from quant_vs_peers import build  # noqa: E402
+
+TOOLS = ("ours", "ort-default", "ort-percentile")
+
+# (module, attribute): the stages of the pass, as _quantize_static calls them
+STAGES = (
+    ("onnxslim.passes.quantization._quantize_static", "prepare"),
+    ("onnxslim.passes.quantization._quantize_static", "collect_ranges"),
+    ("onnxslim.passes.quantization._quantize_static", "Evaluator"),
+    ("onnxslim.passes.quantization._quantize_static", "first_candidates"),
+    ("onnxslim.passes.quantization._quantize_static", "widen_clipped_ranges"),
+    ("onnxslim.passes.quantization._quantize_static", "with_float_islands"),
+    ("onnxslim.passes.quantization._quantize_static", "keep_sensitive_layers_in_float"),
+    ("onnxslim.passes.quantization._quantize_static", "slow_int8_nodes"),
+    ("onnxslim.passes.quantization._quantize_static", "rank_and_confirm"),
+    ("onnxslim.passes.quantization._quantize_static", "tensor_sqnr"),
+)
+# inside the stages (methods and helpers), aggregated per name
+SUBSTAGES = (
+    ("onnxslim.passes.quantization._emit", "Emitter.emit"),
+    ("onnxslim.passes.quantization._accuracy_guard", "Evaluator.evaluate"),
+    ("onnxslim.passes.quantization._accuracy_guard", "layer_sensitivity"),
+    ("onnxslim.passes.quantization._latency_guard", "node_kernel_seconds"),
+    ("onnxslim.passes.quantization._latency_guard", "model_stats"),
+    ("onnxslim.passes.quantization._latency_guard", "interleaved_latency"),
+)
+
+
+def _status(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _reset_peak() -> None:
+    try:  # "5": reset the peak RSS to the current RSS (Linux >= 4.0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+_PEAKS: list[float] = []  # every peak read so far (a nested stage resets the peak)
+
+
+def _timed(name: str, function, log: list, sub: bool = False):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        _PEAKS.append(_status("VmHWM"))
+        _reset_peak()
+        first = len(_PEAKS)
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            peak = max([_status("VmHWM"), *_PEAKS[first:]])
+            _PEAKS.append(peak)
+            entry = {"stage": name, "s": time.perf_counter() - started, "peak_mb": peak}
+            log.append({**entry, "rss_mb": _status("VmRSS"), "sub": sub})
+
+    return wrapper
+
+
+def _ours(model: Path, data: Path, output: Path, stages: bool) -> dict:
+    import importlib
+
+    import onnxslim
+    from onnxslim.passes.quantization import QuantizeStatic
+
+    log: list[dict] = []
+    if stages:
+        for module_name, attribute in STAGES:
+            module = importlib.import_module(module_name)
+            setattr(module, attribute, _timed(attribute, getattr(module, attribute), log))
+        for module_name, dotted in SUBSTAGES:
+            owner = importlib.import_module(module_name)
+            *path, attribute = dotted.split(".")
+            for part in path:
+                owner = getattr(owner, part)
+            setattr(owner, attribute, _timed(dotted, getattr(owner, attribute), log, sub=True))
+    loaded = onnxslim.load(model)
+    result = QuantizeStatic(str(data)).apply(loaded, onnxslim.PassContext())
+    onnxslim.save(loaded, output)
+    return {
+        "chosen": result.summary.get("chosen") or "float returned",
+        "fidelity": result.summary.get("fidelity"),
+        "speedup": result.summary.get("speedup"),
+        # the decisions, to compare before/after a cost change
+        "candidates": result.summary.get("candidates"),
+        "sensitivity_db": result.summary.get("sensitivity_db"),
+        "stages": log,
+    }
+
+
+def _ort(model: Path, data: Path, output: Path, method: str) -> dict:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    calibrate = CalibrationMethod.Percentile if method == "percentile" else CalibrationMethod.MinMax
+    quantize_static(
+        str(model),
+        str(output),
+        _NpzReader(data),
+        quant_format=QuantFormat.QDQ,
+        calibrate_method=calibrate,
+    )
+    return {}
+
+
+def worker(args: argparse.Namespace) -> None:
+    logging.disable(logging.WARNING)
+    started = time.perf_counter()
+    model, data, output = Path(args.model), Path(args.data), Path(args.output)
+    if args.worker == "ours":
+        result = _ours(model, data, output, args.stages)
+    else:
+        result = _ort(model, data, output, args.worker.split("-")[1])
+    result["seconds"] = time.perf_counter() - started
+    result["peak_rss_mb"] = max([_status("VmHWM"), *_PEAKS])
+    Path(args.json).write_text(json.dumps(result, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default="digits,cls,det")
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument(
+        "--samples", type=int, default=64, help="calibration samples (det: 16 at most)"
+    )
+    parser.add_argument("--stages", action="store_true", help="time and measure each stage of ours")
+    parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    for hidden in ("--model", "--data", "--output", "--json"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="quant-cost-") as tmp:
+        for name in args.models.split(","):
+            model = build(name, args.samples, quick=False)
+            data = Path(tmp) / f"{name}-calibration.npz"
+            np.savez(data, **model["calibration"])
+            for tool in args.tools.split(","):
+                output = Path(tmp) / f"{name}-{tool}.onnx"
+                extra = ["--stages"] if args.stages and tool == "ours" else []
+                row = run_worker_here(tool, Path(model["path"]), data, output, args.timeout, extra)
+                rows.append({"model": name, "tool": tool, **row})
+                _print(rows[-1])
+    if args.json_out:
+        args.json_out.write_text(json.dumps(rows, indent=1, default=str))
+
+
+def run_worker_here(
+    tool: str, model: Path, data: Path, output: Path, timeout: int, extra: list
+) -> dict:
+    import subprocess
+
+    result_path = output.with_suffix(".json")
+    command = [sys.executable, __file__, "--worker", tool, "--model", str(model), *extra]
+    command += ["--data", str(data), "--output", str(output), "--json", str(result_path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if completed.returncode != 0 or not result_path.is_file():
+        lines = completed.stderr.strip().splitlines()
+        return {"error": "\n".join(lines[-5:]) if lines else f"exit {completed.returncode}"}
+    return json.loads(result_path.read_text())
+
+
+def _print(row: dict) -> None:
+    if "error" in row:
+        print(f"{row['model']:7} {row['tool']:15} ERROR {row['error']}", flush=True)
+        return
+    note = row.get("chosen", "")
+    print(
+        f"{row['model']:7} {row['tool']:15} {row['seconds']:7.1f} s {row['peak_rss_mb']:7.0f} MiB  {note} {row.get('fidelity') or ''}",
+        flush=True,
+    )
+    subs: dict[str, list] = {}
+    for stage in row.get("stages", []):
+        if stage.get("sub"):
+            entry = subs.setdefault(stage["stage"], [0, 0.0, 0.0])
+            entry[0] += 1
+            entry[1] += stage["s"]
+            entry[2] = max(entry[2], stage["peak_mb"])
+            continue
+        print(
+            f"    {stage['stage']:32} {stage['s']:7.2f} s  peak {stage['peak_mb']:6.0f}  rss {stage['rss_mb']:6.0f}",
+            flush=True,
+        )
+    for name, (count, seconds, peak) in subs.items():
+        print(f"      {name:24} x{count:<3} {seconds:7.2f} s  peak {peak:6.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
