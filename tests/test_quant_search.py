@@ -1,16 +1,20 @@
-"""Per-node placement searches on the task metric: the int4 guard's per-MatMul 8-bit fallback."""
+"""Per-node placement searches on the guard's score: int4's per-MatMul 8-bit fallback, static
+int8's sensitive tensors kept float."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import numpy as np
+import onnx
 import onnx_ir as ir
-from onnx import helper
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxslim import PassContext
-from onnxslim.passes.quantization import QuantizeWeightsInt4
+from onnxslim.passes.quantization import QuantizeStatic, QuantizeWeightsInt4
 from onnxslim.passes.quantization._int4_search import promotion_steps
+from onnxslim.passes.quantization._node_search import activation_pairs, released
 from tests.test_quant_int4 import K, N, _feeds, _smooth_weight, two_linear_model
 
 
@@ -59,3 +63,82 @@ def test_promotion_steps_double_from_the_most_sensitive_then_take_all():
         ["b", "e", "c", "d", "a"],
     ]
     assert promotion_steps({}) == []
+
+
+# -- static int8: the tensors whose int8 breaks the bound, found on the guard's score ---------
+def _outlier_channel_net() -> onnx.ModelProto:
+    """Conv -> Relu -> Conv (channel 0 biased to +400) -> Conv (ignores channel 0) -> Relu -> Conv.
+
+    Per-tensor uint8 on h2 spends its range on the outlier channel: the channels the rest of the
+    net reads round to a few levels. Only h2 breaks the bound."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((8, 4, 3, 3)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3
+    b2 = np.zeros(8, np.float32)
+    b2[0] = 400.0
+    w3 = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * 0.3
+    w3[:, 0] = 0.0
+    w4 = rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["h1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["h2"], name="c2"),
+        helper.make_node("Conv", ["h2", "w3"], ["h3"], name="c3", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h3"], ["r3"], name="relu3"),
+        helper.make_node("Conv", ["r3", "w4"], ["y"], name="c4"),
+    ]
+    weights = {"w1": w1, "w2": w2, "b2": b2, "w3": w3, "w4": w4}
+    graph = helper.make_graph(
+        nodes,
+        "outlier_channel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [numpy_helper.from_array(a, n) for n, a in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_static_search_keeps_exactly_the_outlier_tensors_nodes_float():
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((1, 4, 16, 16)).astype(np.float32)} for _ in range(24)]
+    model = ir.from_proto(_outlier_channel_net())
+    result = QuantizeStatic(data, latency_guard=False).apply(model, PassContext())
+    summary = result.summary
+    assert result.modified
+    assert summary["chosen"] == "all quantizable ops, 1 sensitive tensor(s) in float"
+    first, found = summary["candidates"][:2]
+    assert first["label"] == "all quantizable ops" and first["fidelity"]["sqnr_db"] < 10
+    assert found["extra_float_nodes"] == 2 and found["fidelity"]["sqnr_db"] > 30
+    assert sorted(summary["nodes_excluded"]) == ["c2", "c3"]
+    assert summary["nodes_excluded"]["c3"].startswith(
+        "placement search: int8 on tensor 'h2' costs "
+    )
+    ops = Counter(n.op_type for n in ir.to_proto(model).graph.node)
+    assert ops["Conv"] == 4 and ops["QuantizeLinear"] > 0
+
+
+def test_released_pairs_leave_the_qdq_graph_runnable_and_float_where_released(tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(2)
+            self.items = iter(
+                [{"x": rng.standard_normal((1, 4, 16, 16)).astype(np.float32)} for _ in range(4)]
+            )
+
+        def get_next(self):
+            return next(self.items, None)
+
+    source = tmp_path / "float.onnx"
+    onnx.save(_outlier_channel_net(), str(source))
+    quantize_static(str(source), str(tmp_path / "qdq.onnx"), Reader())
+    proto = onnx.load(str(tmp_path / "qdq.onnx"))
+    pairs = activation_pairs(proto)
+    assert {"x", "r1", "h2", "r3"} <= set(pairs) and "y" not in pairs
+    free = released(proto, ["h2"])
+    assert set(activation_pairs(free)) == set(pairs) - {"h2"}
+    assert [n.name for n in free.graph.node if "h2" in n.input] == ["c3"]
+    feeds = {"x": np.ones((1, 4, 16, 16), np.float32)}
+    session = ort.InferenceSession(free.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, feeds)[0].shape == (1, 4, 16, 16)
