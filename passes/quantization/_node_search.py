@@ -16,15 +16,24 @@ from pathlib import Path
 
 import onnx
 
+from onnxslim import model_file_size
 from onnxslim.passes.quantization._accuracy_guard import Evaluator
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.progress import task
 
-__all__ = ["GROUPS", "activation_pairs", "released", "task_score", "tensor_gains", "with_sensitive_tensors"]
+__all__ = [
+    "GROUPS",
+    "activation_pairs",
+    "released",
+    "task_score",
+    "tensor_gains",
+    "with_sensitive_tensors",
+]
 
 GROUPS = 8
 _STEPS = (1, 2, 4)  # the worst tensors kept float per candidate
+_MAX_BYTES = 1 << 30
 
 
 def task_score(evaluation: Evaluation) -> float:
@@ -60,11 +69,7 @@ def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProt
     dropped = {name for pair in pairs.values() for name in pair}
     result = copy.copy(proto)
     result.graph.CopyFrom(proto.graph)
-    kept = [
-        n
-        for n in result.graph.node
-        if not (n.output and n.output[0] in dropped)
-    ]
+    kept = [n for n in result.graph.node if not (n.output and n.output[0] in dropped)]
     for node in kept:
         for index, name in enumerate(node.input):
             if name in back:
@@ -104,9 +109,7 @@ def tensor_nodes(graph: onnx.GraphProto, tensor: str, quantized: Collection[str]
     return [
         n.name
         for n in graph.node
-        if n.name
-        and n.op_type in quantized
-        and (tensor in n.output or tensor in n.input)
+        if n.name and n.op_type in quantized and (tensor in n.output or tensor in n.input)
     ]
 
 
@@ -125,6 +128,8 @@ def with_sensitive_tensors(
     if not failing:
         return result, set()
     base = max(failing, key=lambda c: task_score(c.evaluation))
+    if model_file_size(base.path) > _MAX_BYTES:  # one protobuf per released variant
+        return result, set()
     folder = base.path.parent
     score = task_score(base.evaluation)
     gains = tensor_gains(base.path, evaluator, score, folder)
