@@ -142,3 +142,15 @@ def test_released_pairs_leave_the_qdq_graph_runnable_and_float_where_released(tm
     feeds = {"x": np.ones((1, 4, 16, 16), np.float32)}
     session = ort.InferenceSession(free.SerializeToString(), providers=["CPUExecutionProvider"])
     assert session.run(None, feeds)[0].shape == (1, 4, 16, 16)
+
+
+def test_static_search_emits_nothing_when_releasing_the_worst_tensors_cannot_fix_the_bound():
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((1, 4, 16, 16)).astype(np.float32)} for _ in range(24)]
+    model = ir.from_proto(_outlier_channel_net())
+    result = QuantizeStatic(data, latency_guard=False, min_sqnr_db=200.0).apply(
+        model, PassContext()
+    )
+    labels = [c["label"] for c in result.summary["candidates"]]
+    assert not any("sensitive tensor" in label for label in labels)
+    assert labels[0] == "all quantizable ops"

@@ -121,8 +121,9 @@ def with_sensitive_tensors(
     excluded: Mapping[str, str],
     skip: Collection[str] = (),
 ) -> tuple[list[Candidate], set[str]]:
-    """After the best failing static candidate, its variants keeping the 1, 2, 4 worst tensors
-    (by task-metric gain) in float until one holds; also the labels they rescued."""
+    """After the best failing static candidate, its variant keeping the fewest worst tensors
+    (1, 2 or 4, by gain on the guard's score) in float whose release fixes the bound; also the
+    labels it rescued. Nothing is emitted when releasing them does not fix it."""
     result = list(tried)
     failing = [c for c in tried if not (c.dynamic or c.evaluation.accurate or c.label in skip)]
     if not failing:
@@ -134,21 +135,33 @@ def with_sensitive_tensors(
     score = task_score(base.evaluation)
     gains = tensor_gains(base.path, evaluator, score, folder)
     ranked = [t for t, g in sorted(gains.items(), key=lambda kv: -kv[1]) if g > 0]
-    position = result.index(base) + 1
+    count = _fixing_count(base.path, ranked, evaluator, folder)
+    if count is None:  # releasing the worst tensors does not fix it: no emission can
+        return result, set()
+    extra = dict(base.excluded)
+    for tensor in ranked[:count]:
+        why = f"placement search: int8 on tensor '{tensor}' costs {gains[tensor]:.3g} of the score"
+        for name in tensor_nodes(graph, tensor, base.op_types or ()):
+            if name not in excluded:
+                extra.setdefault(name, why)
+    label = f"{base.label}, {count} sensitive tensor(s) in float"
+    path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
+    entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
+    result.insert(result.index(base) + 1, entry.replace(excluded=extra))
+    return result, {base.label} if entry.evaluation.accurate else set()
+
+
+def _fixing_count(
+    qdq_path: Path, ranked: Sequence[str], evaluator: Evaluator, folder: Path
+) -> int | None:
+    """The fewest of the worst tensors (1, 2, 4) whose release alone makes the QDQ model hold
+    the bound (checked without re-quantizing); None when none does."""
+    proto = onnx.load(str(qdq_path))
     for count in _STEPS:
-        if count > len(ranked) or (count > 1 and count // 2 >= len(ranked)):
+        if count > 1 and count // 2 >= len(ranked):
             break
-        extra = dict(base.excluded)
-        for tensor in ranked[:count]:
-            why = f"placement search: int8 on tensor '{tensor}' costs {gains[tensor]:.3g} of the score"
-            for name in tensor_nodes(graph, tensor, base.op_types or ()):
-                if name not in excluded:
-                    extra.setdefault(name, why)
-        label = f"{base.label}, {count} sensitive tensor(s) in float"
-        path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
-        entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
-        result.insert(position, entry.replace(excluded=extra))
-        position += 1
-        if entry.evaluation.accurate:
-            return result, {base.label}
-    return result, set()
+        path = folder / "released.onnx"
+        onnx.save(released(proto, ranked[:count]), str(path))
+        if evaluator.evaluate(path).accurate:
+            return count
+    return None
