@@ -88,6 +88,7 @@ PASSES: dict[str, PassEntry] = {
     "quantize_int4": PassEntry(
         "onnxslim.passes.quantization:QuantizeWeightsInt4",
         options="onnxslim.passes.quantization._int4:Int4Options",
+        describe="onnxslim.passes.quantization._describe_int4:describe",
     ),
 }
 

@@ -148,8 +148,9 @@ def matmul_nbits_quantized(
     accuracy_level: int | None,
     nodes_to_exclude: Sequence[str],
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+    bits: int = 4,
 ) -> onnx.ModelProto:
-    """``model`` with its constant-weight MatMuls as 4-bit ``com.microsoft.MatMulNBits``.
+    """``model`` with its constant-weight MatMuls as 4-bit (or ``bits``-bit, rtn) ``com.microsoft.MatMulNBits``.
 
     ``rtn`` is ORT's native blockwise round-to-nearest (C++; symmetric or not, ``accuracy_level``
     kept); ``hqq`` is half-quadratic (asymmetric only, torch); ``gptq`` needs ``calibration``
@@ -158,7 +159,7 @@ def matmul_nbits_quantized(
     module = _matmul_nbits_module()
     if algorithm == "rtn":
         config = module.DefaultWeightOnlyQuantConfig(
-            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level, bits=4
+            block_size=block_size, is_symmetric=symmetric, accuracy_level=accuracy_level, bits=bits
         )
     elif algorithm == "hqq":
         config = module.HQQWeightOnlyQuantConfig(block_size=block_size, bits=4)
@@ -176,7 +177,7 @@ def matmul_nbits_quantized(
         )
     quantizer = module.MatMulNBitsQuantizer(
         model,
-        bits=4,
+        bits=bits,
         block_size=block_size,
         is_symmetric=symmetric,
         accuracy_level=accuracy_level,

@@ -9,11 +9,12 @@ verification samples) and "never slower" (interleaved medians, confirmed twice).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,6 +36,7 @@ from onnxslim.inputs import open_samples
 from onnxslim.options import option
 from onnxslim.passes.quantization._accuracy_guard import run_outputs
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation, Rejected
+from onnxslim.passes.quantization._int4_search import promotion_steps, restore_gains
 from onnxslim.passes.quantization._latency_guard import rank_and_confirm, timing_feeds
 from onnxslim.passes.quantization._quantize_static import _replace_contents_in_place
 
@@ -71,6 +73,13 @@ class Int4Options:
     )
     samples: int = option(32, help="calibration samples gptq reads")
     exclude: Sequence[str] = option((), help="MatMul node names kept in float")
+    sensitive_bits: int | None = option(
+        8,
+        help="when 4-bit everywhere breaks the bound, the MatMuls whose float restore gains most get blocks of this many bits (8), top 1, 2, 4 ... then all; None: no fallback",
+    )
+    sensitive_block_size: int = option(
+        128, help="block size of the sensitive MatMuls' 8-bit blocks (symmetric, rtn)"
+    )
     accuracy_guard: bool = option(True, help="return the float model when the bound does not hold")
     min_cosine: float | None = option(
         0.99, help="mean cosine of each output to the float model's; None turns it off"
@@ -186,24 +195,22 @@ class QuantizeWeightsInt4(SlimPass):
             batches, judged_on = self._guard_samples(model, context)
             summary["judged_on"] = judged_on
             calibration = self._calibration(model, context) if self.algorithm == "gptq" else None
-            from onnxslim.compat.onnxruntime import matmul_nbits_quantized
-
-            quantized = matmul_nbits_quantized(
-                proto,
-                algorithm=self.algorithm,
-                block_size=self.block_size,
-                symmetric=self.symmetric,
-                accuracy_level=self.accuracy_level,
-                nodes_to_exclude=list(skipped),
-                calibration=calibration,
-            )
-            result = ir.from_proto(quantized)
-            save(result, output_path)
+            quantized = self._quantized(proto, skipped, calibration)
+            _saved(quantized, output_path)
             converted = sum(node.op_type == "MatMulNBits" for node in quantized.graph.node)
             summary["matmuls_converted"] = summary["matmuls_tried"] = converted
             summary["size_bytes_before"] = model_file_size(input_path)
-            summary["size_bytes_after"] = model_file_size(output_path)
             candidate = self._judge(input_path, output_path, batches, summary)
+            if self._falls_back() and candidate.evaluation.problems:
+                original = ir.to_proto(model)  # afresh: ORT consumed the first one
+                int4_matmuls(original, self.exclude)  # the same names for unnamed nodes
+                found = self._promote(original, quantized, eligible, skipped, calibration, batches)
+                if found is not None:
+                    quantized, eight = found
+                    _saved(quantized, output_path)
+                    summary["matmuls_8bit"] = eight
+                    candidate = self._judge(input_path, output_path, batches, summary)
+            summary["size_bytes_after"] = model_file_size(output_path)
             if candidate.rejected is None and self.latency_guard:
                 candidate = self._time(model, input_path, candidate, batches, summary)
             if candidate.rejected is not None:
@@ -213,6 +220,69 @@ class QuantizeWeightsInt4(SlimPass):
         _replace_contents_in_place(model, result)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         return SlimPassResult(model, modified=True, summary=summary)
+
+    def _falls_back(self) -> bool:
+        return self.accuracy_guard and self.sensitive_bits is not None
+
+    def _quantized(
+        self,
+        proto: onnx.ModelProto,
+        skipped: Mapping[str, str],
+        calibration: list[dict] | None,
+        eight: Sequence[str] = (),
+        eligible: Sequence[str] = (),
+    ) -> onnx.ModelProto:
+        """4-bit MatMulNBits for the eligible MatMuls, 8-bit (rtn, symmetric) for ``eight``."""
+        from onnxslim.compat.onnxruntime import matmul_nbits_quantized
+
+        if eight:
+            proto = matmul_nbits_quantized(
+                proto,
+                algorithm="rtn",
+                block_size=self.sensitive_block_size,
+                symmetric=True,
+                accuracy_level=self.accuracy_level,
+                nodes_to_exclude=[*skipped, *(n for n in eligible if n not in eight)],
+                bits=self.sensitive_bits or 8,
+            )
+        return matmul_nbits_quantized(
+            proto,
+            algorithm=self.algorithm,
+            block_size=self.block_size,
+            symmetric=self.symmetric,
+            accuracy_level=self.accuracy_level,
+            nodes_to_exclude=list(skipped),
+            calibration=calibration,
+        )
+
+    def _promote(
+        self,
+        original: onnx.ModelProto,
+        quantized: onnx.ModelProto,
+        eligible: Sequence[str],
+        skipped: Mapping[str, str],
+        calibration: list[dict] | None,
+        batches: list[dict],
+    ) -> tuple[onnx.ModelProto, list[str]] | None:
+        """The first mix (most sensitive MatMuls at 8-bit) whose score holds the bound, else the
+        last one tried when it beats 4-bit everywhere; None when nothing was tried."""
+        with tempfile.TemporaryDirectory(prefix="onnxslim-int4-search-") as folder:
+            reference = run_outputs(_saved(original, Path(folder) / "float.onnx"), batches)
+            score = _scorer(self, reference, batches)
+            gains = restore_gains(quantized, original, eligible, score, Path(folder), _saved)
+            found = None
+            for eight in promotion_steps(gains):
+                mixed = self._quantized(
+                    copy.deepcopy(original), skipped, calibration, eight, eligible
+                )
+                found = (mixed, list(eight))
+                if self._holds(score(_saved(mixed, Path(folder) / "mixed.onnx"))):
+                    break
+        return found
+
+    def _holds(self, value: float) -> bool:
+        bound = self.min_cosine if self.min_cosine is not None else self.min_sqnr_db
+        return bound is None or value >= bound
 
     def _guard_samples(self, model: ir.Model, context: PassContext) -> tuple[list[dict], str]:
         """The pipeline's verification samples, else the calibration data's, else random inputs."""
@@ -294,6 +364,10 @@ def _check_options(options: Int4Options) -> None:
         raise RecipeError(
             f"int4 accuracy_level must be 0..4 (or unset), got {options.accuracy_level}."
         )
+    if options.sensitive_bits not in (None, 8):
+        raise RecipeError(
+            f"int4 sensitive_bits must be 8 (or unset), got {options.sensitive_bits}."
+        )
     if options.algorithm == "hqq" and options.symmetric:
         logger.info("int4 hqq blocks are asymmetric (zero points); 'symmetric' applies to rtn only")
     for name in ("eval_samples", "latency_runs", "latency_batch", "samples"):
@@ -309,3 +383,20 @@ def _unchanged(
     summary["seconds"] = round(time.perf_counter() - started, 3)
     logger.warning("%s", summary["fallback"])
     return SlimPassResult(model, modified=False, summary=summary)
+
+
+def _saved(proto: onnx.ModelProto, path: Path) -> Path:
+    save(ir.from_proto(proto), path)  # onnxslim's save: external data past 2 GB
+    return path
+
+
+def _scorer(pass_: QuantizeWeightsInt4, reference: Outputs, batches: list[dict]) -> Callable:
+    """The guard's metric on a file: mean cosine when the cosine bound is on, else output SQNR."""
+
+    def score(path: Path) -> float:
+        outputs = run_outputs(path, batches)
+        if pass_.min_cosine is not None or pass_.min_sqnr_db is None:
+            return mean_cosine(reference, outputs)
+        return float(compare_outputs(reference, outputs).sqnr_db)
+
+    return score

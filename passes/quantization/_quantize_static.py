@@ -65,6 +65,7 @@ from onnxslim.passes.quantization._latency_guard import (
     slow_int8_nodes,
     timing_feeds,
 )
+from onnxslim.passes.quantization._node_search import with_sensitive_tensors
 from onnxslim.passes.quantization._options import QuantizeOptions
 from onnxslim.passes.quantization._placement import with_float_islands
 from onnxslim.passes.quantization._prepare import Prepared, prepare
@@ -289,8 +290,12 @@ class QuantizeStatic(SlimPass):
         tried, rescued = with_float_islands(
             tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded
         )
+        # the tensors whose int8 breaks the task metric, found by releasing their QDQ pairs
+        tried, found = with_sensitive_tensors(
+            tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded, rescued
+        )
         tried, sensitivity = keep_sensitive_layers_in_float(
-            tried, run.prepared, run.emitter, run.evaluator, run.excluded, skip=rescued
+            tried, run.prepared, run.emitter, run.evaluator, run.excluded, skip=rescued | found
         )
         run.summary["sensitivity_db"] = {
             n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]

@@ -1,0 +1,167 @@
+"""Placement search per tensor on the task metric: which activation tensors' int8 breaks the
+bound, found by removing their Quantize/Dequantize pair from the failing candidate (all but
+those tensors quantized) and re-scoring on the guard's samples; then the candidate that keeps
+exactly the worst tensors' nodes (producer and quantized consumers) in float.
+
+Group testing keeps it cheap: the tensors, in graph order, are split in ``GROUPS`` chunks, the
+chunk whose release gains most is split again, down to single tensors (about GROUPS x log
+evaluations, not one per tensor).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+
+import onnx
+
+from onnxslim import model_file_size
+from onnxslim.passes.quantization._accuracy_guard import Evaluator
+from onnxslim.passes.quantization._candidates import Candidate, Evaluation
+from onnxslim.passes.quantization._emit import Emitter
+from onnxslim.progress import task
+
+__all__ = [
+    "GROUPS",
+    "activation_pairs",
+    "released",
+    "task_score",
+    "tensor_gains",
+    "with_sensitive_tensors",
+]
+
+GROUPS = 8
+_STEPS = (1, 2, 4)  # the worst tensors kept float per candidate
+_MAX_BYTES = 1 << 30
+
+
+def task_score(evaluation: Evaluation) -> float:
+    """The guard's score: the worst task metric where one judges, else the (logits) SQNR."""
+    if evaluation.task_scores:
+        return min(evaluation.task_scores.values())
+    return evaluation.score
+
+
+def activation_pairs(proto: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """Activation tensor -> (its QuantizeLinear's output, the DequantizeLinear's output) in a QDQ
+    model; weights (initializers) and pairs that write a graph output are left out."""
+    constants = {i.name for i in proto.graph.initializer}
+    outputs = {o.name for o in proto.graph.output}
+    dequantized = {
+        n.input[0]: n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+    }
+    return {
+        n.input[0]: (n.output[0], dequantized[n.output[0]])
+        for n in proto.graph.node
+        if n.op_type == "QuantizeLinear"
+        and n.input[0] not in constants
+        and n.output[0] in dequantized
+        and dequantized[n.output[0]] not in outputs
+    }
+
+
+def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProto:
+    """``proto`` with the Quantize/Dequantize pairs of ``tensors`` removed: their consumers read
+    the float tensor again."""
+    pairs = {t: p for t, p in activation_pairs(proto).items() if t in tensors}
+    back = {dq: tensor for tensor, (_, dq) in pairs.items()}
+    dropped = {name for pair in pairs.values() for name in pair}
+    result = copy.copy(proto)
+    result.graph.CopyFrom(proto.graph)
+    kept = [n for n in result.graph.node if not (n.output and n.output[0] in dropped)]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in back:
+                node.input[index] = back[name]
+    del result.graph.node[:]
+    result.graph.node.extend(kept)
+    return result
+
+
+def tensor_gains(
+    qdq_path: Path, evaluator: Evaluator, base: float, folder: Path
+) -> dict[str, float]:
+    """Tensor (or chunk head) -> score gained by releasing it alone, by bisection into GROUPS."""
+    proto = onnx.load(str(qdq_path))
+    pending = list(activation_pairs(proto))
+    gains: dict[str, float] = {}
+    with task("quantize: tensor sensitivity", None, "evaluation") as bar:
+        while pending:
+            size = -(-len(pending) // GROUPS)
+            chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
+            found = []
+            for chunk in chunks:
+                path = folder / "released.onnx"
+                onnx.save(released(proto, chunk), str(path))
+                found.append(task_score(evaluator.evaluate(path)) - base)
+                bar.advance(1, tensors=len(chunk))
+            if size == 1:
+                gains.update({c[0]: g for c, g in zip(chunks, found)})
+                break
+            pending = chunks[max(range(len(chunks)), key=found.__getitem__)]
+    return gains
+
+
+def tensor_nodes(graph: onnx.GraphProto, tensor: str, quantized: Collection[str]) -> list[str]:
+    """The named nodes to keep float so ``tensor`` is not quantized: its producer and its
+    consumers among the quantized op types."""
+    return [
+        n.name
+        for n in graph.node
+        if n.name and n.op_type in quantized and (tensor in n.output or tensor in n.input)
+    ]
+
+
+def with_sensitive_tensors(
+    tried: Sequence[Candidate],
+    graph: onnx.GraphProto,
+    emitter: Emitter,
+    evaluator: Evaluator,
+    excluded: Mapping[str, str],
+    skip: Collection[str] = (),
+) -> tuple[list[Candidate], set[str]]:
+    """After the best failing static candidate, its variant keeping the fewest worst tensors
+    (1, 2 or 4, by gain on the guard's score) in float whose release fixes the bound; also the
+    labels it rescued. Nothing is emitted when releasing them does not fix it."""
+    result = list(tried)
+    failing = [c for c in tried if not (c.dynamic or c.evaluation.accurate or c.label in skip)]
+    if not failing:
+        return result, set()
+    base = max(failing, key=lambda c: task_score(c.evaluation))
+    if model_file_size(base.path) > _MAX_BYTES:  # one protobuf per released variant
+        return result, set()
+    folder = base.path.parent
+    score = task_score(base.evaluation)
+    gains = tensor_gains(base.path, evaluator, score, folder)
+    ranked = [t for t, g in sorted(gains.items(), key=lambda kv: -kv[1]) if g > 0]
+    count = _fixing_count(base.path, ranked, evaluator, folder)
+    if count is None:  # releasing the worst tensors does not fix it: no emission can
+        return result, set()
+    extra = dict(base.excluded)
+    for tensor in ranked[:count]:
+        why = f"placement search: int8 on tensor '{tensor}' costs {gains[tensor]:.3g} of the score"
+        for name in tensor_nodes(graph, tensor, base.op_types or ()):
+            if name not in excluded:
+                extra.setdefault(name, why)
+    label = f"{base.label}, {count} sensitive tensor(s) in float"
+    path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
+    entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
+    result.insert(result.index(base) + 1, entry.replace(excluded=extra))
+    return result, {base.label} if entry.evaluation.accurate else set()
+
+
+def _fixing_count(
+    qdq_path: Path, ranked: Sequence[str], evaluator: Evaluator, folder: Path
+) -> int | None:
+    """The fewest of the worst tensors (1, 2, 4) whose release alone makes the QDQ model hold
+    the bound (checked without re-quantizing); None when none does."""
+    proto = onnx.load(str(qdq_path))
+    for count in _STEPS:
+        if count > 1 and count // 2 >= len(ranked):
+            break
+        path = folder / "released.onnx"
+        onnx.save(released(proto, ranked[:count]), str(path))
+        if evaluator.evaluate(path).accurate:
+            return count
+    return None
