@@ -57,6 +57,8 @@ def looks_like_scores(array: np.ndarray) -> bool:
     finite = array[np.isfinite(array)]
     if finite.size == 0 or finite.min() < 0 or finite.max() > 1 + 1e-6:
         return True
+    if finite.max() == finite.min():  # constant (all-zero logits): nothing says probabilities
+        return True
     rows = array.reshape(-1, array.shape[-1]).astype(np.float64)
     return bool(np.allclose(np.nan_to_num(rows).sum(-1), 1.0, atol=1e-3))
 

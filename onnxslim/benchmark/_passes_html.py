@@ -121,7 +121,8 @@ def step_curve_svg(steps: Sequence[Mapping[str, Any]], x_key: str, x_label: str)
 
 def _step_curves(summary: Mapping[str, Any]) -> list[str]:
     """The accuracy-vs-MACs and accuracy-vs-latency curves of a pass that records steps."""
-    steps = [s for s in summary.get("steps") or [] if isinstance(s, Mapping)]
+    listed = summary.get("steps")  # prune_distill's step records (distill's "steps" is a count)
+    steps = [s for s in listed if isinstance(s, Mapping)] if isinstance(listed, list) else []
     if not steps:
         return []
     charts = [
