@@ -1,0 +1,131 @@
+"""Models real users bring: inputs without a batch axis, data-dependent output lengths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+from onnx import TensorProto, numpy_helper
+
+import onnxslim
+from onnxslim.fidelity import TaskMetric, compare_outputs
+from onnxslim.inputs import open_samples, samples
+from onnxslim.passes import Cleanup, QuantizeStatic
+
+# torchvision detection models take one image [3, H, W]: no batch axis at all.
+UNBATCHED = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[3, 8, 8] image) => (float[4, 8, 8] y)
+  <float[4, 3, 1, 1] w = {1,2,3,4,5,6,7,8,9,10,11,12}, int64[1] ax = {0}> {
+  b = Unsqueeze(image, ax)
+  c = Conv(b, w)
+  y = Squeeze(c, ax)
+}
+"""
+
+
+@pytest.fixture
+def unbatched_path(tmp_path: Path) -> Path:
+    path = tmp_path / "unbatched.onnx"
+    onnx.save(onnx.parser.parse_model(UNBATCHED), path)
+    return path
+
+
+def _stack() -> np.ndarray:
+    return np.arange(5 * 3 * 8 * 8, dtype=np.float32).reshape(5, 3, 8, 8) / 100
+
+
+def test_npz_of_stacked_samples_for_an_input_without_batch_axis(
+    unbatched_path: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "images.npz"
+    np.savez(data, image=_stack())
+    model = onnxslim.load(unbatched_path)
+    reader = open_samples(data, model, batch_size=4)  # no batch axis: one sample per run anyway
+    reader.validate(model)
+    batches = list(reader)
+    assert [b["image"].shape for b in batches] == [(3, 8, 8)] * 5
+    np.testing.assert_array_equal(batches[3]["image"], _stack()[3])
+    assert reader.sample_count == 5
+    feeds = samples(open_samples(data, model, batch_size=None), model, 10)
+    assert len(feeds) == 5 and feeds[0]["image"].shape == (3, 8, 8)
+    result = onnxslim.Pipeline([Cleanup()]).run(unbatched_path, data=data)
+    assert result.report.samples == 4 and result.report.sample_source == "the given data"
+
+
+def test_folder_and_list_of_single_samples_without_batch_axis(
+    unbatched_path: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "npy"
+    folder.mkdir()
+    for index, sample in enumerate(_stack()):
+        np.save(folder / f"{index}.npy", sample)
+    model = onnxslim.load(unbatched_path)
+    for source in (folder, list(_stack())):
+        reader = open_samples(source, model, batch_size=2)
+        reader.validate(model)
+        shapes = [b["image"].shape for b in reader]
+        assert shapes == [(3, 8, 8)] * 5, source
+
+
+def _nonzero_model(path: Path) -> None:
+    """Scores of the hidden units above 0: how many there are depends on the values."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((64, 256)).astype(np.float32) * 0.2, "W"),
+        numpy_helper.from_array(rng.standard_normal((256, 64)).astype(np.float32) * 0.2, "W2"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "t"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax"),
+    ]
+    nodes = [
+        oh.make_node("MatMul", ["x", "W"], ["h"]),
+        oh.make_node("Relu", ["h"], ["r"]),
+        oh.make_node("MatMul", ["r", "W2"], ["y"]),
+        oh.make_node("Greater", ["y", "t"], ["m"]),
+        oh.make_node("NonZero", ["m"], ["idx"]),
+        oh.make_node("Transpose", ["idx"], ["idxT"]),
+        oh.make_node("GatherND", ["y", "idxT"], ["vals"]),
+        oh.make_node("Unsqueeze", ["vals", "ax"], ["scores"]),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "nonzero",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [
+            oh.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 1]),
+            oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64]),
+        ],
+        weights,
+    )
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+
+
+def test_outputs_of_different_lengths_are_named_not_a_crash() -> None:
+    reference = [{"scores": np.ones((30, 1), np.float32), "y": np.ones(4, np.float32)}]
+    candidate = [{"scores": np.ones((29, 1), np.float32), "y": np.ones(4, np.float32)}]
+    fidelity = compare_outputs(reference, candidate)
+    assert fidelity.changed_shapes == (
+        "output 'scores' changed shape [30, 1] -> [29, 1] (a data-dependent length, "
+        "e.g. NonZero/TopK/NonMaxSuppression: not comparable)",
+    )
+    assert fidelity.max_abs_error == float("inf") and fidelity.mean_abs_error == 0.0
+    assert fidelity.to_dict()["changed_shapes"] == list(fidelity.changed_shapes)
+    score, violation = TaskMetric("sqnr").judge(reference, candidate)
+    assert score == float("-inf") and violation == fidelity.changed_shapes[0]
+
+
+def test_quantize_rejects_candidates_whose_output_length_changes(tmp_path: Path) -> None:
+    path = tmp_path / "nonzero.onnx"
+    _nonzero_model(path)
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((32, 64)).astype(np.float32))
+    result = onnxslim.Pipeline([Cleanup(), QuantizeStatic()]).run(path, data=data)
+    summary = result.report.stages[-1].summary
+    assert summary["fallback"].startswith("returned the float model: no int8 candidate")
+    assert "accuracy: output 'scores' changed shape [" in summary["fallback"]
+    assert summary["size_bytes_after"] == summary["size_bytes_before"]
+    rejected = [c["fidelity"]["changed_shapes"][0] for c in summary["candidates"]]
+    assert all(r.startswith("output 'scores' changed shape") for r in rejected)
