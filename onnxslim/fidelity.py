@@ -63,7 +63,7 @@ class Fidelity:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite floats as "inf", "-inf", "nan"."""
-        record = {
+        record: dict[str, Any] = {
             "max_abs_error": json_float(self.max_abs_error),
             "mean_abs_error": json_float(self.mean_abs_error),
             "sqnr_db": json_float(self.sqnr_db),
