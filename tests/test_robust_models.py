@@ -13,7 +13,7 @@ from onnx import TensorProto, numpy_helper
 import onnxslim
 from onnxslim.fidelity import TaskMetric, compare_outputs
 from onnxslim.inputs import open_samples, samples
-from onnxslim.passes import Cleanup, QuantizeStatic
+from onnxslim.passes import Cleanup, QuantizeStatic, StructuredPrune
 
 # torchvision detection models take one image [3, H, W]: no batch axis at all.
 UNBATCHED = """
@@ -129,3 +129,57 @@ def test_quantize_rejects_candidates_whose_output_length_changes(tmp_path: Path)
     assert summary["size_bytes_after"] == summary["size_bytes_before"]
     rejected = [c["fidelity"]["changed_shapes"][0] for c in summary["candidates"]]
     assert all(r.startswith("output 'scores' changed shape") for r in rejected)
+
+
+class _PitchNet:
+    """A CREPE-like 1-d CNN: torch's ``F.pad`` exports its pads as ConstantOfShape/Concat/Slice."""
+
+    @staticmethod
+    def export(path: Path) -> None:
+        torch = pytest.importorskip("torch")
+        functional = torch.nn.functional
+
+        class Net(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.c1 = torch.nn.Conv1d(1, 64, 16, stride=4)
+                self.c2 = torch.nn.Conv1d(64, 64, 8)
+                self.c3 = torch.nn.Conv1d(64, 64, 8)
+                self.fc = torch.nn.Linear(64, 10)
+
+            def forward(self, x):  # type: ignore[no-untyped-def]
+                x = torch.relu(self.c1(functional.pad(x, (7, 8))))
+                x = torch.relu(self.c2(functional.pad(x, (3, 4), mode="reflect")))
+                x = torch.relu(self.c3(functional.pad(x, (3, 4))))
+                return self.fc(x.mean(-1))
+
+        torch.manual_seed(0)
+        torch.onnx.export(
+            Net().eval(),
+            (torch.randn(1, 1, 256),),
+            str(path),
+            input_names=["audio"],
+            output_names=["y"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"audio": {0: "batch"}},
+        )
+
+
+def test_computed_pads_fold_and_the_model_prunes(tmp_path: Path) -> None:
+    path = tmp_path / "pitch.onnx"
+    _PitchNet.export(path)
+    exported = onnx.load(path)
+    assert sum(n.op_type == "ConstantOfShape" for n in exported.graph.node) == 3
+    result = onnxslim.Pipeline([Cleanup()]).run(path)
+    ops = [node.op_type for node in result.model.graph]
+    # constant pads fold into the Conv; the reflect one stays a Pad with a constant 'pads'
+    assert ops == ["Conv", "Relu", "Pad", "Conv", "Relu", "Conv", "Relu", "ReduceMean", "Gemm"]
+    pad = next(node for node in result.model.graph if node.op_type == "Pad")
+    assert pad.inputs[1] is not None and pad.inputs[1].const_value is not None
+    assert pad.inputs[1].const_value.numpy().tolist() == [0, 0, 3, 0, 0, 4]
+    pruned = onnxslim.Pipeline([Cleanup(), StructuredPrune(ratio=0.3, round_to=1)]).run(path)
+    summary = pruned.report.stages[-1].summary
+    assert summary["pruned_groups"] == 3
+    before, after = summary["parameters"]["before"], summary["parameters"]["after"]
+    assert after < 0.7 * before
