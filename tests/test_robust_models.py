@@ -183,3 +183,50 @@ def test_computed_pads_fold_and_the_model_prunes(tmp_path: Path) -> None:
     assert summary["pruned_groups"] == 3
     before, after = summary["parameters"]["before"], summary["parameters"]["after"]
     assert after < 0.7 * before
+
+
+def _cached_decoder(path: Path) -> list[dict[str, np.ndarray]]:
+    """A decoder step with a cache: runs only when past + new tokens are 37 (no default size)."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((100, 16)).astype(np.float32), "emb"),
+        numpy_helper.from_array(rng.standard_normal((16, 64)).astype(np.float32), "W1"),
+        numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32), "W2"),
+        numpy_helper.from_array(np.array([1, 37, 16], np.int64), "shape"),
+    ]
+    nodes = [
+        oh.make_node("Gather", ["emb", "ids"], ["e"]),
+        oh.make_node("Concat", ["past", "e"], ["all"], axis=1),
+        oh.make_node("Reshape", ["all", "shape"], ["r"]),
+        oh.make_node("MatMul", ["r", "W1"], ["h"]),
+        oh.make_node("Relu", ["h"], ["a"]),
+        oh.make_node("MatMul", ["a", "W2"], ["y"]),
+    ]
+    inputs = [
+        oh.make_tensor_value_info("ids", TensorProto.INT64, [1, "seq"]),
+        oh.make_tensor_value_info("past", TensorProto.FLOAT, [1, "past_seq", 16]),
+    ]
+    outputs = [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 37, 16])]
+    graph = oh.make_graph(nodes, "decoder", inputs, outputs, weights)
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return [
+        {
+            "ids": rng.integers(0, 100, (1, 1)).astype(np.int64),
+            "past": rng.standard_normal((1, 36, 16)).astype(np.float32),
+        }
+        for _ in range(4)
+    ]
+
+
+def test_prune_observes_shapes_on_the_users_data(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "decoder.onnx"
+    feeds = _cached_decoder(path)
+    prune = StructuredPrune(ratio=0.3, round_to=1)
+    with caplog.at_level("WARNING"):
+        result = onnxslim.Pipeline([Cleanup(), prune]).run(path, data=feeds)
+    assert not [r for r in caplog.records if "could not run the model" in r.getMessage()]
+    summary = result.report.stages[-1].summary
+    assert summary["pruned_groups"] == 1
+    assert summary["parameters"] == {"before": 3648, "after": 1600 + 2 * 16 * 45}
