@@ -77,14 +77,17 @@ class Report:
     sample_source: str
     stages: list[StageRecord] = dataclasses.field(default_factory=list)
     benchmark: dict[str, Any] | None = None  # onnxslim.benchmark result of input vs output, if run
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. far from the input
 
     def to_dict(self) -> dict[str, Any]:
-        document = {
+        document: dict[str, Any] = {
             "model": self.model,
             "samples": self.samples,
             "sample_source": self.sample_source,
             "stages": [dataclasses.asdict(stage) for stage in self.stages],
         }
+        if self.warnings:
+            document["warnings"] = list(self.warnings)
         if self.benchmark is not None:
             document["benchmark"] = self.benchmark
         return json_safe(document)
@@ -135,6 +138,7 @@ class Report:
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
         lines += self.story()
+        lines += [f"warning: {warning}" for warning in self.warnings]
         lines.append(f"verified on {self.samples} sample(s) from {self.sample_source}")
         return "\n".join(lines)
 
@@ -260,6 +264,10 @@ class Pipeline:
                     stage_dir,
                     bar,
                 )
+            far = _far_from_input(report, self.passes, self.bounds)
+            if far is not None:
+                logger.warning("%s", far)
+                report.warnings.append(far)
             return Result(model=working, report=report)
 
     def _run_passes(
@@ -410,6 +418,34 @@ class Pipeline:
                     "loosen the bound or make the pass less aggressive."
                 )
         return record, outputs
+
+
+# Below this output SQNR (dB) the result is far from its input: noise at a tenth of the signal.
+FAR_FROM_INPUT_SQNR_DB = 10.0
+
+
+def _far_from_input(
+    report: Report, passes: Sequence[SlimPass], bounds: FidelityBounds
+) -> str | None:
+    """One line when the final model is far from its input and no bound was asked for: the
+    lossy pass that lost most, and how to recover (distillation) or bound it."""
+    sqnrs = [(s.stage, (s.fidelity or {}).get("sqnr_db")) for s in report.stages[1:]]
+    sqnrs = [(stage, value) for stage, value in sqnrs if isinstance(value, float)]
+    if bounds.enabled or not sqnrs or not sqnrs[-1][1] < FAR_FROM_INPUT_SQNR_DB:
+        return None
+    drops, previous = [], float("inf")
+    for stage, value in sqnrs:
+        drops.append((min(previous, 1e9) - value, stage))
+        previous = value
+    culprit = max(drops)[1]
+    if any(p.name in ("distill", "prune-distill") for p in passes):
+        hint = "distill longer (--distill-epochs) or prune less"
+    else:
+        hint = "recover accuracy with --distill DATA, or bound it with --min-sqnr DB"
+    return (
+        f"the optimized model is far from its input (output SQNR {sqnrs[-1][1]:.1f} dB, "
+        f"mostly lost in pass '{culprit}'); {hint}."
+    )
 
 
 def _working_model(
