@@ -22,6 +22,7 @@ from onnxslim._errors import SlimError, VerificationError
 from onnxslim._io import load, model_file_size, save
 from onnxslim._json import json_safe
 from onnxslim._pass import PassContext, SlimPass, run_pass
+from onnxslim._pipeline_notes import far_from_input
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.formatting import human_bytes, human_count
 from onnxslim.inputs import (
@@ -264,7 +265,7 @@ class Pipeline:
                     stage_dir,
                     bar,
                 )
-            far = _far_from_input(report, self.passes, self.bounds)
+            far = far_from_input(report.stages, self.passes, self.bounds)
             if far is not None:
                 logger.warning("%s", far)
                 report.warnings.append(far)
@@ -418,34 +419,6 @@ class Pipeline:
                     "loosen the bound or make the pass less aggressive."
                 )
         return record, outputs
-
-
-# Below this output SQNR (dB) the result is far from its input: noise at a tenth of the signal.
-FAR_FROM_INPUT_SQNR_DB = 10.0
-
-
-def _far_from_input(
-    report: Report, passes: Sequence[SlimPass], bounds: FidelityBounds
-) -> str | None:
-    """One line when the final model is far from its input and no bound was asked for: the
-    lossy pass that lost most, and how to recover (distillation) or bound it."""
-    sqnrs = [(s.stage, (s.fidelity or {}).get("sqnr_db")) for s in report.stages[1:]]
-    sqnrs = [(stage, value) for stage, value in sqnrs if isinstance(value, float)]
-    if bounds.enabled or not sqnrs or not sqnrs[-1][1] < FAR_FROM_INPUT_SQNR_DB:
-        return None
-    drops, previous = [], float("inf")
-    for stage, value in sqnrs:
-        drops.append((min(previous, 1e9) - value, stage))
-        previous = value
-    culprit = max(drops)[1]
-    if any(p.name in ("distill", "prune-distill") for p in passes):
-        hint = "distill longer (--distill-epochs) or prune less"
-    else:
-        hint = "recover accuracy with --distill DATA, or bound it with --min-sqnr DB"
-    return (
-        f"the optimized model is far from its input (output SQNR {sqnrs[-1][1]:.1f} dB, "
-        f"mostly lost in pass '{culprit}'); {hint}."
-    )
 
 
 def _working_model(
