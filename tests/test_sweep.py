@@ -166,3 +166,10 @@ def test_fast_public_subset_is_improved_and_pruned(tmp_path: Path) -> None:
         "0 internal errors, 0 crashes"
     )
     assert "crepe-style" in table and "improved [-" in table
+
+
+def test_scalar_output_model_quantizes() -> None:
+    # its 0-d output crashed the accuracy guard's metric choice (np.concatenate of 0-d arrays)
+    path = next(p for p in MODELS if "simple/test_sequence_model6/" in str(p))
+    outcome = sweep_model(path, "quantize", _quantize_passes)
+    assert outcome.status == "verified", outcome.reason
