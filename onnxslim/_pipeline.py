@@ -22,6 +22,7 @@ from onnxslim._errors import SlimError, VerificationError
 from onnxslim._io import load, model_file_size, save
 from onnxslim._json import json_safe
 from onnxslim._pass import PassContext, SlimPass, run_pass
+from onnxslim._pipeline_notes import far_from_input
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.formatting import human_bytes, human_count
 from onnxslim.inputs import (
@@ -77,14 +78,17 @@ class Report:
     sample_source: str
     stages: list[StageRecord] = dataclasses.field(default_factory=list)
     benchmark: dict[str, Any] | None = None  # onnxslim.benchmark result of input vs output, if run
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. far from the input
 
     def to_dict(self) -> dict[str, Any]:
-        document = {
+        document: dict[str, Any] = {
             "model": self.model,
             "samples": self.samples,
             "sample_source": self.sample_source,
             "stages": [dataclasses.asdict(stage) for stage in self.stages],
         }
+        if self.warnings:
+            document["warnings"] = list(self.warnings)
         if self.benchmark is not None:
             document["benchmark"] = self.benchmark
         return json_safe(document)
@@ -135,6 +139,7 @@ class Report:
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
         lines += self.story()
+        lines += [f"warning: {warning}" for warning in self.warnings]
         lines.append(f"verified on {self.samples} sample(s) from {self.sample_source}")
         return "\n".join(lines)
 
@@ -260,6 +265,10 @@ class Pipeline:
                     stage_dir,
                     bar,
                 )
+            far = far_from_input(report.stages, self.passes, self.bounds)
+            if far is not None:
+                logger.warning("%s", far)
+                report.warnings.append(far)
             return Result(model=working, report=report)
 
     def _run_passes(

@@ -21,7 +21,17 @@ from onnxslim._errors import SlimError, VerificationError
 from onnxslim._pipeline import Pipeline
 from onnxslim.runtime import create_session
 
-__all__ = ["Outcome", "corpus_models", "sweep_model", "reason_group", "stored_data", "summarize"]
+__all__ = [
+    "Outcome",
+    "corpus_models",
+    "sweep_model",
+    "reason_group",
+    "stored_data",
+    "summarize",
+    "model_table",
+    "prune_share",
+    "closing_line",
+]
 
 PassFactory = Callable[[], list[Any]]
 
@@ -38,6 +48,16 @@ class Outcome:
     seconds: float = 0.0
     sqnr_db: float | None = None  # of the last stage vs the input (lossy pipelines)
     modified: bool = False  # the last pass changed the model
+    internal: bool = False  # crashed with an exception that is not a SlimError (exit 1)
+    why: str = ""  # verified: the last pass's own first line (why it changed nothing, or what)
+    parameters_removed: float | None = None  # share of the cleaned model's parameters removed
+
+    @property
+    def verdict(self) -> str:
+        """improved / unchanged (why) / refused (why) / crashed (why), for the per-model table."""
+        if self.status == "verified":
+            return "improved" if self.modified else f"unchanged ({self.why or 'nothing to do'})"
+        return f"{self.status} ({self.reason})"
 
 
 def corpus_models(root: str | Path | None = None) -> list[Path]:
@@ -95,18 +115,28 @@ def sweep_model(
     *,
     check_stored: bool = False,
     workdir: Path | None = None,
+    data: Any = None,
+    name: str | None = None,
 ) -> Outcome:
-    """Runs ``passes()`` on one model; classifies the result."""
+    """Runs ``passes()`` on one model (on ``data`` when given); classifies the result."""
     import time
 
-    name = str(path)
+    from onnxslim.registry import describe_summary
+
+    name = name or str(path)
     started = time.perf_counter()
     outcome = Outcome(model=name, pipeline=label, status="verified")
     try:
         pipeline = Pipeline(passes(), num_samples=2)
-        result = pipeline.run(path)
+        result = pipeline.run(path, data=data)
         last = result.report.stages[-1]
         outcome.modified = last.modified
+        story = [line.strip() for line in describe_summary(last.stage, last.summary)]
+        # unchanged: the pass's own lines say why (groups left whole, the float model returned)
+        outcome.why = " ".join(story[: 1 if last.modified else 4])[:300]
+        cleaned = result.report.stages[1].parameters if len(result.report.stages) > 2 else 0
+        if cleaned:
+            outcome.parameters_removed = 1.0 - last.parameters / cleaned
         fidelity = last.fidelity or {}
         sqnr = fidelity.get("sqnr_db")
         outcome.sqnr_db = float(sqnr) if sqnr is not None else None
@@ -134,7 +164,7 @@ def sweep_model(
             outcome.status = "crashed"
     except Exception as error:  # a crash: a bug to fix, recorded with its traceback's last frame
         frame = traceback.extract_tb(error.__traceback__)[-1]
-        outcome.status = "crashed"
+        outcome.status, outcome.internal = "crashed", True
         outcome.reason = (
             f"{type(error).__name__}: {error} ({Path(frame.filename).name}:{frame.lineno})"
         )
@@ -181,3 +211,47 @@ def summarize(outcomes: Sequence[Outcome]) -> str:
         lines.append("CRASHES (bugs):")
         lines += [f"  [{o.pipeline}] {o.model}: {o.reason}" for o in crashes]
     return "\n".join(lines)
+
+
+def prune_share(outcomes: Sequence[Outcome], threshold: float = 0.10) -> tuple[int, int]:
+    """Models the prune pipeline ran on, and how many of them lost >= ``threshold`` of the
+    parameters (verified: a refusal or a crash removes nothing)."""
+    tried = [o for o in outcomes if "prune" in o.pipeline]
+    hits = [
+        o
+        for o in tried
+        if o.status == "verified" and (o.parameters_removed or 0.0) >= threshold - 1e-12
+    ]
+    return len(tried), len(hits)
+
+
+def model_table(outcomes: Sequence[Outcome], width: int = 240) -> str:
+    """One line per model and pipeline: improved / unchanged (why) / refused (why)."""
+    name_width = max([12, *(len(o.model) for o in outcomes)])
+    label_width = max([8, *(len(o.pipeline) for o in outcomes)])
+    lines = []
+    for o in outcomes:
+        removed = (
+            f" [-{100 * o.parameters_removed:.0f}% params]"
+            if o.status == "verified" and "prune" in o.pipeline and o.parameters_removed
+            else ""
+        )
+        line = f"{o.model:{name_width}} {o.pipeline:{label_width}} {o.verdict}{removed}"
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    return "\n".join(lines)
+
+
+def closing_line(outcomes: Sequence[Outcome]) -> str:
+    """Counts of verified / refused / internal errors / crashes, and the prune share."""
+    from collections import Counter
+
+    counts = Counter(o.status for o in outcomes)
+    internal = sum(o.internal for o in outcomes)
+    tried, hits = prune_share(outcomes)
+    share = f"{hits}/{tried} ({100 * hits / tried:.0f} %)" if tried else "-"
+    return (
+        f"summary: {len(outcomes)} runs: {counts['verified']} verified, {counts['refused']} "
+        f"refused, {internal} internal errors, {counts['crashed'] - internal} crashes "
+        f"(broken or wrong models); prune(0.3) removes >= 10 % of the parameters on {share} "
+        "of the models"
+    )

@@ -72,19 +72,26 @@ class Fidelity:
     sqnr_db: float
     top1_agreement: float | None = None
     samples: int = 0
+    # Outputs whose shape differs (data-dependent lengths: NonZero, TopK, NMS): not comparable.
+    changed_shapes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite floats as "inf", "-inf", "nan"."""
-        return {
+        record: dict[str, Any] = {
             "max_abs_error": json_float(self.max_abs_error),
             "mean_abs_error": json_float(self.mean_abs_error),
             "sqnr_db": json_float(self.sqnr_db),
             "top1_agreement": json_float(self.top1_agreement),
             "samples": self.samples,
         }
+        if self.changed_shapes:
+            record["changed_shapes"] = list(self.changed_shapes)
+        return record
 
     def describe(self) -> str:
         text = f"max|Δ| {self.max_abs_error:.3g}, SQNR {self.sqnr_db:.1f} dB"
+        if self.changed_shapes:
+            text += "; " + "; ".join(self.changed_shapes)
         if self.top1_agreement is not None:
             text += f", top-1 {100 * self.top1_agreement:.1f}%"
         return text
@@ -93,15 +100,19 @@ class Fidelity:
 def compare_outputs(
     reference: Sequence[Mapping[str, np.ndarray]], candidate: Sequence[Mapping[str, np.ndarray]]
 ) -> Fidelity:
-    """Compares per-sample output dicts (same names, same order of samples)."""
+    """Compares per-sample output dicts (same names, same order of samples). An output whose
+    shape differs is not compared: it is named in ``changed_shapes`` and max|Δ| is inf."""
     max_abs, abs_sum, count = 0.0, 0.0, 0
     signal, noise = 0.0, 0.0
     agree, total = 0, 0
+    changed: dict[str, str] = {}
     for ref_outputs, cand_outputs in zip(reference, candidate, strict=True):
         for name, ref in ref_outputs.items():
             cand = cand_outputs[name]
             if ref.shape != cand.shape:
-                raise ValueError(f"output '{name}' changed shape: {ref.shape} -> {cand.shape}")
+                changed.setdefault(name, _shape_change(name, ref, cand))
+                max_abs = float("inf")
+                continue
             if not np.issubdtype(ref.dtype, np.number) or ref.size == 0:
                 if not np.array_equal(ref, cand):
                     max_abs = float("inf")
@@ -137,6 +148,14 @@ def compare_outputs(
         sqnr_db=sqnr,
         top1_agreement=(agree / total) if total else None,
         samples=len(reference),
+        changed_shapes=tuple(changed.values()),
+    )
+
+
+def _shape_change(name: str, reference: np.ndarray, candidate: np.ndarray) -> str:
+    return (
+        f"output '{name}' changed shape {list(reference.shape)} -> {list(candidate.shape)} "
+        "(a data-dependent length, e.g. NonZero/TopK/NonMaxSuppression: not comparable)"
     )
 
 
@@ -219,7 +238,7 @@ class FidelityBounds:
         """
         if reference is None or candidate is None:
             return self._summary_violations(fidelity)
-        problems = []
+        problems = list(fidelity.changed_shapes)
         if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
             problems.append(f"output SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db:g} dB")
         if self.min_top1_agreement is not None and fidelity.top1_agreement is not None:
@@ -238,7 +257,7 @@ class FidelityBounds:
     def _summary_violations(self, fidelity: Fidelity) -> list[str]:
         if self.metric is not None:
             raise TypeError("a fidelity metric needs the outputs: violations(fidelity, ref, cand)")
-        problems = []
+        problems = list(fidelity.changed_shapes)
         if self.min_sqnr_db is not None and fidelity.sqnr_db < self.min_sqnr_db:
             problems.append(f"SQNR {fidelity.sqnr_db:.1f} dB < {self.min_sqnr_db} dB")
         if (
@@ -432,6 +451,8 @@ class TaskMetric:
         """The metric's score; for several outputs the worst one."""
         if self.function is not None:
             return float(self.function(list(reference), list(candidate)))
+        if self._changed_shape(reference, candidate) is not None:
+            return float("-inf")
         scores = [
             self._score_one(np.concatenate([r[n] for r in reference]), _joined(candidate, n))
             for n in self._judged(reference)
@@ -444,6 +465,9 @@ class TaskMetric:
 
     def judge(self, reference: Outputs, candidate: Outputs) -> tuple[float, str | None]:
         """The score and the violation line (None: it holds), computing the metric once."""
+        changed = self._changed_shape(reference, candidate)
+        if changed is not None:
+            return float("-inf"), changed
         value, bound = self.score(reference, candidate), self.bound
         if self.function is not None and bound is None:
             return value, (None if value else "the user metric failed")
@@ -451,6 +475,16 @@ class TaskMetric:
             return value, None
         unit = " dB" if self.name == "sqnr" else ""
         return value, f"{self.name} {value:.4g}{unit} < {bound:g}{unit}"
+
+    def _changed_shape(self, reference: Outputs, candidate: Outputs) -> str | None:
+        """The first judged output whose shape differs in some sample (None: all comparable)."""
+        if self.function is not None:
+            return None
+        for name in self._judged(reference):
+            for ref, cand in zip(reference, candidate):
+                if np.shape(ref[name]) != np.shape(cand[name]):
+                    return _shape_change(name, np.asarray(ref[name]), np.asarray(cand[name]))
+        return None
 
     def _judged(self, reference: Outputs) -> list[str]:
         first = reference[0] if reference else {}

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
@@ -54,9 +55,22 @@ def _feeds_parameters_only(node: ir.Node) -> bool:
     )
 
 
+# A ConstantOfShape this small is folded: the model does not grow, and what it feeds (torch's
+# F.pad computing its pads from ConstantOfShape/Concat/Slice) becomes a constant other passes read.
+_SMALL_FOLD_ELEMENTS = 1024
+
+
+def _small_constant_shape(node: ir.Node) -> bool:
+    shape = node.inputs[0].const_value if node.inputs and node.inputs[0] is not None else None
+    if shape is None:
+        return False
+    dims = shape.numpy().reshape(-1)
+    return bool((dims >= 0).all()) and int(np.prod(dims)) <= _SMALL_FOLD_ELEMENTS
+
+
 def _should_fold(node: ir.Node) -> bool | None:
     if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
-        return True if _feeds_parameters_only(node) else None
+        return True if _feeds_parameters_only(node) or _small_constant_shape(node) else None
     return None
 
 

@@ -265,3 +265,25 @@ def test_human_formatting() -> None:
         "5.00 GiB",
     ]
     assert not hasattr(_pipeline, "_human")  # one home: onnxslim.formatting
+
+
+def test_far_from_input_is_said_with_a_hint(
+    conv_bn_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="onnxslim"):
+        result = onnxslim.Pipeline([Cleanup(), ScaleWeights(2.0)]).run(conv_bn_path)
+    sqnr = result.report.stages[-1].fidelity["sqnr_db"]
+    assert sqnr < 1.0
+    expected = (
+        f"the optimized model is far from its input (output SQNR {sqnr:.1f} dB, mostly lost in "
+        "pass 'scale-weights'); recover accuracy with --distill DATA, or bound it with "
+        "--min-sqnr DB."
+    )
+    assert result.report.warnings == [expected]
+    assert result.report.to_dict()["warnings"] == [expected]
+    assert f"warning: {expected}" in result.report.table()
+    assert [r.getMessage() for r in caplog.records if "far from" in r.getMessage()] == [expected]
+    near = onnxslim.Pipeline([Cleanup(), ScaleWeights(1.01)]).run(conv_bn_path)
+    assert near.report.warnings == [] and "warnings" not in near.report.to_dict()
+    bounded = onnxslim.Pipeline([ScaleWeights(2.0)], bounds={"min_sqnr_db": -10}).run(conv_bn_path)
+    assert bounded.report.warnings == []  # the user asked for this bound: no second opinion

@@ -122,3 +122,54 @@ def test_a_pass_that_breaks_the_model_counts_as_a_crash(tmp_path: Path) -> None:
     path = next(p for p in MODELS if "light_squeezenet" in str(p))
     outcome = sweep_model(path, "break", lambda: [BreakModel()])
     assert outcome.status == "crashed" and "pass 'break'" in outcome.reason
+
+
+# -- the public corpus beyond the onnx package: wheels' models and architectures exported here --
+def _sweep_passes(label: str):  # type: ignore[no-untyped-def]
+    return {"cleanup": lambda: [Cleanup()], "prune": _prune_passes, "quantize": _quantize_passes}[
+        label
+    ]
+
+
+def test_wheel_models_are_found() -> None:
+    from onnxslim._sweep_corpus import wheel_models
+
+    pytest.importorskip("rapidocr_onnxruntime")
+    names = [m.name for m in wheel_models()]
+    assert {
+        "rapidocr_onnxruntime/ch_PP-OCRv4_det_infer",
+        "rapidocr_onnxruntime/ch_PP-OCRv4_rec_infer",
+        "rapidocr_onnxruntime/ch_ppocr_mobile_v2.0_cls_infer",
+    } <= set(names)
+
+
+def test_fast_public_subset_is_improved_and_pruned(tmp_path: Path) -> None:
+    """The CI subset: a Paddle model a wheel ships and two audio architectures exported here,
+    through cleanup, prune(0.3) and quantize; each improved, pruning removes >= 10 %."""
+    from onnxslim._sweep import closing_line, model_table, prune_share
+    from onnxslim._sweep_corpus import exported_models, wheel_models
+
+    pytest.importorskip("torch")
+    models = [(m.name, m.path) for m in wheel_models() if "cls_infer" in m.name]
+    exported = exported_models(tmp_path, ["crepe-style", "lstm-vad-style"])
+    models += [(m.name, m.path) for m in exported]
+    outcomes = [
+        sweep_model(path, label, _sweep_passes(label), name=name)
+        for name, path in models
+        for label in ("cleanup", "prune", "quantize")
+    ]
+    table = model_table(outcomes)
+    assert all(o.status == "verified" and o.modified for o in outcomes), table
+    assert prune_share(outcomes) == (len(models), len(models)), table
+    assert closing_line(outcomes).startswith(
+        f"summary: {3 * len(models)} runs: {3 * len(models)} verified, 0 refused, "
+        "0 internal errors, 0 crashes"
+    )
+    assert "crepe-style" in table and "improved [-" in table
+
+
+def test_scalar_output_model_quantizes() -> None:
+    # its 0-d output crashed the accuracy guard's metric choice (np.concatenate of 0-d arrays)
+    path = next(p for p in MODELS if "simple/test_sequence_model6/" in str(p))
+    outcome = sweep_model(path, "quantize", _quantize_passes)
+    assert outcome.status == "verified", outcome.reason

@@ -7,7 +7,9 @@ handed to ``onnxruntime.quantization.quantize_static``.
 Samples are stacked on each input's batch axis (axis 0 unless ``batch_axes`` says otherwise, e.g.
 ``{"state": 1}`` for recurrent state ``[layers, batch, hidden]``). An input without a batch axis
 (a scalar sample rate) is a constant: it is fed unchanged, or repeated along the batch axis when
-the model's input has one that the stored array lacks.
+the model's input has one that the stored array lacks. An input whose model shape has no batch
+axis at all (torchvision detection's ``[3, 320, 320]``) takes samples stacked on a new axis 0,
+fed one sample per run without it.
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class BatchedReader(abc.ABC):
         self._specs: list[InputSpec] | None = list(specs) if specs is not None else None
         self._validated_specs: list[InputSpec] | None = None
         self._iterator: Iterator[Feeds] | None = None
+        self._unbatched: set[str] = set()  # inputs without a batch axis: one sample per run
 
     @abc.abstractmethod
     def _samples(self) -> Iterator[Feeds]:
@@ -204,9 +207,20 @@ class BatchedReader(abc.ABC):
             for name, array in sample.items()
         }
 
+    def _lacks_batch_axis(self, name: str, array: np.ndarray) -> bool:
+        """Samples stacked on a new axis 0 for a model input without a batch axis: one dim more
+        than the model's input, the rest fitting its shape."""
+        spec = next((s for s in self._specs or [] if s.name == name), None)
+        if spec is None or not spec.shape or name in self.batch_axes or name in self.constants:
+            return False
+        return np.ndim(array) == len(spec.shape) + 1 and all(
+            not isinstance(d, int) or d == g for d, g in zip(spec.shape, np.shape(array)[1:])
+        )
+
     def _split(self, chunk: Mapping[str, np.ndarray]) -> tuple[Feeds, Feeds]:
         """A stacked chunk -> (arrays with samples on their batch axis, constants)."""
         ranks = self._ranks()
+        self._unbatched |= {n for n, a in chunk.items() if self._lacks_batch_axis(n, a)}
         stacked: Feeds = {}
         constants: Feeds = {}
         lacking: Feeds = {}  # one dim short of the model's input (or 0-d): constant beside samples
@@ -277,8 +291,14 @@ class BatchedReader(abc.ABC):
                 continue
             if ranks.get(name) == 0:
                 continue
-            return int(np.shape(array)[axis])
+            return 1 if name in self._unbatched else int(np.shape(array)[axis])
         return 1
+
+    def _unstacked(self, batch: Feeds) -> Feeds:
+        """The one sample of a batch without its stacking axis, for inputs that have none."""
+        for name in self._unbatched & batch.keys():
+            batch[name] = batch[name][0]
+        return batch
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Feeds]:
@@ -294,10 +314,12 @@ class BatchedReader(abc.ABC):
         pending_count = 0
         pending_constants: Feeds = {}
         emitted = 0
+        step = self.batch_size
         for raw in self._samples():
             if not raw:
                 continue
             chunk, constants = self._split(raw)
+            step = 1 if self._unbatched else step  # no batch axis: one sample per run
             count = self._sample_count(chunk, self.describe())
             if count == 0:  # an empty item: skip it, not end the data
                 continue
@@ -315,15 +337,15 @@ class BatchedReader(abc.ABC):
                 break
             pending.append(chunk)
             pending_count += count
-            while pending_count >= self.batch_size:
-                batch, pending, pending_count = self._take(pending, pending_count)
-                emitted += self.batch_size
-                yield self._with_constants(batch, pending_constants, self.batch_size)
+            while pending_count >= step:
+                batch, pending, pending_count = self._take(pending, pending_count, size=step)
+                emitted += step
+                yield self._unstacked(self._with_constants(batch, pending_constants, step))
             if self.limit is not None and emitted + pending_count >= self.limit:
                 break
         if pending_count:
             batch, _, _ = self._take(pending, pending_count, size=pending_count)
-            yield self._with_constants(batch, pending_constants, pending_count)
+            yield self._unstacked(self._with_constants(batch, pending_constants, pending_count))
 
     def _take(
         self, pending: list[Feeds], count: int, size: int | None = None
@@ -384,6 +406,8 @@ class BatchedReader(abc.ABC):
             axis = self.batch_axes.get(spec.name, 0)
             if axis is None or spec.name in self.constants or len(spec.shape) <= axis:
                 continue
+            if spec.name in self._unbatched:
+                continue  # no batch axis: one sample per run whatever the batch size
             fixed = spec.shape[axis]
             if isinstance(fixed, int) and self.batch_size != fixed and fixed != 1:
                 raise InputDataError(

@@ -44,6 +44,12 @@ def _single_input_name(model: ir.Model | None, input_name: str | None, origin: s
     return specs[0].name
 
 
+def _whole_input(spec: InputSpec, shape: tuple[int, ...]) -> bool:
+    """An array shaped exactly like a fully static input whose first dim is not a batch of one
+    (``[3, 320, 320]``): one sample of an input without a batch axis, not 3 stacked samples."""
+    return spec.is_static and bool(spec.shape) and spec.shape[0] != 1 and tuple(spec.shape) == shape
+
+
 def _random(data: str, model: ir.Model | None, limit: int | None, **options: Any) -> RandomReader:
     if model is None:
         raise InputDataError("random calibration data needs the model to read input shapes from.")
@@ -89,7 +95,8 @@ def _from_path(
         first_npy = next((p for p in sorted(entries) if p.suffix == ".npy"), None)
         spec = next(s for s in specs if s.name == name)
         if first_npy is not None and spec.shape:
-            stacked = np.load(first_npy, mmap_mode="r").ndim == len(spec.shape)
+            shape = np.load(first_npy, mmap_mode="r").shape
+            stacked = len(shape) == len(spec.shape) and not _whole_input(spec, shape)
     return NpyFolderReader(path, input_name=name, stacked=stacked, specs=specs, **options)
 
 
@@ -107,10 +114,11 @@ def _from_iterable(
         first = next(iter(reader.items()), None)
         if first is not None:
             feeds = as_batch(first, key)
-            ranks = {s.name: len(s.shape) for s in specs if s.shape}
+            by_name = {s.name: s for s in specs if s.shape}
             reader.batched = any(
-                name in ranks
-                and np.ndim(array) == ranks[name]
+                name in by_name
+                and np.ndim(array) == len(by_name[name].shape)
+                and not _whole_input(by_name[name], np.shape(array))
                 and not reader._is_constant_sample(name, array)
                 for name, array in feeds.items()
             )

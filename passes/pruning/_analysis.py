@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxslim.inputs import DefaultSizeError, random_inputs, runnable_sizes
@@ -34,13 +35,19 @@ def analyze(
     prune_hidden: bool = False,
     round_to: int = 1,
     ignore: Iterable[str] = (),
+    feeds: Mapping[str, np.ndarray] | None = None,
 ) -> PruneAnalysis:
-    """Observes concrete shapes (one ORT run on random inputs) and builds the dependency groups."""
-    try:  # sizes at which the model runs (free when the pipeline already chose them)
-        sizes = runnable_sizes(model, sizes)
-    except DefaultSizeError:
-        pass  # observing shapes then falls back to inferred shapes, and says so
-    feeds = random_inputs(model, sizes)
+    """Observes concrete shapes (one ORT run) and builds the dependency groups.
+
+    ``feeds``: one feed of the user's data to observe shapes on (a KV cache, audio lengths the
+    model needs); None: random inputs at sizes the model runs.
+    """
+    if feeds is None:
+        try:  # sizes at which the model runs (free when the pipeline already chose them)
+            sizes = runnable_sizes(model, sizes)
+        except DefaultSizeError:
+            pass  # observing shapes then falls back to inferred shapes, and says so
+        feeds = random_inputs(model, sizes)
     view = GraphView(model, observed_shapes(model, feeds), prune_hidden=prune_hidden)
     groups = build_groups(view)
     apply_ignores(groups, ignore)

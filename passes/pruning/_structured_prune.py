@@ -52,8 +52,15 @@ class StructuredPrune(SlimPass):
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
         sizes = self.sizes or dict(context.sizes or {}) or None
-        analysis = analyze(  # view -> groups
-            model, sizes, prune_hidden=self.prune_hidden, round_to=self.round_to, ignore=self.ignore
+        analysis = analyze(  # view -> groups, shapes observed on the user's data when given
+            model,
+            sizes,
+            prune_hidden=self.prune_hidden,
+            round_to=self.round_to,
+            ignore=self.ignore,
+            feeds=context.sample_inputs[0]
+            if context.data is not None and context.sample_inputs
+            else None,
         )
         scores = self._importance(analysis, model, context)
         _unmap_external_weights(model)  # the scores read every weight: drop those pages

@@ -205,7 +205,9 @@ def _metrics(
         return [], []
     metrics, proxies = [], []
     for name in reference[0]:
-        chosen, reason = choose_metric(name, np.concatenate([r[name] for r in reference]))
+        # atleast_1d: a 0-d output (a scalar per sample) cannot be concatenated
+        joined = np.concatenate([np.atleast_1d(r[name]) for r in reference])
+        chosen, reason = choose_metric(name, joined)
         if chosen in ("top1", "sqnr"):
             proxies.append((name, reason))
         else:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -33,10 +35,12 @@ class Prepared:
     fusions: dict = dataclasses.field(default_factory=dict)  # _fusion.FusionReport.to_dict()
 
 
-def prepare(model: ir.Model, workdir: Path, *, fuse: bool = False) -> Prepared:
+def prepare(
+    model: ir.Model, workdir: Path, *, fuse: bool = False, samples: Sequence[Any] | None = None
+) -> Prepared:
     """A copy with Constant nodes as initializers (ORT quantizes only initializer weights and
     biases), opset >= 13, and inferred shapes; saved as ``workdir/prepared.onnx``. ``model`` is
-    not modified."""
+    not modified. ``samples``: feeds the fusions' exactness check runs on (the pipeline's)."""
     prepared = model.clone()  # weights shared: the edits below replace, never mutate, tensors
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(prepared)
     # Exact folding (e.g. Identity of an initializer feeding a Conv bias), so ORT sees the
@@ -53,7 +57,7 @@ def prepare(model: ir.Model, workdir: Path, *, fuse: bool = False) -> Prepared:
     }
     prepared = _upgrade_opset(prepared)
     # exact fusions before QDQ placement, so QDQ wraps the fused ops (_fusion.py)
-    prepared, fusions = fuse_for_quantization(prepared, fuse=fuse)
+    prepared, fusions = fuse_for_quantization(prepared, fuse=fuse, samples=samples)
     # onnx-ir's pass hands onnx a copy without the weights (memory: no model-sized copies);
     # shape inference is an aid, ORT's quantizer copes without it (the pass logs failures).
     common_passes.ShapeInferencePass(strict_mode=False)(prepared)

@@ -250,7 +250,7 @@ class QuantizeStatic(SlimPass):
     ) -> _Run:
         input_path = workdir / "input.onnx"
         save(model, input_path, link_external_data=True)  # external weights linked, not copied
-        prepared = prepare(model, workdir, fuse=self.fuse)
+        prepared = prepare(model, workdir, fuse=self.fuse, samples=context.sample_inputs or None)
         summary["fusions"] = prepared.fusions
         excluded, unmatched = user_exclusions(prepared.proto, self.exclude)
         for message in unmatched:
