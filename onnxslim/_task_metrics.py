@@ -1,0 +1,129 @@
+"""Task metrics on one output's arrays (reference vs candidate): top-1, cosine, map IoU, per-step
+top-1, CTC agreement, and the metric an output calls for from its shape and range.
+
+``onnxslim.fidelity`` re-exports them next to ``TaskMetric``, which judges with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "choose_metric",
+    "ctc_agreement",
+    "ctc_decode",
+    "map_iou",
+    "mean_cosine",
+    "seq_top1_agreement",
+    "top1_agreement",
+]
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of rows (over the last axis) whose argmax is unchanged."""
+    return float(np.mean(reference.argmax(-1) == candidate.argmax(-1)))
+
+
+def mean_cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean over samples (axis 0) of the cosine similarity of each sample's flattened values."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    cand = candidate.reshape(len(candidate), -1).astype(np.float64)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    dots = np.sum(ref * cand, axis=1)
+    both_zero = (norms == 0) & (np.abs(ref).sum(1) == np.abs(cand).sum(1))
+    cosines = np.where(norms > 0, dots / np.maximum(norms, 1e-300), both_zero.astype(float))
+    return float(np.mean(cosines))
+
+
+def map_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean over samples of the IoU of the regions above ``threshold`` (1 where both are empty)."""
+    ref = (reference > threshold).reshape(len(reference), -1)
+    cand = (candidate > threshold).reshape(len(candidate), -1)
+    union = np.sum(ref | cand, axis=1)
+    inter = np.sum(ref & cand, axis=1)
+    return float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+
+
+def seq_top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Per-step argmax agreement on [batch, steps, classes] scores (CTC decodes these argmaxes)."""
+    if reference.ndim != 3:
+        raise ValueError(f"seq-top1 needs [batch, steps, classes] scores, got {reference.shape}")
+    return top1_agreement(reference, candidate)
+
+
+def ctc_decode(scores: np.ndarray, blank: int = 0) -> list[list[int]]:
+    """Greedy CTC decode of [batch, steps, classes] scores: argmax, repeats merged, blanks dropped."""
+    decoded = []
+    for best in np.asarray(scores).argmax(-1):
+        keep = np.ones(len(best), bool)
+        keep[1:] = best[1:] != best[:-1]
+        decoded.append([int(c) for c in best[keep] if c != blank])
+    return decoded
+
+
+def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+    row = list(range(len(b) + 1))
+    for i, left in enumerate(a, 1):
+        diagonal, row[0] = row[0], i
+        for j, right in enumerate(b, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (left != right))
+    return row[-1]
+
+
+def ctc_agreement(reference: np.ndarray, candidate: np.ndarray, blank: int = 0) -> float:
+    """1 - edit distance / length of the reference's greedy CTC decodes (the float model's
+    characters kept), over all samples; 1.0 when both decode to nothing."""
+    if reference.ndim != 3:
+        raise ValueError(f"ctc needs [batch, steps, classes] scores, got {reference.shape}")
+    pairs = list(zip(ctc_decode(reference, blank), ctc_decode(candidate, blank)))
+    length = sum(len(r) for r, _ in pairs)
+    errors = sum(_edit_distance(r, c) for r, c in pairs)
+    return 1.0 - errors / length if length else float(errors == 0)
+
+
+def _probability_rows(array: np.ndarray) -> bool:
+    rows = array.reshape(-1, array.shape[-1]).astype(np.float64)
+    if rows.min() >= 0 and rows.max() <= 1 + 1e-6:
+        return bool(np.allclose(rows.sum(-1), 1.0, atol=1e-3))
+    if rows.max() <= 1e-6:  # log-probabilities
+        return bool(np.allclose(np.log(np.exp(rows).sum(-1)), 0.0, atol=1e-3))
+    return False
+
+
+def choose_metric(name: str, reference: np.ndarray) -> tuple[str, str]:
+    """The task metric for one output from its shape and range on the reference model, and why.
+
+    ``top1`` here means the classic proxies (decisive top-1 agreement and output SQNR).
+    """
+    shape = "x".join(str(d) for d in reference.shape)
+    where = f"output '{name}' [{shape}]"
+    if not np.issubdtype(reference.dtype, np.floating) or reference.ndim < 2 or reference.size == 0:
+        return "sqnr", f"{where}: not a score, embedding or map"
+    finite = reference[np.isfinite(reference)]
+    in_unit = finite.size > 0 and finite.min() >= 0 and finite.max() <= 1
+    if reference.ndim >= 4 and in_unit:
+        return "iou@0.5", f"{where}: a map of values in [0, 1], thresholded at 0.5"
+    if reference.ndim >= 4:
+        return "sqnr", f"{where}: a feature map with values outside [0, 1]"
+    if reference.ndim == 3 and reference.shape[-1] > 1 and _probability_rows(reference):
+        blank = float(np.mean(reference.argmax(-1) == 0))
+        if blank >= 0.3:  # CTC: most steps say "no new character"
+            return (
+                "ctc",
+                f"{where}: per-step probabilities, class 0 wins {100 * blank:.0f}% of steps (CTC)",
+            )
+        return "seq-top1", f"{where}: per-step class probabilities (sequence scores)"
+    if reference.ndim == 3:
+        return "cosine", f"{where}: per-token features, not probabilities (an embedding)"
+    rows = reference.reshape(len(reference), -1).astype(np.float64)
+    if reference.shape[-1] > 1 and _probability_rows(reference):
+        return "top1", f"{where}: rows are class probabilities"
+    if reference.shape[-1] > 1 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3):
+        return "cosine", f"{where}: rows of unit L2 norm (an embedding)"
+    if reference.shape[-1] >= 128:
+        return "cosine", f"{where}: {reference.shape[-1]} unnormalized features (an embedding)"
+    if reference.shape[-1] > 1:
+        return "top1", f"{where}: rows of {reference.shape[-1]} class scores"
+    return "sqnr", f"{where}: one value per sample"
