@@ -150,3 +150,22 @@ def _random_cache(torch_model, seed):
         for k, v in feeds.items()
         if k.startswith("past")
     }
+
+
+def test_pipeline_prunes_a_decoder_and_verifies_it_with_the_narrower_cache(tmp_path):
+    """--prune on GPT-2 with a KV cache: the pass narrows the cache inputs and the present
+    outputs; verification feeds the cut cache and compares the logits only (it used to stop
+    with "Got invalid dimensions for input: past_key_values.1.key")."""
+    from onnxslim.passes import Cleanup, StructuredPrune
+
+    path = export_decoder(gpt2_decoder(), tmp_path / "gpt2.onnx")
+    result = onnxslim.Pipeline([Cleanup(), StructuredPrune(ratio=0.5)]).run(path)
+    prune = result.report.stages[-1]
+    assert prune.modified and prune.parameters < result.report.stages[0].parameters
+    assert prune.notes and prune.notes[0].startswith("output(s) present.0.key")
+    assert prune.notes[0].endswith("resized by the pass: not compared")
+    assert prune.fidelity is not None and prune.fidelity["samples"] > 0
+    assert any(
+        line.strip().startswith("Verification: output(s) present.0.key")
+        for line in result.report.story()
+    )
