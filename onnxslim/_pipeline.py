@@ -423,7 +423,7 @@ class Pipeline:
         if slim_pass.exact:
             _check_exact(slim_pass, previous_outputs, outputs)
         fidelity = compare_outputs(reference_outputs, outputs)
-        record.fidelity = dataclasses.asdict(fidelity)  # floats; encoded at the JSON edge
+        record.fidelity = fidelity.as_record()  # floats; encoded at the JSON edge
         if not slim_pass.exact:
             problems = self.bounds.violations(fidelity)
             if problems:
@@ -459,13 +459,13 @@ def _declared_resizes(model: ir.Model, reference: list[Feeds]) -> set[str]:
     """Outputs whose declared static dims now differ from the reference's arrays."""
     if not reference:
         return set()
-    resized = set()
+    resized: set[str] = set()
     for value in model.graph.outputs:
-        array = reference[0].get(value.name)
+        array = reference[0].get(value.name or "")
         if array is None or value.shape is None or len(value.shape) != np.ndim(array):
             continue
         if any(isinstance(d, int) and d != n for d, n in zip(value.shape, np.shape(array))):
-            resized.add(value.name)
+            resized.add(value.name or "")
     return resized
 
 

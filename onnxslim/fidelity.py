@@ -84,6 +84,16 @@ class Fidelity:
     # Outputs whose shape differs (data-dependent lengths: NonZero, TopK, NMS): not comparable.
     changed_shapes: tuple[str, ...] = ()
 
+    def as_record(self) -> dict[str, Any]:
+        """The figures as floats for summaries and reports (encoded once, at the JSON edge);
+        ``changed_shapes`` only when an output changed shape."""
+        record = dataclasses.asdict(self)
+        if not self.changed_shapes:
+            del record["changed_shapes"]
+        else:
+            record["changed_shapes"] = list(self.changed_shapes)
+        return record
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: non-finite floats as "inf", "-inf", "nan"."""
         record: dict[str, Any] = {

@@ -41,7 +41,7 @@ def save_checkpoint(path: Path, state: TrainState, epoch: int) -> None:
             "bad_epochs": state.bad_epochs,
             "best_score": list(state.best_score),
             "best_state": state.best_state,
-            "fidelity_before": dataclasses.asdict(state.fidelity_before),
+            "fidelity_before": state.fidelity_before.as_record(),
         },
         path,
     )

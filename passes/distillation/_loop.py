@@ -308,7 +308,7 @@ def _validate(
 ) -> tuple[float, float]:
     """Rank 0 after an epoch: fidelity into the record, best epoch kept; (improved, stop)."""
     fidelity = _evaluate(state)
-    record.fidelity = dataclasses.asdict(fidelity)  # floats; the report encodes them once
+    record.fidelity = fidelity.as_record()  # floats; the report encodes them once
     score = _score(fidelity)
     improved = state.best_score is None or score > state.best_score
     if improved:

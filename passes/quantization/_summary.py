@@ -3,7 +3,6 @@ nodes checked on the graph ORT runs), its tensors."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,7 +35,7 @@ def _rounded(value: float | None) -> float | None:
 
 def fidelity_summary(evaluation: Evaluation) -> dict:
     """The evaluation's fidelity as plain floats, with the logits' SQNR where it was judged on them."""
-    values = dataclasses.asdict(evaluation.fidelity)
+    values = evaluation.fidelity.as_record()
     if evaluation.on_logits:
         values["logits_sqnr_db"] = _rounded(evaluation.logits_sqnr_db)
     if evaluation.task_scores:
