@@ -23,6 +23,7 @@ from onnxslim._io import load, model_file_size, save
 from onnxslim._json import json_safe
 from onnxslim._pass import PassContext, SlimPass, run_pass
 from onnxslim._pipeline_notes import far_from_input
+from onnxslim._verify_shapes import declared_resizes, fit_to_declared, without
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.formatting import human_bytes, human_count
 from onnxslim.inputs import (
@@ -402,9 +403,9 @@ class Pipeline:
                     f"pass '{name}' produced a model the ONNX checker rejects: {_first_line(error)}"
                 ) from None
             if not slim_pass.exact:
-                samples = _fit_to_declared(model, samples)  # a pruned KV cache is narrower
+                samples = fit_to_declared(model, samples)  # a pruned KV cache is narrower
             outputs = self._outputs(path, samples, providers, stage=name)
-        resized = set() if slim_pass.exact else _declared_resizes(model, reference_outputs)
+        resized = set() if slim_pass.exact else declared_resizes(model, reference_outputs)
         for ref, out in zip(reference_outputs, outputs):
             for output_name, array in ref.items():
                 if out[output_name].shape != array.shape and output_name not in resized:
@@ -414,9 +415,9 @@ class Pipeline:
                     )
         if resized:
             # the pass declared these outputs narrower (the present KV cache): not comparable
-            reference_outputs = [_without(r, resized) for r in reference_outputs]
-            previous_outputs = [_without(r, resized) for r in previous_outputs]
-            outputs = [_without(r, resized) for r in outputs]
+            reference_outputs = [without(r, resized) for r in reference_outputs]
+            previous_outputs = [without(r, resized) for r in previous_outputs]
+            outputs = [without(r, resized) for r in outputs]
             record.notes = [
                 f"output(s) {', '.join(sorted(resized))} resized by the pass: not compared"
             ]
@@ -432,45 +433,6 @@ class Pipeline:
                     "loosen the bound or make the pass less aggressive."
                 )
         return record, outputs
-
-
-def _fit_to_declared(model: ir.Model, samples: list[Feeds]) -> list[Feeds]:
-    """Samples cut to a lossy pass's narrower declared input dims (pruned cache heads: the first
-    entries, as a fresh cache of the new width would hold)."""
-    specs = {spec.name: spec.shape for spec in input_specs(model)}
-    fitted = []
-    for feeds in samples:
-        fitted_feeds = dict(feeds)
-        for name, array in feeds.items():
-            shape = specs.get(name)
-            if shape is None or len(shape) != np.ndim(array):
-                continue
-            index = tuple(
-                slice(0, dim) if isinstance(dim, int) and dim < size else slice(None)
-                for dim, size in zip(shape, np.shape(array))
-            )
-            if any(part.stop is not None for part in index):
-                fitted_feeds[name] = np.ascontiguousarray(np.asarray(array)[index])
-        fitted.append(fitted_feeds)
-    return fitted
-
-
-def _declared_resizes(model: ir.Model, reference: list[Feeds]) -> set[str]:
-    """Outputs whose declared static dims now differ from the reference's arrays."""
-    if not reference:
-        return set()
-    resized: set[str] = set()
-    for value in model.graph.outputs:
-        array = reference[0].get(value.name or "")
-        if array is None or value.shape is None or len(value.shape) != np.ndim(array):
-            continue
-        if any(isinstance(d, int) and d != n for d, n in zip(value.shape, np.shape(array))):
-            resized.add(value.name or "")
-    return resized
-
-
-def _without(outputs: Feeds, names: set[str]) -> Feeds:
-    return {k: v for k, v in outputs.items() if k not in names}
 
 
 def _working_model(
