@@ -228,3 +228,22 @@ def test_segmented_probe_gives_the_values_of_one_session(tmp_path: Path) -> None
     one, other = whole.run(_feeds(), whole.outputs), parts.run(_feeds(), parts.outputs)
     assert all(np.array_equal(one[name], other[name]) for name in ("m1", "h2", "y"))
     assert np.array_equal(parts.session.run(["y"], _feeds())[0], one["y"])  # built on first use
+
+
+def test_optimize_leaves_the_input_and_its_linked_weights_untouched(tmp_path: Path) -> None:
+    """Scratch copies hard-link the user's weight file: no pass may write through the link.
+    After cleanup + prune + int8 (guards on) the input's files are byte-identical."""
+    import hashlib
+
+    from onnxslim.passes import Cleanup
+
+    source = _chain(tmp_path)
+    files = sorted(p for p in source.parent.iterdir() if p.is_file())
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    result = onnxslim.Pipeline(
+        [Cleanup(), StructuredPrune(ratio=0.25), QuantizeStatic(calibration="random:4")]
+    ).run(source)
+    (tmp_path / "out").mkdir()
+    onnxslim.save(result.model, tmp_path / "out" / "m.onnx", external_data=True)
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    assert after == before and all(os.stat(p).st_nlink == 1 for p in files)
