@@ -233,3 +233,17 @@ def test_prune_observes_shapes_on_the_users_data(
     assert summary["pruned_groups"] == 2
     assert summary["parameters"] == {"before": 3648, "after": 100 * 12 + 12 * 45 + 45 * 16}
     assert [d for d in result.model.graph.inputs[1].shape][2] == 12
+
+
+def test_prune_macs_are_per_sample_like_the_report_when_data_is_given() -> None:
+    """The verification batch holds several samples: the prune summary counted MACs on all of
+    them (445M for the 27.8M-MAC demo net) while the report's table counts one sample."""
+    from onnxslim._demo import demo_data, demo_model_path
+
+    images = demo_data()["calibration_images"][:8]
+    result = onnxslim.Pipeline([StructuredPrune(ratio=0.3)]).run(
+        demo_model_path(), data={"image": images}
+    )
+    summary = result.report.stages[-1].summary
+    assert summary["macs"]["before"] == result.report.stages[0].macs
+    assert summary["macs"]["after"] == result.report.stages[-1].macs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ class StructuredPrune(SlimPass):
             prune_hidden=self.prune_hidden,
             round_to=self.round_to,
             ignore=self.ignore,
-            feeds=context.sample_inputs[0]
+            feeds=_one_sample(model, context.sample_inputs[0])
             if context.data is not None and context.sample_inputs
             else None,
         )
@@ -112,6 +113,17 @@ class StructuredPrune(SlimPass):
             batches=batches,
             teacher=context.reference_path,
         )
+
+
+def _one_sample(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The first sample of a verification batch on inputs with a free batch dim: the MACs in
+    the summary are then per sample, as everywhere else in the report."""
+    free = {
+        value.name
+        for value in model.graph.inputs
+        if value.shape is not None and len(value.shape) and not isinstance(value.shape[0], int)
+    }
+    return {k: v[:1] if k in free and np.ndim(v) else v for k, v in feeds.items()}
 
 
 def _unmap_external_weights(model: ir.Model) -> None:
