@@ -165,7 +165,9 @@ def test_every_declared_flag_is_in_optimize_help_with_its_help_text(
                 flags += 1
                 assert spec.flag in text
                 assert " ".join(f"{name}: {spec.help}".split()) in text
-    assert flags == 19  # issue 17: --quant-metric, --quant-min-score, --qat-epochs
+    assert (
+        flags == 20
+    )  # issue 17: --quant-metric, --quant-min-score, --qat-epochs; 15: --prune-latency
 
 
 def test_flags_build_the_passes_the_declarations_name() -> None:
@@ -223,3 +225,14 @@ def test_keyword_options_get_the_recipe_type_checks():
     ):
         QuantizeStatic(eval_samples="32")
     assert QuantizeStatic(exclude=("conv1",)).exclude == ["conv1"]
+
+
+def test_prune_latency_flag_adds_prune_with_a_latency_target() -> None:
+    from onnxslim.cli import _passes_from_flags, build_parser
+
+    args = build_parser().parse_args(
+        ["optimize", "m.onnx", "-o", "o.onnx", "--prune-latency", "0.6"]
+    )
+    passes = _passes_from_flags(args)
+    prune = next(p for p in passes if p.name == "prune")
+    assert prune.target_latency == 0.6 and prune.ratio is None and prune.target_macs is None

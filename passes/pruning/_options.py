@@ -42,6 +42,9 @@ class PruneOptions:
     )
     target_latency: float | None = option(
         None,
+        flag="--prune-latency",
+        metavar="FRACTION",
+        enables=True,
         help="fraction of the input's latency KEPT (0.6 runs in 60 % of the time), in (0, 1], measured on "
         "the pipeline's execution provider; replaces ratio and target_macs",
     )
