@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quant_vs_ort import _NpzReader  # noqa: E402
-from quant_vs_peers import build  # noqa: E402
+from quant_vs_ort import _NpzReader, peak_rss_mb  # noqa: E402
+from quant_vs_peers import build, run_worker  # noqa: E402
 
 TOOLS = ("ours", "ort-default", "ort-percentile")
 
@@ -72,14 +72,14 @@ _PEAKS: list[float] = []  # every peak read so far (a nested stage resets the pe
 def _timed(name: str, function, log: list, sub: bool = False):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        _PEAKS.append(_status("VmHWM"))
+        _PEAKS.append(peak_rss_mb())
         _reset_peak()
         first = len(_PEAKS)
         started = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
-            peak = max([_status("VmHWM"), *_PEAKS[first:]])
+            peak = max([peak_rss_mb(), *_PEAKS[first:]])
             _PEAKS.append(peak)
             entry = {"stage": name, "s": time.perf_counter() - started, "peak_mb": peak}
             log.append({**entry, "rss_mb": _status("VmRSS"), "sub": sub})
@@ -141,7 +141,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         result = _ort(model, data, output, args.worker.split("-")[1])
     result["seconds"] = time.perf_counter() - started
-    result["peak_rss_mb"] = max([_status("VmHWM"), *_PEAKS])
+    result["peak_rss_mb"] = max([peak_rss_mb(), *_PEAKS])
     Path(args.json).write_text(json.dumps(result, default=str))
 
 
@@ -173,26 +173,13 @@ def main() -> None:
             for tool in args.tools.split(","):
                 output = Path(tmp) / f"{name}-{tool}.onnx"
                 extra = ["--stages"] if args.stages and tool == "ours" else []
-                row = run_worker_here(tool, Path(model["path"]), data, output, args.timeout, extra)
+                row = run_worker(
+                    tool, Path(model["path"]), data, output, args.timeout, __file__, tuple(extra)
+                )
                 rows.append({"model": name, "tool": tool, **row})
                 _print(rows[-1])
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=1, default=str))
-
-
-def run_worker_here(
-    tool: str, model: Path, data: Path, output: Path, timeout: int, extra: list
-) -> dict:
-    import subprocess
-
-    result_path = output.with_suffix(".json")
-    command = [sys.executable, __file__, "--worker", tool, "--model", str(model), *extra]
-    command += ["--data", str(data), "--output", str(output), "--json", str(result_path)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    if completed.returncode != 0 or not result_path.is_file():
-        lines = completed.stderr.strip().splitlines()
-        return {"error": "\n".join(lines[-5:]) if lines else f"exit {completed.returncode}"}
-    return json.loads(result_path.read_text())
 
 
 def _print(row: dict) -> None:

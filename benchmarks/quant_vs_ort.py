@@ -130,6 +130,22 @@ def make_data(name: str, shapes: dict, count: int, seed: int) -> dict[str, np.nd
 
 
 # -- workers (subprocesses: peak RSS per calibration) -----------------------------------------
+def ort_best_options() -> dict:
+    """ORT's best quantize_static configuration on this CPU: U8 activations, S8 per-channel
+    weights, reduce_range only without VNNI/AMX (the same profile our target detection picks)."""
+    from onnxruntime.quantization import QuantType
+
+    from onnxslim.runtime import cpu_features
+
+    features = cpu_features()
+    return dict(
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=not (features.vnni or features.amx),
+    )
+
+
 def peak_rss_mb() -> float:
     """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
     worker started from a big parent would report the parent's peak."""
@@ -221,27 +237,16 @@ def worker(args: argparse.Namespace) -> None:
         from onnxruntime.quantization import (
             CalibrationMethod,
             QuantFormat,
-            QuantType,
             quantize_static,
         )
-
-        from onnxslim.runtime import cpu_features
 
         methods = {
             "minmax": CalibrationMethod.MinMax,
             "percentile": CalibrationMethod.Percentile,
             "entropy": CalibrationMethod.Entropy,
         }
-        if args.config == "default":
-            config = {}  # QDQ, S8 activations, S8 per-tensor weights
-        else:
-            features = cpu_features()
-            config = dict(
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-                reduce_range=not (features.vnni or features.amx),
-            )
+        # default: QDQ, S8 activations, S8 per-tensor weights
+        config = {} if args.config == "default" else ort_best_options()
         quantize_static(
             args.model,
             args.output,

@@ -30,9 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxslim.fidelity import map_iou
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quant_vs_ort import _NpzReader, make_data, ort_prepare, peak_rss_mb  # noqa: E402
+from quant_vs_ort import (  # noqa: E402
+    _NpzReader,
+    make_data,
+    ort_best_options,
+    ort_prepare,
+    peak_rss_mb,
+)
 
 MODELS = ("digits", "cls", "det")
 TOOLS = (
@@ -117,15 +125,6 @@ def _accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
     return float((predicted == labels).mean())
 
 
-def _map_iou(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
-    ious = []
-    for ref, cand in zip(reference, candidate):
-        a, b = ref > 0.3, cand > 0.3
-        union = np.logical_or(a, b).sum()
-        ious.append(np.logical_and(a, b).sum() / union if union else 1.0)
-    return float(np.mean(ious))
-
-
 def first_outputs(path: Path, held_out: dict) -> list[np.ndarray]:
     from onnxslim.runtime import create_session
 
@@ -146,21 +145,17 @@ def first_outputs(path: Path, held_out: dict) -> list[np.ndarray]:
 def evaluate(model: dict, path: Path, reference: list[np.ndarray]) -> float:
     outputs = first_outputs(path, model["held_out"])
     _, metric = model["metric"]
-    return _map_iou(reference, outputs) if metric is None else metric(outputs)
+    if metric is None:  # text maps binarized at 0.3, as DB post-processing does
+        return map_iou(np.concatenate(reference), np.concatenate(outputs), threshold=0.3)
+    return metric(outputs)
 
 
 # -- workers: one fresh subprocess per quantization (wall time, peak RSS) ---------------------
 def _ours(model: Path, data: Path, output: Path, fuse: bool = False) -> dict:
-    import dataclasses
-
     import onnxslim
-    from onnxslim.passes.quantization import QuantizeOptions, QuantizeStatic
+    from onnxslim.passes.quantization import QuantizeStatic
 
-    options = {}
-    if fuse:  # fusion before placement (passes/quantization/_fusion.py)
-        if "fuse" not in {f.name for f in dataclasses.fields(QuantizeOptions)}:
-            raise SystemExit("QuantizeOptions has no 'fuse' option yet")
-        options["fuse"] = True
+    options = {"fuse": True} if fuse else {}  # fusion before placement (now the default too)
     loaded = onnxslim.load(model)
     result = QuantizeStatic(str(data), **options).apply(loaded, onnxslim.PassContext())
     onnxslim.save(loaded, output)
@@ -168,20 +163,10 @@ def _ours(model: Path, data: Path, output: Path, fuse: bool = False) -> dict:
 
 
 def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
-    from onnxslim.runtime import cpu_features
-
-    options: dict = {}
+    options: dict = {} if config == "default" else ort_best_options()
     note: dict = {}
-    if config != "default":
-        features = cpu_features()
-        options = dict(
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            reduce_range=not (features.vnni or features.amx),
-        )
     source = model
     if config == "best-pre":
         from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -257,9 +242,18 @@ def worker(args: argparse.Namespace) -> None:
     Path(args.json).write_text(json.dumps(result, default=str))  # to the parent process
 
 
-def run_worker(tool: str, model: Path, data: Path, output: Path, timeout: int) -> dict:
+def run_worker(
+    tool: str,
+    model: Path,
+    data: Path,
+    output: Path,
+    timeout: int,
+    script: str = __file__,
+    extra: tuple[str, ...] = (),
+) -> dict:
+    """``script --worker tool`` in a fresh process; its JSON result, or {"error": last line}."""
     result_path = output.with_suffix(".json")
-    command = [sys.executable, __file__, "--worker", tool, "--model", str(model)]
+    command = [sys.executable, script, "--worker", tool, "--model", str(model), *extra]
     command += ["--data", str(data), "--output", str(output), "--json", str(result_path)]
     try:
         completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
