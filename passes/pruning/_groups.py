@@ -246,7 +246,7 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     return group
 
 
-_CACHE_NAMES = re.compile(r"past|present|cache", re.IGNORECASE)
+_CACHE_NAMES = re.compile(r"past|present|cache|state", re.IGNORECASE)
 
 
 def is_cache(value: ir.Value, axis: int) -> bool:
