@@ -69,9 +69,7 @@ def test_corpus_gpt2_heads_and_mlp_units_are_prunable(corpus, name):
     assert not any("Shape reads" in r for g in blocked for r in g.reasons)
 
 
-def test_corpus_gpt2_cache_pruned_matches_the_zeroed_oracle_on_prefill_and_decode(
-    corpus, tmp_path
-):
+def test_corpus_gpt2_cache_pruned_matches_the_zeroed_oracle_on_prefill_and_decode(corpus, tmp_path):
     pruned = _clean(corpus["gpt2-kv-cache"])
     assert StructuredPrune(ratio=0.5)(pruned).modified
     path = tmp_path / "pruned.onnx"

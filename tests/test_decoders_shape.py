@@ -96,7 +96,9 @@ def test_shape_of_the_pruned_axis_read_by_gather_follows_the_cut(tmp_path):
     assert group["prunable"] and group["reasons"] == []
     pruned, summary = check_oracles(path, tmp_path, ratio=0.5)
     assert summary["pruned_groups"] == 1
-    shapes = sorted(tuple(t.shape) for t in pruned.graph.initializers.values() if t.shape.rank() == 2)
+    shapes = sorted(
+        tuple(t.shape) for t in pruned.graph.initializers.values() if t.shape.rank() == 2
+    )
     assert shapes == [(HIDDEN, UNITS // 2), (UNITS // 2, HIDDEN)]
 
 

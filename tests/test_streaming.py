@@ -160,7 +160,12 @@ def test_silero_vad_streamed_on_speech_like_audio_float_and_optimized():
     audio, count = clip.audio, len(clip.audio) // 512
     # Silero's 16 kHz calls: 512 new samples after the previous call's last 64
     chunks = [
-        np.concatenate([audio[max(0, i * 512 - 64) : i * 512] if i else np.zeros(64), audio[i * 512 : (i + 1) * 512]])[None].astype(np.float32)
+        np.concatenate(
+            [
+                audio[max(0, i * 512 - 64) : i * 512] if i else np.zeros(64),
+                audio[i * 512 : (i + 1) * 512],
+            ]
+        )[None].astype(np.float32)
         for i in range(count)
     ]
     fixed = {"sr": np.array(16000, np.int64)}  # a 0-d input, the same in every call
