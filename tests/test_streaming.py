@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 import onnxslim
@@ -182,3 +183,31 @@ def test_silero_vad_streamed_on_speech_like_audio_float_and_optimized():
     optimized = stream(result.model, chunks, {"stateN": "state"}, fixed=fixed, chunk_input="input")
     again = np.array([outputs["output"][0, 0] for _, outputs in optimized])
     assert frame_agreement(speech, again) == 1.0
+
+
+def test_a_state_input_no_recurrent_op_reads_still_blocks():
+    # 'state' added to an activation (not an LSTM/GRU/RNN state): its width is the caller's
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Add", ["h", "state"], ["s"]),
+            helper.make_node("Relu", ["s"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "added_state",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, ["batch", 32]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2"),
+        ],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    [group] = [g for g in analyze(model).groups if g.num_units == 32]
+    assert not group.prunable and group.reasons == ["'state' is a graph input"]
