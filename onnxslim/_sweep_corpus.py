@@ -51,7 +51,8 @@ def wheel_models() -> list[CorpusModel]:
 
 
 # -- torch-exported architectures ----------------------------------------------------------------
-Built = tuple[Any, tuple, list[str], dict[str, dict[int, str]]]  # module, inputs, names, dyn. axes
+# module, inputs, input names, dynamic axes[, output names (then the axes cover the outputs)]
+Built = tuple[Any, ...]
 
 
 def _torch() -> Any:
@@ -178,14 +179,31 @@ def _bert() -> Built:
     return _text(transformers.BertModel, config)
 
 
-def _gpt2() -> Built:
+def _gpt2_config() -> Any:
     import transformers
 
-    config = transformers.GPT2Config(  # type: ignore[call-arg]
+    return transformers.GPT2Config(  # type: ignore[call-arg]
         vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=64,
         attn_implementation="eager",
     )  # fmt: skip
-    return _text(transformers.GPT2LMHeadModel, config)
+
+
+def _gpt2() -> Built:
+    import transformers
+
+    return _text(transformers.GPT2LMHeadModel, _gpt2_config())
+
+
+def _gpt2_kv_cache() -> Built:
+    """The same GPT-2 with its KV cache as inputs/outputs (``past_key_values.*``, ``present.*``:
+    names and axes of ``onnxslim.testing.export_decoder``)."""
+    import transformers
+
+    from onnxslim.testing._decoders import decoder_export_args
+
+    model = transformers.GPT2LMHeadModel(_gpt2_config()).eval()
+    module, example, names, outputs, axes = decoder_export_args(model)
+    return module, example, names, axes, outputs
 
 
 def _wav2vec2() -> Built:
@@ -227,6 +245,7 @@ EXPORTED: dict[str, tuple[Callable[[], Built], str, str]] = {
     "lstm-vad-style": (_lstm_vad, "torch (audio)", "torch"),
     "bert": (_bert, "transformers config", "transformers"),
     "gpt2": (_gpt2, "transformers config", "transformers"),
+    "gpt2-kv-cache": (_gpt2_kv_cache, "transformers config", "transformers"),
     "wav2vec2": (_wav2vec2, "transformers config", "transformers"),
     "torchvision-resnet18": (_torchvision("resnet18"), "torchvision", "torchvision"),
     "torchvision-mobilenet_v3_small": (
@@ -259,7 +278,10 @@ def exported_models(folder: str | Path, names: Sequence[str] | None = None) -> l
 def _export(builder: Callable[[], Built], path: Path) -> None:
     torch = _torch()
     torch.manual_seed(0)
-    module, inputs, names, axes = builder()
+    module, inputs, names, axes, *outputs = builder()
+    # a builder naming its outputs gives their dynamic axes too; else one output, batch on axis 0
+    output_names = outputs[0] if outputs else ["output"]
+    dynamic_axes = axes if outputs else {**axes, "output": {0: "batch"}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's tracer warnings are not the user's
         torch.onnx.export(
@@ -269,6 +291,6 @@ def _export(builder: Callable[[], Built], path: Path) -> None:
             dynamo=False,
             opset_version=17,
             input_names=names,
-            output_names=["output"],
-            dynamic_axes={**axes, "output": {0: "batch"}},
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
         )

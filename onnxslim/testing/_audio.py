@@ -11,10 +11,12 @@ so a VAD or keyword model can be scored frame by frame. Deterministic under ``se
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SpeechLikeClip", "frame_agreement", "log_mel", "speech_like_audio"]
+__all__ = ["SpeechLikeClip", "frame_agreement", "log_mel", "speech_like_audio", "stream"]
 
 _FORMANT_BANDWIDTHS = (90.0, 130.0, 220.0)
 
@@ -155,3 +157,46 @@ def frame_agreement(reference: np.ndarray, candidate: np.ndarray, threshold: flo
     if reference.shape != candidate.shape:
         raise ValueError(f"frame_agreement: shapes {reference.shape} and {candidate.shape} differ")
     return float(np.mean((reference > threshold) == (candidate > threshold)))
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def stream(
+    model: Any,
+    chunks: Iterable[np.ndarray],
+    carry: Mapping[str, str],
+    fixed: Mapping[str, np.ndarray] | None = None,
+    chunk_input: str | None = None,
+) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Runs ``model`` (a path or an in-memory model) chunk by chunk as a streaming caller does:
+    each call is fed its chunk (as ``chunk_input``; default the one input neither carried nor
+    fixed), the ``fixed`` feeds (a sample rate) and, for every ``carry[output] = input``, the
+    previous call's ``output`` (zeros of the input's declared shape on the first call, symbolic
+    dims 1). Returns every call's (feeds, outputs by name)."""
+    from onnxslim import create_session
+
+    session = create_session(model)
+    fixed = dict(fixed or {})
+    carried = set(carry.values())
+    declared = {i.name: i for i in session.get_inputs()}
+    if chunk_input is None:
+        free = [n for n in declared if n not in carried and n not in fixed]
+        if len(free) != 1:
+            raise ValueError(f"stream: name the chunk input among {free}")
+        chunk_input = free[0]
+    state = {
+        name: np.zeros(
+            [d if isinstance(d, int) else 1 for d in declared[name].shape],
+            _ORT_TYPES.get(declared[name].type, np.float32),
+        )
+        for name in carried
+    }
+    names = [o.name for o in session.get_outputs()]
+    calls = []
+    for chunk in chunks:
+        feeds = {chunk_input: np.asarray(chunk), **fixed, **state}
+        outputs = dict(zip(names, session.run(None, feeds)))
+        calls.append((feeds, outputs))
+        state = {name: outputs[output] for output, name in carry.items()}
+    return calls

@@ -15,7 +15,13 @@ from typing import Any
 from onnxslim.testing._export import export_torch
 from onnxslim.testing._requires import _torch
 
-__all__ = ["llama_style_decoder", "gpt2_decoder", "export_decoder", "decoder_feeds"]
+__all__ = [
+    "llama_style_decoder",
+    "gpt2_decoder",
+    "export_decoder",
+    "decoder_export_args",
+    "decoder_feeds",
+]
 
 
 def llama_style_decoder(
@@ -84,6 +90,21 @@ def _cache_shape(model: Any) -> tuple[int, int, int]:
 
 def export_decoder(model: Any, path: str | Path, past_length: int = 3, opset: int = 17) -> Path:
     """Exports ``model`` with its cache as inputs/outputs (names in the module docstring)."""
+    module, example, input_names, output_names, dynamic = decoder_export_args(model, past_length)
+    return export_torch(
+        module,
+        example,
+        path,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_axes=dynamic,
+        opset=opset,
+    )
+
+
+def decoder_export_args(model: Any, past_length: int = 3) -> tuple[Any, tuple, list, list, dict]:
+    """What ``torch.onnx.export`` takes to export ``model`` with its cache: the wrapping module,
+    example inputs, input names, output names and dynamic axes (of inputs and outputs)."""
     torch = _torch()
     from transformers import DynamicCache
 
@@ -125,15 +146,8 @@ def export_decoder(model: Any, path: str | Path, past_length: int = 3, opset: in
         torch.ones(1, past_length + sequence, dtype=torch.int64),
         *(torch.randn(1, kv_heads, past_length, head_dim) for _ in past_names),
     )
-    return export_torch(
-        WithCache(),
-        example,
-        path,
-        input_names=["input_ids", "attention_mask", *past_names],
-        output_names=["logits", *present_names],
-        dynamic_axes=dynamic,
-        opset=opset,
-    )
+    names = ["input_ids", "attention_mask", *past_names]
+    return WithCache(), example, names, ["logits", *present_names], dynamic
 
 
 def decoder_feeds(

@@ -19,6 +19,7 @@ from onnxslim.passes.pruning._family import (
     STAT,
     Family,
 )
+from onnxslim.passes.pruning._handlers_recurrent import recurrent_state
 from onnxslim.passes.pruning._ir import is_constant, is_stored_constant
 from onnxslim.passes.pruning._view import GraphView
 
@@ -250,9 +251,15 @@ _CACHE_NAMES = re.compile(r"past|present|cache", re.IGNORECASE)
 
 
 def is_cache(value: ir.Value, axis: int) -> bool:
-    """A decoder's KV cache (``past_key_values.*`` in, ``present.*`` out), off its batch axis:
-    the caller feeds back what the pruned model returns, so its head axis may shrink."""
-    return axis != 0 and bool(value.name) and _CACHE_NAMES.search(value.name or "") is not None
+    """A decoder's KV cache (``past_key_values.*`` in, ``present.*`` out), or a recurrent op's
+    state named ``*state*`` (a streaming model's), off its batch axis: the caller feeds back what
+    the pruned model returns, so its head (hidden) axis may shrink."""
+    name = value.name or ""
+    if axis == 0 or not name:
+        return False
+    return _CACHE_NAMES.search(name) is not None or (
+        "state" in name.lower() and recurrent_state(value)
+    )
 
 
 def _resize_declared(value: ir.Value, axis: int):

@@ -160,3 +160,44 @@ def _is_zero(value: ir.Value | None) -> bool:
             return False
         value = producer.inputs[0]
     return False
+
+
+# Layout ops a carried state passes through between the graph boundary and the recurrent op.
+_STATE_LAYOUT = {
+    "Identity",
+    "Squeeze",
+    "Unsqueeze",
+    "Gather",
+    "Slice",
+    "Split",
+    "Concat",
+    "Reshape",
+}
+
+
+def recurrent_state(value: ir.Value) -> bool:
+    """``value`` is an LSTM/GRU/RNN initial state or a last state (Y_h, Y_c), through layout ops
+    only: at the graph boundary, a streaming model's carried state (fed back as returned)."""
+    return _feeds_state(value, 0) or _last_state(value, 0)
+
+
+def _feeds_state(value: ir.Value, depth: int) -> bool:
+    for user, index in value.uses():
+        if user.op_type in _INITIAL_STATES and index in _INITIAL_STATES[user.op_type]:
+            return True
+        if user.op_type in _STATE_LAYOUT and (index == 0 or user.op_type == "Concat"):
+            if depth < 4 and any(_feeds_state(o, depth + 1) for o in user.outputs):
+                return True
+    return False
+
+
+def _last_state(value: ir.Value, depth: int) -> bool:
+    producer = value.producer()
+    if producer is None:
+        return False
+    if producer.op_type in GATES:
+        return value in producer.outputs[1:]
+    if producer.op_type not in _STATE_LAYOUT or depth >= 4:
+        return False
+    data = producer.inputs if producer.op_type == "Concat" else producer.inputs[:1]
+    return any(v is not None and _last_state(v, depth + 1) for v in data)

@@ -415,7 +415,7 @@ def _same_first_sample(reader: BatchedReader, feeds: Any) -> bool:
         return False
     return all(
         np.shape(first[n])[1:] == np.shape(feeds[n])[1:]
-        and np.array_equal(np.asarray(first[n])[:1], np.asarray(feeds[n])[:1])
+        and np.array_equal(np.atleast_1d(first[n])[:1], np.atleast_1d(feeds[n])[:1])  # 0-d: sr
         for n in first
     )
 

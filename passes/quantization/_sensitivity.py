@@ -124,7 +124,10 @@ def _unpooled_options() -> Any:
 
 
 def _samples(batch: Feeds) -> list[dict[str, np.ndarray]]:
-    count = len(next(iter(batch.values())))
+    counts = {int(np.shape(v)[0]) if np.ndim(v) else -1 for v in batch.values()}
+    if len(counts) != 1 or -1 in counts:  # no shared axis 0 (a 0-d sr, state [2, b, h]): whole
+        return [dict(batch)]
+    count = counts.pop()
     return [{k: v[i : i + 1] for k, v in batch.items()} for i in range(count)]
 
 
