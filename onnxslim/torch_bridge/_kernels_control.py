@@ -172,7 +172,8 @@ class _Loop(_ControlKernel):
         (trip_count, condition, *carried), captured = self.split(args)
         device = next((t.device for t in args if isinstance(t, torch.Tensor)), None)
         trips = None if trip_count is None else int(trip_count.reshape(-1)[0])
-        # Without a condition input, the body's condition output is ignored (a plain for loop).
+        # The body's condition is honoured even without a condition input, as ONNX Runtime does
+        # (the ONNX text calls it ignored there; ORT is the deployment target).
         running = True if condition is None else bool(condition.reshape(-1)[0])
         scanned: list[list[torch.Tensor]] = []
         iteration = 0
@@ -185,8 +186,7 @@ class _Loop(_ControlKernel):
                 ],
                 captured,
             )
-            if condition is not None:
-                running = bool(outputs[0].reshape(-1)[0])
+            running = bool(outputs[0].reshape(-1)[0])
             carried = outputs[1 : 1 + self.carried_count]
             steps = outputs[1 + self.carried_count :]
             scanned = scanned or [[] for _ in steps]
@@ -217,9 +217,7 @@ class _Scan(_ControlKernel):
         self.input_axes = _axes(node, "scan_input_axes", scan_inputs)
         self.input_reversed = [d == 1 for d in _axes(node, "scan_input_directions", scan_inputs)]
         self.output_axes = _axes(node, "scan_output_axes", scan_outputs)
-        self.output_reversed = [
-            d == 1 for d in _axes(node, "scan_output_directions", scan_outputs)
-        ]
+        self.output_reversed = [d == 1 for d in _axes(node, "scan_output_directions", scan_outputs)]
         self.body = _GraphPlan(body, opset, self.captured, f"Scan ('{node.name}') body")
 
     def forward(self, *args: Any) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
