@@ -212,8 +212,9 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
             if node.graph is not value.graph and not is_constant(value):
                 # an activation captured by a body: both branches would have to be cut alike
                 reasons.append(
-                    f"{view.subgraph_label(node.graph) or _node_label(node)} reads '{value.name}' "
-                    "from an enclosing graph (captured values are not followed)"
+                    f"{view.subgraph_label(node.graph) or _node_label(node)} reads "
+                    f"'{value.name}' inside a subgraph (control flow): a captured value of an "
+                    "enclosing graph is not followed"
                 )
                 continue
             result = view.families(node)
