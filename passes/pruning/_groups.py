@@ -196,14 +196,7 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     while queue:
         value, axis, _ = queue.pop()
         visited.add((id(value), axis))
-        boundary = value in view.graph_inputs or value in view.graph_outputs
-        if boundary and is_cache(value, axis):
-            rewrites.append(_resize_declared(value, axis))
-        elif value in view.graph_inputs:
-            reasons.append(f"'{value.name}' is a graph input")
-        elif value in view.graph_outputs:
-            reasons.append(f"'{value.name}' is a graph output")
-        reasons += _body_boundary(view, value)
+        reasons += _boundary(view, value, axis, rewrites)
         touching = [user for user, _ in value.uses()]
         producer = value.producer()
         if producer is not None and not is_stored_constant(value):  # Constant, ConstantOfShape
@@ -248,6 +241,19 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     )
     _build_units(group, slots, families)
     return group
+
+
+def _boundary(view: GraphView, value: ir.Value, axis: int, rewrites: list) -> list[str]:
+    """Why ``value`` cannot change size at a graph's edge; a KV cache is resized instead."""
+    boundary = value in view.graph_inputs or value in view.graph_outputs
+    if boundary and is_cache(value, axis):
+        rewrites.append(_resize_declared(value, axis))
+        return _body_boundary(view, value)
+    if value in view.graph_inputs:
+        return [f"'{value.name}' is a graph input", *_body_boundary(view, value)]
+    if value in view.graph_outputs:
+        return [f"'{value.name}' is a graph output", *_body_boundary(view, value)]
+    return _body_boundary(view, value)
 
 
 def _body_boundary(view: GraphView, value: ir.Value) -> list[str]:
