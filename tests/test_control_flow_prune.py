@@ -156,3 +156,65 @@ def test_silero_vad_prunes_its_encoder_inside_the_if(tmp_path: Path) -> None:
         }
         outputs = onnxslim.create_session(path).run(None, feeds)
         assert [o.shape for o in outputs] == [(3, 1), (2, 3, 128)]
+
+
+def loop_mlp_model() -> ir.Model:
+    """Three iterations of ``s <- s + relu(s @ W1) @ W2``; W1, W2 are the body's own."""
+    weights = _weights(1)
+    body = oh.make_graph(
+        [
+            oh.make_node("Identity", ["cond_in"], ["cond_out"], name="body_cond"),
+            oh.make_node("MatMul", ["s", "W1"], ["u1"], name="body_up"),
+            oh.make_node("Relu", ["u1"], ["u2"], name="body_relu"),
+            oh.make_node("MatMul", ["u2", "W2"], ["u3"], name="body_down"),
+            oh.make_node("Add", ["s", "u3"], ["s_out"], name="body_residual"),
+        ],
+        "body",
+        [
+            oh.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            oh.make_tensor_value_info("cond_in", BOOL, []),
+            oh.make_tensor_value_info("s", FLOAT, [ROWS, WIDTH]),
+        ],
+        [
+            oh.make_tensor_value_info("cond_out", BOOL, []),
+            oh.make_tensor_value_info("s_out", FLOAT, [ROWS, WIDTH]),
+        ],
+        [onh.from_array((weights[k] * 0.1).astype(np.float32), k) for k in ("W1", "W2")],
+    )
+    graph = oh.make_graph(
+        [oh.make_node("Loop", ["trips", "", "x"], ["y"], name="repeat", body=body)],
+        "loop_mlp",
+        [
+            oh.make_tensor_value_info("trips", onnx.TensorProto.INT64, []),
+            oh.make_tensor_value_info("x", FLOAT, [ROWS, WIDTH]),
+        ],
+        [oh.make_tensor_value_info("y", FLOAT, [ROWS, WIDTH])],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return ir.from_proto(model)
+
+
+def test_hidden_units_inside_a_loop_body_are_pruned(tmp_path: Path) -> None:
+    model = loop_mlp_model()
+    groups = by_producer(dependency_groups(model, {"trips": []}))
+    assert groups["W1"]["prunable"] and groups["W1"]["size"] == HIDDEN
+    assert "'s_out' is an output of repeat (Loop) body" in groups["W2"]["reasons"]
+    StructuredPrune(ratio=0.25, round_to=1).apply(model, onnxslim.PassContext())
+    body = next(iter(model.graph)).attributes["body"].as_graph()
+    w1 = body.initializers["W1"].const_value.numpy()
+    w2 = body.initializers["W2"].const_value.numpy()
+    assert w1.shape == (WIDTH, HIDDEN - HIDDEN // 4) and w2.shape == (HIDDEN - HIDDEN // 4, WIDTH)
+    # W1's kept columns and W2's kept rows are the same units of the original weights
+    original = {k: (v * 0.1).astype(np.float32) for k, v in _weights(1).items()}
+    kept = [int(np.argmin(np.abs(original["W1"] - column[:, None]).sum(0))) for column in w1.T]
+    assert len(set(kept)) == len(kept) and kept == sorted(kept)
+    np.testing.assert_array_equal(w1, original["W1"][:, kept])
+    np.testing.assert_array_equal(w2, original["W2"][kept])
+    path = onnxslim.save(model, tmp_path / "pruned.onnx")
+    x = np.random.default_rng(4).standard_normal((ROWS, WIDTH)).astype(np.float32)
+    expected = x.astype(np.float64)
+    for _ in range(3):
+        expected = expected + np.maximum(expected @ w1, 0) @ w2
+    got = onnxslim.create_session(path).run(None, {"trips": np.array(3), "x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
