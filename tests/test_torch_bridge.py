@@ -995,6 +995,7 @@ _SUPPORTED_OPS = [
     "HardSigmoid",
     "HardSwish",
     "Identity",
+    "If",
     "InstanceNormalization",
     "IsNaN",
     "LSTM",
@@ -1004,6 +1005,7 @@ _SUPPORTED_OPS = [
     "LessOrEqual",
     "Log",
     "LogSoftmax",
+    "Loop",
     "MatMul",
     "Max",
     "MaxPool",
@@ -1036,6 +1038,7 @@ _SUPPORTED_OPS = [
     "Reshape",
     "Resize",
     "Round",
+    "Scan",
     "Selu",
     "Shape",
     "Sigmoid",
@@ -1067,7 +1070,8 @@ def test_kernel_table_lists_every_supported_op():
     from onnxslim.torch_bridge._kernels import KERNELS as table
 
     assert table is KERNELS
-    assert len(KERNELS) == 104  # 99 + LSTM, GRU, RNN (_kernels_recurrent) + Q/DQ (_kernels_quant)
+    # 99 + LSTM, GRU, RNN (_kernels_recurrent) + Q/DQ (_kernels_quant) + If, Loop, Scan (_kernels_control)
+    assert len(KERNELS) == 107
     assert supported_ops() == _SUPPORTED_OPS
     assert KERNELS["Resize"] is KERNELS["Upsample"]
     assert KERNELS["Softmax"] is KERNELS["LogSoftmax"]

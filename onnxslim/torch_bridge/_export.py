@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from onnxslim.torch_bridge._kernels_control import all_initializers
 from onnxslim.torch_bridge._module import OnnxModule
 
 __all__ = ["write_back"]
@@ -23,11 +24,12 @@ def write_back(
         Names of the initializers whose values changed.
     """
     changed = []
+    initializers = dict(all_initializers(model.graph))  # subgraph initializers are trained too
     containers = ("weights", "statistics") if include_statistics else ("weights",)
     for name, (container, _) in module.tensor_keys.items():
         if container not in containers:
             continue
-        value = model.graph.initializers.get(name)
+        value = initializers.get(name)
         if value is None or value.const_value is None:
             continue
         array = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 # Importing each family module registers its kernels in the one KERNELS table.
 from onnxslim.torch_bridge import (  # noqa: F401
+    _kernels_control,
     _kernels_elementwise,
     _kernels_nn,
     _kernels_quant,

@@ -15,6 +15,7 @@ from torch import nn
 from onnxslim._errors import SlimError, UnsupportedModelError
 from onnxslim.model import WEIGHT_INPUTS, onnx_opset
 from onnxslim.torch_bridge._kernels import KERNELS, UnsupportedKernelError, constant_value
+from onnxslim.torch_bridge._kernels_control import all_initializers
 
 __all__ = ["OnnxModule"]
 
@@ -110,7 +111,7 @@ class OnnxModule(nn.Module):
         trainable = self._trainable_initializers(graph)
         bn_statistics = {
             statistic.name
-            for node in graph
+            for node in ir.traversal.RecursiveGraphIterator(graph)
             if node.op_type == "BatchNormalization"
             for index in (3, 4)
             if (statistic := node.inputs[index]) is not None and statistic.is_initializer()
@@ -121,9 +122,14 @@ class OnnxModule(nn.Module):
         # ONNX initializer name -> (container attribute, key in it)
         self.tensor_keys: dict[str, tuple[str, str]] = {}
         self.initializer_dtypes: dict[str, np.dtype] = {}
-        for name, value in graph.initializers.items():
+        for name, value in all_initializers(graph):  # subgraphs' too: one Parameter each
             if value.const_value is None:
                 continue
+            if name in self.tensor_keys:
+                raise UnsupportedModelError(
+                    f"initializer name '{name}' is used by two graphs of this model; "
+                    "give the subgraph initializers unique names."
+                )
             array = np.array(value.const_value.numpy())
             self.initializer_dtypes[name] = array.dtype
             tensor = torch.from_numpy(array.copy())
@@ -149,11 +155,11 @@ class OnnxModule(nn.Module):
         ]
         self._tensor_slots = [
             (_slot_of(slots, value), self.tensor_keys[name])
-            for name, value in graph.initializers.items()
+            for name, value in all_initializers(graph)
             if name in self.tensor_keys
         ]
         self._steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], bool, str]] = []
-        self._kernels: list[Any] = []
+        self.control_flow = nn.ModuleList()  # If/Loop/Scan kernels: their bodies' constants
         constant_keys: list[tuple[int, str]] = []
         values_by_name: dict[str, ir.Value] = {str(v.name): v for v in graph.inputs}
         values_by_name.update(graph.initializers)
@@ -169,10 +175,12 @@ class OnnxModule(nn.Module):
                 constant_keys.append((_slot_of(slots, node.outputs[0]), key))
                 continue
             kernel = KERNELS[node.op_type](node, self.opset)
+            if isinstance(kernel, nn.Module):
+                self.control_flow.append(kernel)
             input_slots = tuple(
                 -1 if v is None or not v.name and v.producer() is None else _slot_of(slots, v)
                 for v in node.inputs
-            )
+            ) + tuple(_slot_of(slots, v) for v in getattr(kernel, "captured", ()))
             output_slots = tuple(_slot_of(slots, v) for v in node.outputs)
             is_bn = bool(getattr(kernel, "batch_norm", False))
             self._steps.append(
@@ -242,7 +250,7 @@ class OnnxModule(nn.Module):
     @staticmethod
     def _trainable_initializers(graph: ir.Graph) -> set[str]:
         trainable = set()
-        for name, value in graph.initializers.items():
+        for name, value in all_initializers(graph):
             if value.const_value is None or not _is_float(value.const_value.dtype):
                 continue
             uses = list(value.uses())

@@ -2,7 +2,8 @@
 
 ``KERNELS`` maps an op type to a builder ``(node, opset) -> callable(*inputs)``; the family modules
 (``_kernels_elementwise``, ``_kernels_nn``, ``_kernels_reduce``, ``_kernels_shape``,
-``_kernels_resize``, ``_kernels_recurrent``) fill it when ``onnxslim.torch_bridge._kernels`` imports them.
+``_kernels_resize``, ``_kernels_recurrent``, ``_kernels_control``) fill it when
+``onnxslim.torch_bridge._kernels`` imports them.
 """
 
 from __future__ import annotations

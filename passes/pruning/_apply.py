@@ -114,7 +114,9 @@ def _cut_param_copy(view: GraphView, slot: Slot, plan: Plan, group: int) -> None
     array = np.delete(
         constant_array(slot.value), plan.removed(slot.value, slot.axis, group), axis=slot.axis
     )
-    copy = new_constant(view.graph, array, slot.value.name or "param")
+    # in the users' own graph (a body's parameter stays in the body)
+    graph = slot.users[0].graph if slot.users and slot.users[0].graph else view.graph
+    copy = new_constant(graph, array, slot.value.name or "param")
     for node in slot.users:
         for index, value in enumerate(node.inputs):
             if value is slot.value:
@@ -123,7 +125,10 @@ def _cut_param_copy(view: GraphView, slot: Slot, plan: Plan, group: int) -> None
 
 def reinfer_shapes(model: ir.Model) -> None:
     keep = set(model.graph.inputs) | set(model.graph.outputs)
-    for node in model.graph:
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.graph is not model.graph and node.graph is not None:
+            keep |= set(node.graph.inputs) | set(node.graph.outputs)  # bodies' edges keep sizes
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):  # bodies' values too
         for value in node.outputs:
             if value is not None and value not in keep and not is_stored_constant(value):
                 value.shape = None

@@ -113,7 +113,7 @@ def build_groups(view: GraphView) -> list[Group]:
     """Every dependency group reachable from a producer's output axis, blocked or not."""
     groups: list[Group] = []
     visited: set[tuple[int, int]] = set()
-    for node in view.graph:
+    for node in ir.traversal.RecursiveGraphIterator(view.graph):  # bodies of If/Loop/Scan too
         seed = _seed(view, node)
         if seed is None or (id(seed[0]), seed[1]) in visited:
             continue
@@ -197,21 +197,18 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     while queue:
         value, axis, _ = queue.pop()
         visited.add((id(value), axis))
-        boundary = value in view.graph_inputs or value in view.graph_outputs
-        if boundary and is_cache(value, axis):
-            rewrites.append(_resize_declared(value, axis))
-        elif value in view.graph_inputs:
-            reasons.append(f"'{value.name}' is a graph input")
-        elif value in view.graph_outputs:
-            reasons.append(f"'{value.name}' is a graph output")
+        reasons += _boundary(view, value, axis, rewrites)
         touching = [user for user, _ in value.uses()]
         producer = value.producer()
         if producer is not None and not is_stored_constant(value):  # Constant, ConstantOfShape
             touching.append(producer)
         for node in touching:
-            if node.graph is not view.graph:
+            if node.graph is not value.graph and not is_constant(value):
+                # an activation captured by a body: both branches would have to be cut alike
                 reasons.append(
-                    f"{_node_label(node)}: reads '{value.name}' inside a subgraph (control flow)"
+                    f"{view.subgraph_label(node.graph) or _node_label(node)} reads "
+                    f"'{value.name}' inside a subgraph (control flow): a captured value of an "
+                    "enclosing graph is not followed"
                 )
                 continue
             result = view.families(node)
@@ -245,6 +242,33 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     )
     _build_units(group, slots, families)
     return group
+
+
+def _boundary(view: GraphView, value: ir.Value, axis: int, rewrites: list) -> list[str]:
+    """Why ``value`` cannot change size at a graph's edge; a KV cache is resized instead."""
+    boundary = value in view.graph_inputs or value in view.graph_outputs
+    if boundary and is_cache(value, axis):
+        rewrites.append(_resize_declared(value, axis))
+        return _body_boundary(view, value)
+    if value in view.graph_inputs:
+        return [f"'{value.name}' is a graph input", *_body_boundary(view, value)]
+    if value in view.graph_outputs:
+        return [f"'{value.name}' is a graph output", *_body_boundary(view, value)]
+    return _body_boundary(view, value)
+
+
+def _body_boundary(view: GraphView, value: ir.Value) -> list[str]:
+    """Why ``value`` cannot change size at the edge of an If/Loop/Scan body (its owner's inputs
+    and outputs keep their shapes), or nothing for values inside a body or the main graph."""
+    graph = value.graph
+    label = view.subgraph_label(graph)
+    if graph is None or label is None:
+        return []
+    if value in graph.inputs:
+        return [f"'{value.name}' is an input of {label}"]
+    if value in graph.outputs:
+        return [f"'{value.name}' is an output of {label}"]
+    return []
 
 
 _CACHE_NAMES = re.compile(r"past|present|cache", re.IGNORECASE)

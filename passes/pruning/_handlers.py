@@ -94,9 +94,11 @@ HANDLERS: dict[str, Handler] = {
     "RNN": recurrent,
     "DepthToSpace": blocker("DepthToSpace moves channels into space"),
     "SpaceToDepth": blocker("SpaceToDepth moves space into channels"),
-    "If": blocker("control flow (If) is not followed"),
-    "Loop": blocker("control flow (Loop) is not followed"),
-    "Scan": blocker("control flow (Scan) is not followed"),
+    # Channels inside a body are followed there (groups seed in bodies too); a value passed
+    # through the node itself (a Loop/Scan carried state or scanned input) is not.
+    "If": blocker("control flow (If): its outputs keep the size its branches return"),
+    "Loop": blocker("control flow (Loop): carried and scanned values are not followed"),
+    "Scan": blocker("control flow (Scan): carried and scanned values are not followed"),
     "QuantizeLinear": blocker("the graph is already quantized (QuantizeLinear)"),
     "DequantizeLinear": blocker("the graph is already quantized (DequantizeLinear)"),
     "GroupNormalization": blocker("GroupNormalization normalizes over channel groups"),

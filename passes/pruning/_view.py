@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import onnx_ir as ir
 
-from onnxslim.model import onnx_opset
+from onnxslim.model import inferred_shapes, onnx_opset
 from onnxslim.passes.pruning._family import Blocked, Family
 from onnxslim.passes.pruning._handlers import HANDLERS
 from onnxslim.passes.pruning._ir import constant_array, is_constant
@@ -26,6 +26,42 @@ class GraphView:
         self.graph_inputs = {v for v in self.graph.inputs if not v.is_initializer()}
         self.graph_outputs = set(self.graph.outputs)
         self._families: dict[int, list[Family] | str] = {}
+        # id(subgraph) -> "its owner node (If/Loop/Scan) and attribute", for reasons
+        self.subgraph_labels: dict[int, str] = {}
+        for node in ir.traversal.RecursiveGraphIterator(self.graph):
+            for name, attribute in node.attributes.items():
+                inner = (
+                    [attribute.as_graph()]
+                    if attribute.type == ir.AttributeType.GRAPH
+                    else list(attribute.as_graphs())
+                    if attribute.type == ir.AttributeType.GRAPHS
+                    else []
+                )
+                for graph in inner:
+                    self.subgraph_labels[id(graph)] = (
+                        f"{node.name or '<unnamed>'} ({node.op_type}) {name}"
+                    )
+        if self.subgraph_labels:
+            self._add_subgraph_shapes()
+
+    def _add_subgraph_shapes(self) -> None:
+        """ORT cannot expose values inside If/Loop/Scan bodies: shape inference at the observed
+        input sizes gives theirs (main-graph values keep their observed shapes)."""
+        sizes = {
+            str(v.name): self.shapes[str(v.name)]
+            for v in self.graph_inputs
+            if v.name in self.shapes
+        }
+        try:
+            inferred = inferred_shapes(self.model, sizes)
+        except Exception:  # noqa: BLE001 - unknown body shapes block the groups that reach them
+            return
+        for name, shape in inferred.items():
+            self.shapes.setdefault(name, shape)
+
+    def subgraph_label(self, graph: ir.Graph | None) -> str | None:
+        """``"If_0 (If) then_branch"`` for a body, None for the main graph."""
+        return None if graph is None else self.subgraph_labels.get(id(graph))
 
     def shape(self, value: ir.Value | None) -> tuple[int, ...] | None:
         if value is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +99,14 @@ def quantizable_op_types() -> list[str]:
     return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
 
 
+def _graph_tree(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _graph_tree(subgraph)
+
+
 def candidate_op_sets(
     proto: onnx.ModelProto, op_types: Sequence[str] | None, mode: str
 ) -> list[tuple[str, tuple[str, ...] | None]]:
@@ -116,10 +124,12 @@ def candidate_op_sets(
         compute_only = tuple(op for op in all_ops if op in COMPUTE_OPS)
         if compute_only and compute_only != no_elementwise:
             candidates.append(("only Conv/MatMul/Gemm", compute_only))
-    initializers = {i.name for i in proto.graph.initializer}
+    graphs = list(_graph_tree(proto.graph))  # dynamic quantization reaches subgraphs too
+    initializers = {i.name for graph in graphs for i in graph.initializer}
     has_weight_matmul = any(
         n.op_type in ("MatMul", "Gemm") and any(i in initializers for i in n.input[1:2])
-        for n in proto.graph.node
+        for graph in graphs
+        for n in graph.node
     )
     if mode == "dynamic" or (mode == "auto" and has_weight_matmul):
         candidates.append(("dynamic MatMul/Gemm", None))

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common
 
 from onnxslim import model_file_size
 from onnxslim.compat.onnxruntime import (
@@ -147,8 +149,22 @@ def emit_dynamic(
             weight_type=quant_type(profile.weight_type),
             nodes_to_exclude=list(excluded),
             use_external_data_format=_has_external_data(prepared_path),
+            # MatMul/Gemm inside If/Loop/Scan bodies too; the guards judge the whole model
+            extra_options={"EnableSubgraph": True},
         )
+    _sort_after_subgraph_quantization(output)
     return output
+
+
+def _sort_after_subgraph_quantization(path: Path) -> None:
+    """ORT appends the DynamicQuantizeLinear of an outer value a body reads after the If/Loop that
+    reads it (ORT runs that; the checker does not): put such a file in topological order."""
+    proto = onnx.load(str(path), load_external_data=False)
+    if not any(a.HasField("g") or a.graphs for n in proto.graph.node for a in n.attribute):
+        return
+    model = ir.from_proto(proto)
+    if ir.passes.common.TopologicalSortPass()(model).modified:
+        onnx.save(ir.to_proto(model), str(path))
 
 
 class Emitter:

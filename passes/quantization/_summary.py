@@ -4,7 +4,7 @@ nodes checked on the graph ORT runs), its tensors."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +76,24 @@ def candidates_summary(tried: Sequence[Candidate], chosen: int | None) -> list[d
     ]
 
 
+def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from _all_nodes(subgraph)
+
+
 def quantized_nodes(
     before: onnx.ModelProto, after: ir.Model, op_types: Sequence[str] | None
 ) -> list[str]:
     """Nodes of ``before`` that run quantized in ``after``: fed by a DequantizeLinear (static),
     or replaced by integer ops (dynamic quantization renames MatMul/Gemm)."""
-    producers = {o.name: n.op_type for n in after.graph for o in n.outputs}
-    after_nodes = {n.name or "": n for n in after.graph}  # the proto's name of an unnamed node
+    after_all = list(ir.traversal.RecursiveGraphIterator(after.graph))  # subgraphs' nodes too
+    producers = {o.name: n.op_type for n in after_all for o in n.outputs}
+    after_nodes = {n.name or "": n for n in after_all}  # the proto's name of an unnamed node
     quantized = []
-    for node in before.graph.node:
+    for node in _all_nodes(before.graph):
         current = after_nodes.get(node.name)
         if current is None or current.op_type != node.op_type:
             if op_types is None and node.op_type in ("MatMul", "Gemm"):
