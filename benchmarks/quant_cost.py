@@ -23,8 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# quant_vs_ort imports only numpy at the top: ORT's worker loads none of onnxslim's stack (its
+# peak RSS is ORT's own); quant_vs_peers (which imports onnxslim) is imported by the parent only.
 from quant_vs_ort import _NpzReader, peak_rss_mb  # noqa: E402
-from quant_vs_peers import build, run_worker  # noqa: E402
 
 TOOLS = ("ours", "ort-default", "ort-percentile")
 
@@ -142,6 +143,7 @@ def worker(args: argparse.Namespace) -> None:
         result = _ort(model, data, output, args.worker.split("-")[1])
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = max([peak_rss_mb(), *_PEAKS])
+    result["onnxslim_loaded"] = "onnxslim" in sys.modules
     Path(args.json).write_text(json.dumps(result, default=str))
 
 
@@ -164,6 +166,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    from quant_vs_peers import build, run_worker
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="quant-cost-") as tmp:
         for name in args.models.split(","):
