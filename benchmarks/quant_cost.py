@@ -1,7 +1,7 @@
 """The cost of `QuantizeStatic` with the guards on, stage by stage, against ORT's quantize_static.
 
-Each tool runs in a fresh subprocess (wall time, VmHWM) on the same calibration samples as
-`quant_vs_peers.py` (digits, PP-OCR cls and det). For ours, every stage of the pass is timed and
+Each tool runs in a fresh subprocess (wall time, CPU time, VmHWM) on the same calibration
+samples as `quant_vs_peers.py` (digits, PP-OCR cls and det). For ours, every stage of the pass is timed and
 its own peak RSS measured: the peak is reset (``/proc/self/clear_refs``) when a stage starts.
 
     taskset -c 0 python benchmarks/quant_cost.py --models digits,cls,det
@@ -14,6 +14,7 @@ import argparse
 import functools
 import json
 import logging
+import resource
 import sys
 import tempfile
 import time
@@ -23,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# quant_vs_ort imports only numpy at the top: ORT's worker loads none of onnxslim's stack (its
+# peak RSS is ORT's own); quant_vs_peers (which imports onnxslim) is imported by the parent only.
 from quant_vs_ort import _NpzReader, peak_rss_mb  # noqa: E402
-from quant_vs_peers import build, run_worker  # noqa: E402
 
 TOOLS = ("ours", "ort-default", "ort-percentile")
 
@@ -142,6 +144,11 @@ def worker(args: argparse.Namespace) -> None:
         result = _ort(model, data, output, args.worker.split("-")[1])
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = max([peak_rss_mb(), *_PEAKS])
+    result["onnxslim_loaded"] = "onnxslim" in sys.modules
+    # CPU seconds of the whole process (imports included): on a shared machine the wall time
+    # carries the neighbours' load, the CPU time much less of it
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
     Path(args.json).write_text(json.dumps(result, default=str))
 
 
@@ -164,6 +171,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    from quant_vs_peers import build, run_worker
+
     rows = []
     with tempfile.TemporaryDirectory(prefix="quant-cost-") as tmp:
         for name in args.models.split(","):
@@ -188,7 +197,8 @@ def _print(row: dict) -> None:
         return
     note = row.get("chosen", "")
     print(
-        f"{row['model']:7} {row['tool']:15} {row['seconds']:7.1f} s {row['peak_rss_mb']:7.0f} MiB  {note} {row.get('fidelity') or ''}",
+        f"{row['model']:7} {row['tool']:15} {row['seconds']:7.1f} s {row.get('cpu_s', 0):7.1f} cpu-s "
+        f"{row['peak_rss_mb']:7.0f} MiB  {note} {row.get('fidelity') or ''}",
         flush=True,
     )
     subs: dict[str, list] = {}

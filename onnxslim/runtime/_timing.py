@@ -108,6 +108,7 @@ def interleaved_timing(
     warmup: int = 0,
     min_block_s: float = 0.0,
     progress: str | None = None,
+    until: Callable[[InterleavedTiming], bool] | None = None,
 ) -> InterleavedTiming:
     """Times ``runs`` in interleaved rounds, order rotated every round (see :func:`rotation`).
 
@@ -122,6 +123,8 @@ def interleaved_timing(
             resolution does not decide between two sub-millisecond models (needs ``warmup`` >= 1).
         progress: A bar over the rounds with this label (``onnxslim.progress``: on a terminal
             only); with a time budget its total is estimated from the first round.
+        until: Called after each round with the timing so far; True ends the timing early (a
+            sequential test that has its answer).
     """
     if rounds is None and time_budget_s is None:
         raise ValueError("interleaved_timing: give rounds or time_budget_s")
@@ -136,4 +139,6 @@ def interleaved_timing(
                 per_round = max(time.perf_counter() - started, 1e-9)
                 bar.set_total(max(min_rounds, math.ceil(time_budget_s / per_round)))
             bar.advance(1)
+            if until is not None and until(timing):
+                break
     return timing

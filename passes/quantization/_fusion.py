@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.compat.onnxscript import quantization_fusion_rules
 from onnxslim.inputs import DefaultSizeError, random_inputs, runnable_sizes
 from onnxslim.model import SEGMENT_THRESHOLD_BYTES, onnx_opset
 from onnxslim.runtime import create_session
@@ -112,6 +111,8 @@ def fuse_for_quantization(
         )
         return model, report
     first_opset = onnx_opset(model) or 0
+    from onnxslim.compat.onnxscript import quantization_fusion_rules  # onnxscript: when used
+
     rules = quantization_fusion_rules()
     if not samples:  # sizes at which the model runs (a decoder's cache: a decode step)
         with contextlib.suppress(DefaultSizeError):

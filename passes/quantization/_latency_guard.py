@@ -9,7 +9,7 @@ import os
 import re
 import statistics
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,17 @@ from onnxslim.model import model_stats, node_macs, observed_shapes, shape_lookup
 from onnxslim.passes.quantization._candidates import COMPUTE_OPS, Candidate, Rejected
 from onnxslim.passes.quantization._prepare import Prepared
 from onnxslim.progress import task
-from onnxslim.runtime import create_session, interleaved_timing, session_options, session_run
+from onnxslim.runtime import (
+    InterleavedTiming,
+    create_session,
+    interleaved_timing,
+    session_options,
+    session_run,
+)
 
 __all__ = [
     "LatencyVerdict",
+    "decided",
     "interleaved_latency",
     "node_kernel_seconds",
     "rank_and_confirm",
@@ -127,11 +134,13 @@ def interleaved_latency(
     threads: int | None = None,
     quantile: float = 0.5,
     min_block_s: float = 0.005,
+    until: Callable[[InterleavedTiming], bool] | None = None,
 ) -> list[float]:
     """Median (or another ``quantile``) seconds per run of each model, timed by
     :func:`onnxslim.runtime.interleaved_timing` (order rotated each round). A low quantile ranks
     models more stably on a busy machine: interference only ever adds time. Sub-millisecond
-    models are timed in blocks of at least ``min_block_s``, the same count for every model."""
+    models are timed in blocks of at least ``min_block_s``, the same count for every model.
+    ``until``: a sequential test ending the ``runs`` rounds early (:func:`decided`)."""
     # Spinning off: with two sessions alive on few cores the idle one steals them.
     timed = [
         session_run(
@@ -142,8 +151,38 @@ def interleaved_latency(
         )
         for p in paths
     ]
-    timing = interleaved_timing(timed, rounds=runs, warmup=max(1, warmup), min_block_s=min_block_s)
+    timing = interleaved_timing(
+        timed, rounds=runs, warmup=max(1, warmup), min_block_s=min_block_s, until=until
+    )
     return timing.quantiles(quantile)
+
+
+# The sequential test: after at least this many rounds (an even count: both orders of a pair
+# equally often), timing stops once every round has put every model clearly on one side of
+# the speed-up threshold (this factor above it, or below it).
+SEQUENTIAL_MIN_ROUNDS = 4
+SEQUENTIAL_MARGIN = 1.05
+
+
+def decided(min_speedup: float, reference: int) -> Callable[[InterleavedTiming], bool]:
+    """An ``until`` test: True once, in each of the rounds so far (at least
+    SEQUENTIAL_MIN_ROUNDS, an even count), each model's speed-up over model ``reference`` (timed
+    in the same round) is over ``min_speedup`` x SEQUENTIAL_MARGIN, or in each under
+    ``min_speedup`` / SEQUENTIAL_MARGIN: more rounds would not change which side it is on."""
+
+    def until(timing: InterleavedTiming) -> bool:
+        if timing.rounds < SEQUENTIAL_MIN_ROUNDS or timing.rounds % 2:
+            return False
+        for model in range(len(timing.seconds)):
+            if model == reference:
+                continue
+            speedups = [1.0 / ratio for ratio in timing.ratios(model, reference)]
+            faster = min(speedups) > min_speedup * SEQUENTIAL_MARGIN
+            if not (faster or max(speedups) < min_speedup / SEQUENTIAL_MARGIN):
+                return False
+        return True
+
+    return until
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +206,9 @@ def rank_and_confirm(
 ) -> LatencyVerdict:
     """Ranks the accurate candidates by lower-quartile latency (stable under interference), then
     re-measures them best first against the input (medians): the first confirmed faster than
-    ``min_speedup`` x the input is chosen."""
+    ``min_speedup`` x the input is chosen. Each timing runs ``runs`` rounds at most, fewer once
+    every round has put every candidate clearly on one side of ``min_speedup`` (:func:`decided`);
+    the verdict is still the one from the medians."""
     tried = list(tried)
     acceptable = [i for i, c in enumerate(tried) if c.rejected is None]
     with task("quantize: timing candidates", None, "round"):
@@ -177,6 +218,7 @@ def rank_and_confirm(
             runs=runs,
             threads=threads,
             quantile=0.25,
+            until=decided(min_speedup, reference=0),
         )
     float_latency = latencies[0]
     fast = []
@@ -195,7 +237,11 @@ def rank_and_confirm(
             # Sessions created in the other order than in the ranking round, so a bias of
             # creation order (thread pools, memory placement) cannot confirm itself.
             after, before = interleaved_latency(
-                [tried[index].path, input_path], feeds, runs=runs, threads=threads
+                [tried[index].path, input_path],
+                feeds,
+                runs=runs,
+                threads=threads,
+                until=decided(min_speedup, reference=1),
             )
             bar.advance(candidate=tried[index].label, speedup=round(before / after, 2))
             entry = tried[index].replace(speedup_confirmed=before / after)

@@ -12,7 +12,6 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-import onnxscript.optimizer
 
 from onnxslim import UnsupportedModelError, load, model_file_size, save
 from onnxslim.model import onnx_opset
@@ -44,7 +43,10 @@ def prepare(
     prepared = model.clone()  # weights shared: the edits below replace, never mutate, tensors
     common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(prepared)
     # Exact folding (e.g. Identity of an initializer feeding a Conv bias), so ORT sees the
-    # weights and biases as initializers it can quantize.
+    # weights and biases as initializers it can quantize. Imported here: importing the pass
+    # package must not load onnxscript (16 MiB).
+    import onnxscript.optimizer
+
     onnxscript.optimizer.fold_constants(prepared)
     common_passes.RemoveUnusedNodesPass()(prepared)
     # the opset conversion and shape inference below type sequence values as tensors (ORT
