@@ -309,9 +309,7 @@ PARAPHRASE_CHECKS = [
 ]
 
 
-def render_word_crops(
-    count: int, seed: int = 0, width: int = 320
-) -> tuple[np.ndarray, list[str]]:
+def render_word_crops(count: int, seed: int = 0, width: int = 320) -> tuple[np.ndarray, list[str]]:
     """``count`` text-line crops of 1-3 WORDS as a detector cuts them (the line fills the height),
     preprocessed as rapidocr's recognizer does (BGR, height 48, the width kept at the aspect ratio
     and padded with 0 to ``width``, (x/255 - 0.5)/0.5): [count, 3, 48, width] and the labels."""

@@ -139,7 +139,9 @@ def _ctc_table(path: str | Path) -> tuple[str, ...]:
     from onnxslim.fidelity import ctc_characters
     from onnxslim.runtime import create_session
 
-    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    metadata = {
+        p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+    }
     classes = create_session(path).get_outputs()[0].shape[-1]
     table = ctc_characters(metadata, classes)
     if table is None:
@@ -210,7 +212,7 @@ def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
         source = output.with_suffix(".pre.onnx")
         try:
             quant_pre_process(str(model), str(source))
-        except AssertionError:  # its symbolic shape inference refuses some graphs (PP-OCR cls)
+        except Exception:  # its symbolic shape inference refuses some graphs (PP-OCR cls, rec)
             quant_pre_process(str(model), str(source), skip_symbolic_shape=True)
             note = {"chosen": "pre-process without symbolic shape inference"}
     quantize_static(

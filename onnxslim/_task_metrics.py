@@ -118,10 +118,10 @@ def ctc_agreement(
     pairs: list[tuple[Sequence, Sequence]]
     if characters is not None:
         if len(characters) != reference.shape[-1]:
-            raise ValueError(
-                f"ctc: {len(characters)} characters for {reference.shape[-1]} classes"
-            )
-        texts = zip(ctc_texts(reference, characters, blank), ctc_texts(candidate, characters, blank))
+            raise ValueError(f"ctc: {len(characters)} characters for {reference.shape[-1]} classes")
+        texts = zip(
+            ctc_texts(reference, characters, blank), ctc_texts(candidate, characters, blank)
+        )
         pairs = list(texts)
     else:
         pairs = list(zip(ctc_decode(reference, blank), ctc_decode(candidate, blank)))

@@ -231,9 +231,7 @@ def _metrics(
         characters = ctc_characters(metadata, joined.shape[-1]) if chosen == "ctc" else None
         if characters is not None:
             reason += _TEXT_REASON
-        metrics.append(
-            TaskMetric(chosen, outputs=(name,), reason=reason, characters=characters)
-        )
+        metrics.append(TaskMetric(chosen, outputs=(name,), reason=reason, characters=characters))
     return metrics, proxies
 
 
