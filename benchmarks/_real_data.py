@@ -307,3 +307,32 @@ PARAPHRASE_CHECKS = [
         "The castle was built in the twelfth century.",
     ),
 ]
+
+
+def render_word_crops(count: int, seed: int = 0, width: int = 320) -> tuple[np.ndarray, list[str]]:
+    """``count`` text-line crops of 1-3 WORDS as a detector cuts them (the line fills the height),
+    preprocessed as rapidocr's recognizer does (BGR, height 48, the width kept at the aspect ratio
+    and padded with 0 to ``width``, (x/255 - 0.5)/0.5): [count, 3, 48, width] and the labels."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    batch, labels = [], []
+    while len(batch) < count:
+        font = ImageFont.load_default(size=int(rng.integers(28, 38)))
+        text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
+        scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        left, top, right, bottom = scratch.textbbox((0, 0), text, font=font)
+        pad_x, pad_y = int(rng.integers(2, 10)), int(rng.integers(3, 8))
+        size = (right - left + 2 * pad_x, bottom - top + 2 * pad_y)
+        image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(170, 256, 3)))
+        colour = tuple(int(v) for v in rng.integers(0, 90, 3))
+        ImageDraw.Draw(image).text((pad_x - left, pad_y - top), text, fill=colour, font=font)
+        resized_w = int(np.ceil(48 * size[0] / size[1]))
+        if resized_w > width:  # rapidocr would widen the batch; keep one width instead
+            continue
+        pixels = np.asarray(image.resize((resized_w, 48), Image.BILINEAR), np.float32)[:, :, ::-1]
+        crop = np.zeros((3, 48, width), np.float32)
+        crop[:, :, :resized_w] = ((pixels / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+        batch.append(crop)
+        labels.append(text)
+    return np.stack(batch), labels

@@ -42,7 +42,7 @@ from quant_vs_ort import (  # noqa: E402
     peak_rss_mb,
 )
 
-MODELS = ("digits", "cls", "det")
+MODELS = ("digits", "cls", "det", "rec")
 TOOLS = (
     "ours",
     "ours-fuse",
@@ -117,7 +117,45 @@ def build(name: str, samples: int, quick: bool) -> dict:
             "held_out": held_out,
             "metric": ("map IoU vs fp32", None),  # judged against the fp32 outputs
         }
+    if name == "rec":
+        from _real_data import render_word_crops
+
+        calibration, _ = render_word_crops(samples, seed=0)
+        held_out, words = render_word_crops(32 if quick else 96, seed=1)
+        table = _ctc_table(path)
+        return {
+            "path": path,
+            "calibration": {"x": calibration},
+            "held_out": {"x": held_out},
+            "metric": ("char acc", lambda outs: _char_accuracy(outs, words, table)),
+        }
     raise SystemExit(f"unknown model {name}; choose from {', '.join(MODELS)}")
+
+
+def _ctc_table(path: str | Path) -> tuple[str, ...]:
+    """The recognizer's character per class, from its metadata (Paddle's ``character``)."""
+    import onnx
+
+    from onnxslim.fidelity import ctc_characters
+    from onnxslim.runtime import create_session
+
+    metadata = {
+        p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
+    }
+    classes = create_session(path).get_outputs()[0].shape[-1]
+    table = ctc_characters(metadata, classes)
+    if table is None:
+        raise SystemExit(f"{path} holds no character table for its {classes} classes")
+    return table
+
+
+def _char_accuracy(outputs: list[np.ndarray], words: list[str], table: tuple[str, ...]) -> float:
+    """1 - edit distance / label length over all words (greedy CTC text, edge spaces stripped)."""
+    from onnxslim.fidelity import ctc_texts, edit_distance
+
+    texts = [t for o in outputs for t in ctc_texts(o, table)]
+    errors = sum(edit_distance(t, w) for t, w in zip(texts, words, strict=True))
+    return 1.0 - errors / sum(len(w) for w in words)
 
 
 def _accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
@@ -174,7 +212,7 @@ def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
         source = output.with_suffix(".pre.onnx")
         try:
             quant_pre_process(str(model), str(source))
-        except AssertionError:  # its symbolic shape inference refuses some graphs (PP-OCR cls)
+        except Exception:  # its symbolic shape inference refuses some graphs (PP-OCR cls, rec)
             quant_pre_process(str(model), str(source), skip_symbolic_shape=True)
             note = {"chosen": "pre-process without symbolic shape inference"}
     quantize_static(

@@ -6,14 +6,17 @@ top-1, CTC agreement, and the metric an output calls for from its shape and rang
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
     "choose_metric",
+    "edit_distance",
     "ctc_agreement",
+    "ctc_characters",
     "ctc_decode",
+    "ctc_texts",
     "map_iou",
     "mean_cosine",
     "seq_top1_agreement",
@@ -63,7 +66,8 @@ def ctc_decode(scores: np.ndarray, blank: int = 0) -> list[list[int]]:
     return decoded
 
 
-def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
+def edit_distance(a: Sequence, b: Sequence) -> int:
+    """Levenshtein distance of two sequences (class ids or the characters of two strings)."""
     row = list(range(len(b) + 1))
     for i, left in enumerate(a, 1):
         diagonal, row[0] = row[0], i
@@ -72,14 +76,57 @@ def _edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     return row[-1]
 
 
-def ctc_agreement(reference: np.ndarray, candidate: np.ndarray, blank: int = 0) -> float:
+def ctc_characters(metadata: Mapping[str, str], classes: int) -> tuple[str, ...] | None:
+    """The text of each class of a CTC output from the model's metadata, or None.
+
+    Paddle recognizers store their table under ``character``, one per line, without the blank
+    (class 0) and, when the output has one class more, the space (the last class), as PaddleOCR
+    and rapidocr decode them. None when there is no table or its size does not match ``classes``.
+    """
+    text = metadata.get("character")
+    lines = text.splitlines() if text else []
+    if lines and len(lines) + 2 == classes:
+        return ("", *lines, " ")
+    if lines and len(lines) + 1 == classes:
+        return ("", *lines)
+    return None
+
+
+def ctc_texts(scores: np.ndarray, characters: Sequence[str], blank: int = 0) -> list[str]:
+    """The greedy CTC decodes of [batch, steps, classes] scores as text, as an OCR user reads
+    it: ``characters[class]`` joined, edge whitespace stripped, inner runs of it one space."""
+    return [
+        " ".join("".join(characters[c] for c in ids).split()) for ids in ctc_decode(scores, blank)
+    ]
+
+
+def ctc_agreement(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    blank: int = 0,
+    characters: Sequence[str] | None = None,
+) -> float:
     """1 - edit distance / length of the reference's greedy CTC decodes (the float model's
-    characters kept), over all samples; 1.0 when both decode to nothing."""
+    characters kept), over all samples; 1.0 when both decode to nothing.
+
+    With the model's ``characters`` (:func:`ctc_characters`) the decodes are compared as the
+    text a user reads (:func:`ctc_texts`: edge whitespace stripped, inner runs collapsed);
+    without, as class ids.
+    """
     if reference.ndim != 3:
         raise ValueError(f"ctc needs [batch, steps, classes] scores, got {reference.shape}")
-    pairs = list(zip(ctc_decode(reference, blank), ctc_decode(candidate, blank)))
+    pairs: list[tuple[Sequence, Sequence]]
+    if characters is not None:
+        if len(characters) != reference.shape[-1]:
+            raise ValueError(f"ctc: {len(characters)} characters for {reference.shape[-1]} classes")
+        texts = zip(
+            ctc_texts(reference, characters, blank), ctc_texts(candidate, characters, blank)
+        )
+        pairs = list(texts)
+    else:
+        pairs = list(zip(ctc_decode(reference, blank), ctc_decode(candidate, blank)))
     length = sum(len(r) for r, _ in pairs)
-    errors = sum(_edit_distance(r, c) for r, c in pairs)
+    errors = sum(edit_distance(r, c) for r, c in pairs)
     return 1.0 - errors / length if length else float(errors == 0)
 
 

@@ -13,7 +13,10 @@ from onnxslim._json import json_float
 from onnxslim._task_metrics import (
     choose_metric,
     ctc_agreement,
+    ctc_characters,
     ctc_decode,
+    ctc_texts,
+    edit_distance,
     map_iou,
     mean_cosine,
     seq_top1_agreement,
@@ -29,7 +32,10 @@ __all__ = [
     "choose_metric",
     "compare_outputs",
     "ctc_agreement",
+    "ctc_characters",
     "ctc_decode",
+    "ctc_texts",
+    "edit_distance",
     "decisive_top1_agreement",
     "looks_like_scores",
     "map_iou",
@@ -302,7 +308,8 @@ MetricFunction = Callable[[list, list], "float | bool"]
 # Defaults (decided in issue 17): top-1 keeps 95% of the decisions; an embedding keeps 0.99 mean
 # cosine (about 17 dB SQNR on zero-mean features); a map keeps 95% IoU of its thresholded region;
 # a sequence keeps 99% of its per-step decisions (a 25-step word then flips under one step in 4).
-# A CTC decode keeps 99% of the float model's characters (edit distance).
+# A CTC decode keeps 99% of the float model's characters (edit distance), compared as the text a
+# user reads when the model names its characters (edge spaces stripped, inner runs collapsed).
 DEFAULT_MIN_SCORE = {
     "top1": 0.95,
     "cosine": 0.99,
@@ -323,6 +330,8 @@ class TaskMetric:
     ``user`` (``function``: ``(reference_outputs,
     candidate_outputs) -> bool | float`` over lists of per-batch output dicts). ``outputs``:
     the outputs it judges (None: every floating output). ``reason``: why it was chosen.
+    ``characters``: for ``ctc``, the text of each class (:func:`ctc_characters` reads it from a
+    model's metadata); the decodes are then compared as text, else as class ids.
     """
 
     name: str
@@ -330,6 +339,7 @@ class TaskMetric:
     outputs: tuple[str, ...] | None = None
     function: MetricFunction | None = None
     reason: str = ""
+    characters: tuple[str, ...] | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def parse(cls, spec: str | MetricFunction, min_score: float | None = None) -> TaskMetric:
@@ -409,7 +419,7 @@ class TaskMetric:
         if base == "seq-top1":
             return seq_top1_agreement(reference, candidate)
         if base == "ctc":
-            return ctc_agreement(reference, candidate)
+            return ctc_agreement(reference, candidate, characters=self.characters)
         if base == "cosine":
             return mean_cosine(reference, candidate)
         if base == "iou":

@@ -18,6 +18,7 @@ from onnxslim.fidelity import (
     TaskMetric,
     choose_metric,
     compare_outputs,
+    ctc_characters,
     looks_like_scores,
 )
 from onnxslim.model import ValueProbe
@@ -120,7 +121,9 @@ class Evaluator:
     The bound is the task ``metric`` when given; else one metric per output chosen from its
     shape and range (:func:`onnxslim.fidelity.choose_metric`): embeddings, maps and sequence
     scores get their task metric, class scores and other outputs the classic SQNR / top-1
-    bounds (on logits where an output is a Sigmoid/Softmax of them).
+    bounds (on logits where an output is a Sigmoid/Softmax of them). A CTC output is judged on
+    the text it reads when the model's metadata holds its character table (Paddle's
+    ``character``).
     """
 
     def __init__(
@@ -134,7 +137,8 @@ class Evaluator:
         self.batches = batches
         self.bound = bound
         self.reference = run_outputs(input_path, batches)
-        self.metrics, proxies = _metrics(self.reference, bound, metric)
+        metadata = dict(prepared.model.metadata_props)
+        self.metrics, proxies = _metrics(self.reference, bound, metric, metadata)
         self.proxy_outputs = [name for name, _ in proxies]
         self._proxy_reasons = [reason for _, reason in proxies]
         self.logits = {
@@ -196,10 +200,23 @@ class Evaluator:
 
 
 def _metrics(
-    reference: Sequence[Feeds], bound: FidelityBounds, metric: TaskMetric | None
+    reference: Sequence[Feeds],
+    bound: FidelityBounds,
+    metric: TaskMetric | None,
+    metadata: Mapping[str, str] | None = None,
 ) -> tuple[list[TaskMetric], list[tuple[str, str]]]:
-    """The task metrics, and the outputs the classic bounds judge (with why)."""
+    """The task metrics, and the outputs the classic bounds judge (with why); a ``ctc`` metric
+    gets the character table from the model's ``metadata`` when it holds one."""
+    metadata = metadata or {}
     if metric is not None:
+        if metric.name == "ctc" and metric.characters is None and reference:
+            for name in metric.outputs or list(reference[0]):
+                characters = ctc_characters(metadata, np.shape(reference[0][name])[-1])
+                if characters is not None:
+                    metric = dataclasses.replace(
+                        metric, characters=characters, reason=metric.reason + _TEXT_REASON
+                    )
+                    break
         return [metric], []
     if not bound.enabled or not reference:
         return [], []
@@ -210,9 +227,21 @@ def _metrics(
         chosen, reason = choose_metric(name, joined)
         if chosen in ("top1", "sqnr"):
             proxies.append((name, reason))
-        else:
-            metrics.append(TaskMetric(chosen, outputs=(name,), reason=reason))
+            continue
+        characters = ctc_characters(metadata, joined.shape[-1]) if chosen == "ctc" else None
+        if characters is not None:
+            reason += _TEXT_REASON
+        metrics.append(TaskMetric(chosen, outputs=(name,), reason=reason, characters=characters))
     return metrics, proxies
+
+
+# Why a CTC output with a character table is judged on text: a user reads the decoded string,
+# and edge spaces (and how many spaces stand between words) change neither what it says nor
+# what any OCR pipeline keeps (PaddleOCR and rapidocr strip them); every other character counts.
+_TEXT_REASON = (
+    "; judged on the text it reads (the model's character table; edge whitespace stripped and "
+    "inner runs of it one space, as an OCR user reads it, every other character counted)"
+)
 
 
 def _proxy_kind(array: np.ndarray) -> str:
