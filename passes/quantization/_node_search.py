@@ -15,6 +15,7 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import onnx
+import onnx.numpy_helper
 
 from onnxslim import model_file_size
 from onnxslim.passes.quantization._accuracy_guard import Evaluator
@@ -63,13 +64,24 @@ def activation_pairs(proto: onnx.ModelProto) -> dict[str, tuple[str, str]]:
 
 def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProto:
     """``proto`` with the Quantize/Dequantize pairs of ``tensors`` removed: their consumers read
-    the float tensor again."""
+    the float tensor again. A pair whose zero point is the type's minimum clamps at 0, which is
+    what ORT's quantizer leaves of a Relu it removed: that clamp stays, as a Relu (on a tensor
+    that is non-negative anyway it changes nothing)."""
     pairs = {t: p for t, p in activation_pairs(proto).items() if t in tensors}
-    back = {dq: tensor for tensor, (_, dq) in pairs.items()}
+    clamped = _clamped_at_zero(proto, pairs)
+    back = {
+        dq: f"{tensor}_released_relu" if tensor in clamped else tensor
+        for tensor, (_, dq) in pairs.items()
+    }
     dropped = {name for pair in pairs.values() for name in pair}
     result = copy.copy(proto)
     result.graph.CopyFrom(proto.graph)
     kept = [n for n in result.graph.node if not (n.output and n.output[0] in dropped)]
+    for tensor in sorted(clamped):
+        relu = onnx.helper.make_node(
+            "Relu", [tensor], [f"{tensor}_released_relu"], name=f"{tensor}_released_relu"
+        )
+        kept.insert(next(i for i, n in enumerate(kept) if tensor in n.output) + 1, relu)
     for node in kept:
         for index, name in enumerate(node.input):
             if name in back:
@@ -77,6 +89,27 @@ def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProt
     del result.graph.node[:]
     result.graph.node.extend(kept)
     return result
+
+
+_QMIN = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128}
+
+
+def _clamped_at_zero(proto: onnx.ModelProto, pairs: Mapping[str, tuple[str, str]]) -> set[str]:
+    """The tensors among ``pairs`` whose QuantizeLinear has a scalar zero point at its type's
+    minimum (its range starts at 0) and a producer node (a graph input has no removed Relu)."""
+    zero_points = {i.name: i for i in proto.graph.initializer}
+    produced = {out for node in proto.graph.node for out in node.output}
+    found = set()
+    for node in proto.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in pairs or len(node.input) < 3:
+            continue
+        point = zero_points.get(node.input[2])
+        if point is None or node.input[0] not in produced:
+            continue
+        values = onnx.numpy_helper.to_array(point)
+        if values.size == 1 and int(values.ravel()[0]) == _QMIN.get(point.data_type):
+            found.add(node.input[0])
+    return found
 
 
 def tensor_gains(
