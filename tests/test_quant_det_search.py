@@ -81,3 +81,59 @@ def test_a_released_pair_keeps_the_relu_the_quantizer_removed(tmp_path):
         if node.op_type == "Relu":
             node.op_type = "Identity"
     assert _sqnr_db(reference, _run(leaky, samples[4])) < 10.0
+
+
+def _spread_outlier_net() -> onnx.ModelProto:
+    """Five Convs in a row each put a +400 outlier on channel 0 (the next one ignores it), then a
+    plain Conv and 40 identity Convs: five tensors (h1..h5) each break the SQNR bound alone, so
+    releasing the worst 1, 2 or 4 cannot fix it; the first bisection chunk (x, h1..h5) does."""
+    rng = np.random.default_rng(0)
+    weights, nodes, previous = {}, [], "x"
+    for index in range(1, 47):
+        if index <= 6:
+            weight = rng.standard_normal((8, 8, 1, 1)).astype(np.float32) * 0.3
+            weight[:, 0] = 0.0 if index > 1 else weight[:, 0]
+            bias = np.zeros(8, np.float32)
+            bias[0] = 400.0 if index <= 5 else 0.0
+        else:
+            weight = np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1)
+            bias = np.zeros(8, np.float32)
+        weights[f"w{index}"], weights[f"b{index}"] = weight, bias
+        output = "y" if index == 46 else f"h{index}"
+        nodes.append(
+            helper.make_node(
+                "Conv", [previous, f"w{index}", f"b{index}"], [output], name=f"c{index}"
+            )
+        )
+        previous = output
+    graph = helper.make_graph(
+        nodes,
+        "spread_outliers",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [numpy_helper.from_array(a, n) for n, a in weights.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_an_error_spread_over_a_region_keeps_the_bisections_chunk_float():
+    import onnx_ir as ir
+
+    from onnxslim import PassContext
+    from onnxslim.passes.quantization import QuantizeStatic
+
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.standard_normal((1, 8, 8, 8)).astype(np.float32)} for _ in range(24)]
+    model = ir.from_proto(_spread_outlier_net())
+    result = QuantizeStatic(data, latency_guard=False).apply(model, PassContext())
+    summary = result.summary
+    labels = [c["label"] for c in summary["candidates"]]
+    assert labels[:2] == [
+        "all quantizable ops",
+        "all quantizable ops, 6 sensitive tensor(s) in float",
+    ]
+    first, found = summary["candidates"][:2]
+    assert first["fidelity"]["sqnr_db"] < 20 and found["fidelity"]["sqnr_db"] > 20
+    assert summary["chosen"] == labels[1]
+    kept = sorted(n for n, why in summary["nodes_excluded"].items() if "6 tensors from 'x'" in why)
+    assert kept == ["c1", "c2", "c3", "c4", "c5", "c6"]
