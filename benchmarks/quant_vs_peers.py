@@ -233,7 +233,7 @@ def _ours_int4(model: Path, data: Path, output: Path) -> dict:
     result = QuantizeWeightsInt4(calibration=str(data)).apply(loaded, onnxslim.PassContext())
     onnxslim.save(loaded, output)
     converted = result.summary.get("matmuls_converted", 0)
-    return {"chosen": f"{converted} MatMulNBits" if result.changed else "float returned"}
+    return {"chosen": f"{converted} MatMulNBits" if result.modified else "float returned"}
 
 
 def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
