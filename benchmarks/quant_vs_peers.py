@@ -248,7 +248,7 @@ def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
         source = output.with_suffix(".pre.onnx")
         try:
             quant_pre_process(str(model), str(source))
-        except AssertionError:  # its symbolic shape inference refuses some graphs (PP-OCR cls)
+        except Exception:  # its symbolic shape inference refuses some graphs (PP-OCR cls, det)
             quant_pre_process(str(model), str(source), skip_symbolic_shape=True)
             note = {"chosen": "pre-process without symbolic shape inference"}
     quantize_static(
