@@ -305,6 +305,33 @@ def test_smoothquant_inserts_an_explicit_mul_without_a_foldable_producer() -> No
     np.testing.assert_allclose(_run(proto, feeds)[0], feeds["x"] @ weight, rtol=1e-5, atol=1e-5)
 
 
+def test_smoothquant_folds_into_a_scalar_mul_and_the_model_still_infers_shapes() -> None:
+    # BERT's attention scaling: X = A * 0.125 with the scalar's rank-0 shape in value_info;
+    # folding per-channel scales makes it rank 1, and shape inference must not see the old rank
+    rng = np.random.default_rng(6)
+    weight = rng.normal(size=(16, 4))
+    proto = _model(
+        [
+            helper.make_node("Mul", ["a", "c"], ["x"], name="scale"),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        ],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        {"c": np.array(0.125), "w": weight},
+    )
+    proto.graph.value_info.append(helper.make_tensor_value_info("c", TensorProto.FLOAT, []))
+    maxima = np.ones(16)
+    maxima[5] = 40.0
+    assert smooth(proto, {"x": maxima}, 0.5) == ["x"]
+    assert [n.op_type for n in proto.graph.node] == ["Mul", "MatMul"]  # folded, no extra Mul
+    assert [v.name for v in proto.graph.value_info] == []
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    feeds = {"a": rng.normal(size=(3, 16)).astype(np.float32)}
+    np.testing.assert_allclose(
+        _run(proto, feeds)[0], feeds["a"] * 0.125 @ weight, rtol=1e-5, atol=1e-5
+    )
+
+
 # -- wired into QuantizeStatic ---------------------------------------------------------------
 
 

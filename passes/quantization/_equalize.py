@@ -34,7 +34,14 @@ class GraphTensors:
         return None if tensor is None else numpy_helper.to_array(tensor)
 
     def write(self, name: str, array: np.ndarray) -> None:
-        self.initializers[name].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        """Writes ``array`` as initializer ``name``; a shape that changes (SmoothQuant turning a
+        scalar Mul constant into per-channel scales) drops the stale ``value_info`` entry."""
+        tensor = self.initializers[name]
+        if tuple(tensor.dims) != array.shape:
+            stale = [v for v in self.graph.value_info if v.name == name]
+            for entry in stale:
+                self.graph.value_info.remove(entry)
+        tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), name))
 
     def add(self, name: str, array: np.ndarray) -> str:
         tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
