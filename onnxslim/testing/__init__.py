@@ -2,7 +2,13 @@
 the real third-party models that installed wheels ship, and speech-like audio with frame labels.
 Needs the ``torch`` extra for the torch builders. Nothing here downloads anything."""
 
-from onnxslim.testing._audio import SpeechLikeClip, frame_agreement, log_mel, speech_like_audio
+from onnxslim.testing._audio import (
+    SpeechLikeClip,
+    frame_agreement,
+    log_mel,
+    speech_like_audio,
+    stream,
+)
 from onnxslim.testing._decoders import (
     decoder_feeds,
     export_decoder,
@@ -29,6 +35,7 @@ __all__ = [
     "decoder_feeds",
     "SpeechLikeClip",
     "speech_like_audio",
+    "stream",
     "log_mel",
     "frame_agreement",
 ]
