@@ -311,42 +311,54 @@ PARAPHRASE_CHECKS = [
 
 # Template sentences for distillation data (unlabelled text is free): deterministic, varied in
 # topic, length and form, and disjoint from ``SENTENCES`` (which stays the held-out pool).
-_SUBJECTS = (
-    "my neighbour", "the old teacher", "a young nurse", "our manager", "the small boy",
-    "her brother", "the pilot", "a tired driver", "the farmer", "his daughter", "the committee",
-    "a famous singer", "the new doctor", "the shop owner", "my best friend", "the engineers",
+_SUBJECTS = tuple(
+    (
+        "my neighbour|the old teacher|a young nurse|our manager|the small boy|her brother|the "
+        "pilot|a tired driver|the farmer|his daughter|the committee|a famous singer|the new "
+        "doctor|the shop owner|my best friend|the engineers"
+    ).split("|")
 )
-_VERBS = (
-    "bought", "repaired", "painted", "forgot", "found", "sold", "described", "cleaned",
-    "borrowed", "carried", "lost", "ordered", "visited", "photographed", "opened", "measured",
+_VERBS = tuple(
+    (
+        "bought|repaired|painted|forgot|found|sold|described|cleaned|borrowed|carried|lost|ordere"
+        "d|visited|photographed|opened|measured"
+    ).split("|")
 )
-_OBJECTS = (
-    "a blue bicycle", "the kitchen window", "an expensive watch", "the broken fence",
-    "a box of old letters", "the village church", "a bag of apples", "the train tickets",
-    "a wooden chair", "the museum map", "a bottle of olive oil", "the garden shed",
-    "a new laptop", "the river bridge", "a pair of boots", "the annual report",
+_OBJECTS = tuple(
+    (
+        "a blue bicycle|the kitchen window|an expensive watch|the broken fence|a box of old "
+        "letters|the village church|a bag of apples|the train tickets|a wooden chair|the museum "
+        "map|a bottle of olive oil|the garden shed|a new laptop|the river bridge|a pair of "
+        "boots|the annual report"
+    ).split("|")
 )
-_PLACES = (
-    "near the harbour", "after lunch", "in the morning", "before the meeting", "at the station",
-    "during the holidays", "on a rainy day", "behind the library", "last weekend",
-    "in the city centre", "at midnight", "next to the bakery",
+_PLACES = tuple(
+    (
+        "near the harbour|after lunch|in the morning|before the meeting|at the station|during the"
+        " holidays|on a rainy day|behind the library|last weekend|in the city centre|at "
+        "midnight|next to the bakery"
+    ).split("|")
 )
-_REASONS = (
-    "because it was cheap", "although nobody asked", "so that everyone could see it",
-    "while the children were asleep", "because the weather was bad", "to surprise the family",
-    "before the prices went up", "since the old one was gone",
+_REASONS = tuple(
+    (
+        "because it was cheap|although nobody asked|so that everyone could see it|while the "
+        "children were asleep|because the weather was bad|to surprise the family|before the "
+        "prices went up|since the old one was gone"
+    ).split("|")
 )
-_QUESTIONS = (
-    "Did {s} really say that {o} was missing?", "Why has {s} {v} {o} again?",
-    "Where did {s} put {o} {p}?", "How often does {s} check {o}?",
+_QUESTIONS = tuple(
+    (
+        "Did {s} really say that {o} was missing?|Why has {s} {v} {o} again?|Where did {s} put "
+        "{o} {p}?|How often does {s} check {o}?"
+    ).split("|")
 )
-_FACTS = (
-    "The population of the town grew by {n} percent in {y}.",
-    "The train to the coast leaves every {n} minutes on weekdays.",
-    "About {n} people attended the concert in {y}.",
-    "The bridge is {n} metres long and was finished in {y}.",
-    "Our team scored {n} points in the final game of {y}.",
-    "The recipe needs {n} grams of flour and two eggs.",
+_FACTS = tuple(
+    (
+        "The population of the town grew by {n} percent in {y}.|The train to the coast leaves "
+        "every {n} minutes on weekdays.|About {n} people attended the concert in {y}.|The bridge "
+        "is {n} metres long and was finished in {y}.|Our team scored {n} points in the final game"
+        " of {y}.|The recipe needs {n} grams of flour and two eggs."
+    ).split("|")
 )
 
 

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _real_data import SENTENCES, generated_sentences  # noqa: E402  (benchmarks/ on sys.path)
 
 import onnxslim
 from onnxslim.testing import export_torch
-
-from _real_data import SENTENCES, generated_sentences  # noqa: E402  (benchmarks/ on sys.path)
 
 SIZES = {"batch": 1, "sequence": 32}
 INPUTS = ("input_ids", "attention_mask")
@@ -147,7 +146,9 @@ def widths(path) -> dict[str, list[int]]:
 
     graph = onnx.load(str(path)).graph
     shapes = {i.name: list(i.dims) for i in graph.initializer}
-    outs = [shapes[n.input[1]][1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in shapes]
+    outs = [
+        shapes[n.input[1]][1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in shapes
+    ]
     # per layer: q, k, v, attention out, intermediate, output -> q and intermediate widths
     return {"attention": outs[0::6], "mlp": outs[4::6]}
 
@@ -156,9 +157,10 @@ def run_minilm(args) -> dict:
     """The MiniLM comparison; ``args`` as parsed by prune_recover_vs_torch_pruning.main."""
     import tempfile
 
+    from pipeline_real_models import _minilm_files, export_minilm
+
     from onnxslim.passes import Cleanup, Distill, StructuredPrune
     from onnxslim.testing import WordPieceTokenizer, minilm_encoder
-    from pipeline_real_models import _minilm_files, export_minilm
 
     model_dir = _minilm_files()
     tokenizer = WordPieceTokenizer(model_dir / "vocab.txt")
@@ -192,7 +194,11 @@ def run_minilm(args) -> dict:
         stage_dir.mkdir()
         started = time.perf_counter()
         ours = onnxslim.Pipeline(
-            [Cleanup(target_opset=14), prune, Distill(**options, feature_weight=args.feature_weight)]
+            [
+                Cleanup(target_opset=14),
+                prune,
+                Distill(**options, feature_weight=args.feature_weight),
+            ]
         ).run(teacher, data=verify, sizes=SIZES, stage_dir=stage_dir)
         stages = {s.stage: Path(s.model_path) for s in ours.report.stages}
         timings["onnxslim"] = ours.report.stages[-1].wall_time_s  # the distill stage
@@ -201,7 +207,9 @@ def run_minilm(args) -> dict:
         ours_macs = macs(ours_final)
 
         if args.ours_only:
-            return _ours_only(args, reference, base_macs, ours_pruned, ours_final, evaluation, timings)
+            return _ours_only(
+                args, reference, base_macs, ours_pruned, ours_final, evaluation, timings
+            )
         started = time.perf_counter()
         module = minilm_encoder(model_dir)
         student, ratio, tp_pruned = torch_pruning_to_macs(module, tokenizer, ours_macs, folder)
@@ -219,7 +227,10 @@ def run_minilm(args) -> dict:
         table = {}
         for name, path in models.items():
             before = {"onnxslim": ours_pruned, "torch-pruning": tp_pruned}.get(name, path)
-            got, raw = cosine(reference, embed(path, evaluation)), cosine(reference, embed(before, evaluation))
+            got, raw = (
+                cosine(reference, embed(path, evaluation)),
+                cosine(reference, embed(before, evaluation)),
+            )
             table[name] = {
                 "macs": macs(path),
                 "macs_kept": macs(path) / base_macs,
@@ -251,7 +262,10 @@ def run_minilm(args) -> dict:
 
 def _ours_only(args, reference, base_macs, pruned, final, evaluation, timings) -> dict:
     """Recipe search (--ours-only): our cosine and MACs, no peer and no timing."""
-    raw, got = cosine(reference, embed(pruned, evaluation)), cosine(reference, embed(final, evaluation))
+    raw, got = (
+        cosine(reference, embed(pruned, evaluation)),
+        cosine(reference, embed(final, evaluation)),
+    )
     return {
         "model": "minilm",
         "macs_kept": macs(final) / base_macs,
