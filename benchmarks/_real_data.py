@@ -387,3 +387,19 @@ def generated_sentences(count: int, seed: int = 0) -> list[str]:
             text = f"Nobody expected that {s} would have {v} {o} {pick(_REASONS)}."
         out.append(text[0].upper() + text[1:])
     return out
+
+
+def augment_sentences(texts: list[str], seed: int) -> list[str]:
+    """The sentences, three word spans of each and as many random pairs joined together."""
+    rng = np.random.default_rng(seed)
+    out = list(texts)
+    for text in texts:
+        words = text.split()
+        for _ in range(3):
+            length = int(rng.integers(min(4, len(words)), len(words) + 1))
+            start = int(rng.integers(0, len(words) - length + 1))
+            out.append(" ".join(words[start : start + length]))
+    for _ in range(len(texts)):
+        first, second = rng.choice(len(texts), 2, replace=False)
+        out.append(texts[first] + " " + texts[second])
+    return out

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _real_data import SENTENCES, generated_sentences  # noqa: E402  (benchmarks/ on sys.path)
+from _real_data import SENTENCES, augment_sentences, generated_sentences  # noqa: E402  (benchmarks/ on sys.path)
 
 import onnxslim
 from onnxslim.testing import export_torch
@@ -39,8 +39,6 @@ def session(path):
 
 def texts(generated: int, seed: int = 0) -> tuple[list[str], list[str]]:
     """Training texts (half of SENTENCES, augmented, plus template sentences) and held-out ones."""
-    from pipeline_real_models import augment_sentences
-
     order = np.random.default_rng(0).permutation(len(SENTENCES))
     train = [SENTENCES[i] for i in order[: len(order) // 2]]
     held_out = [SENTENCES[i] for i in order[len(order) // 2 :]]
