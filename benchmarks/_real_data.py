@@ -336,3 +336,99 @@ def render_word_crops(count: int, seed: int = 0, width: int = 320) -> tuple[np.n
         batch.append(crop)
         labels.append(text)
     return np.stack(batch), labels
+
+
+# Template sentences for distillation data (unlabelled text is free): deterministic, varied in
+# topic, length and form, and disjoint from ``SENTENCES`` (which stays the held-out pool).
+_SUBJECTS = tuple(
+    (
+        "my neighbour|the old teacher|a young nurse|our manager|the small boy|her brother|the "
+        "pilot|a tired driver|the farmer|his daughter|the committee|a famous singer|the new "
+        "doctor|the shop owner|my best friend|the engineers"
+    ).split("|")
+)
+_VERBS = tuple(
+    (
+        "bought|repaired|painted|forgot|found|sold|described|cleaned|borrowed|carried|lost|ordere"
+        "d|visited|photographed|opened|measured"
+    ).split("|")
+)
+_OBJECTS = tuple(
+    (
+        "a blue bicycle|the kitchen window|an expensive watch|the broken fence|a box of old "
+        "letters|the village church|a bag of apples|the train tickets|a wooden chair|the museum "
+        "map|a bottle of olive oil|the garden shed|a new laptop|the river bridge|a pair of "
+        "boots|the annual report"
+    ).split("|")
+)
+_PLACES = tuple(
+    (
+        "near the harbour|after lunch|in the morning|before the meeting|at the station|during the"
+        " holidays|on a rainy day|behind the library|last weekend|in the city centre|at "
+        "midnight|next to the bakery"
+    ).split("|")
+)
+_REASONS = tuple(
+    (
+        "because it was cheap|although nobody asked|so that everyone could see it|while the "
+        "children were asleep|because the weather was bad|to surprise the family|before the "
+        "prices went up|since the old one was gone"
+    ).split("|")
+)
+_QUESTIONS = tuple(
+    (
+        "Did {s} really say that {o} was missing?|Why has {s} {v} {o} again?|Where did {s} put "
+        "{o} {p}?|How often does {s} check {o}?"
+    ).split("|")
+)
+_FACTS = tuple(
+    (
+        "The population of the town grew by {n} percent in {y}.|The train to the coast leaves "
+        "every {n} minutes on weekdays.|About {n} people attended the concert in {y}.|The bridge "
+        "is {n} metres long and was finished in {y}.|Our team scored {n} points in the final game"
+        " of {y}.|The recipe needs {n} grams of flour and two eggs."
+    ).split("|")
+)
+
+
+def generated_sentences(count: int, seed: int = 0) -> list[str]:
+    """``count`` deterministic sentences from templates (statements, questions, facts, lists)."""
+    rng = np.random.default_rng(seed)
+
+    def pick(options: tuple[str, ...]) -> str:
+        return str(options[int(rng.integers(len(options)))])
+
+    out: list[str] = []
+    while len(out) < count:
+        s, v, o, p = pick(_SUBJECTS), pick(_VERBS), pick(_OBJECTS), pick(_PLACES)
+        kind = int(rng.integers(6))
+        if kind == 0:
+            text = f"{s} {v} {o} {p}."
+        elif kind == 1:
+            text = f"{s} {v} {o} {p} {pick(_REASONS)}."
+        elif kind == 2:
+            text = pick(_QUESTIONS).format(s=s, v=v, o=o, p=p)
+        elif kind == 3:
+            text = pick(_FACTS).format(n=int(rng.integers(2, 400)), y=int(rng.integers(1950, 2025)))
+        elif kind == 4:
+            text = f"{p.capitalize()}, {s} {v} {o}, and {pick(_SUBJECTS)} {pick(_VERBS)} {pick(_OBJECTS)}."
+        else:
+            text = f"Nobody expected that {s} would have {v} {o} {pick(_REASONS)}."
+        out.append(text[0].upper() + text[1:])
+    return out
+
+
+def augment_sentences(texts: list[str], seed: int) -> list[str]:
+    """The sentences, three word spans of each and as many random pairs joined together."""
+    rng = np.random.default_rng(seed)
+    out = list(texts)
+    for text in texts:
+        words = text.split()
+        for _ in range(3):
+            length = int(rng.integers(min(4, len(words)), len(words) + 1))
+            start = int(rng.integers(0, len(words) - length + 1))
+            out.append(" ".join(words[start : start + length]))
+    for _ in range(len(texts)):
+        first, second = rng.choice(len(texts), 2, replace=False)
+        out.append(texts[first] + " " + texts[second])
+    return out

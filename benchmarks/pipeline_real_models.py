@@ -38,7 +38,13 @@ from onnxslim import VerificationError
 from onnxslim.formatting import human_bytes, human_count, json_safe, progress_to_stderr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _real_data import PARAPHRASE_CHECKS, SENTENCES, render_text_images  # noqa: E402
+from _real_data import (  # noqa: E402
+    PARAPHRASE_CHECKS,
+    SENTENCES,
+    augment_sentences,
+    generated_sentences,
+    render_text_images,
+)
 from _speech import add_speech_arguments, run_speech  # noqa: E402
 
 logger = logging.getLogger("pipeline_real_models")
@@ -308,7 +314,10 @@ def run_minilm(args, folder: Path) -> dict:
     eval_texts = [SENTENCES[i] for i in order[len(order) // 2 :]]
     # Unlabelled text is free, but only the training half is used: it is stretched with spans and
     # pairs of its own sentences. One padded array, fed a row at a time so Distill re-batches.
-    train = tokenizer(augment_sentences(train_texts, seed=0))
+    # Template sentences (``--minilm-generated``) add varied text, none of it held out.
+    train = tokenizer(
+        augment_sentences(train_texts, seed=0) + generated_sentences(args.minilm_generated)
+    )
     train_items = [
         {k: v[i : i + 1] for k, v in train.items()} for i in range(len(train["input_ids"]))
     ]
@@ -419,22 +428,6 @@ def _cosine_metric(eval_batches: list[dict], source: Path):
     return metric
 
 
-def augment_sentences(texts: list[str], seed: int) -> list[str]:
-    """The sentences, three word spans of each and as many random pairs joined together."""
-    rng = np.random.default_rng(seed)
-    out = list(texts)
-    for text in texts:
-        words = text.split()
-        for _ in range(3):
-            length = int(rng.integers(min(4, len(words)), len(words) + 1))
-            start = int(rng.integers(0, len(words) - length + 1))
-            out.append(" ".join(words[start : start + length]))
-    for _ in range(len(texts)):
-        first, second = rng.choice(len(texts), 2, replace=False)
-        out.append(texts[first] + " " + texts[second])
-    return out
-
-
 def cosine_at_least(threshold: float):
     """Quantization guard metric: mean cosine similarity of the embeddings >= threshold."""
 
@@ -485,6 +478,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--minilm-augment", help="Distill augment of the texts, e.g. text:103 (mask with [MASK])"
+    )
+    parser.add_argument(
+        "--minilm-generated", type=int, default=0, help="template sentences added to training"
     )
     parser.add_argument(
         "--minilm-allocation", default="score", help="prune allocation: score or sensitivity"

