@@ -383,12 +383,14 @@ WORKERS: dict[str, Callable[..., dict]] = {
 def worker(args: argparse.Namespace) -> None:
     logging.disable(logging.WARNING)
     started = time.perf_counter()
-    paths = (Path(args.model), Path(args.data), Path(args.output))
+    paths = (Path(args.model).resolve(), Path(args.data).resolve(), Path(args.output).resolve())
+    answer = Path(args.json).resolve()
+    os.chdir(paths[2].parent)  # ORT's quant_pre_process leaves temp files in the working dir
     work = WORKERS[args.worker]
     result = work(*paths, args) if args.worker == "nncf-ac" else work(*paths)
     result["seconds"] = time.perf_counter() - started
     result["peak_rss_mb"] = peak_rss_mb()
-    Path(args.json).write_text(json.dumps(result, default=str))  # to the parent process
+    answer.write_text(json.dumps(result, default=str))  # to the parent process
 
 
 def run_worker(

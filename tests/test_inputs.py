@@ -373,3 +373,27 @@ def test_fixed_batch_reads_the_graph_and_calls_symbolic_or_minus_one_unfixed() -
     )
     assert (fixed_batch(model), fixed_batch(model, "a"), fixed_batch(model, "b")) == (4, 4, 0)
     assert fixed_batch(model, "missing") == 0
+
+
+def test_variable_length_batches_are_not_joined_across_shapes():
+    # text padded per batch: 3 samples of 10 tokens, then 2 of 7; batch_size 2 never mixes them
+    ids = [np.ones((3, 10), np.int64), np.full((2, 7), 2, np.int64)]
+    items = [{"input_ids": a, "attention_mask": np.ones_like(a)} for a in ids]
+    inputs = [
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch", "sequence"])
+        for n in ("input_ids", "attention_mask")
+    ]
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Add", ["input_ids", "attention_mask"], ["y"])],
+        "text",
+        inputs,
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.INT64, ["batch", "sequence"])],
+    )
+    model = ir.from_proto(onnx.helper.make_model(graph))
+    reader = open_samples(items, model, batch_size=2)
+    shapes = [batch["input_ids"].shape for batch in reader]
+    assert shapes == [(2, 10), (1, 10), (2, 7)]
+    assert [int(b["input_ids"][0, 0]) for b in reader] == [1, 1, 2]
+    # one batch of everything: one batch per shape, all 5 samples kept
+    wide = open_samples(items, model, batch_size=8)
+    assert [b["input_ids"].shape for b in wide] == [(3, 10), (2, 7)]

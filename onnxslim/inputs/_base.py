@@ -323,6 +323,13 @@ class BatchedReader(abc.ABC):
             count = self._sample_count(chunk, self.describe())
             if count == 0:  # an empty item: skip it, not end the data
                 continue
+            if pending and not self._joinable(pending[0], chunk):
+                # variable-length data (text padded per batch, audio clips): a batch never
+                # joins samples of different shapes, so the pending ones go out as they are
+                batch, _, _ = self._take(pending, pending_count, size=pending_count)
+                emitted += pending_count
+                yield self._unstacked(self._with_constants(batch, pending_constants, pending_count))
+                pending, pending_count = [], 0
             if pending and not _same(pending_constants, constants):
                 raise InputDataError(
                     f"{self.describe()}: input '{_first_difference(pending_constants, constants)}' "
@@ -346,6 +353,17 @@ class BatchedReader(abc.ABC):
         if pending_count:
             batch, _, _ = self._take(pending, pending_count, size=pending_count)
             yield self._unstacked(self._with_constants(batch, pending_constants, pending_count))
+
+    def _joinable(self, left: Feeds, right: Feeds) -> bool:
+        """Whether samples of two chunks can share a batch: the same shapes off the batch axis."""
+
+        def sample_shape(name: str, array: np.ndarray) -> tuple[int, ...]:
+            axis = self._axis(name)
+            return array.shape[:axis] + array.shape[axis + 1 :]
+
+        return left.keys() == right.keys() and all(
+            sample_shape(n, left[n]) == sample_shape(n, right[n]) for n in left
+        )
 
     def _take(
         self, pending: list[Feeds], count: int, size: int | None = None
