@@ -429,12 +429,13 @@ class Cleanup(SlimPass):
         return modified, runner.dropped
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
-        nodes_before = sum(1 for _ in model.graph)
+        # nodes of If/Loop/Scan bodies included: a control-flow model is mostly bodies
+        nodes_before = _node_count(model)
         ops_before = {node.op_type for node in model.graph}
         constants_before = sum(1 for node in model.graph if node.op_type == "Constant")
         opset_before = onnx_opset(model)
         modified, dropped = self._run_robustly(model)
-        nodes_after = sum(1 for _ in model.graph)
+        nodes_after = _node_count(model)
         ops_after = {node.op_type for node in model.graph}
         summary: dict[str, object] = {
             "nodes_before": nodes_before,
@@ -451,6 +452,10 @@ class Cleanup(SlimPass):
             ]
         logger.info("cleanup: %d -> %d nodes", nodes_before, nodes_after)
         return SlimPassResult(model, modified, summary=summary)
+
+
+def _node_count(model: ir.Model) -> int:
+    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _raise_ir_version(model: ir.Model) -> bool:
