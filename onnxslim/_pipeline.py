@@ -22,7 +22,7 @@ from onnxslim._errors import SlimError, VerificationError
 from onnxslim._io import load, model_file_size, save
 from onnxslim._json import json_safe
 from onnxslim._pass import PassContext, SlimPass, run_pass
-from onnxslim._pipeline_notes import far_from_input
+from onnxslim._pipeline_notes import far_from_input, unexercised_changes
 from onnxslim._verify_shapes import declared_resizes, fit_to_declared, without
 from onnxslim.fidelity import FidelityBounds, compare_outputs
 from onnxslim.formatting import human_bytes, human_count
@@ -269,9 +269,10 @@ class Pipeline:
                     bar,
                 )
             far = far_from_input(report.stages, self.passes, self.bounds)
-            if far is not None:
-                logger.warning("%s", far)
-                report.warnings.append(far)
+            notes = [far] if far is not None else []
+            for note in notes + unexercised_changes(report.stages, self.passes, sample_source):
+                logger.warning("%s", note)
+                report.warnings.append(note)
             return Result(model=working, report=report)
 
     def _run_passes(

@@ -1,4 +1,5 @@
-"""What the pipeline says about its result beyond the bounds: a model far from its input."""
+"""What the pipeline says about its result beyond the bounds: a model far from its input, and
+a lossy pass whose verification did not exercise what it changed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 from onnxslim._pass import SlimPass
 from onnxslim.fidelity import FidelityBounds
 
-__all__ = ["FAR_FROM_INPUT_SQNR_DB", "far_from_input"]
+__all__ = ["FAR_FROM_INPUT_SQNR_DB", "far_from_input", "unexercised_changes"]
 
 # Below this output SQNR (dB) the result is far from its input: noise at a tenth of the signal.
 FAR_FROM_INPUT_SQNR_DB = 10.0
@@ -42,3 +43,25 @@ def far_from_input(
         f"the optimized model is far from its input (output SQNR {sqnrs[-1][1]:.1f} dB, "
         f"mostly lost in pass '{culprit}'); {hint}."
     )
+
+
+def unexercised_changes(
+    stages: Sequence[Any], passes: Sequence[SlimPass], sample_source: str
+) -> list[str]:
+    """One line per lossy pass that changed the model's weights or MACs while its outputs on
+    the verification samples stayed bitwise identical (max|d| 0): the samples did not reach the
+    changed nodes (an If branch they do not select, a sequence too short for the layers), so
+    the check says nothing about them. ``stages``: the report's records, the input first."""
+    lossy = {p.name for p in passes if not p.exact}
+    lines = []
+    for previous, stage in zip(stages, stages[1:]):
+        if stage.stage not in lossy or (stage.fidelity or {}).get("max_abs_error") != 0:
+            continue
+        if (stage.parameters, stage.macs) == (previous.parameters, previous.macs):
+            continue
+        lines.append(
+            f"pass '{stage.stage}' changed the model (parameters {previous.parameters} -> "
+            f"{stage.parameters}) but left every output bitwise identical on {sample_source}: "
+            "the check did not exercise the changed nodes; give inputs that do with --data."
+        )
+    return lines

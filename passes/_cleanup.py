@@ -44,6 +44,24 @@ _PARAMETER_OPS = (
 )
 _PARAMETER_SLOTS = {op: {slot for slot in WEIGHT_INPUTS[op] if slot != 0} for op in _PARAMETER_OPS}
 _PARAMETER_SLOTS["BatchNormalization"] |= {3, 4}
+# ...and the recurrent ops' W, R and B, for the layout chains that build them
+_WEIGHT_SLOTS = {**_PARAMETER_SLOTS, **{op: {1, 2, 3} for op in ("LSTM", "GRU", "RNN")}}
+# Ops that only move elements (no arithmetic): folding one is exact by construction.
+_LAYOUT_OPS = frozenset(
+    {
+        "Slice",
+        "Concat",
+        "Unsqueeze",
+        "Squeeze",
+        "Reshape",
+        "Transpose",
+        "Split",
+        "Flatten",
+        "Identity",
+    }
+)
+# How many layout ops deep a chain from a constant to a weight slot is followed.
+_LAYOUT_DEPTH = 8
 # Constant folding may materialise tensors up to this many elements (larger stays symbolic).
 _FOLD_OUTPUT_LIMIT = 1 << 26
 
@@ -53,6 +71,25 @@ def _feeds_parameters_only(node: ir.Node) -> bool:
     return bool(uses) and all(
         index in _PARAMETER_SLOTS.get(user.op_type, ()) for user, index in uses
     )
+
+
+def _weight_only(value: ir.Value, depth: int = 0) -> bool:
+    """Whether every use of ``value`` is a parameter slot, directly or through layout ops (in
+    this graph or a subgraph capturing it): torch's LSTM export reorders W/R/B gate blocks with
+    Slice/Concat/Unsqueeze, and Silero VAD does so inside an If."""
+    uses = list(value.uses())
+    if not uses or value.is_graph_output():
+        return False
+    for user, index in uses:
+        if user.domain not in ("", "ai.onnx"):
+            return False
+        if index in _WEIGHT_SLOTS.get(user.op_type, ()):
+            continue
+        if user.op_type not in _LAYOUT_OPS or depth >= _LAYOUT_DEPTH:
+            return False
+        if not all(_weight_only(output, depth + 1) for output in user.outputs):
+            return False
+    return True
 
 
 # A ConstantOfShape this small is folded: the model does not grow, and what it feeds (torch's
@@ -69,8 +106,15 @@ def _small_constant_shape(node: ir.Node) -> bool:
 
 
 def _should_fold(node: ir.Node) -> bool | None:
-    if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
+    """Called for nodes whose inputs are all constant. Weight generators and layout chains that
+    end in weight slots fold whatever their size (the weight they make replaces its source);
+    the rest follows onnxscript's size limits."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "ConstantOfShape":
         return True if _feeds_parameters_only(node) or _small_constant_shape(node) else None
+    if node.op_type in _LAYOUT_OPS and node.outputs and all(map(_weight_only, node.outputs)):
+        return True
     return None
 
 
@@ -94,6 +138,29 @@ def _axes_inputs_to_attributes(model: ir.Model) -> bool:
             node.resize_inputs(1)
             modified = True
     return modified
+
+
+def _remove_unused_subgraph_initializers(model: ir.Model) -> bool:
+    """Initializers of If/Loop/Scan bodies that no live node reads (onnx-ir's unused-node
+    removal prunes only the main graph's): folding a body's weight chain leaves its source, and
+    folding an If on a constant condition leaves the dropped branch's nodes as (dead) users."""
+    bodies = [
+        attribute.as_graph()
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        for attribute in node.attributes.values()
+        if attribute.type == ir.AttributeType.GRAPH
+    ]
+    live = {id(graph) for graph in [model.graph, *bodies]}
+    removed = 0
+    for body in bodies:
+        for name, value in list(body.initializers.items()):
+            if value.is_graph_output() or value in body.inputs:
+                continue
+            if any(id(use.node.graph) in live for use in value.uses()):
+                continue
+            body.initializers.pop(name)
+            removed += 1
+    return removed > 0
 
 
 def _identity_must_stay(node: ir.Node) -> bool:
@@ -319,6 +386,7 @@ class Cleanup(SlimPass):
                 common_passes.CommonSubexpressionEliminationPass(),
             ),
             _as_step("remove_unused_nodes_final", common_passes.RemoveUnusedNodesPass()),
+            _Step("remove_unused_subgraph_initializers", _remove_unused_subgraph_initializers),
             _as_step("topological_sort", common_passes.TopologicalSortPass()),
         ]
 
@@ -361,12 +429,13 @@ class Cleanup(SlimPass):
         return modified, runner.dropped
 
     def apply(self, model: ir.Model, context: PassContext) -> SlimPassResult:
-        nodes_before = sum(1 for _ in model.graph)
+        # nodes of If/Loop/Scan bodies included: a control-flow model is mostly bodies
+        nodes_before = _node_count(model)
         ops_before = {node.op_type for node in model.graph}
         constants_before = sum(1 for node in model.graph if node.op_type == "Constant")
         opset_before = onnx_opset(model)
         modified, dropped = self._run_robustly(model)
-        nodes_after = sum(1 for _ in model.graph)
+        nodes_after = _node_count(model)
         ops_after = {node.op_type for node in model.graph}
         summary: dict[str, object] = {
             "nodes_before": nodes_before,
@@ -383,6 +452,10 @@ class Cleanup(SlimPass):
             ]
         logger.info("cleanup: %d -> %d nodes", nodes_before, nodes_after)
         return SlimPassResult(model, modified, summary=summary)
+
+
+def _node_count(model: ir.Model) -> int:
+    return sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _raise_ir_version(model: ir.Model) -> bool:

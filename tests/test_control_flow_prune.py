@@ -141,7 +141,9 @@ def test_silero_vad_prunes_its_encoder_inside_the_if(tmp_path: Path) -> None:
     model = Cleanup()(ir.load(silero_vad_path())).model
     reference = onnxslim.save(model, tmp_path / "clean.onnx")
     groups = dependency_groups(model)
-    assert (len(groups), sum(g["prunable"] for g in groups)) == (12, 8)
+    # 14: cleanup folds the LSTM weight chains, so each branch's LSTM hidden units are a group
+    # (blocked: they size the 'state' input the branches capture)
+    assert (len(groups), sum(g["prunable"] for g in groups)) == (14, 8)
     result = StructuredPrune(ratio=0.3).apply(model, onnxslim.PassContext())
     assert result.summary["pruned_groups"] == 8
     path = onnxslim.save(model, tmp_path / "pruned.onnx")

@@ -9,6 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim._errors import InputDataError
+from onnxslim.inputs._branches import branch_values
 
 __all__ = ["InputSpec", "input_specs", "fixed_batch", "resolve_shape", "random_inputs", "DimSizes"]
 
@@ -115,23 +116,14 @@ def _index_upper_bound(model: ir.Model, name: str) -> int | None:
     return bound
 
 
-def _compared_constant(model: ir.Model, name: str) -> int | None:
-    """The constant a 0-d integer input is tested against (``Equal(sr, 16000)`` choosing a
-    branch): random values would take no branch the model was built for."""
-    value = next((v for v in model.graph.inputs if v.name == name), None)
-    for node, index in [] if value is None else value.uses():
-        if node.op_type == "Equal" and len(node.inputs) == 2:
-            other = node.inputs[1 - index]
-            tensor = None if other is None else ir.convenience.get_const_tensor(other)
-            if tensor is not None and tensor.numpy().size == 1:
-                return int(tensor.numpy().reshape(-1)[0])
-    return None
-
-
 def random_inputs(
     model: ir.Model, sizes: DimSizes | None = None, *, seed: int = 0, batch: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Random inputs from the graph's input shapes; for smoke runs and verification only."""
+    """Random inputs from the graph's input shapes; for smoke runs and verification only.
+
+    A 0-d integer input the graph tests with ``Equal`` takes, by ``seed``, each value that
+    selects a branch in turn (:func:`branch_values`): random values would take no branch the
+    model was built for, one value only one of them."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in input_specs(model):
@@ -146,8 +138,9 @@ def random_inputs(
                 array = np.ones(shape, dtype=spec.dtype)
             elif "type" in lowered or "segment" in lowered:
                 array = np.zeros(shape, dtype=spec.dtype)
-            elif (compared := _compared_constant(model, spec.name)) is not None and not shape:
-                array = np.array(compared, dtype=spec.dtype)  # the branch the model expects
+            elif not shape and (values := branch_values(model, spec.name)):
+                # the branches the model tests for, one per sample (seed), in turn
+                array = np.array(values[seed % len(values)], dtype=spec.dtype)
             else:
                 upper = _index_upper_bound(model, spec.name) or 100
                 array = rng.integers(0, upper, size=shape).astype(spec.dtype)

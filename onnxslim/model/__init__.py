@@ -1,7 +1,8 @@
 """Facts of a model, one home each: node MACs, parameter count, static shapes, the value probe."""
 
+from onnxslim.model._graph_macs import MacCount, graph_macs
 from onnxslim.model._macs import ShapeOf, node_macs, shape_lookup
-from onnxslim.model._ops import INTEGER_OPS, MAC_OPS, WEIGHT_INPUTS, onnx_opset
+from onnxslim.model._ops import INTEGER_OPS, MAC_OPS, RECURRENT_OPS, WEIGHT_INPUTS, onnx_opset
 from onnxslim.model._probe import ValueProbe, expose_values, probe_values
 from onnxslim.model._segments import (
     SEGMENT_BYTES,
@@ -15,6 +16,9 @@ from onnxslim.model._stats import PARAMETER_DTYPES, ModelStats, model_stats, par
 
 __all__ = [
     "node_macs",
+    "graph_macs",
+    "MacCount",
+    "RECURRENT_OPS",
     "shape_lookup",
     "ShapeOf",
     "parameter_count",

@@ -14,6 +14,7 @@ from onnxslim.model._ops import (
     GEMM_OPS,
     MATMUL_OPS,
     OUTPUT_REDUCTION_OPS,
+    RECURRENT_OPS,
     WEIGHT_INPUTS,
 )
 
@@ -89,7 +90,20 @@ def node_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:
             return math.prod(output) * a[0]
         transposed = node.attributes.get_int("transA", 0)
         return math.prod(output) * (a[-2] if transposed else a[-1])
+    if op in RECURRENT_OPS:
+        return _recurrent_macs(node, shape_of)
     return 0
+
+
+def _recurrent_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:
+    """LSTM/GRU/RNN: every step of every sequence multiplies W by x_t and R by h_(t-1), per
+    direction: seq * batch * (|W| + |R|) (gate matrices included)."""
+    data = _lookup(shape_of, _input(node, 0))
+    w = _lookup(shape_of, _input(node, 1))
+    r = _lookup(shape_of, _input(node, 2))
+    if data is None or w is None or r is None or len(data) != 3:
+        return None
+    return data[0] * data[1] * (math.prod(w) + math.prod(r))
 
 
 def static_shape(value: ir.Value) -> tuple[int, ...] | None:

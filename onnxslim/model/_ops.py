@@ -13,6 +13,7 @@ __all__ = [
     "MAC_OPS",
     "CONV_OPS",
     "CONV_TRANSPOSE_OPS",
+    "RECURRENT_OPS",
 ]
 
 # op -> input slots holding the op's parameters; the FIRST slot is the kernel (Conv W, Gemm and
@@ -60,6 +61,9 @@ MATMUL_OPS = frozenset(
 # B is packed ([N, blocks, blob]) or transposed: MACs = output elements x A's reduction dim
 OUTPUT_REDUCTION_OPS = frozenset({"FusedMatMul", "MatMulNBits", "MatMulBnb4"})
 MAC_OPS = CONV_OPS | CONV_TRANSPOSE_OPS | GEMM_OPS | MATMUL_OPS | OUTPUT_REDUCTION_OPS
+# X [seq, batch, in] (layout 1: [batch, seq, in]); W [dirs, gates*hidden, in] and R [dirs,
+# gates*hidden, hidden] (ORT's DynamicQuantizeLSTM holds them transposed: same element count)
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
 
 # Ops of ORT's optimized graph that compute in integers (MAC-bearing or not).
 INTEGER_OPS = frozenset(

@@ -9,7 +9,8 @@ import math
 import onnx_ir as ir
 
 from onnxslim.inputs import DimSizes
-from onnxslim.model._macs import node_macs, shape_lookup
+from onnxslim.model._graph_macs import graph_macs
+from onnxslim.model._macs import shape_lookup
 from onnxslim.model._shapes import inferred_shapes
 
 __all__ = ["ModelStats", "model_stats", "parameter_count", "PARAMETER_DTYPES"]
@@ -41,6 +42,8 @@ class ModelStats:
     nodes: int
     macs_per_node: dict[str, int] = dataclasses.field(default_factory=dict)
     unknown_shape_nodes: list[str] = dataclasses.field(default_factory=list)
+    # how control-flow bodies were counted, where that is a choice or a guess (see graph_macs)
+    mac_notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"parameters": self.parameters, "macs": self.macs, "nodes": self.nodes}
@@ -82,30 +85,24 @@ def _constant_node_parameters(node: ir.Node) -> int:
 
 
 def model_stats(model: ir.Model, sizes: DimSizes | None = None) -> ModelStats:
-    """Parameters (float and int8 weights), MACs of Conv/ConvTranspose/Gemm/MatMul, node count.
+    """Parameters (float and int8 weights), MACs of Conv/ConvTranspose/Gemm/MatMul and the
+    recurrent ops, inside If/Loop/Scan bodies too (:func:`graph_macs`), node count.
 
     Symbolic input dims are resolved from ``sizes`` as in :func:`onnxslim.resolve_shape`.
     """
-    shape_of = shape_lookup(inferred_shapes(model, sizes))
-    macs_per_node: dict[str, int] = {}
-    unknown: list[str] = []
-    total_macs = 0
-    node_count = 0
-    for node in ir.traversal.RecursiveGraphIterator(model.graph):
-        node_count += 1
-        macs = node_macs(node, shape_of)
-        if macs is None:
-            unknown.append(node.name or node.op_type)
-            continue
-        if macs:
-            macs_per_node[node.name or f"{node.op_type}_{node_count}"] = macs
-            total_macs += macs
-    if unknown:
-        logger.debug("MACs unknown for %d nodes (unresolved shapes): %s", len(unknown), unknown[:5])
+    count = graph_macs(model.graph, shape_lookup(inferred_shapes(model, sizes)))
+    node_count = sum(1 for _ in ir.traversal.RecursiveGraphIterator(model.graph))
+    if count.unknown:
+        logger.debug(
+            "MACs unknown for %d nodes (unresolved shapes): %s",
+            len(count.unknown),
+            count.unknown[:5],
+        )
     return ModelStats(
         parameters=parameter_count(model),
-        macs=total_macs,
+        macs=count.total,
         nodes=node_count,
-        macs_per_node=macs_per_node,
-        unknown_shape_nodes=unknown,
+        macs_per_node=count.per_node,
+        unknown_shape_nodes=count.unknown,
+        mac_notes=count.notes,
     )

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
-from onnxslim.model import node_macs
+from onnxslim.model import graph_macs
 
 if TYPE_CHECKING:
     from onnxslim.passes.pruning._plan import Plan
@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 
 def base_macs(view: GraphView) -> int:
-    """MACs of the graph at the observed shapes of ``view`` (0 for a node of unknown shape)."""
-    return sum(node_macs(node, view.shape) or 0 for node in view.graph)
+    """MACs of the graph at the observed shapes of ``view`` (0 for a node of unknown shape),
+    If/Loop/Scan bodies included."""
+    return graph_macs(view.graph, view.shape).total
 
 
 def predicted_macs(view: GraphView, plan: Plan) -> int:
@@ -27,4 +28,4 @@ def predicted_macs(view: GraphView, plan: Plan) -> int:
             return None
         return tuple(plan.kept_size(value, axis, size) for axis, size in enumerate(shape))
 
-    return sum(node_macs(node, shape_after) or 0 for node in view.graph)
+    return graph_macs(view.graph, shape_after).total
