@@ -76,7 +76,13 @@ def matmul_model() -> onnx.ModelProto:
         "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
-        [_init("w1", 16, 32), _init("b1", 32), _init("w2", 8, 32), _init("b2", 8), _init("w3", 8, 32)],
+        [
+            _init("w1", 16, 32),
+            _init("b1", 32),
+            _init("w2", 8, 32),
+            _init("b2", 8),
+            _init("w3", 8, 32),
+        ],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 

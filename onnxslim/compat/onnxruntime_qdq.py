@@ -20,7 +20,8 @@ import contextlib
 import copy
 import hashlib
 import threading
-from collections.abc import Iterator
+import types
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import onnx
@@ -76,20 +77,34 @@ class _IndexedModel(ONNXModel):
         super().__init__(model)
         self._by_name: dict[str, onnx.TensorProto] = {}
         self._indexed = 0  # initializers indexed so far (the list only grows between rebuilds)
+        self._shadowed = False  # whether a name was seen twice
         self._consumers: dict[str, list[onnx.NodeProto]] | None = None
+        # bumped by every node edit made through this class; input_name_to_nodes is kept
+        # for one version (ORT calls it per tensor while it walks the unchanged graph)
+        self._version = 0
+        # read-only (a caller that would edit it fails loudly instead of staling the copy)
+        self._readers: tuple[int, int, Mapping[str, tuple[onnx.NodeProto, ...]]] | None = None
 
     # --- initializers ---------------------------------------------------------------------
     def _sync(self) -> None:
         tensors = self.model.graph.initializer
-        if len(tensors) < self._indexed:
+        count = len(tensors)
+        if count == self._indexed:
+            return
+        if count < self._indexed:
             self._invalidate_initializers()
-        for tensor in tensors[self._indexed :]:
-            self._by_name.setdefault(tensor.name, tensor)  # the first of a name, as a scan finds
-        self._indexed = len(tensors)
+        for index in range(self._indexed, count):
+            tensor = tensors[index]
+            if tensor.name in self._by_name:
+                self._shadowed = True  # a second of a name: only the first is found, as a scan
+            else:
+                self._by_name[tensor.name] = tensor
+        self._indexed = count
 
     def _invalidate_initializers(self) -> None:
         self._by_name.clear()
         self._indexed = 0
+        self._shadowed = False
 
     def find_initializer(self, name: str) -> onnx.TensorProto | None:
         self._sync()
@@ -117,8 +132,16 @@ class _IndexedModel(ONNXModel):
             self.model.graph.initializer.append(init)
 
     def remove_initializer(self, tensor):
+        self._sync()
+        before = len(self.model.graph.initializer)
         super().remove_initializer(tensor)
-        self._invalidate_initializers()
+        if self._shadowed or len(self.model.graph.initializer) != before - 1:
+            self._invalidate_initializers()  # a shadowed one may surface: index again
+        elif self._by_name.get(tensor.name) == tensor:
+            del self._by_name[tensor.name]
+            self._indexed -= 1
+        else:
+            self._invalidate_initializers()
 
     def clean_initializers(self):
         try:
@@ -137,6 +160,15 @@ class _IndexedModel(ONNXModel):
             self._consumers = consumers
         return self._consumers
 
+    def input_name_to_nodes(self):
+        count = len(self.model.graph.node)
+        held = self._readers
+        if held is None or held[0] != self._version or held[1] != count:
+            readers = {name: tuple(nodes) for name, nodes in super().input_name_to_nodes().items()}
+            held = (self._version, count, types.MappingProxyType(readers))
+            self._readers = held
+        return held[2]
+
     def _index_inputs(self, node: onnx.NodeProto) -> None:
         if self._consumers is not None:
             for name in dict.fromkeys(node.input):
@@ -144,6 +176,7 @@ class _IndexedModel(ONNXModel):
                     self._consumers.setdefault(name, []).append(node)
 
     def add_node(self, node):
+        self._version += 1
         super().add_node(node)
         self._index_inputs(self.model.graph.node[-1])
 
@@ -152,16 +185,19 @@ class _IndexedModel(ONNXModel):
             self.add_node(node)
 
     def remove_node(self, node):
+        self._version += 1
         super().remove_node(node)
         self._consumers = None
 
     def replace_node_input(self, node, old_input_name, new_input_name):  # type: ignore[override]
+        self._version += 1
         ONNXModel.replace_node_input(node, old_input_name, new_input_name)
         if self._consumers is not None and old_input_name != new_input_name:
             if new_input_name in node.input:
                 self._consumers.setdefault(new_input_name, []).append(node)
 
     def replace_input_of_all_nodes(self, old_input_name, new_input_name):
+        self._version += 1
         consumers = self._consumer_index()
         # the index holds every node that read the name (a superset after rewiring): graph
         # order, as ORT's scan, and only nodes that still read it are touched
@@ -173,6 +209,7 @@ class _IndexedModel(ONNXModel):
             consumers.setdefault(new_input_name, []).extend(moved)
 
     def replace_input_of_nodes(self, old_input_name, new_input_name, node_names_set):
+        self._version += 1
         super().replace_input_of_nodes(old_input_name, new_input_name, node_names_set)
         self._consumers = None
 
@@ -181,9 +218,20 @@ class IndexedQDQQuantizer(QDQQuantizer):
     """``QDQQuantizer`` on an indexed model, with an optional :class:`WeightCache`."""
 
     def __init__(self, *args: Any, weight_cache: WeightCache | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.model = _IndexedModel(self.model.model)
         self.weight_cache = weight_cache
+        with self._indexed_globals():  # ORT computes the activations' parameters here
+            super().__init__(*args, **kwargs)
+
+    # ORT assigns ``self.model = ONNXModel(proto)``: every model it is given is indexed
+    @property  # type: ignore[override]
+    def model(self) -> _IndexedModel:
+        return self._indexed_model
+
+    @model.setter
+    def model(self, value: ONNXModel) -> None:
+        self._indexed_model = (
+            value if isinstance(value, _IndexedModel) else _IndexedModel(value.model)
+        )
 
     def _settings_key(self) -> tuple:
         return (
@@ -233,8 +281,9 @@ class IndexedQDQQuantizer(QDQQuantizer):
         return params
 
     def _find_by_name(self, item_name, item_list):
-        if item_list is self.model.model.graph.initializer:
-            return self.model.find_initializer(item_name)
+        model = getattr(self, "_indexed_model", None)
+        if model is not None and item_list is model.model.graph.initializer:
+            return model.find_initializer(item_name)
         return _ORT_FIND_BY_NAME(item_name, item_list)
 
     def _quantize_initializer(
