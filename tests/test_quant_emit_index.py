@@ -258,3 +258,18 @@ def test_ppocr_cls_candidates_are_ort_quantizer_bytes(tmp_path):
         )
         assert ours == reference, label
     assert emitter.weight_cache.hits >= len(convs)
+
+
+def test_int8_copies_beyond_the_budget_are_quantized_again(tmp_path):
+    """A cache with no room for int8 copies keeps only scales; the files stay ORT's bytes."""
+    profile = _profile()
+    prepared, ranges = _prepared(conv_model(), tmp_path)
+    emitter = Emitter(prepared.path, tmp_path, profile, ranges)
+    emitter.weight_cache = WeightCache(max_quantized_bytes=0)
+    ops = ["Conv", "Relu"]
+    for label in ("first", "second"):
+        ours = emitter.emit(label, ops, []).read_bytes()
+        assert ours == _ort_bytes(prepared.path, tmp_path / "ref.onnx", ranges, ops, [], profile)
+    assert emitter.weight_cache.quantized == {}
+    assert emitter.weight_cache.quantized_bytes == 0
+    assert emitter.weight_cache.hits == 2  # w1 and w2's scales, served to the second candidate

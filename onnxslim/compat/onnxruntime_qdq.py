@@ -48,9 +48,12 @@ class WeightCache:
     result. Hits are copies: ORT edits the scales it gets (int32 bias adjustment).
     """
 
-    def __init__(self, quantized_weights: bool = True) -> None:
-        """``quantized_weights``: keep the int8 copies too (a quarter of the float weights)."""
+    def __init__(self, quantized_weights: bool = True, max_quantized_bytes: int = 64 << 20) -> None:
+        """``quantized_weights``: keep the int8 copies too (a quarter of the float weights), up
+        to ``max_quantized_bytes`` of them (later ones are quantized again by each candidate)."""
         self.quantized_weights = quantized_weights
+        self.max_quantized_bytes = max_quantized_bytes
+        self.quantized_bytes = 0
         self.params: dict[tuple, Any] = {}
         self.quantized: dict[tuple, onnx.TensorProto] = {}
         self.hits = 0
@@ -313,7 +316,10 @@ class IndexedQDQQuantizer(QDQQuantizer):
             held = _ORT_QUANTIZE_INITIALIZER(
                 weight, quant_type, zero_point, scale, axis, quant_weight_name, block_size
             )
-            cache.quantized[key] = held
+            size = held.ByteSize()
+            if cache.quantized_bytes + size <= cache.max_quantized_bytes:
+                cache.quantized[key] = held
+                cache.quantized_bytes += size
         result = onnx.TensorProto()
         result.CopyFrom(held)
         return result
