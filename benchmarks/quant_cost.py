@@ -6,6 +6,10 @@ its own peak RSS measured: the peak is reset (``/proc/self/clear_refs``) when a 
 
     taskset -c 0 python benchmarks/quant_cost.py --models digits,cls,det
     taskset -c 0 python benchmarks/quant_cost.py --models det --tools ours --stages
+    taskset -c 0 nice -n 5 python benchmarks/quant_cost.py --models cls,digits --repeat 3
+
+``--repeat N`` runs the tools N times, interleaved (ours, ORT, ours, ORT, ...), and prints per
+model and tool the medians of wall time, CPU time and peak RSS, and ours / ORT of each.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import functools
 import json
 import logging
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -163,6 +168,7 @@ def main() -> None:
     )
     parser.add_argument("--stages", action="store_true", help="time and measure each stage of ours")
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved runs per tool (medians)")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     for hidden in ("--model", "--data", "--output", "--json"):
@@ -179,16 +185,45 @@ def main() -> None:
             model = build(name, args.samples, quick=False)
             data = Path(tmp) / f"{name}-calibration.npz"
             np.savez(data, **model["calibration"])
-            for tool in args.tools.split(","):
-                output = Path(tmp) / f"{name}-{tool}.onnx"
-                extra = ["--stages"] if args.stages and tool == "ours" else []
-                row = run_worker(
-                    tool, Path(model["path"]), data, output, args.timeout, __file__, tuple(extra)
-                )
-                rows.append({"model": name, "tool": tool, **row})
-                _print(rows[-1])
+            for run in range(args.repeat):
+                for tool in args.tools.split(","):
+                    output = Path(tmp) / f"{name}-{tool}.onnx"
+                    extra = ["--stages"] if args.stages and tool == "ours" else []
+                    row = run_worker(
+                        tool,
+                        Path(model["path"]),
+                        data,
+                        output,
+                        args.timeout,
+                        __file__,
+                        tuple(extra),
+                    )
+                    rows.append({"model": name, "tool": tool, "run": run, **row})
+                    _print(rows[-1])
+    if args.repeat > 1:
+        _print_medians(rows)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=1, default=str))
+
+
+def _print_medians(rows: list[dict]) -> None:
+    """Median wall s, CPU s and peak MiB per model and tool, and ours / ORT's default."""
+    keys = ("seconds", "cpu_s", "peak_rss_mb")
+    medians: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for row in rows:
+        if "error" not in row:
+            entry = medians.setdefault((row["model"], row["tool"]), {k: [] for k in keys})
+            for key in keys:
+                entry[key].append(row[key])
+    print("medians (wall s, cpu s, peak MiB) and ours / ort-default:", flush=True)
+    for (model, tool), entry in medians.items():
+        values = {key: statistics.median(entry[key]) for key in keys}
+        line = f"{model:7} {tool:15} " + "  ".join(f"{values[k]:7.1f}" for k in keys)
+        peer = medians.get((model, "ort-default"))
+        if tool == "ours" and peer:
+            ratios = [values[k] / statistics.median(peer[k]) for k in keys]
+            line += "   ratio " + "  ".join(f"{r:5.2f}x" for r in ratios)
+        print(f"{line}  (n={len(entry['cpu_s'])})", flush=True)
 
 
 def _print(row: dict) -> None:

@@ -376,7 +376,11 @@ def collect_statistics(
         intra_op_threads = intra_op_threads or shard.threads()  # no oversubscribed cores
     augmented, fetched = augment_with_statistics(model, names, sample_cap if histograms else None)
     output_names = [o for group in fetched.values() for o in group]
-    options = session_options(intra_op_threads=intra_op_threads, optimization_level="basic")
+    # No spinning: between runs this thread bins the samples, and pool threads spinning on its
+    # core would take that time (the threads and so ORT's numerics are unchanged).
+    options = session_options(
+        intra_op_threads=intra_op_threads, optimization_level="basic", allow_spinning=False
+    )
     # Ready nodes run lowest graph index first, so each reduction (placed right after its
     # producer) runs as soon as it can and the full activation is freed as in inference.
     options.execution_order = ort.ExecutionOrder.PRIORITY_BASED

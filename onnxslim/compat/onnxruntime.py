@@ -24,11 +24,13 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import add_infer_metadata, load_model_with_shape_infer
 
 from onnxslim._errors import RecipeError
+from onnxslim.compat.onnxruntime_qdq import IndexedQDQQuantizer, WeightCache
 
 __all__ = [
     "ORT_QUANTIZATION_DIR",
     "QDQQuantizer",
     "INT4_ALGORITHMS",
+    "WeightCache",
     "load_model_with_shape_infer",
     "matmul_nbits_quantized",
     "qdq_quantizer",
@@ -92,9 +94,17 @@ def qdq_quantizer(
     nodes_to_exclude: Sequence[str],
     op_types_to_quantize: Sequence[str],
     extra_options: Mapping[str, Any],
+    weight_cache: WeightCache | None = None,
+    indexed: bool = True,
 ) -> QDQQuantizer:
-    """ORT's QDQQuantizer built with keyword arguments (its constructor is positional-unstable)."""
-    return QDQQuantizer(
+    """ORT's QDQQuantizer built with keyword arguments (its constructor is positional-unstable).
+
+    ``indexed`` (default): its subclass with indexed lookups and, given ``weight_cache``, the
+    weights' scales and int8 copies reused across calls (onnxruntime_qdq.py); same output.
+    """
+    options: dict[str, Any] = {"weight_cache": weight_cache} if indexed else {}
+    return (IndexedQDQQuantizer if indexed else QDQQuantizer)(
+        **options,
         model=model,
         per_channel=per_channel,
         reduce_range=reduce_range,

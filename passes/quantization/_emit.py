@@ -16,6 +16,7 @@ import onnx_ir.passes.common
 from onnxslim import model_file_size
 from onnxslim.compat.onnxruntime import (
     ORT_QUANTIZATION_DIR,
+    WeightCache,
     qdq_quantizer,
     quant_type,
     shape_inferred_proto,
@@ -106,8 +107,10 @@ def emit_qdq(
     profile: TargetProfile,
     *,
     external_data: bool,
+    weight_cache: WeightCache | None = None,
 ) -> Path:
-    """Writes the QDQ model ORT's quantizer makes of ``prepared`` (consumed: ORT edits it)."""
+    """Writes the QDQ model ORT's quantizer makes of ``prepared`` (consumed: ORT edits it);
+    ``weight_cache`` reuses the weights' scales and int8 copies of earlier calls."""
     quantizer = qdq_quantizer(
         prepared,
         per_channel=profile.per_channel,
@@ -121,6 +124,7 @@ def emit_qdq(
             "ActivationSymmetric": profile.activation_symmetric,
             "WeightSymmetric": profile.weight_symmetric,
         },
+        weight_cache=weight_cache,
     )
     with quiet_ort_quantizer():
         quantizer.quantize_model()
@@ -187,6 +191,10 @@ class Emitter:
         self.ranges = ranges
         self._numbers = itertools.count()
         self._inferred: onnx.ModelProto | None = None
+        # scales and int8 copies of the weights, shared by this model's candidates (the int8
+        # copies only when not segmented: a segmented model's weights are not held at once)
+        self.weight_cache = WeightCache()
+        self._segment_cache = WeightCache(quantized_weights=False)
 
     def emit(
         self,
@@ -202,16 +210,26 @@ class Emitter:
             return emit_dynamic(self.prepared_path, path, excluded, self.profile)
         ranges = ranges or self.ranges
 
-        def quantize(model: onnx.ModelProto, output: Path, external_data: bool = True) -> None:
-            emit_qdq(
-                model, output, ranges, op_types, excluded, self.profile, external_data=external_data
-            )
-
         skeleton = self._skeleton()
         budget = self.segment_bytes
         if budget is None and proto_weight_bytes(skeleton.graph) > SEGMENT_THRESHOLD_BYTES:
             budget = SEGMENT_BYTES
-        if budget is not None and can_segment(skeleton.graph):
+        segmented = budget is not None and can_segment(skeleton.graph)
+        cache = self._segment_cache if segmented else self.weight_cache
+
+        def quantize(model: onnx.ModelProto, output: Path, external_data: bool = True) -> None:
+            emit_qdq(
+                model,
+                output,
+                ranges,
+                op_types,
+                excluded,
+                self.profile,
+                external_data=external_data,
+                weight_cache=cache,
+            )
+
+        if budget is not None and segmented:
             # one node range at a time: only its float weights are ever in memory
             def load(part: onnx.ModelProto) -> None:
                 read_external_weights(part, self.prepared_path.parent)
