@@ -124,6 +124,12 @@ class QuantizeOptions:
         "calibration data is other data, else held out from the calibration data (the last "
         "ones, when at least 4x as many remain for calibration), else calibration samples",
     )
+    max_eval_samples: int = option(
+        64,
+        help="the most samples the guard judges on where a sequence score (CTC, per-step top-1) "
+        "needs more than eval_samples: enough characters/steps that the score's standard error "
+        "at the bound is under half its slack (about 4*b/(1-b) units); <= eval_samples: off",
+    )
     equalize: bool | None = option(
         None,
         help="cross-layer equalization of Conv -> ReLU -> Conv pairs (depthwise included), exact "

@@ -113,7 +113,8 @@ def with_float_islands(
             extra = {n: why for n, why in nodes.items() if n not in excluded}
             label = f"{base.label}, {step}"
             path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
-            entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
+            evaluation = evaluator.evaluate(path, stop_early=True)  # pass/fail decides here
+            entry = base.replace(label=label, path=path, evaluation=evaluation)
             result.insert(position, entry.replace(excluded=extra))
             position += 1
             bar.advance(candidate=label)
