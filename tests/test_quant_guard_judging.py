@@ -136,4 +136,6 @@ def test_a_ctc_guard_judges_on_enough_held_out_characters(tmp_path):
     off = QuantizeStatic(_words(140), latency_guard=False, max_eval_samples=0).apply(
         onnxslim.load(path), PassContext(workdir=tmp_path / "c")
     )
-    assert off.summary["judged_on"]["samples"] == 8 and "size_because" not in off.summary["judged_on"]
+    assert (
+        off.summary["judged_on"]["samples"] == 8 and "size_because" not in off.summary["judged_on"]
+    )

@@ -244,11 +244,17 @@ def widen_clipped_ranges(
     emitter: Emitter,
     evaluator: Evaluator,
     excluded: Mapping[str, str],
+    skip: Collection[str] = (),
 ) -> list[Candidate]:
     """Step 1: a clipping method (percentile/entropy/mse) can cut off the rare large values that
     carry the signal (digit strokes on a blank page): widen the most clipped ranges back to
-    min/max, most clipped first, until the bound holds (else keep the best-scoring try)."""
-    failing = [c for c in tried if not (c.evaluation.accurate or c.dynamic or not clipped)]
+    min/max, most clipped first, until the bound holds (else keep the best-scoring try).
+    Candidates labelled in ``skip`` are left as they are."""
+    failing = [
+        c
+        for c in tried
+        if not (c.evaluation.accurate or c.dynamic or not clipped or c.label in skip)
+    ]
     result = []
     with task("quantize: widening clipped ranges", len(failing), "candidate") as bar:
         for entry in tried:
@@ -398,6 +404,9 @@ def _outputs_and_logits(
 ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
     """The outputs per batch and (``logits`` given) the same with each Sigmoid/Softmax output
     replaced by its logits, from ONE session (no logits: the outputs twice, one session)."""
+    if not logits:
+        outputs = run_outputs(path, batches, providers)
+        return outputs, outputs
     plain, replaced = [], []
     for outputs, with_logits in _iter_outputs_and_logits(path, batches, logits, providers):
         plain.append(outputs)

@@ -37,10 +37,7 @@ from onnxslim.fidelity import FidelityBounds, TaskMetric
 from onnxslim.inputs import BatchedReader
 from onnxslim.passes.quantization._accuracy_guard import (
     Evaluator,
-    first_candidates,
-    keep_sensitive_layers_in_float,
     tensor_sqnr,
-    widen_clipped_ranges,
 )
 from onnxslim.passes.quantization._calibrate import (
     Calibration,
@@ -62,12 +59,10 @@ from onnxslim.passes.quantization._latency_guard import (
     slow_int8_nodes,
     timing_feeds,
 )
-from onnxslim.passes.quantization._node_search import with_sensitive_tensors
 from onnxslim.passes.quantization._options import QuantizeOptions
-from onnxslim.passes.quantization._placement import with_float_islands
 from onnxslim.passes.quantization._prepare import Prepared, prepare
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
-from onnxslim.passes.quantization._pruning import beaten
+from onnxslim.passes.quantization._pruning import guarded_candidates
 from onnxslim.passes.quantization._recovery import check_recovery_options, recover
 from onnxslim.passes.quantization._summary import (
     candidates_summary,
@@ -273,32 +268,9 @@ class QuantizeStatic(SlimPass):
         )
 
     def _accuracy_guard(self, run: _Run) -> list[Candidate]:
-        tried = first_candidates(run.op_sets, run.emitter, run.evaluator, run.excluded)
-        clipped = run.calibration.clipped()
-        tried = widen_clipped_ranges(tried, clipped, run.emitter, run.evaluator, run.excluded)
-        # per node, not per op class: the attention tensors that break the metric stay float
-        tried, rescued = with_float_islands(
-            tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded
-        )
-        # the tensors whose int8 breaks the task metric, found by releasing their QDQ pairs
-        tried, found = with_sensitive_tensors(
-            tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded, rescued
-        )
-        skip = rescued | found
-        if skip and self.latency_guard:  # a placement passed: search only what could beat it
-            batches = run.evaluator.batches
-            feeds = timing_feeds(run.model, batches, self.latency_batch, run.batch_axes)
-            pruned = beaten(tried, skip, feeds, runs=self.latency_runs, threads=self.threads)
-            if pruned:
-                run.summary["searches_skipped"] = pruned
-            skip = skip | set(pruned)
-        tried, sensitivity = keep_sensitive_layers_in_float(
-            tried, run.prepared, run.emitter, run.evaluator, run.excluded, skip=skip
-        )
-        run.summary["sensitivity_db"] = {
-            n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]
-        }
-        return tried
+        # op classes, widened ranges, placement searches, sensitive layers; what cannot beat
+        # an accurate candidate is skipped (_pruning)
+        return guarded_candidates(run, self.settings)
 
     def _latency_guard(
         self, run: _Run, tried: list[Candidate]
