@@ -72,3 +72,19 @@ def test_a_failing_candidate_slower_than_an_accurate_one_is_not_searched(tmp_pat
     assert beaten(swapped, (), feeds, runs=5, threads=1) == {}
     # nothing accurate: nothing to beat, nothing timed
     assert beaten(tried[1:], (), feeds, runs=5, threads=1) == {}
+
+
+def test_a_candidate_keeping_less_in_float_than_a_failed_one_is_not_emitted(tmp_path):
+    from onnxslim.passes.quantization._accuracy_guard import FailedSets
+
+    graph = onnx.load(_chain(tmp_path, "four", 4)).graph
+    failed = FailedSets(graph, {"mm0": "user"})
+    assert failed.float_nodes(("MatMul",), ["mm3"]) == {"mm0", "mm3"}
+    assert failed.float_nodes(("Conv",), []) == {"mm0", "mm1", "mm2", "mm3"}
+    failed.add(("MatMul",), ["mm2", "mm3"], None)
+    # a subset of the failed float nodes at the same (calibrated) ranges: it cannot pass
+    assert failed.covers(("MatMul",), ["mm3"], None)
+    assert failed.covers(("MatMul",), [], None)
+    # more in float, or other ranges: it may pass
+    assert not failed.covers(("MatMul",), ["mm1"], None)
+    assert not failed.covers(("MatMul",), ["mm3"], {"h0": (0.0, 1.0)})

@@ -301,11 +301,15 @@ def keep_sensitive_layers_in_float(
     failing = [
         c for c in tried if not (c.evaluation.accurate or c.op_types is None or c.label in skip)
     ]
+    failed = FailedSets(prepared.proto.graph, excluded)
+    for entry in tried:
+        if not (entry.evaluation.accurate or entry.op_types is None):
+            failed.add(entry.op_types, entry.excluded, entry.ranges)
     with task("quantize: sensitive layers in float", len(failing), "candidate") as bar:
         for entry in tried:
             if any(entry is c for c in failing):
                 sensitivity = _sensitivity(entry, prepared, evaluator.batches)
-                entry = _without_sensitive(entry, sensitivity, emitter, evaluator, excluded)
+                entry = _without_sensitive(entry, sensitivity, emitter, evaluator, excluded, failed)
                 bar.advance(candidate=entry.label)
             result.append(entry)
     return result, sensitivity
@@ -317,6 +321,7 @@ def _without_sensitive(
     emitter: Emitter,
     evaluator: Evaluator,
     excluded: Mapping[str, str],
+    failed: FailedSets,
 ) -> Candidate:
     kept = dict(entry.excluded)
     ranked = [
@@ -330,11 +335,39 @@ def _without_sensitive(
         # on top of the nodes the candidate already keeps float (a placement's islands)
         extra = {n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]}
         extra = {**kept, **extra}
+        count *= 2
+        if failed.covers(entry.op_types or (), extra, entry.ranges):
+            continue  # it keeps less in float than a candidate that failed: it fails too
         path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
         evaluation = evaluator.evaluate(path, stop_early=True)  # pass/fail decides here
         entry = entry.replace(path=path, evaluation=evaluation, excluded=extra)
-        count *= 2
+        if not evaluation.accurate:
+            failed.add(entry.op_types or (), extra, entry.ranges)
     return entry
+
+
+class FailedSets:
+    """The nodes each failing static candidate left in float, with its ranges. A candidate
+    whose float nodes are a subset of a failed one's at the same ranges quantizes all that one
+    did and more: it cannot pass, so it is not emitted. Ranges match when they are the same
+    object (the calibrated ones: None; a candidate's widened ones, shared by its variants)."""
+
+    def __init__(self, graph: Any, excluded: Mapping[str, str]) -> None:
+        self._nodes = [(n.name, n.op_type) for n in graph.node if n.name]
+        self._excluded = set(excluded)
+        self.sets: list[tuple[frozenset[str], Any]] = []
+
+    def float_nodes(self, op_types: Collection[str], extra: Collection[str]) -> frozenset[str]:
+        """The named nodes outside ``op_types``, the pass's exclusions and ``extra``."""
+        kept = self._excluded | set(extra)
+        return frozenset(n for n, op in self._nodes if op not in op_types or n in kept)
+
+    def add(self, op_types: Collection[str], extra: Collection[str], ranges: Any) -> None:
+        self.sets.append((self.float_nodes(op_types, extra), ranges))
+
+    def covers(self, op_types: Collection[str], extra: Collection[str], ranges: Any) -> bool:
+        nodes = self.float_nodes(op_types, extra)
+        return any(nodes <= done and same is ranges for done, same in self.sets)
 
 
 def _sensitivity(entry: Candidate, prepared: Prepared, batches: Sequence[Feeds]) -> dict:
@@ -408,8 +441,8 @@ def _outputs_and_logits(
         outputs = run_outputs(path, batches, providers)
         return outputs, outputs
     plain, replaced = [], []
-    for outputs, with_logits in _iter_outputs_and_logits(path, batches, logits, providers):
-        plain.append(outputs)
+    for got, with_logits in _iter_outputs_and_logits(path, batches, logits, providers):
+        plain.append(got)
         replaced.append(with_logits)
     return plain, replaced
 
