@@ -120,9 +120,10 @@ class QuantizeOptions:
     )
     eval_samples: int = option(
         8,
-        help="samples the guards judge on: the pipeline's verification data when the "
-        "calibration data is other data, else held out from the calibration data (the last "
-        "ones, when at least 4x as many remain for calibration), else calibration samples",
+        help="samples the guards judge on (more for sequence scores: max_eval_samples): the "
+        "pipeline's verification data when the calibration data is other data, else held out "
+        "from the calibration data (the last ones, when at least 4x as many, or 64, remain for "
+        "calibration), else calibration samples",
     )
     max_eval_samples: int = option(
         64,
