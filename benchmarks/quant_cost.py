@@ -35,15 +35,17 @@ from quant_vs_ort import _NpzReader, peak_rss_mb  # noqa: E402
 
 TOOLS = ("ours", "ort-default", "ort-percentile")
 
-# (module, attribute): the stages of the pass, as _quantize_static calls them
+# (module, attribute): the stages of the pass, as _quantize_static and _pruning call them
 STAGES = (
     ("onnxslim.passes.quantization._quantize_static", "prepare"),
     ("onnxslim.passes.quantization._quantize_static", "collect_ranges"),
     ("onnxslim.passes.quantization._quantize_static", "Evaluator"),
-    ("onnxslim.passes.quantization._quantize_static", "first_candidates"),
-    ("onnxslim.passes.quantization._quantize_static", "widen_clipped_ranges"),
-    ("onnxslim.passes.quantization._quantize_static", "with_float_islands"),
-    ("onnxslim.passes.quantization._quantize_static", "keep_sensitive_layers_in_float"),
+    ("onnxslim.passes.quantization._pruning", "first_candidates"),
+    ("onnxslim.passes.quantization._pruning", "widen_clipped_ranges"),
+    ("onnxslim.passes.quantization._pruning", "with_float_islands"),
+    ("onnxslim.passes.quantization._pruning", "with_sensitive_tensors"),
+    ("onnxslim.passes.quantization._pruning", "beaten"),
+    ("onnxslim.passes.quantization._pruning", "keep_sensitive_layers_in_float"),
     ("onnxslim.passes.quantization._quantize_static", "slow_int8_nodes"),
     ("onnxslim.passes.quantization._quantize_static", "rank_and_confirm"),
     ("onnxslim.passes.quantization._quantize_static", "tensor_sqnr"),

@@ -3,10 +3,9 @@ keep the most sensitive layers in float until the bound holds."""
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,12 @@ from onnxslim.fidelity import (
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
+from onnxslim.passes.quantization._judging import (
+    EarlyStop,
+    JudgingData,
+    evaluation_batches,
+    judging_data,
+)
 from onnxslim.passes.quantization._prepare import Prepared
 from onnxslim.passes.quantization._sensitivity import _seen_as, layer_sensitivity
 from onnxslim.progress import task
@@ -44,75 +49,6 @@ __all__ = [
 ]
 
 Feeds = Mapping[str, np.ndarray]
-
-
-def evaluation_batches(reader: Iterable[dict], samples: int) -> list[dict]:
-    """The first batches of the calibration data holding at least ``samples`` samples."""
-    batches: list[dict] = []
-    for batch in reader:
-        batches.append(batch)
-        if sum(_count(b) for b in batches) >= samples:
-            break
-    return batches
-
-
-def _count(batch: Mapping[str, Any]) -> int:
-    return len(next(iter(batch.values())))
-
-
-# The calibration keeps at least this many times the samples it gives up to the guard.
-HOLDOUT_RATIO = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class JudgingData:
-    """The batches the accuracy guard judges on, the calibration's sample limit (None: the
-    reader's own), the report's ``judged_on`` and a warning when calibration samples are reused."""
-
-    batches: list[dict]
-    calibration_limit: int | None
-    judged_on: dict[str, Any]
-    warning: str | None = None
-
-
-def judging_data(
-    reader: Iterable[dict],
-    eval_samples: int,
-    samples: int | None,
-    verification: Sequence[Feeds] = (),
-) -> JudgingData:
-    """Samples the calibration does not see: the pipeline's ``verification`` feeds when given
-    (other data than the calibration's), else the last whole batches of ``reader`` covering
-    ``eval_samples`` when the calibration keeps enough (``samples``, or HOLDOUT_RATIO x the
-    held-out count); else the first calibration samples again, with a warning."""
-    if verification:
-        taken = [dict(v) for v in verification[:eval_samples]]
-        count = sum(_count(b) for b in taken)
-        return JudgingData(taken, None, {"source": "verification data", "samples": count})
-    tail: collections.deque[dict] = collections.deque()
-    total = 0
-    for batch in reader:
-        tail.append(batch)
-        total += _count(batch)
-        while len(tail) > 1 and sum(_count(b) for b in tail) - _count(tail[0]) >= eval_samples:
-            tail.popleft()
-    held = sum(_count(b) for b in tail)
-    rest = total - held
-    if (samples is not None and rest >= samples) or rest >= HOLDOUT_RATIO * held:
-        limit = samples if samples is not None else rest
-        judged_on = {"source": "held-out calibration data", "samples": held}
-        judged_on["description"] = (
-            f"the last {held} of {total} samples; the calibration used the first {limit}"
-        )
-        return JudgingData(list(tail), limit, judged_on)
-    batches = evaluation_batches(reader, eval_samples)
-    count = sum(_count(b) for b in batches)
-    warning = (
-        f"the accuracy guard judged on {count} calibration samples (no unseen samples: give "
-        f"verification data or at least {(HOLDOUT_RATIO + 1) * eval_samples} samples)"
-    )
-    judged_on = {"source": "calibration samples (reused)", "samples": count}
-    return JudgingData(batches, samples, judged_on, warning)
 
 
 class Evaluator:
@@ -147,6 +83,9 @@ class Evaluator:
         self.reference_logits = (
             run_with_logits(prepared.path, batches, self.logits) if self.logits else self.reference
         )
+        self._early = EarlyStop(self.metrics, self.reference)
+        self.evaluations = 0
+        self.stopped_early = 0  # evaluations stopped before the last batch
 
     def summary(self) -> dict[str, Any]:
         """``metric``, ``metric_chosen_because`` and the floors, for the pass's report."""
@@ -164,9 +103,28 @@ class Evaluator:
             "min_score": {m.name: m.bound for m in self.metrics},
         }
 
-    def evaluate(self, path: Path) -> Evaluation:
+    def evaluate(self, path: Path, stop_early: bool = False) -> Evaluation:
+        """The candidate's scores and violations on every batch; ``stop_early`` (where only
+        pass/fail matters) stops at the first batch after which a task metric can no longer
+        reach its bound: the evaluation then fails, its scores are the most it could reach."""
+        self.evaluations += 1
         # one session per candidate: its outputs and (where judged on them) its logits
-        outputs, with_logits = _outputs_and_logits(path, self.batches, self.logits)
+        outputs: list[dict[str, np.ndarray]] = []
+        with_logits: list[dict[str, np.ndarray]] = []
+        gained = self._early.start()
+        runs = _iter_outputs_and_logits(path, self.batches, self.logits)
+        for index, (plain, replaced) in enumerate(runs):
+            outputs.append(plain)
+            with_logits.append(replaced)
+            stop = (
+                self._early.check(gained, index, self.reference[index], plain)
+                if stop_early
+                else None
+            )
+            if stop is not None and index + 1 < len(self.batches):
+                self.stopped_early += 1
+                runs.close()  # the candidate's session goes now
+                return self._stopped(outputs, *stop)
         fidelity = compare_outputs(self.reference, outputs)
         problems: list[str] = []
         scores: dict[str, float] = {}
@@ -197,6 +155,18 @@ class Evaluator:
             on_logits=True,
             task_scores=scores,
         )
+
+    def _stopped(
+        self, outputs: list[dict[str, np.ndarray]], metric: TaskMetric, most: float
+    ) -> Evaluation:
+        done = len(outputs)
+        where = f" on {', '.join(metric.outputs)}" if metric.outputs else ""
+        problem = (
+            f"{metric.name} at most {most:.4g} < {metric.bound:g}{where} (stopped after "
+            f"{done} of {len(self.batches)} batches: the rest cannot lift it)"
+        )
+        fidelity = compare_outputs(self.reference[:done], outputs)
+        return Evaluation(fidelity, (problem,), task_scores={metric.name + where: most})
 
 
 def _metrics(
@@ -274,11 +244,17 @@ def widen_clipped_ranges(
     emitter: Emitter,
     evaluator: Evaluator,
     excluded: Mapping[str, str],
+    skip: Collection[str] = (),
 ) -> list[Candidate]:
     """Step 1: a clipping method (percentile/entropy/mse) can cut off the rare large values that
     carry the signal (digit strokes on a blank page): widen the most clipped ranges back to
-    min/max, most clipped first, until the bound holds (else keep the best-scoring try)."""
-    failing = [c for c in tried if not (c.evaluation.accurate or c.dynamic or not clipped)]
+    min/max, most clipped first, until the bound holds (else keep the best-scoring try).
+    Candidates labelled in ``skip`` are left as they are."""
+    failing = [
+        c
+        for c in tried
+        if not (c.evaluation.accurate or c.dynamic or not clipped or c.label in skip)
+    ]
     result = []
     with task("quantize: widening clipped ranges", len(failing), "candidate") as bar:
         for entry in tried:
@@ -325,11 +301,15 @@ def keep_sensitive_layers_in_float(
     failing = [
         c for c in tried if not (c.evaluation.accurate or c.op_types is None or c.label in skip)
     ]
+    failed = FailedSets(prepared.proto.graph, excluded)
+    for entry in tried:
+        if not (entry.evaluation.accurate or entry.op_types is None):
+            failed.add(entry.op_types, entry.excluded, entry.ranges)
     with task("quantize: sensitive layers in float", len(failing), "candidate") as bar:
         for entry in tried:
             if any(entry is c for c in failing):
                 sensitivity = _sensitivity(entry, prepared, evaluator.batches)
-                entry = _without_sensitive(entry, sensitivity, emitter, evaluator, excluded)
+                entry = _without_sensitive(entry, sensitivity, emitter, evaluator, excluded, failed)
                 bar.advance(candidate=entry.label)
             result.append(entry)
     return result, sensitivity
@@ -341,6 +321,7 @@ def _without_sensitive(
     emitter: Emitter,
     evaluator: Evaluator,
     excluded: Mapping[str, str],
+    failed: FailedSets,
 ) -> Candidate:
     kept = dict(entry.excluded)
     ranked = [
@@ -354,10 +335,39 @@ def _without_sensitive(
         # on top of the nodes the candidate already keeps float (a placement's islands)
         extra = {n: f"accuracy guard: SQNR loss {sensitivity[n]:.1f} dB" for n in ranked[:count]}
         extra = {**kept, **extra}
-        path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
-        entry = entry.replace(path=path, evaluation=evaluator.evaluate(path), excluded=extra)
         count *= 2
+        if failed.covers(entry.op_types or (), extra, entry.ranges):
+            continue  # it keeps less in float than a candidate that failed: it fails too
+        path = emitter.emit(entry.label, entry.op_types, [*excluded, *extra], entry.ranges)
+        evaluation = evaluator.evaluate(path, stop_early=True)  # pass/fail decides here
+        entry = entry.replace(path=path, evaluation=evaluation, excluded=extra)
+        if not evaluation.accurate:
+            failed.add(entry.op_types or (), extra, entry.ranges)
     return entry
+
+
+class FailedSets:
+    """The nodes each failing static candidate left in float, with its ranges. A candidate
+    whose float nodes are a subset of a failed one's at the same ranges quantizes all that one
+    did and more: it cannot pass, so it is not emitted. Ranges match when they are the same
+    object (the calibrated ones: None; a candidate's widened ones, shared by its variants)."""
+
+    def __init__(self, graph: Any, excluded: Mapping[str, str]) -> None:
+        self._nodes = [(n.name, n.op_type) for n in graph.node if n.name]
+        self._excluded = set(excluded)
+        self.sets: list[tuple[frozenset[str], Any]] = []
+
+    def float_nodes(self, op_types: Collection[str], extra: Collection[str]) -> frozenset[str]:
+        """The named nodes outside ``op_types``, the pass's exclusions and ``extra``."""
+        kept = self._excluded | set(extra)
+        return frozenset(n for n, op in self._nodes if op not in op_types or n in kept)
+
+    def add(self, op_types: Collection[str], extra: Collection[str], ranges: Any) -> None:
+        self.sets.append((self.float_nodes(op_types, extra), ranges))
+
+    def covers(self, op_types: Collection[str], extra: Collection[str], ranges: Any) -> bool:
+        nodes = self.float_nodes(op_types, extra)
+        return any(nodes <= done and same is ranges for done, same in self.sets)
 
 
 def _sensitivity(entry: Candidate, prepared: Prepared, batches: Sequence[Feeds]) -> dict:
@@ -430,6 +440,26 @@ def _outputs_and_logits(
     if not logits:
         outputs = run_outputs(path, batches, providers)
         return outputs, outputs
+    plain, replaced = [], []
+    for got, with_logits in _iter_outputs_and_logits(path, batches, logits, providers):
+        plain.append(got)
+        replaced.append(with_logits)
+    return plain, replaced
+
+
+def _iter_outputs_and_logits(
+    path: str | os.PathLike,
+    batches: Sequence[Feeds],
+    logits: Mapping[str, str],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> Generator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], None, None]:
+    """Per batch, as :func:`_outputs_and_logits` gives them (one session, run lazily)."""
+    if not logits:
+        probe = ValueProbe(Path(path), [], providers=providers, options=session_options())
+        for batch in batches:
+            outputs = probe.run(dict(batch), probe.outputs)
+            yield outputs, outputs
+        return
     model = ir.load(str(path))
     values = _seen_as(model, logits.values())
     seen_as = {output: values[source] for output, source in logits.items() if source in values}
@@ -440,9 +470,6 @@ def _outputs_and_logits(
     names = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
     del model
     fetch = [seen_as.get(name, name) for name in names]
-    plain, replaced = [], []
     for batch in batches:
         got = probe.run(batch, list(dict.fromkeys([*names, *fetch])))
-        plain.append({name: got[name] for name in names})
-        replaced.append({name: got[f] for name, f in zip(names, fetch)})
-    return plain, replaced
+        yield {name: got[name] for name in names}, {name: got[f] for name, f in zip(names, fetch)}

@@ -199,7 +199,8 @@ def with_sensitive_tensors(
                 extra.setdefault(name, why)
     label = f"{base.label}, {count} sensitive tensor(s) in float"
     path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
-    entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
+    evaluation = evaluator.evaluate(path, stop_early=True)
+    entry = base.replace(label=label, path=path, evaluation=evaluation)
     result.insert(result.index(base) + 1, entry.replace(excluded=extra))
     return result, {base.label} if entry.evaluation.accurate else set()
 
@@ -215,7 +216,7 @@ def _fixing_count(
             break
         path = folder / "released.onnx"
         onnx.save(released(proto, ranked[:count]), str(path))
-        if evaluator.evaluate(path).accurate:
+        if evaluator.evaluate(path, stop_early=True).accurate:
             return count
     return None
 
@@ -231,6 +232,6 @@ def _fixing_chunk(
             continue
         released_path = folder / "released.onnx"
         onnx.save(released(proto, chunk), str(released_path))
-        if evaluator.evaluate(released_path).accurate:
+        if evaluator.evaluate(released_path, stop_early=True).accurate:
             return chunk
     return None

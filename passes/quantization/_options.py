@@ -120,9 +120,16 @@ class QuantizeOptions:
     )
     eval_samples: int = option(
         8,
-        help="samples the guards judge on: the pipeline's verification data when the "
-        "calibration data is other data, else held out from the calibration data (the last "
-        "ones, when at least 4x as many remain for calibration), else calibration samples",
+        help="samples the guards judge on (more for sequence scores: max_eval_samples): the "
+        "pipeline's verification data when the calibration data is other data, else held out "
+        "from the calibration data (the last ones, when at least 4x as many, or 64, remain for "
+        "calibration), else calibration samples",
+    )
+    max_eval_samples: int = option(
+        64,
+        help="the most samples the guard judges on where a sequence score (CTC, per-step top-1) "
+        "needs more than eval_samples: enough characters/steps that the score's standard error "
+        "at the bound is under half its slack (about 4*b/(1-b) units); <= eval_samples: off",
     )
     equalize: bool | None = option(
         None,

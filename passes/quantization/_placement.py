@@ -4,7 +4,7 @@ inputs), quantize the rest."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import onnx
 
@@ -97,12 +97,15 @@ def with_float_islands(
     emitter: Emitter,
     evaluator: Evaluator,
     excluded: Mapping[str, str],
+    skip: Collection[str] = (),
 ) -> tuple[list[Candidate], set[str]]:
-    """After the first static op-class candidate that breaks the bound, its variants with the
-    float islands (step by step until one holds); also the labels of the bases they rescued
-    (no sensitivity search needed for those)."""
+    """After the first static op-class candidate that breaks the bound (not labelled in
+    ``skip``), its variants with the float islands (step by step until one holds); also the
+    labels of the bases they rescued (no sensitivity search needed for those)."""
     result = list(tried)
-    base = next((c for c in tried if not c.dynamic and not c.evaluation.accurate), None)
+    base = next(
+        (c for c in tried if not (c.dynamic or c.evaluation.accurate or c.label in skip)), None
+    )
     if base is None:
         return result, set()
     position = result.index(base) + 1
@@ -113,7 +116,8 @@ def with_float_islands(
             extra = {n: why for n, why in nodes.items() if n not in excluded}
             label = f"{base.label}, {step}"
             path = emitter.emit(label, base.op_types, [*excluded, *extra], base.ranges)
-            entry = base.replace(label=label, path=path, evaluation=evaluator.evaluate(path))
+            evaluation = evaluator.evaluate(path, stop_early=True)  # pass/fail decides here
+            entry = base.replace(label=label, path=path, evaluation=evaluation)
             result.insert(position, entry.replace(excluded=extra))
             position += 1
             bar.advance(candidate=label)

@@ -9,7 +9,6 @@ _prepare, _tensors, _calibrate, _emit, _accuracy_guard, _latency_guard, _candida
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import re
@@ -38,13 +37,7 @@ from onnxslim.fidelity import FidelityBounds, TaskMetric
 from onnxslim.inputs import BatchedReader
 from onnxslim.passes.quantization._accuracy_guard import (
     Evaluator,
-    JudgingData,
-    evaluation_batches,
-    first_candidates,
-    judging_data,
-    keep_sensitive_layers_in_float,
     tensor_sqnr,
-    widen_clipped_ranges,
 )
 from onnxslim.passes.quantization._calibrate import (
     Calibration,
@@ -60,16 +53,16 @@ from onnxslim.passes.quantization._candidates import (
     user_exclusions,
 )
 from onnxslim.passes.quantization._emit import Emitter
+from onnxslim.passes.quantization._judging import JudgingData, split_for_judging
 from onnxslim.passes.quantization._latency_guard import (
     rank_and_confirm,
     slow_int8_nodes,
     timing_feeds,
 )
-from onnxslim.passes.quantization._node_search import with_sensitive_tensors
 from onnxslim.passes.quantization._options import QuantizeOptions
-from onnxslim.passes.quantization._placement import with_float_islands
 from onnxslim.passes.quantization._prepare import Prepared, prepare
 from onnxslim.passes.quantization._profiles import TargetProfile, target_profile
+from onnxslim.passes.quantization._pruning import guarded_candidates
 from onnxslim.passes.quantization._recovery import check_recovery_options, recover
 from onnxslim.passes.quantization._summary import (
     candidates_summary,
@@ -179,7 +172,7 @@ class QuantizeStatic(SlimPass):
         _refuse_empty_batches(model)
         profile = self.resolved_profile()
         reader, smoke = self._open_reader(model, context)
-        reader, judging = self._judging_data(reader, smoke, context)
+        reader, judging = self._judging_data(model, reader, smoke, context)
         with _scratch_folder(context.workdir) as workdir:
             summary = start_summary(reader, smoke, self.method, profile)
             summary["judged_on"] = judging.judged_on
@@ -192,6 +185,11 @@ class QuantizeStatic(SlimPass):
             tried = self._accuracy_guard(run)
             tried = recover(self, run, reader, tried)  # _recovery: CLE, SmoothQuant, bias, QAT-KD
             tried, chosen = self._latency_guard(run, tried)
+            evaluator = run.evaluator
+            summary["evaluations"] = {
+                "run": evaluator.evaluations,
+                "stopped_early": evaluator.stopped_early,
+            }
             summary["candidates"] = candidates_summary(tried, chosen)
             summary["size_bytes_before"] = model_file_size(run.input_path)
             if chosen is None:
@@ -208,34 +206,21 @@ class QuantizeStatic(SlimPass):
             )
             data = "random"
         # with a sample limit, the guard's held-out samples may come from just past it
-        limit = None if self.samples is None else self.samples + self.eval_samples
+        most = max(self.eval_samples, self.max_eval_samples)
+        limit = None if self.samples is None else self.samples + most
         reader = open_calibration_data(data, model, self.batch_size, limit, context.sizes)
         return reader, smoke or reader.smoke
 
     def _judging_data(
-        self, reader: BatchedReader, smoke: bool, context: PassContext
+        self, model: ir.Model, reader: BatchedReader, smoke: bool, context: PassContext
     ) -> tuple[BatchedReader, JudgingData]:
         """The calibration reader and the guard's samples, unseen by the calibration if possible."""
         own_data = self.calibration is not None and context.data is not None
         verification = list(context.sample_inputs) if own_data else []
         if verification and _same_first_sample(reader, verification[0]):
             verification = []  # the pipeline verifies on the calibration data itself
-        if smoke or not self.accuracy_guard or not isinstance(reader, BatchedReader):
-            # nothing to judge (or judged on meaningless data): the timing samples only
-            batches = evaluation_batches(reader, self.eval_samples)
-            count = sum(len(next(iter(b.values()))) for b in batches)
-            source = "random smoke data" if smoke else "calibration samples (reused)"
-            if self.samples is not None and isinstance(reader, BatchedReader):
-                reader = copy.copy(reader)
-                reader.limit = self.samples
-                reader.rewind()
-            return reader, JudgingData(batches, None, {"source": source, "samples": count})
-        judging = judging_data(reader, self.eval_samples, self.samples, verification)
-        if judging.calibration_limit is not None and judging.calibration_limit != reader.limit:
-            reader = copy.copy(reader)
-            reader.limit = judging.calibration_limit
-            reader.rewind()
-        return reader, judging
+        judged = smoke or not self.accuracy_guard or not isinstance(reader, BatchedReader)
+        return split_for_judging(self.settings, model, reader, judged, verification, smoke)
 
     def _prepare_and_calibrate(
         self,
@@ -283,24 +268,9 @@ class QuantizeStatic(SlimPass):
         )
 
     def _accuracy_guard(self, run: _Run) -> list[Candidate]:
-        tried = first_candidates(run.op_sets, run.emitter, run.evaluator, run.excluded)
-        clipped = run.calibration.clipped()
-        tried = widen_clipped_ranges(tried, clipped, run.emitter, run.evaluator, run.excluded)
-        # per node, not per op class: the attention tensors that break the metric stay float
-        tried, rescued = with_float_islands(
-            tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded
-        )
-        # the tensors whose int8 breaks the task metric, found by releasing their QDQ pairs
-        tried, found = with_sensitive_tensors(
-            tried, run.prepared.proto.graph, run.emitter, run.evaluator, run.excluded, rescued
-        )
-        tried, sensitivity = keep_sensitive_layers_in_float(
-            tried, run.prepared, run.emitter, run.evaluator, run.excluded, skip=rescued | found
-        )
-        run.summary["sensitivity_db"] = {
-            n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]
-        }
-        return tried
+        # op classes, widened ranges, placement searches, sensitive layers; what cannot beat
+        # an accurate candidate is skipped (_pruning)
+        return guarded_candidates(run, self.settings)
 
     def _latency_guard(
         self, run: _Run, tried: list[Candidate]

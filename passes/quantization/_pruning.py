@@ -1,0 +1,116 @@
+"""The accuracy guard's stages in an order that skips what cannot beat the current best.
+
+1. The op-class candidates; the clipped ranges of the first failing one (the most int8: the
+   one the placement searches start from) widened back to min/max.
+2. While it still fails: the placement searches on it (float islands, then per tensor).
+3. Once a static candidate is accurate, the failing op-class candidates no faster than it get
+   neither widening nor "keep sensitive layers in float": both keep the candidate's graph (the
+   same kernels: widening changes scales only) or put more of it in float, so none of their
+   variants runs faster than the candidate does, and a candidate already slower than the
+   accurate one cannot give the winner. One interleaved timing round (the latency guard's
+   settings) decides; without the latency guard nothing is skipped.
+4. The rest as before: widening, then (had nothing passed at 2) the placement searches, then
+   the sensitive layers in float.
+
+With nothing skipped the candidates are the ones the stages made in their old order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from onnxslim.passes.quantization._accuracy_guard import (
+    first_candidates,
+    keep_sensitive_layers_in_float,
+    widen_clipped_ranges,
+)
+from onnxslim.passes.quantization._candidates import Candidate
+from onnxslim.passes.quantization._latency_guard import interleaved_latency, timing_feeds
+from onnxslim.passes.quantization._node_search import with_sensitive_tensors
+from onnxslim.passes.quantization._placement import with_float_islands
+
+__all__ = ["beaten", "guarded_candidates"]
+
+
+def guarded_candidates(run: Any, options: Any) -> list[Candidate]:
+    """The accuracy guard's candidates for QuantizeStatic's ``run`` (its _Run) and ``options``."""
+    graph = run.prepared.proto.graph
+    tried = first_candidates(run.op_sets, run.emitter, run.evaluator, run.excluded)
+    clipped = run.calibration.clipped()
+    lead = next((c for c in tried if not (c.evaluation.accurate or c.dynamic)), None)
+    others = {c.label for c in tried if c is not lead}
+    tried = widen_clipped_ranges(
+        tried, clipped, run.emitter, run.evaluator, run.excluded, skip=others
+    )
+    rescued: set[str] = set()
+    found: set[str] = set()
+    searched = not _any_accurate(tried)
+    if searched:  # the lead still fails: the placement searches start from it
+        # per node, not per op class: the attention tensors that break the metric stay float
+        tried, rescued = with_float_islands(tried, graph, run.emitter, run.evaluator, run.excluded)
+        # the tensors whose int8 breaks the task metric, found by releasing their QDQ pairs
+        tried, found = with_sensitive_tensors(
+            tried, graph, run.emitter, run.evaluator, run.excluded, rescued
+        )
+    skip = rescued | found
+    pruned: dict[str, str] = {}
+    if _any_accurate(tried) and options.latency_guard:
+        feeds = timing_feeds(
+            run.model, run.evaluator.batches, options.latency_batch, run.batch_axes
+        )
+        pruned = beaten(tried, skip, feeds, runs=options.latency_runs, threads=options.threads)
+        if pruned:
+            run.summary["searches_skipped"] = pruned
+    done = skip | set(pruned) | ({lead.label} if lead is not None else set())
+    tried = widen_clipped_ranges(tried, clipped, run.emitter, run.evaluator, run.excluded, done)
+    if not searched:
+        tried, rescued = with_float_islands(
+            tried, graph, run.emitter, run.evaluator, run.excluded, skip=set(pruned)
+        )
+        tried, found = with_sensitive_tensors(
+            tried, graph, run.emitter, run.evaluator, run.excluded, rescued | set(pruned)
+        )
+        skip = rescued | found
+    tried, sensitivity = keep_sensitive_layers_in_float(
+        tried, run.prepared, run.emitter, run.evaluator, run.excluded, skip=skip | set(pruned)
+    )
+    run.summary["sensitivity_db"] = {
+        n: round(v, 2) for n, v in sorted(sensitivity.items(), key=lambda kv: -kv[1])[:20]
+    }
+    return tried
+
+
+def _any_accurate(tried: Sequence[Candidate]) -> bool:
+    return any(c.evaluation.accurate and not c.dynamic for c in tried)
+
+
+def beaten(
+    tried: Sequence[Candidate],
+    skip: Collection[str],
+    feeds: Mapping[str, np.ndarray],
+    runs: int,
+    threads: int | None,
+) -> dict[str, str]:
+    """Label -> why, for each failing static candidate (not in ``skip``) no faster than the
+    fastest accurate static one; empty when no static candidate is accurate."""
+    accurate = [c for c in tried if c.evaluation.accurate and not c.dynamic]
+    failing = [
+        c for c in tried if not (c.evaluation.accurate or c.op_types is None or c.label in skip)
+    ]
+    if not accurate or not failing:
+        return {}
+    models = [*accurate, *failing]
+    seconds = interleaved_latency([c.path for c in models], feeds, runs=runs, threads=threads)
+    best = min(range(len(accurate)), key=seconds.__getitem__)
+    result = {}
+    for candidate, took in zip(failing, seconds[len(accurate) :]):
+        if took >= seconds[best]:
+            result[candidate.label] = (
+                f"not searched: {1e3 * took:.3g} ms, no faster than the accurate "
+                f"'{accurate[best].label}' ({1e3 * seconds[best]:.3g} ms); widening its ranges "
+                "or keeping its layers in float cannot make it faster"
+            )
+    return result

@@ -1,0 +1,90 @@
+"""Stages that cannot beat the current best are skipped (issue 17: det spent 146 s keeping
+layers in float on op-class candidates slower than the int8 model already found accurate)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from onnxslim.fidelity import Fidelity
+from onnxslim.passes.quantization._candidates import Candidate, Evaluation
+from onnxslim.passes.quantization._pruning import beaten
+
+WIDTH = 64
+
+
+def _chain(folder, name: str, layers: int) -> str:
+    """x [1, 64] -> ``layers`` x (MatMul 64x64, width-wide): work grows with ``layers``."""
+    rng = np.random.default_rng(0)
+    nodes, inits, current = [], [], "x"
+    for i in range(layers):
+        inits.append(
+            numpy_helper.from_array(rng.normal(size=(WIDTH, WIDTH)).astype(np.float32) / 8, f"w{i}")
+        )
+        out = "y" if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [out], name=f"mm{i}"))
+        current = out
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, WIDTH])],
+        inits,
+    )
+    path = folder / f"{name}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+FIDELITY = Fidelity(max_abs_error=0.0, mean_abs_error=0.0, sqnr_db=40.0, samples=1)
+
+
+def _candidate(label: str, path, accurate: bool, op_types=("MatMul",)) -> Candidate:
+    problems = () if accurate else ("iou@0.5 0.9 < 0.95 on m",)
+    return Candidate(label, op_types, path, Evaluation(FIDELITY, problems))
+
+
+def test_a_failing_candidate_slower_than_an_accurate_one_is_not_searched(tmp_path):
+    small, large = _chain(tmp_path, "small", 1), _chain(tmp_path, "large", 400)
+    feeds = {"x": np.ones((1, WIDTH), np.float32)}
+    tried = [
+        _candidate("fast and accurate", small, True),
+        _candidate("slow and failing", large, False),
+        _candidate("dynamic", large, False, op_types=None),  # never timed here
+        _candidate("rescued", large, False),
+    ]
+    skipped = beaten(tried, {"rescued"}, feeds, runs=5, threads=1)
+    assert list(skipped) == ["slow and failing"]
+    assert re.fullmatch(
+        r"not searched: [0-9.e+-]+ ms, no faster than the accurate 'fast and accurate' "
+        r"\([0-9.e+-]+ ms\); widening its ranges or keeping its layers in float cannot make it "
+        r"faster",
+        skipped["slow and failing"],
+    )
+    # 400x the work: the failing one may still win, so it is searched
+    swapped = [
+        _candidate("slow and accurate", large, True),
+        _candidate("fast, failing", small, False),
+    ]
+    assert beaten(swapped, (), feeds, runs=5, threads=1) == {}
+    # nothing accurate: nothing to beat, nothing timed
+    assert beaten(tried[1:], (), feeds, runs=5, threads=1) == {}
+
+
+def test_a_candidate_keeping_less_in_float_than_a_failed_one_is_not_emitted(tmp_path):
+    from onnxslim.passes.quantization._accuracy_guard import FailedSets
+
+    graph = onnx.load(_chain(tmp_path, "four", 4)).graph
+    failed = FailedSets(graph, {"mm0": "user"})
+    assert failed.float_nodes(("MatMul",), ["mm3"]) == {"mm0", "mm3"}
+    assert failed.float_nodes(("Conv",), []) == {"mm0", "mm1", "mm2", "mm3"}
+    failed.add(("MatMul",), ["mm2", "mm3"], None)
+    # a subset of the failed float nodes at the same (calibrated) ranges: it cannot pass
+    assert failed.covers(("MatMul",), ["mm3"], None)
+    assert failed.covers(("MatMul",), [], None)
+    # more in float, or other ranges: it may pass
+    assert not failed.covers(("MatMul",), ["mm1"], None)
+    assert not failed.covers(("MatMul",), ["mm3"], {"h0": (0.0, 1.0)})
