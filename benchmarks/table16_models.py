@@ -275,6 +275,19 @@ def _int8_nodes(path: Path) -> int:
     )
 
 
+def _note(out: str, step: str) -> str:
+    """The pass's summary block on stdout (``step: ...`` and its indented lines)."""
+    lines, inside = [], False
+    for line in out.splitlines():
+        if line.startswith(f"{step}:"):
+            inside = True
+        elif inside and not line.startswith(" "):
+            break
+        if inside:
+            lines.append(line.strip())
+    return " ".join(lines)[:400]
+
+
 def _message(code: int, out: str, err: str) -> str:
     if code == 0:
         return ""
@@ -313,14 +326,16 @@ def run_model(name: str, path: Path, samples: Samples, work: Path, timeout: floa
                 stages[0]["parameters"],
                 stages[-1]["parameters"],
             )
+            row["params_cleanup"] = stages[1]["parameters"]  # constants folded: the real count
             fidelity = stages[-1].get("fidelity") or {}
             row["sqnr_db"], row["top1"] = fidelity.get("sqnr_db"), fidelity.get("top1_agreement")
             row["nodes"] = [stages[0]["nodes"], stages[-1]["nodes"]]
             row["stages"] = [s["stage"] for s in stages[1:]]
             row["int8_nodes"] = _int8_nodes(out_path)
         step = label.split()[0].replace("int8", "quantize")
-        row["note"] = next(
-            (ln.strip()[:200] for ln in out.splitlines() if ln.startswith(f"{step}:")), ""
+        row["note"] = _note(out, step)
+        (work / name / f"{label}.log").write_text(
+            f"$ onnxslim {' '.join(args + extra)}\n{out}\n--- stderr\n{err}"
         )
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -349,8 +364,10 @@ def write_table(rows: list[dict], skipped: list[str], path: Path) -> None:
     ]
     for r in rows:
         params = f"{r['params_before']:,} -> {r['params_after']:,}" if "params_before" in r else "-"
+        if "params_before" in r and r["params_cleanup"] != r["params_before"]:
+            params = f"{r['params_before']:,} stored, {r['params_cleanup']:,} folded -> {r['params_after']:,}"
         if "params_before" in r and r["run"] == "prune 0.3":
-            params += f" ({1 - r['params_after'] / max(r['params_before'], 1):.1%} removed)"
+            params += f" ({1 - r['params_after'] / max(r['params_cleanup'], 1):.1%} removed)"
         message = (r["message"] or r.get("note", "")).replace("|", "\\|")
         lines.append(
             f"| {r['model']} | {r['run']} | {r['exit']} | {params} | {_fmt(r.get('sqnr_db'))} | "
