@@ -364,10 +364,13 @@ def write_table(rows: list[dict], skipped: list[str], path: Path) -> None:
     ]
     for r in rows:
         params = f"{r['params_before']:,} -> {r['params_after']:,}" if "params_before" in r else "-"
-        if "params_before" in r and r["params_cleanup"] != r["params_before"]:
+        if (
+            "params_before" in r
+            and r.get("params_cleanup", r["params_before"]) != r["params_before"]
+        ):
             params = f"{r['params_before']:,} stored, {r['params_cleanup']:,} folded -> {r['params_after']:,}"
         if "params_before" in r and r["run"] == "prune 0.3":
-            params += f" ({1 - r['params_after'] / max(r['params_cleanup'], 1):.1%} removed)"
+            params += f" ({1 - r['params_after'] / max(r.get('params_cleanup', r['params_before']), 1):.1%} removed)"
         message = (r["message"] or r.get("note", "")).replace("|", "\\|")
         lines.append(
             f"| {r['model']} | {r['run']} | {r['exit']} | {params} | {_fmt(r.get('sqnr_db'))} | "
