@@ -47,4 +47,7 @@ def test_inspect_groups_on_silero_vad_is_clean() -> None:
     proc = _cli("inspect", str(source), "--groups")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == ""
-    assert "parameters: 547,332 (after cleanup folds constants; 545,286 stored as tensors)" in proc.stdout
+    assert (
+        "parameters: 547,332 (after cleanup folds constants; 545,286 stored as tensors)"
+        in proc.stdout
+    )
