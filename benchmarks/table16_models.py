@@ -175,7 +175,7 @@ def write_samples(samples: Samples, inputs: list[str], folder: Path, count: int,
     folder.mkdir(parents=True, exist_ok=True)
     for i, feeds in enumerate(samples(count, seed)):
         named = {(inputs[0] if k == "" else k): v for k, v in feeds.items()}
-        np.savez(folder / f"{i:03d}.npz", **named)
+        np.savez(folder / f"{i:03d}.npz", **named)  # type: ignore[arg-type]
     return folder
 
 
