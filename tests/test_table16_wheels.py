@@ -1,10 +1,11 @@
-"""Issue #16's table on the models wheels ship: openWakeWord's wake-word head prunes at 0.3 and
+"""Issue #16's table on models that installed packages ship: openWakeWord's wake-word head prunes at 0.3 and
 verifies through the CLI (smaller, exit 0, nothing on stderr), and ``inspect --groups`` on
 Silero VAD lists its groups without a traceback."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,23 @@ def test_inspect_groups_on_silero_vad_is_clean() -> None:
         "parameters: 547,332 (after cleanup folds constants; 545,286 stored as tensors)"
         in proc.stdout
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "folded", "pruned"),
+    [("light_densenet121", 7929512, 5642312), ("light_inception_v2", 11180936, 6357208)],
+)
+def test_onnx_light_cnns_prune_at_least_a_fifth(
+    tmp_path: Path, name: str, folded: int, pruned: int
+) -> None:
+    """Issue #16: DenseNet-121 and Inception v2 prune >= 20 % of their parameters at 0.3 (the
+    onnx package's test models: weights built by ConstantOfShape, counted after cleanup)."""
+    source = _wheel_file("onnx", "backend", "test", "data", "light", f"{name}.onnx")
+    out, report = tmp_path / f"{name}.onnx", tmp_path / "report.json"
+    proc = _cli("optimize", str(source), "-o", str(out), "--prune", "0.3", "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "onnxruntime" not in proc.stderr
+    stages = {s["stage"]: s for s in json.loads(report.read_text())["stages"]}
+    assert stages["cleanup"]["parameters"] == folded
+    assert stages["prune"]["parameters"] == pruned == parameter_count(load(out))
+    assert 1 - pruned / folded >= 0.20
