@@ -1,6 +1,7 @@
-"""Issue #16's table on models that installed packages ship: openWakeWord's wake-word head prunes at 0.3 and
-verifies through the CLI (smaller, exit 0, nothing on stderr), and ``inspect --groups`` on
-Silero VAD lists its groups without a traceback."""
+"""Issue #16's table on models that installed packages ship: openWakeWord's wake-word head
+prunes at 0.3 and verifies through the CLI (smaller, exit 0, nothing on stderr), ``inspect
+--groups`` on Silero VAD lists its groups without a traceback, and the onnx package's light
+DenseNet-121 and Inception v2 lose >= 20 % of their parameters at 0.3."""
 
 from __future__ import annotations
 
