@@ -8,6 +8,7 @@ from onnxslim.model._segments import (
     SEGMENT_BYTES,
     SEGMENT_THRESHOLD_BYTES,
     can_segment,
+    proto_graphs,
     proto_weight_bytes,
     segment_nodes,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "SEGMENT_BYTES",
     "SEGMENT_THRESHOLD_BYTES",
     "can_segment",
+    "proto_graphs",
     "proto_weight_bytes",
     "segment_nodes",
 ]

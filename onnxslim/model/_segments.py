@@ -4,7 +4,7 @@ in its own ORT session that is built, run and closed in turn (its mapped weights
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ __all__ = [
     "SEGMENT_THRESHOLD_BYTES",
     "SegmentedRunner",
     "can_segment",
+    "proto_graphs",
     "external_bytes",
     "proto_weight_bytes",
     "segment_nodes",
@@ -57,6 +58,15 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
 def proto_weight_bytes(graph: onnx.GraphProto) -> int:
     """Bytes of a graph proto's initializers, external ones by their recorded length."""
     return sum(_tensor_bytes(t) for t in graph.initializer)
+
+
+def proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph below it (If branches, Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
+                yield from proto_graphs(subgraph)
 
 
 def can_segment(graph: onnx.GraphProto) -> bool:

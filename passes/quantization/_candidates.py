@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from onnxslim.fidelity import Fidelity
+from onnxslim.model import proto_graphs
 
 __all__ = [
     "COMPUTE_OPS",
@@ -99,14 +100,6 @@ def quantizable_op_types() -> list[str]:
     return sorted(set(QDQRegistry) | set(QLinearOpsRegistry))
 
 
-def _graph_tree(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                yield from _graph_tree(subgraph)
-
-
 def candidate_op_sets(
     proto: onnx.ModelProto, op_types: Sequence[str] | None, mode: str
 ) -> list[tuple[str, tuple[str, ...] | None]]:
@@ -124,7 +117,7 @@ def candidate_op_sets(
         compute_only = tuple(op for op in all_ops if op in COMPUTE_OPS)
         if compute_only and compute_only != no_elementwise:
             candidates.append(("only Conv/MatMul/Gemm", compute_only))
-    graphs = list(_graph_tree(proto.graph))  # dynamic quantization reaches subgraphs too
+    graphs = list(proto_graphs(proto.graph))  # dynamic quantization reaches subgraphs too
     initializers = {i.name for graph in graphs for i in graph.initializer}
     has_weight_matmul = any(
         n.op_type in ("MatMul", "Gemm") and any(i in initializers for i in n.input[1:2])

@@ -21,7 +21,13 @@ from onnxslim.compat.onnxruntime import (
     quant_type,
     shape_inferred_proto,
 )
-from onnxslim.model import SEGMENT_BYTES, SEGMENT_THRESHOLD_BYTES, can_segment, proto_weight_bytes
+from onnxslim.model import (
+    SEGMENT_BYTES,
+    SEGMENT_THRESHOLD_BYTES,
+    can_segment,
+    proto_graphs,
+    proto_weight_bytes,
+)
 from onnxslim.passes.quantization._emit_segments import emit_in_segments
 from onnxslim.passes.quantization._profiles import TargetProfile
 
@@ -61,18 +67,10 @@ def _has_external_data(path: Path) -> bool:
     return model_file_size(path) > path.stat().st_size
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            for subgraph in [attribute.g] if attribute.HasField("g") else attribute.graphs:
-                yield from _graphs(subgraph)
-
-
 def read_external_weights(proto: onnx.ModelProto, folder: Path) -> None:
     """Reads ``proto``'s external weights (beside ``folder``) into it, in place. By hand: onnx
     refuses hard-linked data files, and our scratch copies hard-link the user's weights."""
-    for graph in _graphs(proto.graph):
+    for graph in proto_graphs(proto.graph):
         for tensor in graph.initializer:
             if tensor.data_location != onnx.TensorProto.EXTERNAL:
                 continue
@@ -90,7 +88,7 @@ def _linked_weights(proto: onnx.ModelProto, folder: Path) -> bool:
     """Whether an external data file of ``proto`` is hard-linked (onnx then refuses to read it)."""
     locations = {
         entry.value
-        for graph in _graphs(proto.graph)
+        for graph in proto_graphs(proto.graph)
         for tensor in graph.initializer
         for entry in tensor.external_data
         if entry.key == "location"
