@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from onnxslim.torch_bridge._kernels_shape import constant_value
-from onnxslim.torch_bridge._registry import KERNELS, UnsupportedKernelError, _kernel
+from onnxslim.torch_bridge._registry import (
+    KERNELS,
+    Step,
+    UnsupportedKernelError,
+    _kernel,
+    run_step,
+)
 
 __all__ = ["all_initializers", "captured_values", "subgraphs"]
 
@@ -78,7 +84,7 @@ class _GraphPlan(nn.Module):
         self._captured_slots = [slot(value) for value in captured]
         self.nested = nn.ModuleList()  # control-flow kernels inside this body
         self._constants: list[tuple[int, str]] = []
-        self._steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], bool, str]] = []
+        self._steps: list[Step] = []
         for node in graph:
             label = f"{node.op_type} ('{node.name}')"
             if node.domain not in ("", "ai.onnx") or node.op_type not in KERNELS:
@@ -112,19 +118,8 @@ class _GraphPlan(nn.Module):
             env[slot] = tensor
         for slot, key in self._constants:
             env[slot] = getattr(self, key)
-        for kernel, input_slots, output_slots, is_bn, node_name in self._steps:
-            args = [env[slot] if slot >= 0 else None for slot in input_slots]
-            while args and args[-1] is None:
-                args.pop()
-            try:
-                result = kernel(*args, update_stats=False) if is_bn else kernel(*args)
-            except (RuntimeError, ValueError, TypeError, IndexError) as error:
-                raise RuntimeError(f"node '{node_name}' failed in torch: {error}") from error
-            if isinstance(result, tuple):
-                for slot, tensor in zip(output_slots, result, strict=False):
-                    env[slot] = tensor
-            else:
-                env[output_slots[0]] = result
+        for step in self._steps:
+            run_step(step, env)
         return [env[slot] for slot in self._output_slots]
 
 

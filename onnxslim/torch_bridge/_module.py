@@ -16,6 +16,7 @@ from onnxslim._errors import SlimError, UnsupportedModelError
 from onnxslim.model import WEIGHT_INPUTS, onnx_opset
 from onnxslim.torch_bridge._kernels import KERNELS, UnsupportedKernelError, constant_value
 from onnxslim.torch_bridge._kernels_control import all_initializers
+from onnxslim.torch_bridge._registry import Step, run_step
 
 __all__ = ["OnnxModule"]
 
@@ -158,7 +159,7 @@ class OnnxModule(nn.Module):
             for name, value in all_initializers(graph)
             if name in self.tensor_keys
         ]
-        self._steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], bool, str]] = []
+        self._steps: list[Step] = []
         self.control_flow = nn.ModuleList()  # If/Loop/Scan kernels: their bodies' constants
         constant_keys: list[tuple[int, str]] = []
         values_by_name: dict[str, ir.Value] = {str(v.name): v for v in graph.inputs}
@@ -314,19 +315,8 @@ class OnnxModule(nn.Module):
         for slot, key in self._constant_slots:
             env[slot] = getattr(self.constants, key)
         update_stats = self.training and self.train_bn_stats
-        for index, (kernel, input_slots, output_slots, is_bn, node_name) in enumerate(self._steps):
-            args_in = [env[slot] if slot >= 0 else None for slot in input_slots]
-            while args_in and args_in[-1] is None:
-                args_in.pop()
-            try:
-                result = kernel(*args_in, update_stats=update_stats) if is_bn else kernel(*args_in)
-            except (RuntimeError, ValueError, TypeError, IndexError) as error:
-                raise RuntimeError(f"node '{node_name}' failed in torch: {error}") from error
-            if isinstance(result, tuple):
-                for slot, tensor in zip(output_slots, result, strict=False):
-                    env[slot] = tensor
-            else:
-                env[output_slots[0]] = result
+        for index, step in enumerate(self._steps):
+            run_step(step, env, update_stats)
             for slot in self._free_after[index]:
                 env[slot] = None
         if self.return_dict:

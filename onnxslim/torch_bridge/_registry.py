@@ -16,6 +16,8 @@ import onnx_ir as ir
 import torch
 
 __all__ = [
+    "Step",
+    "run_step",
     "KERNELS",
     "Builder",
     "UnsupportedKernelError",
@@ -87,3 +89,24 @@ def _torch_pad_order(pads: Sequence[int]) -> list[int]:
     for axis in reversed(range(half)):
         order += [pads[axis], pads[axis + half]]
     return order
+
+
+# One planned node: (kernel, input slots (-1: absent), output slots, is BatchNorm, node name).
+Step = tuple[Any, tuple[int, ...], tuple[int, ...], bool, str]
+
+
+def run_step(step: Step, env: list[Any], update_stats: bool = False) -> None:
+    """Runs one planned node on the slot table ``env`` (the top graph's and every body's plan)."""
+    kernel, input_slots, output_slots, is_bn, node_name = step
+    args = [env[slot] if slot >= 0 else None for slot in input_slots]
+    while args and args[-1] is None:
+        args.pop()
+    try:
+        result = kernel(*args, update_stats=update_stats) if is_bn else kernel(*args)
+    except (RuntimeError, ValueError, TypeError, IndexError) as error:
+        raise RuntimeError(f"node '{node_name}' failed in torch: {error}") from error
+    if isinstance(result, tuple):
+        for slot, tensor in zip(output_slots, result, strict=False):
+            env[slot] = tensor
+    else:
+        env[output_slots[0]] = result
