@@ -16,7 +16,12 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxslim
 from onnxslim.compat.onnxruntime import WeightCache, qdq_quantizer
 from onnxslim.passes.quantization._calibrate import calibrate
-from onnxslim.passes.quantization._emit import Emitter, emit_qdq, quiet_ort_quantizer
+from onnxslim.passes.quantization._emit import (
+    Emitter,
+    emit_qdq,
+    qdq_settings,
+    quiet_ort_quantizer,
+)
 from onnxslim.passes.quantization._prepare import prepare
 from onnxslim.passes.quantization._profiles import TargetProfile
 from onnxslim.passes.quantization._tensors import tensors_to_calibrate
@@ -127,17 +132,7 @@ def _ort_bytes(prepared_path: Path, output: Path, ranges, op_types, excluded, pr
 
     quantizer = qdq_quantizer(
         shape_inferred_proto(prepared_path),
-        per_channel=profile.per_channel,
-        reduce_range=profile.reduce_range,
-        weight_type=profile.weight_type,
-        activation_type=profile.activation_type,
-        ranges=ranges,
-        nodes_to_exclude=excluded,
-        op_types_to_quantize=op_types,
-        extra_options={
-            "ActivationSymmetric": profile.activation_symmetric,
-            "WeightSymmetric": profile.weight_symmetric,
-        },
+        **qdq_settings(profile, ranges, excluded, op_types),
         indexed=False,
     )
     assert type(quantizer).__name__ == "QDQQuantizer"

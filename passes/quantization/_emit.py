@@ -8,6 +8,7 @@ import logging
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -31,7 +32,7 @@ from onnxslim.model import (
 from onnxslim.passes.quantization._emit_segments import emit_in_segments
 from onnxslim.passes.quantization._profiles import TargetProfile
 
-__all__ = ["Emitter", "emit_dynamic", "emit_qdq", "quiet_ort_quantizer"]
+__all__ = ["Emitter", "emit_dynamic", "emit_qdq", "qdq_settings", "quiet_ort_quantizer"]
 
 Ranges = Mapping[str, tuple[float, float]]
 
@@ -96,6 +97,28 @@ def _linked_weights(proto: onnx.ModelProto, folder: Path) -> bool:
     return any((folder / location).stat().st_nlink > 1 for location in locations)
 
 
+def qdq_settings(
+    profile: TargetProfile,
+    ranges: Mapping[str, tuple[float, float]],
+    excluded: Sequence[str],
+    op_types: Sequence[str],
+) -> dict[str, Any]:
+    """The keywords of ORT's QDQ quantizer for ``profile``, these ranges, exclusions and ops."""
+    return {
+        "per_channel": profile.per_channel,
+        "reduce_range": profile.reduce_range,
+        "weight_type": profile.weight_type,
+        "activation_type": profile.activation_type,
+        "ranges": ranges,
+        "nodes_to_exclude": excluded,
+        "op_types_to_quantize": op_types,
+        "extra_options": {
+            "ActivationSymmetric": profile.activation_symmetric,
+            "WeightSymmetric": profile.weight_symmetric,
+        },
+    }
+
+
 def emit_qdq(
     prepared: onnx.ModelProto,
     output: Path,
@@ -111,17 +134,7 @@ def emit_qdq(
     ``weight_cache`` reuses the weights' scales and int8 copies of earlier calls."""
     quantizer = qdq_quantizer(
         prepared,
-        per_channel=profile.per_channel,
-        reduce_range=profile.reduce_range,
-        weight_type=profile.weight_type,
-        activation_type=profile.activation_type,
-        ranges=ranges,
-        nodes_to_exclude=excluded,
-        op_types_to_quantize=op_types,
-        extra_options={
-            "ActivationSymmetric": profile.activation_symmetric,
-            "WeightSymmetric": profile.weight_symmetric,
-        },
+        **qdq_settings(profile, ranges, excluded, op_types),
         weight_cache=weight_cache,
     )
     with quiet_ort_quantizer():
