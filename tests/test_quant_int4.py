@@ -90,7 +90,7 @@ def test_int4_emits_matmulnbits_that_run_in_ort(smooth_model, tmp_path, algorith
     only_y = [{"y": o["y"]} for o in outputs], [{"y": r["y"]} for r in reference]
     assert mean_cosine(only_y[1], only_y[0]) >= 0.99
     assert result.summary["fidelity"]["mean_cosine"] >= 0.99
-    # 4-bit blocks of 32 with one float scale each: about 1/6 of the float weights
+    # 4-bit blocks of 128 with one float scale and zero point each: about 1/7 of the float weights
     int4_size = model_file_size(_saved(quantized, tmp_path / "int4.onnx"))
     assert result.summary["size_bytes_before"] == float_size
     assert result.summary["size_bytes_after"] < float_size / 4
@@ -183,7 +183,7 @@ def test_cli_quantize_int4(smooth_model, tmp_path):
     stages = {s["stage"]: s for s in json.loads(report.read_text())["stages"]}
     assert set(stages) >= {"cleanup", "quantize_int4"} and "quantize" not in stages
     summary = stages["quantize_int4"]["summary"]
-    assert summary["block_size"] == 32 and summary["matmuls_tried"] == 2
+    assert summary["block_size"] == 128 and summary["matmuls_tried"] == 2
     # a 0.01 ms model: the latency guard decides; either way the report says what happened
     assert summary["matmuls_converted"] in (0, 2)
     assert ("fallback" in summary) == (summary["matmuls_converted"] == 0)

@@ -2,7 +2,8 @@
 what restoring each MatMul alone to float gains on the guard's metric (all-but-one, on the
 guard samples), then give the most sensitive ones 8-bit blocks (1, 2, 4, ... then all) until the
 bound holds. Per node, not per op class: on all-MiniLM-L6-v2 no single MatMul breaks int4, the
-damage is spread over the late value/FFN projections, and 8 of 36 at 8-bit restore it."""
+damage is spread over the late value/FFN projections, and 16 of 36 at 8-bit restore it
+(4-bit blocks of 128)."""
 
 from __future__ import annotations
 
