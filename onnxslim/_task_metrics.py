@@ -191,6 +191,9 @@ def choose_metric(name: str, reference: np.ndarray) -> tuple[str, str]:
     """
     shape = "x".join(str(d) for d in reference.shape)
     where = f"output '{name}' [{shape}]"
+    if np.issubdtype(reference.dtype, np.integer) or reference.dtype == np.bool_:
+        # the guard judges these on the share of values kept, at the top-1 floor
+        return "agreement", f"{where}: integer values (indices, labels): judged by agreement rate"
     if not np.issubdtype(reference.dtype, np.floating) or reference.ndim < 2 or reference.size == 0:
         return "sqnr", f"{where}: not a score, embedding or map"
     finite = reference[np.isfinite(reference)]

@@ -3,7 +3,6 @@ keep the most sensitive layers in float until the bound holds."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Collection, Generator, Mapping, Sequence
 from pathlib import Path
@@ -12,14 +11,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.fidelity import (
-    FidelityBounds,
-    TaskMetric,
-    choose_metric,
-    compare_outputs,
-    ctc_characters,
-    looks_like_scores,
-)
+from onnxslim.fidelity import FidelityBounds, TaskMetric, compare_outputs
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
@@ -28,6 +20,12 @@ from onnxslim.passes.quantization._judging import (
     JudgingData,
     evaluation_batches,
     judging_data,
+)
+from onnxslim.passes.quantization._output_metrics import (
+    only_outputs,
+    output_metrics,
+    proxy_kind,
+    proxy_violations,
 )
 from onnxslim.passes.quantization._prepare import Prepared
 from onnxslim.passes.quantization._sensitivity import _seen_as, layer_sensitivity
@@ -74,7 +72,7 @@ class Evaluator:
         self.bound = bound
         self.reference = run_outputs(input_path, batches)
         metadata = dict(prepared.model.metadata_props)
-        self.metrics, proxies = _metrics(self.reference, bound, metric, metadata)
+        self.metrics, proxies = output_metrics(self.reference, bound, metric, metadata)
         self.proxy_outputs = [name for name, _ in proxies]
         self._proxy_reasons = [reason for _, reason in proxies]
         self.logits = {
@@ -92,7 +90,7 @@ class Evaluator:
         judged = [*(m.name for m in self.metrics)]
         reasons = [m.reason for m in self.metrics]
         if self.proxy_outputs:
-            kinds = {_proxy_kind(self.reference[0][n]) for n in self.proxy_outputs}
+            kinds = {proxy_kind(self.reference[0][n]) for n in self.proxy_outputs}
             judged.insert(0, "+".join(sorted(kinds, reverse=True)))
             reasons.insert(
                 0, "; ".join(self._proxy_reasons) + " (bounds: min_top1 on scores, min_sqnr_db)"
@@ -137,20 +135,15 @@ class Evaluator:
         if not self.proxy_outputs:
             return Evaluation(fidelity, tuple(problems), task_scores=scores)
         if not self.logits:
-            reference, candidate = (
-                _only(self.reference, self.proxy_outputs),
-                _only(outputs, self.proxy_outputs),
-            )
-            proxy = compare_outputs(reference, candidate)
-            problems += self.bound.violations(proxy, reference, candidate)
-            return Evaluation(fidelity, tuple(problems), task_scores=scores)
-        reference = _only(self.reference_logits, self.proxy_outputs)
-        candidate = _only(with_logits, self.proxy_outputs)
+            found = proxy_violations(self.bound, self.reference, outputs, self.proxy_outputs)
+            return Evaluation(fidelity, tuple(problems + found), task_scores=scores)
+        reference = only_outputs(self.reference_logits, self.proxy_outputs)
+        candidate = only_outputs(with_logits, self.proxy_outputs)
         logit_fidelity = compare_outputs(reference, candidate)
-        found = self.bound.violations(logit_fidelity, reference, candidate)
+        found = proxy_violations(self.bound, reference, candidate, self.proxy_outputs, "logits")
         return Evaluation(
             fidelity,
-            tuple(problems + [p.replace("output SQNR", "logits SQNR") for p in found]),
+            tuple(problems + found),
             logits_sqnr_db=logit_fidelity.sqnr_db,
             on_logits=True,
             task_scores=scores,
@@ -167,59 +160,6 @@ class Evaluator:
         )
         fidelity = compare_outputs(self.reference[:done], outputs)
         return Evaluation(fidelity, (problem,), task_scores={metric.name + where: most})
-
-
-def _metrics(
-    reference: Sequence[Feeds],
-    bound: FidelityBounds,
-    metric: TaskMetric | None,
-    metadata: Mapping[str, str] | None = None,
-) -> tuple[list[TaskMetric], list[tuple[str, str]]]:
-    """The task metrics, and the outputs the classic bounds judge (with why); a ``ctc`` metric
-    gets the character table from the model's ``metadata`` when it holds one."""
-    metadata = metadata or {}
-    if metric is not None:
-        if metric.name == "ctc" and metric.characters is None and reference:
-            for name in metric.outputs or list(reference[0]):
-                characters = ctc_characters(metadata, np.shape(reference[0][name])[-1])
-                if characters is not None:
-                    metric = dataclasses.replace(
-                        metric, characters=characters, reason=metric.reason + _TEXT_REASON
-                    )
-                    break
-        return [metric], []
-    if not bound.enabled or not reference:
-        return [], []
-    metrics, proxies = [], []
-    for name in reference[0]:
-        # atleast_1d: a 0-d output (a scalar per sample) cannot be concatenated
-        joined = np.concatenate([np.atleast_1d(r[name]) for r in reference])
-        chosen, reason = choose_metric(name, joined)
-        if chosen in ("top1", "sqnr"):
-            proxies.append((name, reason))
-            continue
-        characters = ctc_characters(metadata, joined.shape[-1]) if chosen == "ctc" else None
-        if characters is not None:
-            reason += _TEXT_REASON
-        metrics.append(TaskMetric(chosen, outputs=(name,), reason=reason, characters=characters))
-    return metrics, proxies
-
-
-# Why a CTC output with a character table is judged on text: a user reads the decoded string,
-# and edge spaces (and how many spaces stand between words) change neither what it says nor
-# what any OCR pipeline keeps (PaddleOCR and rapidocr strip them); every other character counts.
-_TEXT_REASON = (
-    "; judged on the text it reads (the model's character table; edge whitespace stripped and "
-    "inner runs of it one space, as an OCR user reads it, every other character counted)"
-)
-
-
-def _proxy_kind(array: np.ndarray) -> str:
-    return "top1" if looks_like_scores(array) and array.ndim == 2 else "sqnr"
-
-
-def _only(outputs: Sequence[Feeds], names: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    return [{n: o[n] for n in names} for o in outputs]
 
 
 def first_candidates(

@@ -146,10 +146,12 @@ def judging_size(
     best, why = eval_samples, None
     for name, array in outputs.items():
         array = np.asarray(array)
-        chosen = metric.name if metric is not None else choose_metric(name, array)[0]
+        # the user's metric on the outputs it names (None: all), each other its own default
+        own = metric if metric is not None and name in (metric.outputs or (name,)) else None
+        chosen = own.name if own is not None else choose_metric(name, array)[0]
         if chosen not in _UNIT_METRICS or array.ndim != 3:
             continue
-        bound = metric.bound if metric is not None and metric.bound is not None else None
+        bound = own.bound if own is not None and own.bound is not None else None
         bound = _UNIT_METRICS[chosen] if bound is None else bound
         # units per sample over the first eval_samples samples (one word says little)
         arrays = [array, *(np.asarray(probe.run(dict(b), [name])[name]) for b in first[1:])]
