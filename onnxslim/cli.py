@@ -143,6 +143,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         if bench_text:
             print(bench_text)
         print(f"wrote {output}")
+    from onnxslim._pipeline_notes import pruned_nothing
+
+    for line in pruned_nothing(result.report.stages):  # a no-op prune exits 0: say why, once
+        print(f"onnxslim: {line}", file=sys.stderr)
     if gate_failures:
         from onnxslim.benchmark import GATE_EXIT_CODE
 
@@ -200,14 +204,21 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
     import onnx_ir as ir
 
     from onnxslim._io import load, model_file_size
-    from onnxslim.inputs import input_specs, resolve_shape
+    from onnxslim.inputs import DefaultSizeError, input_specs, resolve_shape, runnable_sizes
     from onnxslim.model import model_stats, parameter_count
 
     model = load(path)
-    stats = model_stats(model, sizes)
+    stored = model_stats(model, sizes)
     # weights computed from constants (ConstantOfShape, Constant lists) exist only once cleanup
     # folds them; BatchNormalization stays unfused so the count is the file's layers' weights
     folded, cleanup_note = _after_cleanup(path, sizes, fuse_batchnorm=False)
+    # MACs at the sizes the model runs at (a 16-sample waveform is shorter than an STFT
+    # kernel), on the folded graph (pads computed from constants inside If bodies resolve)
+    try:
+        run_sizes = runnable_sizes(model, sizes)
+    except DefaultSizeError:
+        run_sizes = dict(sizes)
+    stats = model_stats(model if cleanup_note else folded, run_sizes)
     ops = Counter(
         (f"{node.domain}::{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type)
         for node in ir.traversal.RecursiveGraphIterator(model.graph)
@@ -238,14 +249,15 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
             {"name": v.name, "dtype": str(v.dtype), "shape": shape_text(v)}
             for v in model.graph.outputs
         ],
-        "nodes": stats.nodes,
+        "nodes": stored.nodes,
         "op_histogram": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "parameters": parameter_count(folded),
-        "parameters_stored": stats.parameters,
+        "parameters_stored": stored.parameters,
         "cleanup_note": cleanup_note,
         "macs": stats.macs,
-        "macs_at": {spec.name: list(resolve_shape(spec, sizes)) for spec in specs},
+        "macs_at": {spec.name: list(resolve_shape(spec, run_sizes)) for spec in specs},
         "macs_unknown_nodes": len(stats.unknown_shape_nodes),
+        "macs_unknown_reasons": dict(stats.unknown_reasons),
         "size_bytes": model_file_size(path),
         "external_data": external,
     }
@@ -299,7 +311,7 @@ def _print_inspect(info: dict[str, Any]) -> None:
     print(
         f"MACs:       {info['macs']:,} (at {at})"
         + (
-            f", {info['macs_unknown_nodes']} node(s) with unknown shapes"
+            f", {info['macs_unknown_nodes']} node(s) not counted ({_first_reason(info)})"
             if info["macs_unknown_nodes"]
             else ""
         )
@@ -313,6 +325,15 @@ def _print_inspect(info: dict[str, Any]) -> None:
     print(f"nodes:      {info['nodes']}")
     for op, count in info["op_histogram"].items():
         print(f"  {op:28} {count}")
+
+
+def _first_reason(info: dict[str, Any]) -> str:
+    reasons = info.get("macs_unknown_reasons") or {}
+    if not reasons:
+        return "unknown shapes"
+    node, reason = next(iter(reasons.items()))
+    more = f"; +{len(reasons) - 1} more" if len(reasons) > 1 else ""
+    return f"{node}: {reason}{more}"
 
 
 def _print_groups(groups: list[dict[str, Any]], after: str) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 
 import onnx_ir as ir
 
-from onnxslim.model._macs import ShapeOf, node_macs
+from onnxslim.model._macs import ShapeOf, node_macs, unknown_reason
 
 __all__ = ["MacCount", "graph_macs"]
 
@@ -21,12 +21,15 @@ class MacCount:
     per_node: dict[str, int] = dataclasses.field(default_factory=dict)
     unknown: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # node key -> why its MACs are unknown (a missing shape, a negative dim)
+    reasons: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def merge(self, other: MacCount) -> None:
         self.total += other.total
         self.per_node.update(other.per_node)
         self.unknown += other.unknown
         self.notes += other.notes
+        self.reasons.update(other.reasons)
 
 
 def graph_macs(graph: ir.Graph, shape_of: ShapeOf) -> MacCount:
@@ -59,6 +62,7 @@ def _count(
         macs = node_macs(node, shape_of)
         if macs is None:
             count.unknown.append(key)
+            count.reasons[key] = unknown_reason(node, shape_of)
         elif macs:
             count.per_node[key] = macs * scale
             count.total += macs * scale
@@ -83,6 +87,10 @@ def _control_flow(
         name, larger = max(branches, key=lambda branch: branch[1].total)
         if branches[0][1].total != branches[1][1].total:
             larger.notes.append(f"If '{key}': its larger branch ({name}) counted")
+        for _, other in branches:
+            if other is not larger:  # an unknown node there might make it the larger one
+                larger.unknown += [k for k in other.unknown if k not in larger.unknown]
+                larger.reasons.update(other.reasons)
         return larger
     repeats, note = 1, None
     if node.op_type == "Loop" and node.domain in ("", "ai.onnx"):

@@ -15,10 +15,11 @@ from onnxslim.model._ops import (
     MATMUL_OPS,
     OUTPUT_REDUCTION_OPS,
     RECURRENT_OPS,
+    SPECTRAL_OPS,
     WEIGHT_INPUTS,
 )
 
-__all__ = ["node_macs", "shape_lookup", "static_shape", "ShapeOf", "MAC_DOMAINS"]
+__all__ = ["node_macs", "unknown_reason", "shape_lookup", "static_shape", "ShapeOf", "MAC_DOMAINS"]
 
 ShapeOf = Callable[[ir.Value], "tuple[int, ...] | None"]
 # ORT's optimized graphs put fused/quantized kernels in com.microsoft (and its NHWC domain)
@@ -33,7 +34,27 @@ def _lookup(shape_of: ShapeOf, value: ir.Value | None) -> tuple[int, ...] | None
     if value is None:
         return None
     shape = shape_of(value)
-    return None if shape is None else tuple(int(d) for d in shape)
+    if shape is None:
+        return None
+    dims = tuple(int(d) for d in shape)
+    # shape inference writes -1 (unknown) or a negative length (an input shorter than a
+    # kernel): no count can come from it
+    return None if any(d < 0 for d in dims) else dims
+
+
+def unknown_reason(node: ir.Node, shape_of: ShapeOf) -> str:
+    """Why :func:`node_macs` gave None: the first input or output whose shape is missing or
+    has a negative dim."""
+    for value in [*node.inputs, *node.outputs]:
+        if value is None:
+            continue
+        shape = shape_of(value)
+        if shape is None:
+            return f"shape of '{value.name}' unknown"
+        if any(int(d) < 0 for d in shape):
+            dims = "x".join(str(int(d)) for d in shape)
+            return f"shape of '{value.name}' is {dims} (an input too short for the sizes given?)"
+    return "a needed shape unknown"
 
 
 def _matmul_macs(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -92,7 +113,40 @@ def node_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:
         return math.prod(output) * (a[-2] if transposed else a[-1])
     if op in RECURRENT_OPS:
         return _recurrent_macs(node, shape_of)
+    if op in SPECTRAL_OPS and node.domain in ("", "ai.onnx"):
+        return _spectral_macs(node, shape_of)
     return 0
+
+
+def _spectral_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:
+    """DFT/STFT as the direct transform ORT's kernels bound: every complex output bin sums
+    ``length`` input samples, 2 real MACs each for a real input ([..., 1]), 4 for a complex one
+    ([..., 2]). ``length`` is the DFT's input length along its axis (``dft_length`` pads or
+    crops), the STFT's frame length (its window's, or ``frame_length``)."""
+    data = _lookup(shape_of, _input(node, 0))
+    output = _lookup(shape_of, node.outputs[0])
+    if data is None or output is None or not data or not output:
+        return None
+    per_sample = 4 if data[-1] == 2 else 2
+    bins = math.prod(output) // output[-1]  # output [..., 2]: real and imaginary parts
+    if node.op_type == "STFT":
+        window = _lookup(shape_of, _input(node, 2))
+        length = window[0] if window else _constant_int(_input(node, 3))
+    else:
+        length = _constant_int(_input(node, 1))
+        if length is None:
+            axis = node.attributes.get_int("axis", 1)
+            length = data[axis % len(data)] if len(data) > 1 else None
+    if length is None:
+        return None
+    return bins * length * per_sample
+
+
+def _constant_int(value: ir.Value | None) -> int | None:
+    tensor = value.const_value if value is not None else None
+    if tensor is None or tensor.size != 1:
+        return None
+    return int(tensor.numpy().reshape(-1)[0])
 
 
 def _recurrent_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:

@@ -14,6 +14,7 @@ __all__ = [
     "CONV_OPS",
     "CONV_TRANSPOSE_OPS",
     "RECURRENT_OPS",
+    "SPECTRAL_OPS",
 ]
 
 # op -> input slots holding the op's parameters; the FIRST slot is the kernel (Conv W, Gemm and
@@ -64,6 +65,8 @@ MAC_OPS = CONV_OPS | CONV_TRANSPOSE_OPS | GEMM_OPS | MATMUL_OPS | OUTPUT_REDUCTI
 # X [seq, batch, in] (layout 1: [batch, seq, in]); W [dirs, gates*hidden, in] and R [dirs,
 # gates*hidden, hidden] (ORT's DynamicQuantizeLSTM holds them transposed: same element count)
 RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"})
+# signal [..., length, 1 | 2] -> [..., bins, 2]: MACs = complex bins x length x (2 | 4)
+SPECTRAL_OPS = frozenset({"DFT", "STFT"})
 
 # Ops of ORT's optimized graph that compute in integers (MAC-bearing or not).
 INTEGER_OPS = frozenset(

@@ -44,6 +44,8 @@ class ModelStats:
     unknown_shape_nodes: list[str] = dataclasses.field(default_factory=list)
     # how control-flow bodies were counted, where that is a choice or a guess (see graph_macs)
     mac_notes: list[str] = dataclasses.field(default_factory=list)
+    # unknown node -> why (a shape shape inference left open, a negative dim)
+    unknown_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"parameters": self.parameters, "macs": self.macs, "nodes": self.nodes}
@@ -105,4 +107,5 @@ def model_stats(model: ir.Model, sizes: DimSizes | None = None) -> ModelStats:
         macs_per_node=count.per_node,
         unknown_shape_nodes=count.unknown,
         mac_notes=count.notes,
+        unknown_reasons=count.reasons,
     )
