@@ -7,7 +7,7 @@ import dataclasses
 
 import onnx_ir as ir
 
-from onnxslim.model._macs import ShapeOf, node_macs, unknown_reason
+from onnxslim.model._macs import ShapeOf, constant_int, node_macs, unknown_reason
 
 __all__ = ["MacCount", "graph_macs"]
 
@@ -106,12 +106,9 @@ def _control_flow(
 
 
 def _trip_count(node: ir.Node, key: str) -> tuple[int, str | None]:
-    trip = node.inputs[0] if node.inputs else None
-    tensor = trip.const_value if trip is not None else None
-    if tensor is not None and tensor.size == 1:
-        value = int(tensor.numpy().reshape(-1)[0])
-        if value >= 0:
-            return value, None
+    value = constant_int(node.inputs[0] if node.inputs else None)
+    if value is not None and value >= 0:
+        return value, None
     return 1, f"Loop '{key}': trip count not a constant, one iteration counted"
 
 

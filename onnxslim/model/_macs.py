@@ -19,7 +19,15 @@ from onnxslim.model._ops import (
     WEIGHT_INPUTS,
 )
 
-__all__ = ["node_macs", "unknown_reason", "shape_lookup", "static_shape", "ShapeOf", "MAC_DOMAINS"]
+__all__ = [
+    "node_macs",
+    "unknown_reason",
+    "constant_int",
+    "shape_lookup",
+    "static_shape",
+    "ShapeOf",
+    "MAC_DOMAINS",
+]
 
 ShapeOf = Callable[[ir.Value], "tuple[int, ...] | None"]
 # ORT's optimized graphs put fused/quantized kernels in com.microsoft (and its NHWC domain)
@@ -51,7 +59,7 @@ def unknown_reason(node: ir.Node, shape_of: ShapeOf) -> str:
         shape = shape_of(value)
         if shape is None:
             return f"shape of '{value.name}' unknown"
-        if any(int(d) < 0 for d in shape):
+        if _lookup(shape_of, value) is None:  # a negative dim
             dims = "x".join(str(int(d)) for d in shape)
             return f"shape of '{value.name}' is {dims} (an input too short for the sizes given?)"
     return "a needed shape unknown"
@@ -131,9 +139,9 @@ def _spectral_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:
     bins = math.prod(output) // output[-1]  # output [..., 2]: real and imaginary parts
     if node.op_type == "STFT":
         window = _lookup(shape_of, _input(node, 2))
-        length = window[0] if window else _constant_int(_input(node, 3))
+        length = window[0] if window else constant_int(_input(node, 3))
     else:
-        length = _constant_int(_input(node, 1))
+        length = constant_int(_input(node, 1))
         if length is None:
             axis = node.attributes.get_int("axis", 1)
             length = data[axis % len(data)] if len(data) > 1 else None
@@ -142,7 +150,8 @@ def _spectral_macs(node: ir.Node, shape_of: ShapeOf) -> int | None:
     return bins * length * per_sample
 
 
-def _constant_int(value: ir.Value | None) -> int | None:
+def constant_int(value: ir.Value | None) -> int | None:
+    """The value's one-element constant as an int (None: not a constant, or not one element)."""
     tensor = value.const_value if value is not None else None
     if tensor is None or tensor.size != 1:
         return None
