@@ -208,7 +208,6 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
     from onnxslim.model import model_stats, parameter_count
 
     model = load(path)
-    stored = model_stats(model, sizes)
     # weights computed from constants (ConstantOfShape, Constant lists) exist only once cleanup
     # folds them; BatchNormalization stays unfused so the count is the file's layers' weights
     folded, cleanup_note = _after_cleanup(path, sizes, fuse_batchnorm=False)
@@ -249,10 +248,10 @@ def _inspect_dict(path: str, sizes: dict[str, Any]) -> dict[str, Any]:
             {"name": v.name, "dtype": str(v.dtype), "shape": shape_text(v)}
             for v in model.graph.outputs
         ],
-        "nodes": stored.nodes,
+        "nodes": sum(ops.values()),
         "op_histogram": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
         "parameters": parameter_count(folded),
-        "parameters_stored": stored.parameters,
+        "parameters_stored": parameter_count(model),
         "cleanup_note": cleanup_note,
         "macs": stats.macs,
         "macs_at": {spec.name: list(resolve_shape(spec, run_sizes)) for spec in specs},

@@ -44,7 +44,7 @@ class PruneDistillOptions:
     )
     steps: int = option(3, help="prune -> distill steps; MACs targets fall geometrically")
     criterion: str = option(
-        "l2", help="pruning importance of every step (l2, activation, taylor, ...)"
+        "auto", help="pruning importance of every step (auto, l2, activation, taylor, ...)"
     )
     round_to: int | None = option(None, help="kept counts are multiples of this (prune's rule)")
     data: Any = option(None, help="training data of every distill step; default: the pipeline's")

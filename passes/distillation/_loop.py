@@ -18,6 +18,7 @@ from torch import nn
 from onnxslim import SlimError
 from onnxslim.fidelity import Fidelity, compare_outputs
 from onnxslim.inputs import Feeds, augment_feeds, augmentation, to_numpy
+from onnxslim.runtime import cpu_features
 from onnxslim.passes.distillation._batches import to_device
 from onnxslim.passes.distillation._checkpoint import resume_checkpoint, save_checkpoint
 from onnxslim.passes.distillation._config import TrainConfig
@@ -105,8 +106,14 @@ def _score(fidelity: Fidelity) -> tuple[float, float]:
 
 
 def _uses_channels_last(student: nn.Module, device: torch.device) -> bool:
-    """oneDNN's convolutions (forward and backward) run markedly faster on NHWC tensors."""
-    return device.type == "cpu" and any(p.dim() == 4 for p in student.parameters())
+    """oneDNN's convolutions (forward and backward) run markedly faster on NHWC tensors; only
+    with AVX-512: on an AVX2-only EPYC, torch 2.13's NHWC conv backward on narrow pruned convs
+    corrupts the heap (``free(): invalid next size``, tests/test_reliability.py)."""
+    return (
+        device.type == "cpu"
+        and cpu_features().avx512
+        and any(p.dim() == 4 for p in student.parameters())
+    )
 
 
 def train(config: TrainConfig, state: TrainState) -> TrainResult:

@@ -12,7 +12,7 @@ from onnxslim.options import option
 
 __all__ = ["ALLOCATIONS", "CRITERIA", "DEFAULT_RATIO", "PruneOptions", "check_options", "resolved"]
 
-CRITERIA = ("l1", "l2", "bn", "activation", "taylor", "random")
+CRITERIA = ("auto", "l1", "l2", "bn", "activation", "taylor", "random")
 ALLOCATIONS = ("score", "sensitivity")
 # the ratio used when neither ratio nor target_macs is given
 DEFAULT_RATIO = 0.3
@@ -66,10 +66,11 @@ class PruneOptions:
         4, help="batches of the data (else random inputs) the sensitivity is measured on"
     )
     criterion: str | Callable[..., Any] = option(
-        "l2",
-        help="importance: l1, l2, bn (|gamma|), activation (needs data), taylor (|activation x "
-        "gradient| of a label-free distillation loss; needs data and torch), random, "
-        "or a callable (group, view) -> scores",
+        "auto",
+        help="importance: auto (taylor for attention models given data and torch, else l2: "
+        "the measured best per family), l1, l2, bn (|gamma|), activation (needs data), taylor "
+        "(|activation x gradient| of a label-free distillation loss; needs data and torch), "
+        "random, or a callable (group, view) -> scores",
     )
     global_ranking: bool = option(
         False, help="rank units across groups (scores normalized by each group's mean)"

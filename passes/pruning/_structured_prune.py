@@ -15,6 +15,7 @@ from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan, release_mapped
 from onnxslim.passes.pruning._counts import predicted_macs
+from onnxslim.passes.pruning._criterion import AUTO, choose_criterion
 from onnxslim.passes.pruning._hints import record_hints
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
@@ -63,9 +64,15 @@ class StructuredPrune(SlimPass):
             if context.data is not None and context.sample_inputs
             else None,
         )
-        scores = self._importance(analysis, model, context)
+        criterion, because = self.criterion, None
+        if criterion == AUTO:
+            criterion, because = choose_criterion(model, context.data)
+            logger.info("prune: criterion %s (%s)", criterion, because)
+        scores = self._importance(analysis, model, context, criterion)
         _unmap_external_weights(model)  # the scores read every weight: drop those pages
         plan, extra = choose_plan(self.settings, analysis, scores, model, context, sizes)
+        if because is not None:
+            extra = {**extra, "criterion": criterion, "criterion_because": because}
         outcome = describe_plan(
             analysis,
             plan,
@@ -101,14 +108,15 @@ class StructuredPrune(SlimPass):
         analysis: PruneAnalysis,
         model: ir.Model,
         context: PassContext,
+        criterion: Any,
     ) -> dict[int, np.ndarray]:
         batches = None
-        if self.criterion in ("activation", "taylor"):
-            batches = _batches(context, model, self.calibration_batches, self.criterion)
+        if criterion in ("activation", "taylor"):
+            batches = _batches(context, model, self.calibration_batches, criterion)
         return score_groups(
             analysis.view,
             analysis.groups,
-            self.criterion,
+            criterion,
             seed=self.seed,
             batches=batches,
             teacher=context.reference_path,
