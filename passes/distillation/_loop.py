@@ -18,7 +18,6 @@ from torch import nn
 from onnxslim import SlimError
 from onnxslim.fidelity import Fidelity, compare_outputs
 from onnxslim.inputs import Feeds, augment_feeds, augmentation, to_numpy
-from onnxslim.runtime import cpu_features
 from onnxslim.passes.distillation._batches import to_device
 from onnxslim.passes.distillation._checkpoint import resume_checkpoint, save_checkpoint
 from onnxslim.passes.distillation._config import TrainConfig
@@ -26,6 +25,7 @@ from onnxslim.passes.distillation._progress import Progress
 from onnxslim.passes.distillation._state import EpochRecord, TrainResult, TrainState
 from onnxslim.passes.distillation._teacher import TEACHER_CACHE_BYTES, TeacherTargets
 from onnxslim.passes.distillation._threads import default_thread_count, fastest_thread_count
+from onnxslim.runtime import cpu_features
 
 __all__ = ["distributed_context", "evaluate", "make_optimizer", "make_schedule", "train"]
 
