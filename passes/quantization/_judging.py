@@ -199,18 +199,26 @@ class EarlyStop:
         return [0.0] * len(self.weights)
 
     def check(
-        self, gained: list[float], index: int, reference: Feeds, candidate: Feeds
+        self,
+        gained: list[float],
+        index: int,
+        reference: Feeds,
+        candidate: Feeds,
+        *,
+        bound: bool = True,
+        floor: float | None = None,
     ) -> tuple[TaskMetric, float] | None:
         """Adds batch ``index``'s weighted scores to ``gained``; the first metric certain to
-        miss its bound with the most it can still reach, else None."""
+        miss its bound (``bound``) or to stay under ``floor`` with the most it can still reach,
+        else None."""
         for slot, (metric, weights) in enumerate(self.weights):
             weight = weights[index]
             if weight > 0:
                 gained[slot] += weight * metric.score([reference], [candidate])
             total = sum(weights)
             most = (gained[slot] + sum(weights[index + 1 :])) / total
-            bound = metric.bound
-            if bound is not None and most < bound - 1e-12:
+            limits = [metric.bound if bound else None, floor]
+            if any(limit is not None and most < limit - 1e-12 for limit in limits):
                 return metric, most
         return None
 

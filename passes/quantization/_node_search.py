@@ -128,11 +128,12 @@ def tensor_gains(
         while pending:
             size = -(-len(pending) // GROUPS)
             chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
-            found = []
+            found: list[float] = []
             for chunk in chunks:
                 path = folder / "released.onnx"
                 onnx.save(released(proto, chunk), str(path))
-                found.append(task_score(evaluator.evaluate(path)) - base)
+                evaluation = evaluator.evaluate(path, stop_below=_to_beat(found, base, size))
+                found.append(task_score(evaluation) - base)
                 bar.advance(1, tensors=len(chunk))
             if size == 1:
                 gains.update({c[0]: g for c, g in zip(chunks, found)})
@@ -142,6 +143,20 @@ def tensor_gains(
             if descent is not None:
                 descent.append((pending, found[best]))
     return gains
+
+
+def _to_beat(found: Sequence[float], base: float, size: int) -> float | None:
+    """The score a chunk's release must reach to matter (its evaluation may stop once it cannot;
+    the gain it then records is the most it could reach, still under that): in a bisection
+    step, the best gain so far (only the best chunk is split again, the first of equals); among
+    single tensors, a gain over 0 (only those are ranked) and, once 4 have one, over the 4th
+    best (only the worst _STEPS[-1] are kept float). None: the first chunk, scored in full."""
+    if not found:
+        return None
+    if size > 1:
+        return base + max(found)
+    positive = sorted((g for g in found if g > 0), reverse=True)
+    return base + (positive[_STEPS[-1] - 1] if len(positive) >= _STEPS[-1] else 0.0)
 
 
 def tensor_nodes(graph: onnx.GraphProto, tensor: str, quantized: Collection[str]) -> list[str]:
