@@ -3,14 +3,13 @@ a lossy pass whose verification did not exercise what it changed."""
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from onnxslim._pass import SlimPass
 from onnxslim.fidelity import FidelityBounds
 
-__all__ = ["FAR_FROM_INPUT_SQNR_DB", "far_from_input", "unexercised_changes", "pruned_nothing"]
+__all__ = ["FAR_FROM_INPUT_SQNR_DB", "far_from_input", "unexercised_changes"]
 
 # Below this output SQNR (dB) the result is far from its input: noise at a tenth of the signal.
 FAR_FROM_INPUT_SQNR_DB = 10.0
@@ -66,47 +65,3 @@ def unexercised_changes(
             "the check did not exercise the changed nodes; give inputs that do with --data."
         )
     return lines
-
-
-def pruned_nothing(stages: Sequence[Any]) -> list[str]:
-    """One sentence per pruning stage that removed nothing (``pruned_groups`` 0 in its summary):
-    how many groups were blocked and by what (the commonest reasons, counted), and whether the
-    prunable rest were too narrow for ``round_to`` at the ratio asked."""
-    lines = []
-    for stage in stages:
-        summary = stage.summary if isinstance(stage.summary, Mapping) else {}
-        if summary.get("pruned_groups") != 0:
-            continue
-        blocked = [g for g in summary.get("blocked") or [] if isinstance(g, Mapping)]
-        prunable = summary.get("prunable_groups") or 0
-        total = summary.get("groups")
-        causes = Counter(_cause(g) for g in blocked)
-        shown = ", ".join(f"{cause} ({n})" for cause, n in causes.most_common(2))
-        more = f" and {len(causes) - 2} other reason(s)" if len(causes) > 2 else ""
-        text = f"pass '{stage.stage}' pruned nothing: "
-        if blocked:
-            text += f"{len(blocked)} of {total if total is not None else '?'} group(s) blocked"
-            text += f" by {shown}{more}"
-        else:
-            text += "no group was blocked"
-        if prunable:
-            text += (
-                f"; the {prunable} prunable group(s) keep no smaller multiple of round_to at "
-                "this ratio (raise the ratio or lower round_to)"
-            )
-        elif not blocked:
-            text += " and none is prunable"
-        lines.append(text + ".")
-    return lines
-
-
-def _cause(group: Mapping[str, Any]) -> str:
-    """A blocked group's first reason without the node that gave it (``node (Op): why``),
-    digits dropped so that "reads axis 2" and "reads axis 3" count together."""
-    reasons = group.get("reasons") or ["unknown reason"]
-    reason = str(reasons[0])
-    why = reason.split("): ", 1)[1] if "): " in reason else reason
-    if why.startswith("axis ") and " is not followed" in why:
-        op = reason.rsplit("(", 1)[-1].split(")", 1)[0] if "(" in reason else "an op"
-        return f"{op} not followed"
-    return "".join(c for c in why if not c.isdigit()).replace("  ", " ").strip()

@@ -143,10 +143,6 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         if bench_text:
             print(bench_text)
         print(f"wrote {output}")
-    from onnxslim._pipeline_notes import pruned_nothing
-
-    for line in pruned_nothing(result.report.stages):  # a no-op prune exits 0: say why, once
-        print(f"onnxslim: {line}", file=sys.stderr)
     if gate_failures:
         from onnxslim.benchmark import GATE_EXIT_CODE
 

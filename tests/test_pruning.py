@@ -899,8 +899,12 @@ def test_prune_that_removes_nothing_says_why(tmp_path):
     result = StructuredPrune(ratio=0.1, round_to=16).apply(model, PassContext(workdir=tmp_path))
     assert not result.modified and result.summary["pruned_groups"] == 0
     (warning,) = result.summary["warnings"]
-    assert warning.startswith("prune removed nothing: 1 group(s) are prunable, but at this ratio")
-    assert "round_to=16" in warning and "round_to lower (1 keeps any width)" in warning
+    assert warning == (
+        "prune removed nothing: 1 of 2 group(s) blocked by a graph output (1); 1 group(s) are "
+        "prunable (width 24), but at this ratio/target and round_to=16 none keeps a smaller "
+        "multiple of round_to; ask for more (a larger ratio or a smaller target) or set round_to "
+        "lower (1 keeps any width)"
+    )
     from onnxslim.registry import describe_summary
 
     assert describe_summary("prune", result.summary)[-1] == f"Warning: {warning}."

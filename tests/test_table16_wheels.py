@@ -68,7 +68,11 @@ def test_onnx_light_cnns_prune_at_least_a_fifth(
     onnx package's test models: weights built by ConstantOfShape, counted after cleanup)."""
     source = _wheel_file("onnx", "backend", "test", "data", "light", f"{name}.onnx")
     out, report = tmp_path / f"{name}.onnx", tmp_path / "report.json"
-    proc = _cli("optimize", str(source), "-o", str(out), "--prune", "0.3", "--report", str(report))
+    # round_to 16 (the AVX-512 default) given: the counts are the same on an AVX2 machine
+    proc = _cli(
+        "optimize", str(source), "-o", str(out), "--prune", "0.3", "--prune-round-to", "16",
+        "--report", str(report),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "onnxruntime" not in proc.stderr
     stages = {s["stage"]: s for s in json.loads(report.read_text())["stages"]}

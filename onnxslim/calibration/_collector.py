@@ -28,6 +28,7 @@ from onnxslim.calibration._distributed import (
     share_anchors,
 )
 from onnxslim.calibration._histogram import DEFAULT_BINS, StreamingHistogram
+from onnxslim.inputs import samples_in
 from onnxslim.model import ValueProbe
 from onnxslim.progress import task
 
@@ -440,7 +441,7 @@ def _stream(
                 collector.tensors[name].update_reduced(
                     low, high, sample, int(size), collector.averaging_constant
                 )
-            samples = len(next(iter(batch.values())))
+            samples = samples_in(batch, reader)  # a [3, H, W] input: 1 sample, not 3
             collector.samples += samples
             collector.batches_seen += 1
             del results

@@ -15,7 +15,14 @@ from onnxslim.inputs._augment import (
     augment_feeds,
     augmentation,
 )
-from onnxslim.inputs._base import BatchAxes, BatchedReader, Feeds, SampleReader, validate_feeds
+from onnxslim.inputs._base import (
+    BatchAxes,
+    BatchedReader,
+    Feeds,
+    SampleReader,
+    samples_in,
+    validate_feeds,
+)
 from onnxslim.inputs._defaults import DIM_LADDERS, DefaultSizeError, runnable_sizes
 from onnxslim.inputs._images import IMAGE_SUFFIXES, ImageFolderReader, ImagePreprocessing
 from onnxslim.inputs._open import benchmark_feeds, open_reader, open_samples, samples
@@ -74,6 +81,7 @@ __all__ = [
     "resolve_shape",
     "runnable_sizes",
     "samples",
+    "samples_in",
     "to_numpy",
     "validate_feeds",
 ]

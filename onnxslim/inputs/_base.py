@@ -448,3 +448,12 @@ def _first_difference(left: Mapping[str, np.ndarray], right: Mapping[str, np.nda
         if name not in left or name not in right or not np.array_equal(left[name], right[name]):
             return name
     return ""
+
+
+def samples_in(batch: Mapping[str, np.ndarray], reader: object = None) -> int:
+    """How many samples ``batch`` holds: the reader's count when it is one of ours (it knows
+    which inputs have no batch axis, a ``[3, H, W]`` image is one sample), else axis 0."""
+    if isinstance(reader, BatchedReader):
+        return reader.batch_samples(batch)
+    first = next(iter(batch.values()), None)
+    return 1 if first is None or np.ndim(first) == 0 else len(first)

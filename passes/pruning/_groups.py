@@ -42,6 +42,17 @@ class Slot:
         return f"{self.value.name}[{self.axis}]"
 
 
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Why some slots cannot change size: ``cause`` (no node names or digits, counted when
+    nothing is pruned), ``text`` (the reason as reported, ``node (Op): why``) and the keys of the
+    slots that must keep their size; none when the whole group is at fault."""
+
+    cause: str
+    text: str
+    slots: tuple[tuple[int, int], ...] = ()
+
+
 @dataclasses.dataclass
 class Segment:
     """Units that appear in exactly the same slots: rounding applies to each segment."""
@@ -57,17 +68,26 @@ class Group:
     index: int
     slots: list[Slot]
     nodes: list[ir.Node]
-    reasons: list[str]
+    blocks: list[Block]  # what blocks the whole group
     rewrites: list
     lossy: list[str]
     unit_of: list[np.ndarray] = dataclasses.field(default_factory=list)
     num_units: int = 0
     segments: list[Segment] = dataclasses.field(default_factory=list)
     ignored: str | None = None
+    # Units kept whole because a slot they reach cannot change size (a Concat part read by a
+    # graph output); the other units stay prunable. ``pinned_by``: those slots' blocks.
+    pinned: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    pinned_by: list[Block] = dataclasses.field(default_factory=list)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [block.text for block in self.blocks]
 
     @property
     def prunable(self) -> bool:
-        return not self.reasons and self.ignored is None and self.num_units > 1
+        free = self.num_units - len(self.pinned)
+        return not self.blocks and self.ignored is None and self.num_units > 1 and free > 0
 
     @property
     def producers(self) -> list[Slot]:
@@ -79,6 +99,10 @@ class Group:
             "size": self.num_units,
             "prunable": self.prunable,
             "reasons": list(self.reasons) + ([self.ignored] if self.ignored else []),
+            "kept_whole": {
+                "units": len(self.pinned),
+                "reasons": list(dict.fromkeys(b.text for b in self.pinned_by)),
+            },
             "producers": [s.label for s in self.producers],
             "members": [s.label for s in self.slots],
             "lossy": sorted(set(self.lossy)),
@@ -131,11 +155,12 @@ def _block_shared_slots(groups: list[Group]) -> None:
             if slot.role == ACTIVATION:
                 owners.setdefault((id(slot.value), slot.axis), []).append(group)
     for key, sharing in owners.items():
-        if len(sharing) > 1 and sum(not g.reasons for g in sharing) > 1:
+        if len(sharing) > 1 and sum(not g.blocks for g in sharing) > 1:
             label = next(s.label for s in sharing[0].slots if (id(s.value), s.axis) == key)
             for group in sharing:
                 others = ", ".join(str(g.index) for g in sharing if g is not group)
-                group.reasons.append(f"'{label}' is also in group {others}")
+                text = f"'{label}' is also in group {others}"
+                group.blocks.append(Block("an axis shared with another group", text))
 
 
 def _seed(view: GraphView, node: ir.Node) -> tuple[ir.Value, int] | None:
@@ -172,7 +197,7 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     slots: dict[tuple[int, int], Slot] = {}
     families: list[tuple[Family, ir.Node]] = []
     seen_families: set[tuple[int, int]] = set()
-    reasons: list[str] = []
+    blocks: list[Block] = []
     nodes: list[ir.Node] = []
     queue: list = []
     rewrites: list = []  # declared shapes of the KV cache inputs/outputs the cut resizes
@@ -196,8 +221,9 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
     add_slot(seed[0], seed[1], ACTIVATION)
     while queue:
         value, axis, _ = queue.pop()
-        visited.add((id(value), axis))
-        reasons += _boundary(view, value, axis, rewrites)
+        key = (id(value), axis)
+        visited.add(key)
+        blocks.extend(Block(c, t, (key,)) for c, t in _boundary(view, value, axis, rewrites))
         touching = [user for user, _ in value.uses()]
         producer = value.producer()
         if producer is not None and not is_stored_constant(value):  # Constant, ConstantOfShape
@@ -205,21 +231,21 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
         for node in touching:
             if node.graph is not value.graph and not is_constant(value):
                 # an activation captured by a body: both branches would have to be cut alike
-                reasons.append(
+                text = (
                     f"{view.subgraph_label(node.graph) or _node_label(node)} reads "
                     f"'{value.name}' inside a subgraph (control flow): a captured value of an "
                     "enclosing graph is not followed"
                 )
+                blocks.append(Block("a value captured by a subgraph", text, (key,)))
                 continue
             result = view.families(node)
             if isinstance(result, str):
-                reasons.append(f"{_node_label(node)}: {result}")
+                blocks.append(Block(_cause(node, result), f"{_node_label(node)}: {result}", (key,)))
                 continue
             matching = [f for f in result if f.index_of(value, axis) is not None]
             if not matching:
-                reasons.append(
-                    f"{_node_label(node)}: axis {axis} of '{value.name}' is not followed"
-                )
+                text = f"{_node_label(node)}: axis {axis} of '{value.name}' is not followed"
+                blocks.append(Block(f"{node.op_type} not following the axis", text, (key,)))
                 continue
             # A merged Reshape axis is in two families (outer, inner): the one entered through holds.
             if any((id(node), id(f)) in seen_families for f in matching):
@@ -228,36 +254,69 @@ def _explore(view: GraphView, seed: tuple[ir.Value, int], index: int, visited: s
             seen_families.add((id(node), id(family)))
             nodes.append(node)
             families.append((family, node))
-            if family.blocked:
-                reasons.append(f"{_node_label(node)}: {family.blocked}")
+            if family.blocked:  # the node as a whole: every slot of the family keeps its size
+                members = tuple((id(v), a) for v, a, _ in family.members)
+                text = f"{_node_label(node)}: {family.blocked}"
+                blocks.append(Block(_cause(node, family.blocked), text, members))
             for member_value, member_axis, role in family.members:
                 add_slot(member_value, member_axis, role, node)
     group = Group(
         index=index,
         slots=list(slots.values()),
         nodes=nodes,
-        reasons=list(dict.fromkeys(reasons)),
+        blocks=[],
         rewrites=[f.rewrite for f, _ in families if f.rewrite is not None] + rewrites,
         lossy=[f"{_node_label(n)}: {f.lossy}" for f, n in families if f.lossy],
     )
     _build_units(group, slots, families)
+    _pin_or_block(group, blocks)
     return group
 
 
-def _boundary(view: GraphView, value: ir.Value, axis: int, rewrites: list) -> list[str]:
-    """Why ``value`` cannot change size at a graph's edge; a KV cache is resized instead."""
+def _cause(node: ir.Node, reason: str) -> str:
+    """A handler's reason as a cause counted across nodes: numbers read N, the op named."""
+    generic = re.sub(r"\d+", "N", str(reason))
+    return generic if node.op_type in generic else f"{node.op_type}: {generic}"
+
+
+def _pin_or_block(group: Group, blocks: list[Block]) -> None:
+    """A blocked slot keeps its size when none of its units is cut: those units are pinned and
+    the rest of the group stays prunable; when every unit is pinned, the group is blocked."""
+    position = {(id(s.value), s.axis): i for i, s in enumerate(group.slots)}
+    pinned = np.unique(
+        np.concatenate(
+            [np.zeros(0, np.int64)]
+            + [group.unit_of[position[k]] for b in blocks for k in b.slots if k in position]
+        )
+    )
+    unique: dict[str, Block] = {}
+    for b in blocks:
+        unique.setdefault(b.text, b)  # the first block of each text, in the order found
+    whole = any(not b.slots or any(k not in position for k in b.slots) for b in blocks)
+    if whole or len(pinned) >= group.num_units:
+        group.blocks = list(unique.values())
+    else:
+        group.pinned, group.pinned_by = pinned.astype(np.int64), list(unique.values())
+
+
+def _boundary(view: GraphView, value: ir.Value, axis: int, rewrites: list) -> list[tuple[str, str]]:
+    """Why ``value`` cannot change size at a graph's edge, as (cause, text); a KV cache is
+    resized instead."""
     boundary = value in view.graph_inputs or value in view.graph_outputs
     if boundary and is_cache(value, axis):
         rewrites.append(_resize_declared(value, axis))
         return _body_boundary(view, value)
     if value in view.graph_inputs:
-        return [f"'{value.name}' is a graph input", *_body_boundary(view, value)]
+        return [("a graph input", f"'{value.name}' is a graph input"), *_body_boundary(view, value)]
     if value in view.graph_outputs:
-        return [f"'{value.name}' is a graph output", *_body_boundary(view, value)]
+        return [
+            ("a graph output", f"'{value.name}' is a graph output"),
+            *_body_boundary(view, value),
+        ]
     return _body_boundary(view, value)
 
 
-def _body_boundary(view: GraphView, value: ir.Value) -> list[str]:
+def _body_boundary(view: GraphView, value: ir.Value) -> list[tuple[str, str]]:
     """Why ``value`` cannot change size at the edge of an If/Loop/Scan body (its owner's inputs
     and outputs keep their shapes), or nothing for values inside a body or the main graph."""
     graph = value.graph
@@ -265,9 +324,9 @@ def _body_boundary(view: GraphView, value: ir.Value) -> list[str]:
     if graph is None or label is None:
         return []
     if value in graph.inputs:
-        return [f"'{value.name}' is an input of {label}"]
+        return [("a subgraph input", f"'{value.name}' is an input of {label}")]
     if value in graph.outputs:
-        return [f"'{value.name}' is an output of {label}"]
+        return [("a subgraph output", f"'{value.name}' is an output of {label}")]
     return []
 
 
@@ -322,10 +381,13 @@ def _build_units(group: Group, slots: dict, families: list[tuple[Family, ir.Node
 
 def make_segments(group: Group, round_to: int) -> None:
     """Partitions units by slot membership; each segment's step keeps every slot a multiple of round_to."""
-    signature: dict[int, list[int]] = {u: [] for u in range(group.num_units)}
+    pinned = set(group.pinned.tolist())
+    signature: dict[int, list[int]] = {u: [] for u in range(group.num_units) if u not in pinned}
     counts: dict[tuple[int, int], int] = {}
     for slot_index, units in enumerate(group.unit_of):
         for unit, count in zip(*np.unique(units, return_counts=True)):
+            if int(unit) in pinned:
+                continue
             signature[int(unit)].append(slot_index)
             counts[(slot_index, int(unit))] = int(count)
     by_signature: dict[tuple, list[int]] = {}

@@ -19,7 +19,7 @@ from onnxslim.passes.pruning._criterion import AUTO, choose_criterion
 from onnxslim.passes.pruning._hints import record_hints
 from onnxslim.passes.pruning._importance import score_groups
 from onnxslim.passes.pruning._options import PruneOptions, check_options, resolved
-from onnxslim.passes.pruning._summary import describe_plan
+from onnxslim.passes.pruning._summary import describe_plan, nothing_pruned
 from onnxslim.passes.pruning._targets import choose_plan
 from onnxslim.runtime import cpu_features
 
@@ -82,15 +82,10 @@ class StructuredPrune(SlimPass):
         if not plan.empty:
             record_hints(model, analysis.groups, plan)  # for feature distillation
             apply_plan(analysis.view, plan)
-        elif outcome.prunable_groups:
-            # a silent no-op reads as success: say why and what to change
-            hint = (
-                f"prune removed nothing: {outcome.prunable_groups} group(s) are prunable, but at "
-                f"this ratio/target and round_to={self.round_to} no group keeps a smaller multiple "
-                "of round_to; ask for more (a larger ratio or a smaller target) or set round_to "
-                "lower (1 keeps any width)"
-            )
-            logger.warning(hint)
+        elif self.ratio != 0 or self.target_macs is not None or self.target_latency is not None:
+            # a silent no-op reads as success: say why and what to change (ratio 0 asked for it)
+            hint = nothing_pruned(analysis.groups, self.round_to or 1)
+            logger.warning("%s", hint)
             extra = {**extra, "warnings": [*extra.get("warnings", []), hint]}
         outcome.parameters_after = parameter_count(model)
         logger.info(

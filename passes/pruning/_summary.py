@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from onnxslim.passes.pruning._analysis import PruneAnalysis
 from onnxslim.passes.pruning._family import PRODUCER
+from onnxslim.passes.pruning._groups import Group
 from onnxslim.passes.pruning._plan import Plan
+
+__all__ = ["PruneOutcome", "describe_plan", "nothing_pruned"]
+
+_CAUSES_SHOWN = 2  # the commonest causes named in the no-op sentence
 
 
 @dataclasses.dataclass
@@ -54,6 +61,7 @@ def describe_plan(
             "group": g.index,
             "producers": [s.label for s in g.producers],
             "reasons": g.reasons[:5] or [g.ignored],
+            "cause": _cause(g),
         }
         for g in groups
         if not g.prunable and (g.reasons or g.ignored)
@@ -86,3 +94,43 @@ def _channels_kept(analysis: PruneAnalysis, plan: Plan) -> dict[str, list[int]]:
             )
             kept_per_layer[label] = [slot.size, kept]
     return kept_per_layer
+
+
+def _cause(group: Group) -> str:
+    """What blocks ``group``, without node names (counted across groups)."""
+    if group.num_units <= 1:
+        return "a single unit"
+    if group.ignored is not None:
+        return "an ignore pattern"
+    return group.blocks[0].cause if group.blocks else "no cut at this ratio"
+
+
+def nothing_pruned(groups: Sequence[Group], round_to: int) -> str:
+    """The one sentence for a run that removed nothing: the groups blocked, counted by cause;
+    those with one unit; and whether the prunable rest were too narrow for ``round_to``."""
+    single = [g for g in groups if g.num_units <= 1]
+    blocked = [g for g in groups if not g.prunable and g.num_units > 1]
+    prunable = [g for g in groups if g.prunable]
+    parts = []
+    if blocked:
+        causes = Counter(_cause(g) for g in blocked)
+        shown = ", ".join(f"{c} ({n})" for c, n in causes.most_common(_CAUSES_SHOWN))
+        more = len(causes) - _CAUSES_SHOWN
+        parts.append(
+            f"{len(blocked)} of {len(groups)} group(s) blocked by {shown}"
+            + (f" and {more} other cause(s)" if more > 0 else "")
+        )
+    if single:
+        parts.append(f"{len(single)} group(s) have a single unit (nothing to cut)")
+    if prunable:
+        widths = ", ".join(str(g.num_units - len(g.pinned)) for g in prunable[:4])
+        more_widths = ", ..." if len(prunable) > 4 else ""
+        parts.append(
+            f"{len(prunable)} group(s) are prunable (width {widths}{more_widths}), but at this "
+            f"ratio/target and round_to={round_to} none keeps a smaller multiple of round_to; "
+            "ask for more (a larger ratio or a smaller target) or set round_to lower "
+            "(1 keeps any width)"
+        )
+    if not groups:
+        parts.append("the graph has no producer to prune (no Conv, Gemm, MatMul or Gather weight)")
+    return "prune removed nothing: " + "; ".join(parts)
