@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import helper
 
@@ -21,6 +22,7 @@ from onnxslim.passes.quantization._accuracy_guard import Evaluator
 from onnxslim.passes.quantization._calibrate import CalibrationSettings, collect_ranges
 from onnxslim.passes.quantization._candidates import Candidate
 from onnxslim.passes.quantization._emit import Emitter
+from onnxslim.passes.quantization._fusion import fuse_for_quantization
 from onnxslim.passes.quantization._matmul_placement import (
     FLOAT_STEPS,
     WEIGHT_MATMULS_LABEL,
@@ -157,3 +159,32 @@ def test_no_softmax_no_placement(tmp_path):
     tried, held = with_weight_matmuls([base], graph, None, None, {})  # type: ignore[arg-type]
     assert tried == [base] and not held
     assert matmul_roles(graph) == (["m0", "m1", "m2", "m3"], [])
+
+
+def test_layer_norm_fuses_when_reducemean_leaves_keepdims_implicit():
+    """torch's opset-14 export writes ReduceMean without its default keepdims=1 (MiniLM's 13
+    LayerNorms fused none): the fusion now writes the default out and fuses, exactly."""
+    model = ir.from_onnx_text(
+        """
+        <ir_version: 8, opset_import: ["" : 14]>
+        ln (float[2, 5, 8] x) => (float[2, 5, 8] y)
+        <float[8] scale = {1.0, 2.0, 0.5, 1.0, 1.5, 1.0, 0.25, 1.0},
+         float[8] bias = {0.1, 0.0, -0.2, 0.0, 0.3, 0.0, 0.0, 0.5},
+         float two = {2.0}, float eps = {1e-5}> {
+            mean = ReduceMean <axes = [-1]> (x)
+            dev = Sub (x, mean)
+            sq = Pow (dev, two)
+            var = ReduceMean <axes = [-1]> (sq)
+            veps = Add (var, eps)
+            std = Sqrt (veps)
+            norm = Div (dev, std)
+            scaled = Mul (norm, scale)
+            y = Add (scaled, bias)
+        }
+        """
+    )
+    fused, report = fuse_for_quantization(model)
+    assert report.applied.get("layer_norm", 0) >= 1, report.to_dict()
+    assert [n.op_type for n in fused.graph].count("LayerNormalization") == 1
+    assert not [n for n in fused.graph if n.op_type == "ReduceMean"]
+    assert [n.op_type for n in model.graph].count("ReduceMean") == 2  # input model untouched
