@@ -140,8 +140,9 @@ def fuse_for_quantization(
         candidate = current.clone()  # weights shared; a rewrite replaces, never mutates, them
         if declared < needed:
             candidate.opset_imports[""] = needed
-        if name == "layer_norm":
+        if name == "layer_norm":  # its check reads x's rank: shapes first (a copy's)
             _write_default_keepdims(candidate)
+            ir.passes.common.ShapeInferencePass(strict_mode=False)(candidate)
         count = apply(candidate)
         if not count:
             continue
