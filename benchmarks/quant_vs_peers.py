@@ -1,6 +1,7 @@
 """onnxslim int8 vs its peers on the same models, calibration samples and evaluator.
 
-Tools: onnxslim (`QuantizeStatic` defaults; `quantize_int4` defaults, weight-only), ORT
+Tools: onnxslim (`QuantizeStatic` defaults; `ours-vnni`: with the VNNI profile's full-range
+weights, reduce_range=False, for a CPU without VNNI; `quantize_int4` defaults, weight-only), ORT
 `quantize_static` (default config; best CPU config U8/S8 per-channel; best after ORT's
 `quant_pre_process`), Intel NNCF (default; transformer preset; `quantize_with_accuracy_control`
 with the model's own evaluator on the held-out set, max_drop 0.01 absolute) and Qualcomm
@@ -40,6 +41,7 @@ from onnxslim.fidelity import map_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _peer_models import char_accuracy, cls_images, ctc_table, minilm  # noqa: E402
 from quant_vs_ort import (  # noqa: E402
     _NpzReader,
     make_data,
@@ -52,6 +54,7 @@ MODELS = ("digits", "cls", "det", "rec", "minilm")
 TOOLS = (
     "ours",
     "ours-fuse",
+    "ours-vnni",
     "ours-int4",
     "ort-default",
     "ort-best",
@@ -65,30 +68,6 @@ PEER_PACKAGES = {"nncf": "nncf", "aimet": "aimet_onnx"}
 
 
 # -- models, data, evaluators ----------------------------------------------------------------
-def _cls_images(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cropped text lines (one line of words filling the height, as rapidocr's detector crops
-    them), half turned by 180 degrees, preprocessed like rapidocr's classifier (3x48x192 BGR,
-    (x/255 - 0.5)/0.5); labels 0 (upright) / 1 (180)."""
-    from _real_data import WORDS
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % 2
-    batch = []
-    for label in labels:
-        image = Image.new("RGB", (192, 48), tuple(int(v) for v in rng.integers(190, 256, 3)))
-        draw = ImageDraw.Draw(image)
-        font = ImageFont.load_default(size=int(rng.integers(28, 36)))
-        text = " ".join(rng.choice(WORDS, size=3))
-        colour = tuple(int(v) for v in rng.integers(0, 70, 3))
-        draw.text((int(rng.integers(0, 8)), int(rng.integers(2, 8))), text, fill=colour, font=font)
-        if label:
-            image = image.rotate(180)
-        pixels = np.asarray(image, np.float32)[:, :, ::-1] / 255.0
-        batch.append(((pixels - 0.5) / 0.5).transpose(2, 0, 1))
-    return np.stack(batch).astype(np.float32), labels
-
-
 def build(name: str, samples: int, quick: bool, folder: Path | None = None) -> dict:
     """The model's path, calibration and held-out data, and its evaluator: ``labels`` (top-1
     accuracy), else ``metric[1]`` (outputs -> metric), else ``compare`` (fp32 outputs, outputs
@@ -108,13 +87,13 @@ def build(name: str, samples: int, quick: bool, folder: Path | None = None) -> d
             "labels": labels,
         }
     if name == "minilm":
-        return _minilm(samples, folder or Path(tempfile.gettempdir()))
+        return minilm(samples, folder or Path(tempfile.gettempdir()))
     path = ppocr_model_path(name)
     if path is None:
         raise SystemExit(f"{name} needs the rapidocr-onnxruntime wheel")
     if name == "cls":
-        calibration, _ = _cls_images(samples, seed=0)
-        held_out, labels = _cls_images(32 if quick else 128, seed=1)
+        calibration, _ = cls_images(samples, seed=0)
+        held_out, labels = cls_images(32 if quick else 128, seed=1)
         return {
             "path": path,
             "calibration": {"x": calibration},
@@ -140,77 +119,19 @@ def build(name: str, samples: int, quick: bool, folder: Path | None = None) -> d
         # needs for a CTC score at 0.99, up to 64), every tool gets all of them
         calibration, _ = render_word_crops(samples + 64, seed=0)
         held_out, words = render_word_crops(32 if quick else 96, seed=1)
-        table = _ctc_table(path)
+        table = ctc_table(path)
         return {
             "path": path,
             "calibration": {"x": calibration},
             "held_out": {"x": held_out},
-            "metric": ("char acc", lambda outs: _char_accuracy(outs, words, table)),
+            "metric": ("char acc", lambda outs: char_accuracy(outs, words, table)),
         }
     raise SystemExit(f"unknown model {name}; choose from {', '.join(MODELS)}")
-
-
-def _ctc_table(path: str | Path) -> tuple[str, ...]:
-    """The recognizer's character per class, from its metadata (Paddle's ``character``)."""
-    import onnx
-
-    from onnxslim.fidelity import ctc_characters
-    from onnxslim.runtime import create_session
-
-    metadata = {
-        p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props
-    }
-    classes = create_session(path).get_outputs()[0].shape[-1]
-    table = ctc_characters(metadata, classes)
-    if table is None:
-        raise SystemExit(f"{path} holds no character table for its {classes} classes")
-    return table
-
-
-def _char_accuracy(outputs: list[np.ndarray], words: list[str], table: tuple[str, ...]) -> float:
-    """1 - edit distance / label length over all words (greedy CTC text, edge spaces stripped)."""
-    from onnxslim.fidelity import ctc_texts, edit_distance
-
-    texts = [t for o in outputs for t in ctc_texts(o, table)]
-    errors = sum(edit_distance(t, w) for t, w in zip(texts, words, strict=True))
-    return 1.0 - errors / sum(len(w) for w in words)
-
-
-def _minilm(samples: int, folder: Path) -> dict:
-    """all-MiniLM-L6-v2 exported as ``pipeline_real_models`` does (once per folder); half the
-    sentences calibrate, the other half are held out (the same split as that script's)."""
-    from _real_data import SENTENCES
-    from pipeline_real_models import _minilm_files, export_minilm
-
-    from onnxslim.testing import WordPieceTokenizer
-
-    model_dir = _minilm_files()
-    path = folder / "minilm.onnx"
-    if not path.is_file():
-        export_minilm(model_dir, path)
-    tokenizer = WordPieceTokenizer(model_dir / "vocab.txt")
-    order = np.random.default_rng(0).permutation(len(SENTENCES))
-    half = len(order) // 2
-    calibration = [SENTENCES[i] for i in order[:half][:samples]]
-    held_out = [SENTENCES[i] for i in order[half:]]
-    return {
-        "path": path,
-        "calibration": tokenizer(calibration),
-        "held_out": tokenizer(held_out),
-        "metric": ("mean cosine vs fp32", None),
-        "compare": _mean_cosine,
-    }
 
 
 def _accuracy(outputs: list[np.ndarray], labels: np.ndarray) -> float:
     predicted = np.concatenate([o.reshape(len(o), -1).argmax(-1) for o in outputs])
     return float((predicted == labels).mean())
-
-
-def _mean_cosine(reference: np.ndarray, outputs: np.ndarray) -> float:
-    a, b = reference.reshape(len(reference), -1), outputs.reshape(len(outputs), -1)
-    cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
-    return float(cosine.mean())
 
 
 def _map_iou(reference: np.ndarray, outputs: np.ndarray) -> float:
@@ -256,11 +177,13 @@ def evaluate(model: dict, path: Path, reference: list[np.ndarray]) -> float:
 
 
 # -- workers: one fresh subprocess per quantization (wall time, peak RSS) ---------------------
-def _ours(model: Path, data: Path, output: Path, fuse: bool = False) -> dict:
+def _ours(model: Path, data: Path, output: Path, fuse: bool = False, vnni: bool = False) -> dict:
     import onnxslim
     from onnxslim.passes.quantization import QuantizeStatic
 
-    options = {"fuse": True} if fuse else {}  # fusion before placement (now the default too)
+    options: dict = {"fuse": True} if fuse else {}  # fusion before placement (now the default too)
+    if vnni:  # the VNNI/AMX profile's full-range weights, on a CPU without them (accuracy)
+        options["reduce_range"] = False
     loaded = onnxslim.load(model)
     result = QuantizeStatic(str(data), **options).apply(loaded, onnxslim.PassContext())
     onnxslim.save(loaded, output)
@@ -373,6 +296,7 @@ def _aimet(model: Path, data: Path, output: Path) -> dict:
 WORKERS: dict[str, Callable[..., dict]] = {
     "ours": _ours,
     "ours-fuse": lambda m, d, o: _ours(m, d, o, fuse=True),
+    "ours-vnni": lambda m, d, o: _ours(m, d, o, vnni=True),
     "ours-int4": _ours_int4,
     "ort-default": lambda m, d, o: _ort(m, d, o, "default"),
     "ort-best": lambda m, d, o: _ort(m, d, o, "best"),

@@ -79,6 +79,17 @@ def _run(model: ir.Model, samples: Sequence[Feeds]) -> list[list[np.ndarray]]:
     return [list(session.run(None, dict(feeds))) for feeds in samples]
 
 
+def _write_default_keepdims(model: ir.Model) -> None:
+    """Writes out ReduceMean's default ``keepdims=1`` where the node leaves it implicit: the
+    LayerNorm pattern names it, and torch's exporter omits defaults (MiniLM at opset 14 fused
+    none of its 13 LayerNorms for that reason alone). Same semantics; the check verifies it."""
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_type == "ReduceMean" and node.domain in ("", "ai.onnx"):
+                if "keepdims" not in node.attributes:
+                    node.attributes["keepdims"] = ir.Attr("keepdims", ir.AttributeType.INT, 1)
+
+
 def fuse_for_quantization(
     model: ir.Model,
     *,
@@ -129,6 +140,9 @@ def fuse_for_quantization(
         candidate = current.clone()  # weights shared; a rewrite replaces, never mutates, them
         if declared < needed:
             candidate.opset_imports[""] = needed
+        if name == "layer_norm":  # its check reads x's rank: shapes first (a copy's)
+            _write_default_keepdims(candidate)
+            ir.passes.common.ShapeInferencePass(strict_mode=False)(candidate)
         count = apply(candidate)
         if not count:
             continue

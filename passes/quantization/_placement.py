@@ -1,6 +1,7 @@
 """Placement search beyond op classes: keep in float exactly the few tensors that break the task
 metric in attention blocks (the inputs of Softmax, then score MatMuls and LayerNormalization
-inputs), quantize the rest."""
+inputs), quantize the rest; where those islands do not hold, the weight-MatMul placement
+(_matmul_placement: int8 MatMul inputs and weights, MatMul outputs float, the worst inputs float)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import onnx
 from onnxslim.passes.quantization._accuracy_guard import Evaluator
 from onnxslim.passes.quantization._candidates import Candidate
 from onnxslim.passes.quantization._emit import Emitter
+from onnxslim.passes.quantization._matmul_placement import with_weight_matmuls
 from onnxslim.progress import task
 
 __all__ = ["ISLAND_STEPS", "float_islands", "with_float_islands"]
@@ -123,5 +125,9 @@ def with_float_islands(
             bar.advance(candidate=label)
             if entry.evaluation.accurate:
                 rescued.add(base.label)
-                break
+                return result, rescued
+    # transformer encoders: only the weight MatMuls int8, their outputs float (_matmul_placement)
+    result, held = with_weight_matmuls(result, graph, emitter, evaluator, excluded)
+    if held:
+        rescued.add(base.label)
     return result, rescued
