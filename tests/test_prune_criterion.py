@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnx.numpy_helper
-import onnx.parser
 import onnx_ir as ir
 import pytest
 
@@ -13,6 +10,7 @@ import onnxslim
 from onnxslim.inputs import open_samples
 from onnxslim.passes.pruning import StructuredPrune
 from onnxslim.passes.pruning._criterion import choose_criterion, has_attention
+from onnxslim.testing import with_random_weights
 
 pytest.importorskip("torch")
 
@@ -51,16 +49,7 @@ g (float[1,3,8,8] x) => (float[1,4,8,8] y) <float[16,3,3,3] w1, float[16] b1, fl
 """
 
 
-def _model(text: str) -> ir.Model:
-    """Parses ONNX text; the declared initializers without a value get random weights."""
-    proto = onnx.parser.parse_model(text)
-    rng = np.random.default_rng(0)
-    for info in list(proto.graph.value_info):
-        shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
-        array = rng.standard_normal(shape).astype(np.float32)
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, info.name))
-        proto.graph.value_info.remove(info)
-    return ir.from_proto(proto)
+_model = with_random_weights
 
 
 def _data(model: ir.Model, count: int = 4):

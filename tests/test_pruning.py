@@ -26,6 +26,7 @@ from onnxslim.passes.pruning import (
 )
 from onnxslim.passes.pruning._apply import zero_consumers
 from onnxslim.passes.pruning._ir import constant_array
+from onnxslim.testing import with_random_weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -315,16 +316,7 @@ g (float[N,3,8,8] x) => (float[N,8,8,8] y) <float[16,3,3,3] w1, float[16] b1, fl
 """
 
 
-def _with_weights(text: str, seed: int = 0) -> ir.Model:
-    """Parses ONNX text; the typed names in ``<...>`` become random float initializers."""
-    proto = onnx.parser.parse_model(text)
-    rng = np.random.default_rng(seed)
-    for info in list(proto.graph.value_info):
-        shape = [d.dim_value for d in info.type.tensor_type.shape.dim]
-        array = rng.standard_normal(shape).astype(np.float32)
-        proto.graph.initializer.append(onnx.numpy_helper.from_array(array, info.name))
-        proto.graph.value_info.remove(info)
-    return ir.from_proto(proto)
+_with_weights = with_random_weights
 
 
 def test_parameters_and_macs_match_hand_computed_values(tmp_path):

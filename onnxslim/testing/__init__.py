@@ -16,11 +16,13 @@ from onnxslim.testing._decoders import (
     llama_style_decoder,
 )
 from onnxslim.testing._export import export_torch
+from onnxslim.testing._onnx_text import with_random_weights
 from onnxslim.testing._real_models import minilm_encoder, ppocr_model_path
 from onnxslim.testing._text import WordPieceTokenizer, bert_style_encoder
 from onnxslim.testing._vision import mobilenetv2_style, resnet18_style, resnet_style
 
 __all__ = [
+    "with_random_weights",
     "resnet_style",
     "resnet18_style",
     "mobilenetv2_style",
