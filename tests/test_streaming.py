@@ -103,7 +103,11 @@ def test_int8_streamed_chunk_by_chunk_matches_float(vad, tmp_path):
     float_probs, int8_probs = _probs(calls), _probs(stream(result.model, chunks, CARRY))
     assert onnxslim.sqnr_db(float_probs, int8_probs) > 40.0
     assert np.abs(float_probs - int8_probs).max() < 5e-3
-    assert frame_agreement(float_probs, int8_probs) == 1.0
+    # every frame the int8 error bound cannot carry across 0.5 keeps its decision (frames
+    # closer to 0.5 than the bound may flip: on AVX2 the 7-bit weights flip 1 of 400)
+    clear = np.abs(float_probs - 0.5) > 5e-3
+    assert clear.sum() > 300
+    assert frame_agreement(float_probs[clear], int8_probs[clear]) == 1.0
 
 
 def test_pruned_state_streamed_matches_the_zeroed_oracle(vad):
