@@ -58,19 +58,14 @@ def _ops_without_kernel(model: ir.Model) -> list[str]:
     from onnxslim.torch_bridge import supported_ops  # torch: loaded only for attention models
 
     known = set(supported_ops())
-    used = {
-        node.op_type
-        for graph in model.graphs()
-        for node in graph
-        if node.domain in ("", "ai.onnx") and node.op_type not in known
-    }
-    used |= {
-        f"{node.domain}::{node.op_type}"
-        for graph in model.graphs()
-        for node in graph
-        if node.domain not in ("", "ai.onnx")
-    }
-    return sorted(used)
+    missing = set()
+    for graph in model.graphs():
+        for node in graph:
+            if node.domain not in ("", "ai.onnx"):
+                missing.add(f"{node.domain}::{node.op_type}")
+            elif node.op_type not in known:
+                missing.add(node.op_type)
+    return sorted(missing)
 
 
 def choose_criterion(model: ir.Model, data: SampleReader | None) -> tuple[str, str]:
