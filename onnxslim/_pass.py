@@ -38,6 +38,9 @@ class PassContext:
         sizes: Sizes for symbolic dims (dim name or input name -> size/shape).
         providers: ORT execution providers the model is meant for.
         workdir: A scratch folder that lives as long as the pipeline run.
+        refuse_no_op: A lossy pass that was asked for a change and made none raises
+            :class:`~onnxslim.UnsupportedModelError` (its one sentence) instead of warning.
+            ``onnxslim optimize`` sets it: a no-op reads as success on a terminal.
     """
 
     reference_path: Path | None = None
@@ -46,6 +49,7 @@ class PassContext:
     sizes: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     providers: Sequence[str] = ("CPUExecutionProvider",)
     workdir: Path | None = None
+    refuse_no_op: bool = False
 
 
 class SlimPass(ir.passes.InPlacePass, abc.ABC):

@@ -177,6 +177,8 @@ class Pipeline:
             off is for very large models only.
         bounds: Fidelity bounds against the input model for lossy passes (default: report only).
         num_samples: How many verification samples to draw from the data (or generate).
+        refuse_no_op: A pass asked for a change that makes none fails instead of warning
+            (``PassContext.refuse_no_op``; ``onnxslim optimize`` sets it).
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class Pipeline:
         verify: bool = True,
         bounds: FidelityBounds | Mapping[str, float] | None = None,
         num_samples: int = 4,
+        refuse_no_op: bool = False,
     ) -> None:
         for item in passes:
             if not isinstance(item, SlimPass):
@@ -200,6 +203,7 @@ class Pipeline:
         if self.bounds.metric is not None:
             raise TypeError("Pipeline bounds take no metric: it runs on a pass's own outputs")
         self.num_samples = num_samples
+        self.refuse_no_op = refuse_no_op
 
     def run(
         self,
@@ -243,6 +247,7 @@ class Pipeline:
                 sizes=dict(sizes or {}),
                 providers=resolved_providers,
                 workdir=workdir_path,
+                refuse_no_op=self.refuse_no_op,
             )
             report = Report(model=label, samples=len(verification), sample_source=sample_source)
             signature = _signature(working)

@@ -112,8 +112,12 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         else bounds.min_top1_agreement,
         max_abs_error=bounds.max_abs_error,
     )
-    pipeline = Pipeline(
-        passes, verify=verify and not args.no_verify, bounds=bounds, num_samples=num_samples
+    pipeline = Pipeline(  # a prune that removes nothing is exit 2 here, a warning in the API
+        passes,
+        verify=verify and not args.no_verify,
+        bounds=bounds,
+        num_samples=num_samples,
+        refuse_no_op=True,
     )
     # source: the user's file is the reference (the distillation teacher), not a saved copy;
     # the pipeline opens --data once (onnxslim.inputs.open_samples) for verification and passes

@@ -147,7 +147,8 @@ class PruneDistill(SlimPass):
             criterion=self.criterion,
             round_to=self.round_to,
             **dict(self.prune or {}),
-        ).apply(model, context)
+        ).apply(model, context if not records else dataclasses.replace(context, refuse_no_op=False))
+        # only a first step that removes nothing is a no-op run; later ones may meet their target
         macs = prune.summary["macs"]
         base = macs["before"] if base is None else base
         extra = dict(self.distill or {})

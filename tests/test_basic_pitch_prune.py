@@ -67,15 +67,20 @@ def test_basic_pitch_prunes_through_the_pinned_concat(tmp_path: Path) -> None:
     onnx.checker.check_model(str(out))
 
 
-def test_basic_pitch_at_round_to_16_says_why_in_one_line(tmp_path: Path) -> None:
+def test_basic_pitch_at_round_to_16_is_refused_in_one_line(tmp_path: Path) -> None:
     source = _model()
-    proc = _cli("optimize", str(source), "-o", str(tmp_path / "out.onnx"), "--prune", "0.3",
+    out = tmp_path / "out.onnx"
+    proc = _cli("optimize", str(source), "-o", str(out), "--prune", "0.3",
                 "--prune-round-to", "16")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 2, proc.stderr  # asked to prune, removed nothing: exit 2
     (line,) = [line for line in proc.stderr.splitlines() if "removed nothing" in line]
-    assert line.endswith(
-        "prune removed nothing: 1 of 7 group(s) blocked by Shape reads axis N (1); 3 group(s) "
-        "have a single unit (nothing to cut); 3 group(s) are prunable (width 32, 8, 32), but at "
-        "this ratio/target and round_to=16 none keeps a smaller multiple of round_to; ask for "
-        "more (a larger ratio or a smaller target) or set round_to lower (1 keeps any width)"
+    assert line == (
+        "onnxslim: error: prune removed nothing: 1 of 7 group(s) blocked by Shape reads axis N "
+        "(1); 3 group(s) have a single unit (nothing to cut); 3 group(s) are prunable (width 32, "
+        "8, 32), but at this ratio/target and round_to=16 none keeps a smaller multiple of "
+        "round_to; ask for more (a larger ratio or a smaller target) or set round_to lower (1 "
+        "keeps any width). Nothing was written; on the command line that is --prune-round-to, a "
+        "larger --prune or smaller --prune-macs/--prune-latency, or no prune flag."
     )
+    assert not out.exists()
+    assert "Traceback" not in proc.stderr and "onnxruntime" not in proc.stderr

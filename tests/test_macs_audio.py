@@ -147,16 +147,21 @@ flat (float[1, 3, 8, 8] x) => (float[1, 288] y) {
 """.replace("WEIGHTS", ", ".join(str((i % 7) / 7 - 0.4) for i in range(8 * 27)))
 
 
-def test_prune_that_removes_nothing_says_why(tmp_path: Path) -> None:
+def test_prune_that_removes_nothing_is_refused_by_the_cli(tmp_path: Path) -> None:
     _, path = _model(BLOCKED, tmp_path)
+    before = path.read_bytes()
+    out = tmp_path / "out.onnx"
     proc = subprocess.run(
         [sys.executable, "-m", "onnxslim", "optimize", str(path), "--prune", "0.5",
-         "-o", str(tmp_path / "out.onnx")],
+         "-o", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if "removed nothing" in line]
-    assert len(lines) == 1, proc.stderr  # the pass's own warning, printed once
-    assert lines[0].endswith("prune removed nothing: 1 of 1 group(s) blocked by a graph output (1)")
+    assert proc.returncode == 2, proc.stderr  # asked to prune, removed nothing: a user error
+    assert proc.stderr.splitlines() == [
+        "onnxslim: error: prune removed nothing: 1 of 1 group(s) blocked by a graph output (1). "
+        "Nothing was written; on the command line that is --prune-round-to, a larger --prune or "
+        "smaller --prune-macs/--prune-latency, or no prune flag."
+    ]
+    assert not out.exists() and path.read_bytes() == before
