@@ -76,3 +76,22 @@ def test_quantize_report_says_eight_samples(files: Path, tmp_path: Path) -> None
     assert "24 sample" not in proc.stdout
     stages = {s["stage"]: s for s in json.loads(report.read_text())["stages"]}
     assert stages["quantize"]["summary"]["calibration"]["samples"] == 8
+
+
+def test_guard_holds_out_and_reuses_whole_samples_of_an_unbatched_input(files: Path) -> None:
+    """The accuracy guard's sample counts go through the reader: a ``[3, 8, 8]`` file is one
+    sample, not three (axis 0 read as a batch made it hold out 3 of 24)."""
+    from onnxslim.passes.quantization._judging import judging_data
+
+    model = ir.from_proto(_model())
+    reader = open_samples(files, model, batch_size=1)
+    held = judging_data(reader, 1, None)
+    assert held.judged_on == {
+        "source": "held-out calibration data",
+        "samples": 1,
+        "description": "the last 1 of 8 samples; the calibration used the first 7",
+    }
+    assert (len(held.batches), held.calibration_limit) == (1, 7)
+    reused = judging_data(reader, 2, None)  # 6 left would calibrate too little: reused
+    assert reused.judged_on == {"source": "calibration samples (reused)", "samples": 2}
+    assert len(reused.batches) == 2

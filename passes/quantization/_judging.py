@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim.fidelity import TaskMetric, choose_metric, ctc_characters, ctc_decode, ctc_texts
+from onnxslim.inputs import samples_in
 from onnxslim.model import ValueProbe
 from onnxslim.runtime import session_options
 
@@ -48,13 +49,9 @@ def evaluation_batches(reader: Iterable[dict], samples: int) -> list[dict]:
     batches: list[dict] = []
     for batch in reader:
         batches.append(batch)
-        if sum(_count(b) for b in batches) >= samples:
+        if sum(samples_in(b, reader) for b in batches) >= samples:
             break
     return batches
-
-
-def _count(batch: Mapping[str, Any]) -> int:
-    return len(next(iter(batch.values())))
 
 
 # The calibration keeps at least this many times the samples it gives up to the guard, or
@@ -87,16 +84,20 @@ def judging_data(
     held-out count); else the first calibration samples again, with a warning."""
     if verification:
         taken = [dict(v) for v in verification[:eval_samples]]
-        count = sum(_count(b) for b in taken)
+        count = sum(samples_in(b, reader) for b in taken)
         return JudgingData(taken, None, {"source": "verification data", "samples": count})
     tail: collections.deque[dict] = collections.deque()
     total = 0
     for batch in reader:
         tail.append(batch)
-        total += _count(batch)
-        while len(tail) > 1 and sum(_count(b) for b in tail) - _count(tail[0]) >= eval_samples:
+        total += samples_in(batch, reader)
+        while (
+            len(tail) > 1
+            and sum(samples_in(b, reader) for b in tail) - samples_in(tail[0], reader)
+            >= eval_samples
+        ):
             tail.popleft()
-    held = sum(_count(b) for b in tail)
+    held = sum(samples_in(b, reader) for b in tail)
     rest = total - held
     enough = rest >= HOLDOUT_RATIO * held or rest >= max(CALIBRATION_FLOOR, held)
     if (samples is not None and rest >= samples) or enough:
@@ -107,7 +108,7 @@ def judging_data(
         )
         return JudgingData(list(tail), limit, judged_on)
     batches = evaluation_batches(reader, eval_samples)
-    count = sum(_count(b) for b in batches)
+    count = sum(samples_in(b, reader) for b in batches)
     warning = (
         f"the accuracy guard judged on {count} calibration samples (no unseen samples: give "
         f"verification data or at least {(HOLDOUT_RATIO + 1) * eval_samples} samples)"
@@ -252,7 +253,7 @@ def split_for_judging(
     if unjudged:
         # nothing to judge (or judged on meaningless data): the timing samples only
         batches = evaluation_batches(reader, eval_samples)
-        count = sum(_count(b) for b in batches)
+        count = sum(samples_in(b, reader) for b in batches)
         source = "random smoke data" if smoke else "calibration samples (reused)"
         if samples is not None and hasattr(reader, "rewind"):
             reader = copy.copy(reader)
@@ -285,7 +286,7 @@ def _user_metric(options: Any) -> TaskMetric | None:
 
 def _most_held_out(reader: Iterable[dict], low: int, high: int, samples: int | None) -> int:
     """The largest judging size in [low, high] the data can hold out (low when none can)."""
-    total = sum(_count(b) for b in reader)
+    total = sum(samples_in(b, reader) for b in reader)
     for size in range(high, low, -1):
         rest = total - size
         fits = rest >= HOLDOUT_RATIO * size or rest >= max(CALIBRATION_FLOOR, size)

@@ -21,6 +21,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxslim import RecipeError
+from onnxslim.inputs import samples_in
 from onnxslim.model import SEGMENT_THRESHOLD_BYTES, ValueProbe, proto_weight_bytes
 from onnxslim.passes.quantization._bias_correction import bias_shifts, fold_bias_shifts
 from onnxslim.passes.quantization._calibrate import collect_ranges
@@ -215,7 +216,7 @@ class _Recovery:
         seen = 0
         for batch in self.reader:
             yield batch
-            seen += len(next(iter(batch.values())))
+            seen += samples_in(batch, self.reader)
             if seen >= STATISTICS_SAMPLES:
                 return
 
