@@ -293,6 +293,32 @@ def test_probe_reads_a_model_file_with_external_data(tmp_path: Path) -> None:
     assert sorted(every) == ["c1", "c2", "f", "p", "r1", "y"]
 
 
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        (CONV_NET, ["c2", "p", "nope", "y"]),  # node outputs and a missing name: the file's door
+        (CONV_NET, ["x", "c1"]),  # a graph input needs an Identity: the copy's door
+        (PROBE_MODEL, ["r", "inner", "nope"]),  # subgraph names: the copy's door says which
+    ],
+)
+def test_probe_on_a_file_matches_the_probe_on_its_model(
+    tmp_path: Path, text: str, names: list[str]
+) -> None:
+    m = _model(text)
+    path = onnxslim.save(m, tmp_path / "m.onnx", external_data=False)
+    on_file, in_memory = ValueProbe(path, names), ValueProbe(m, names)
+    for attribute in ("names", "skipped", "outputs", "graph_outputs", "input_names"):
+        assert getattr(on_file, attribute) == getattr(in_memory, attribute), attribute
+    assert on_file.graph_outputs == ("y",)
+    feeds = onnxslim.random_inputs(m, {"N": 2})
+    feeds = {k: v for k, v in feeds.items() if k in on_file.input_names}
+    if "c" in feeds:
+        feeds["c"] = np.array(True)
+    got, want = on_file.run(feeds, on_file.outputs), in_memory.run(feeds, in_memory.outputs)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+
+
 def test_observed_shapes_fall_back_to_inference_when_ort_cannot_run() -> None:
     m = _model(
         """

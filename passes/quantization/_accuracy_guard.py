@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from onnxslim.fidelity import FidelityBounds, TaskMetric, compare_outputs
-from onnxslim.model import ValueProbe, proto_graphs
+from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
 from onnxslim.passes.quantization._judging import (
@@ -30,9 +28,9 @@ from onnxslim.passes.quantization._output_metrics import (
     proxy_violations,
 )
 from onnxslim.passes.quantization._prepare import Prepared
-from onnxslim.passes.quantization._sensitivity import _seen_as, layer_sensitivity
+from onnxslim.passes.quantization._sensitivity import layer_sensitivity
 from onnxslim.progress import task
-from onnxslim.runtime import create_session, session_options
+from onnxslim.runtime import session_options
 
 __all__ = [
     "Evaluator",
@@ -406,79 +404,24 @@ def _iter_outputs_and_logits(
     logits: Mapping[str, str],
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> Generator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], None, None]:
-    """Per batch, as :func:`_outputs_and_logits` gives them (one session, run lazily)."""
-    direct = _direct_session(path, logits, providers)
-    if direct is not None:
-        session, names, fetch = direct
-        inputs = {i.name for i in session.get_inputs()}
-        wanted = list(dict.fromkeys([*names, *fetch]))
-        for batch in batches:
-            got = dict(
-                zip(wanted, session.run(wanted, {k: v for k, v in batch.items() if k in inputs}))
-            )
-            yield (
-                {name: got[name] for name in names},
-                {name: got[f] for name, f in zip(names, fetch)},
-            )
-        return
-    yield from _probed_outputs_and_logits(path, batches, logits, providers)
-
-
-def _probed_outputs_and_logits(
-    path: str | os.PathLike,
-    batches: Sequence[Feeds],
-    logits: Mapping[str, str],
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-) -> Generator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], None, None]:
-    """As :func:`_iter_outputs_and_logits`, through the value probe (external weights mapped)."""
-    if not logits:
-        probe = ValueProbe(Path(path), [], providers=providers, options=session_options())
-        for batch in batches:
-            outputs = probe.run(dict(batch), probe.outputs)
-            yield outputs, outputs
-        return
-    model = ir.load(str(path))
-    values = _seen_as(model, logits.values())
-    seen_as = {output: values[source] for output, source in logits.items() if source in values}
+    """Per batch, as :func:`_outputs_and_logits` gives them (one session, run lazily): each
+    logits value as the QDQ model's consumers see it (as ``_sensitivity._seen_as``: its
+    DequantizeLinear output where there is one, else the tensor itself)."""
+    seen = {source: (f"{source}_DequantizeLinear_Output", source) for source in logits.values()}
     # the session ORT deploys (full optimizations: QDQ fused), not the probe's default
     probe = ValueProbe(
-        model, list(seen_as.values()), providers=providers, options=session_options()
+        Path(path),
+        list(dict.fromkeys(name for pair in seen.values() for name in pair)),
+        providers=providers,
+        options=session_options(),
     )
-    names = [o.name or "" for o in model.graph.outputs]  # graph outputs are always named
-    del model
+    seen_as = {
+        output: next(name for name in seen[source] if name in probe.names)
+        for output, source in logits.items()
+        if any(name in probe.names for name in seen[source])
+    }
+    names = list(probe.graph_outputs)
     fetch = [seen_as.get(name, name) for name in names]
     for batch in batches:
         got = probe.run(batch, list(dict.fromkeys([*names, *fetch])))
         yield {name: got[name] for name in names}, {name: got[f] for name, f in zip(names, fetch)}
-
-
-def _direct_session(
-    path: str | os.PathLike, logits: Mapping[str, str], providers: Sequence[str]
-) -> tuple[ort.InferenceSession, list[str], list[str]] | None:
-    """A session on the file's own graph, its logits added to the outputs in the protobuf: the
-    graph the value probe builds, without its onnx-ir load, copy and save (about a second per
-    candidate on PP-OCR det); with the graph outputs and, per output, the value fetched for its
-    logits. None for a model with external weights (the probe keeps those mapped)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    if any(
-        tensor.data_location == onnx.TensorProto.EXTERNAL
-        for graph in proto_graphs(proto.graph)
-        for tensor in graph.initializer
-    ):
-        return None
-    graph = proto.graph
-    names = [o.name for o in graph.output]
-    produced = {name for node in graph.node for name in node.output}
-    seen_as = {}
-    for output, source in logits.items():  # as _sensitivity._seen_as: the dequantized logits
-        dequantized = f"{source}_DequantizeLinear_Output"
-        if dequantized in produced:
-            seen_as[output] = dequantized
-        elif source in produced:
-            seen_as[output] = source
-    typed = {info.name: info for info in graph.value_info}
-    for value in dict.fromkeys(seen_as.values()):
-        if value not in names:
-            graph.output.append(typed.get(value, onnx.ValueInfoProto(name=value)))
-    session = create_session(proto.SerializeToString(), providers, session_options())
-    return session, names, [seen_as.get(name, name) for name in names]
