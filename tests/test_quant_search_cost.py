@@ -87,20 +87,26 @@ def test_the_bisection_goes_into_the_same_chunks_with_fewer_batches_run(tmp_path
 
 
 def test_a_candidate_session_on_its_own_file_gives_the_probes_outputs(tmp_path):
-    from onnxslim.passes.quantization._accuracy_guard import (
-        _iter_outputs_and_logits,
-        _probed_outputs_and_logits,
-    )
+    """The guard reads a candidate's file through the probe's protobuf door; the same values
+    as the probe over the loaded model (the onnx-ir copy's door), logits as QDQ sees them."""
+    import onnxslim
+    from onnxslim.model import ValueProbe
+    from onnxslim.passes.quantization._accuracy_guard import _iter_outputs_and_logits
+    from onnxslim.passes.quantization._sensitivity import _seen_as
+    from onnxslim.runtime import session_options
     from tests.test_quant_cost import _chain
 
     _, quantized, batches = _chain(tmp_path, layers=4)
+    model = onnxslim.load(quantized)
     for logits in ({"y": "logits"}, {}):
         direct = list(_iter_outputs_and_logits(quantized, batches, logits))
-        probed = list(_probed_outputs_and_logits(quantized, batches, logits))
-        assert len(direct) == len(probed) == len(batches)
-        for (plain, replaced), (want_plain, want_replaced) in zip(direct, probed):
-            assert list(plain) == list(want_plain) == ["y"]
-            np.testing.assert_array_equal(plain["y"], want_plain["y"])
-            np.testing.assert_array_equal(replaced["y"], want_replaced["y"])
-    # with logits the second dict holds them (negative values), not the probabilities
+        seen = _seen_as(model, logits.values())
+        assert seen == ({"logits": "logits_DequantizeLinear_Output"} if logits else {})
+        probe = ValueProbe(model, list(seen.values()), options=session_options())
+        assert len(direct) == len(batches)
+        for (plain, replaced), batch in zip(direct, batches):
+            want = probe.run(batch, ["y", *seen.values()])
+            assert list(plain) == list(replaced) == ["y"]
+            np.testing.assert_array_equal(plain["y"], want["y"])
+            np.testing.assert_array_equal(replaced["y"], want[seen.get("logits", "y")])
     assert float(direct[0][1]["y"].min()) < 0.0 or logits == {}
