@@ -114,3 +114,50 @@ def test_a_user_metric_on_one_output_leaves_the_others_their_defaults(tmp_path):
     assert bad.task_scores["top1 on out1"] >= 0.9  # the user's output passed
     good = evaluator.evaluate(_candidate(tmp_path, "argmax", W2, "good"))
     assert good.accurate, good.problems
+
+
+def _flat_head(path: Path) -> Path:
+    """Conv -> Relu -> pool -> MatMul onto 100 classes with the same weights each: equal logits,
+    uniform scores (0.01), as in the onnx package's constant-weight Inception v2."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.full((8, 100), 0.01, np.float32), "wf"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"]),
+            helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("MatMul", ["f", "wf"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["prob"], axis=1),
+        ],
+        "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 100])],
+        weights,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_flat_class_scores_are_judged_themselves_not_on_their_exact_logits(tmp_path):
+    """Equal logits decide no top-1 and quantize exactly, while the Softmax output's own Q/DQ
+    moves the scores (15 dB): that candidate used to ship; now the scores hold the SQNR bound."""
+    import onnxslim
+    from onnxslim.passes import QuantizeStatic
+
+    path = _flat_head(tmp_path / "flat.onnx")
+    rng = np.random.default_rng(1)
+    data = [{"x": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)} for _ in range(40)]
+    model = onnxslim.load(path)
+    result = QuantizeStatic(data, latency_guard=False).apply(
+        model, onnxslim.PassContext(workdir=tmp_path)
+    )
+    candidates = {c["label"]: c for c in result.summary["candidates"]}
+    every = candidates["all quantizable ops"]
+    assert every["fidelity"]["logits_sqnr_db"] > 40 and every["fidelity"]["sqnr_db"] < 20
+    assert every["rejected"].startswith("accuracy: output SQNR 15.1 dB < 20 dB on prob (its logits")
+    assert result.summary["chosen"] == "only Conv/MatMul/Gemm"
+    assert candidates["only Conv/MatMul/Gemm"]["fidelity"]["sqnr_db"] >= 20

@@ -11,7 +11,12 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim.fidelity import FidelityBounds, TaskMetric, compare_outputs
+from onnxslim.fidelity import (
+    FidelityBounds,
+    TaskMetric,
+    compare_outputs,
+    decisive_top1_agreement,
+)
 from onnxslim.model import ValueProbe
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
@@ -81,6 +86,14 @@ class Evaluator:
         self.reference_logits = (
             run_with_logits(prepared.path, batches, self.logits) if self.logits else self.reference
         )
+        # class scores whose logits decide no row (flat, e.g. a constant-weight head): their
+        # logits say nothing of what int8 did to them, so the scores hold the SQNR bound
+        self.undecided = [
+            name
+            for name in self.logits
+            if proxy_kind(self.reference[0][name]) == "top1"
+            and decisive_top1_agreement(*[only_outputs(self.reference_logits, [name])] * 2)[1] == 0
+        ]
         self._early = EarlyStop(self.metrics, self.reference)
         self.evaluations = 0
         self.stopped_early = 0  # evaluations stopped before the last batch
@@ -151,6 +164,7 @@ class Evaluator:
         candidate = only_outputs(with_logits, self.proxy_outputs)
         logit_fidelity = compare_outputs(reference, candidate)
         found = proxy_violations(self.bound, reference, candidate, self.proxy_outputs, "logits")
+        found += self._undecided_violations(outputs)
         return Evaluation(
             fidelity,
             tuple(problems + found),
@@ -158,6 +172,21 @@ class Evaluator:
             on_logits=True,
             task_scores=scores,
         )
+
+    def _undecided_violations(self, outputs: Sequence[Feeds]) -> list[str]:
+        """The SQNR bound on each undecided class-score output itself (a Softmax output that
+        its own Q/DQ flattened passed on its logits: exact logits, 0 dB scores)."""
+        floor = self.bound.min_sqnr_db
+        problems = []
+        for name in self.undecided if floor is not None else ():
+            ref, cand = only_outputs(self.reference, [name]), only_outputs(outputs, [name])
+            sqnr = compare_outputs(ref, cand).sqnr_db
+            if sqnr < floor:
+                problems.append(
+                    f"output SQNR {sqnr:.1f} dB < {floor:g} dB on {name} (its logits decide no "
+                    "top-1, so the scores are judged themselves)"
+                )
+        return problems
 
     def _stopped(
         self, outputs: list[dict[str, np.ndarray]], metric: TaskMetric, most: float
