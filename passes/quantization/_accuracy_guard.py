@@ -177,8 +177,10 @@ class Evaluator:
         """The SQNR bound on each undecided class-score output itself (a Softmax output that
         its own Q/DQ flattened passed on its logits: exact logits, 0 dB scores)."""
         floor = self.bound.min_sqnr_db
-        problems = []
-        for name in self.undecided if floor is not None else ():
+        problems: list[str] = []
+        if floor is None:
+            return problems
+        for name in self.undecided:
             ref, cand = only_outputs(self.reference, [name]), only_outputs(outputs, [name])
             sqnr = compare_outputs(ref, cand).sqnr_db
             if sqnr < floor:
