@@ -30,6 +30,7 @@ from onnxslim._sweep import closing_line, corpus_models, model_table, summarize,
 from onnxslim._sweep_corpus import exported_models, wheel_models
 from onnxslim.formatting import json_safe
 from onnxslim.registry import get_pass_class
+from onnxslim.runtime import ort_log_to_python
 
 
 def pipelines() -> dict[str, Callable[[], list]]:
@@ -74,7 +75,8 @@ def main() -> None:
         models = _models(args.corpus.split(","), args.export_dir or Path(tmp) / "exported")
         models = [m for m in models if not args.match or args.match in m[0]][: args.limit]
         try:
-            _sweep(models, chosen, outcomes, Path(tmp), args.verbose)
+            with ort_log_to_python(3):  # ORT's C++ error log stays off the terminal, as in the CLI
+                _sweep(models, chosen, outcomes, Path(tmp), args.verbose)
         except KeyboardInterrupt:
             print(f"interrupted: {len(outcomes)} runs done", flush=True)
     print(f"models: {len(models)}, wall time {time.perf_counter() - started:.0f}s")
