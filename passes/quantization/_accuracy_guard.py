@@ -33,7 +33,11 @@ from onnxslim.passes.quantization._output_metrics import (
     proxy_violations,
 )
 from onnxslim.passes.quantization._prepare import Prepared
-from onnxslim.passes.quantization._sensitivity import layer_sensitivity
+from onnxslim.passes.quantization._sensitivity import (
+    layer_sensitivity,
+    seen_as_among,
+    seen_candidates,
+)
 from onnxslim.progress import task
 from onnxslim.runtime import session_options
 
@@ -435,22 +439,17 @@ def _iter_outputs_and_logits(
     logits: Mapping[str, str],
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> Generator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], None, None]:
-    """Per batch, as :func:`_outputs_and_logits` gives them (one session, run lazily): each
-    logits value as the QDQ model's consumers see it (as ``_sensitivity._seen_as``: its
-    DequantizeLinear output where there is one, else the tensor itself)."""
-    seen = {source: (f"{source}_DequantizeLinear_Output", source) for source in logits.values()}
+    """Per batch, as :func:`_outputs_and_logits` gives them (one session, run lazily), each
+    logits value as the QDQ model's consumers see it (:func:`seen_as_among`)."""
     # the session ORT deploys (full optimizations: QDQ fused), not the probe's default
     probe = ValueProbe(
         Path(path),
-        list(dict.fromkeys(name for pair in seen.values() for name in pair)),
+        list(dict.fromkeys(c for source in logits.values() for c in seen_candidates(source))),
         providers=providers,
         options=session_options(),
     )
-    seen_as = {
-        output: next(name for name in seen[source] if name in probe.names)
-        for output, source in logits.items()
-        if any(name in probe.names for name in seen[source])
-    }
+    values = seen_as_among(probe.names, logits.values())
+    seen_as = {output: values[source] for output, source in logits.items() if source in values}
     names = list(probe.graph_outputs)
     fetch = [seen_as.get(name, name) for name in names]
     for batch in batches:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -132,17 +132,23 @@ def _samples(batch: Feeds) -> list[dict[str, np.ndarray]]:
 
 
 def _seen_as(model: ir.Model, names: Iterable[str]) -> dict[str, str]:
-    """Each float tensor of ``names`` -> the value its consumers see in the QDQ ``model``: the
-    DequantizeLinear output where there is one, else the tensor itself (absent: dropped).
+    """Each float tensor of ``names`` -> the value its consumers see in the QDQ ``model``
+    (:func:`seen_as_among` its node outputs)."""
+    return seen_as_among({v.name or "" for node in model.graph for v in node.outputs}, names)
 
-    ORT even renames a Conv's output to its folded Relu's, so some names are gone.
-    """
-    values = {v.name for node in model.graph for v in node.outputs}
-    seen_as = {}
-    for name in names:
-        dequantized = f"{name}_DequantizeLinear_Output"
-        if dequantized in values:
-            seen_as[name] = dequantized
-        elif name in values:
-            seen_as[name] = name
-    return seen_as
+
+def seen_candidates(name: str) -> tuple[str, str]:
+    """What a float tensor may be called in a QDQ model, first found first: its
+    DequantizeLinear output, then the tensor itself."""
+    return f"{name}_DequantizeLinear_Output", name
+
+
+def seen_as_among(values: Collection[str], names: Iterable[str]) -> dict[str, str]:
+    """Each tensor of ``names`` -> the first of :func:`seen_candidates` among ``values``
+    (absent: dropped; ORT even renames a Conv's output to its folded Relu's)."""
+    return {
+        name: seen
+        for name in names
+        for seen in [next((c for c in seen_candidates(name) if c in values), None)]
+        if seen is not None
+    }
