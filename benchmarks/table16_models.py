@@ -1,9 +1,10 @@
 """Issue #16's table, model by model, through the CLI: cleanup, ``--prune 0.3``, ``--quantize
 int8`` and ``inspect --groups`` on each model of the table, with generated real-ish data.
 
-Models: Silero VAD (silero-vad wheel), openWakeWord melspectrogram / embedding / alexa head
-(openwakeword 0.5.1 wheel), basic-pitch (its ``nmp.onnx``), DenseNet-121 and Inception v2 (the
-``onnx`` package's light test models), torchvision DenseNet-121 and SSDlite (files exported by
+Models: Silero VAD (silero-vad wheel), openWakeWord melspectrogram / embedding / alexa and
+hey_jarvis heads and its bundled Silero VAD (LSTM, torch export) (openwakeword 0.5.1 wheel),
+basic-pitch (its ``nmp.onnx``), DenseNet-121 and Inception v2 (the ``onnx`` package's light
+test models), torchvision DenseNet-121 and SSDlite (files exported by
 ``--export`` into FOLDER), GPT-2 and a Llama-style GQA decoder with past_key_values
 (``onnxslim.testing``), wav2vec2 and a CREPE-like pitch CNN (``onnxslim._sweep_corpus``).
 A model whose wheel or file is missing is skipped and says so.
@@ -127,6 +128,18 @@ def _silero(count: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
         }
 
 
+def _silero_v4(count: int, seed: int) -> Iterator[dict[str, np.ndarray]]:
+    """openWakeWord's bundled Silero VAD (torch export, LSTM state h/c [2, batch, 64])."""
+    audio = _audio(count * 512 / 16000 + 1.0, seed)
+    for i in range(count):
+        yield {
+            "input": audio[i * 512 : (i + 1) * 512][None],
+            "sr": np.array(16000, np.int64),
+            "h": np.zeros((2, 1, 64), np.float32),
+            "c": np.zeros((2, 1, 64), np.float32),
+        }
+
+
 def _oww_features(kind: str, wheel: Path) -> Samples:
     """openWakeWord's chain: audio -> melspectrogram (x/10 + 2) -> embedding windows -> head."""
 
@@ -229,6 +242,8 @@ def model_table(folder: Path, work: Path) -> list[tuple[str, Callable[[], Path |
         ("oww-melspectrogram", file(oww_models / "melspectrogram.onnx"), _chunks(16000)),
         ("oww-embedding", file(oww_models / "embedding_model.onnx"), _oww_features("embedding", oww_models)),
         ("oww-alexa", file(oww_models / "alexa_v0.1.onnx"), _oww_features("head", oww_models)),
+        ("oww-hey-jarvis", file(oww_models / "hey_jarvis_v0.1.onnx"), _oww_features("head", oww_models)),
+        ("oww-silero-vad", file(oww_models / "silero_vad.onnx"), _silero_v4),
         ("basic-pitch", file(pitch and pitch / "saved_models" / "icassp_2022" / "nmp.onnx"),
          lambda n, s: ({"": v[..., None]} for v in (f[""] for f in _chunks(43844, 22050)(n, s)))),
         ("onnx-light-densenet121", file(light / "light_densenet121.onnx"), _images(224)),
