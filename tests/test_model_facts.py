@@ -299,6 +299,7 @@ def test_probe_reads_a_model_file_with_external_data(tmp_path: Path) -> None:
         (CONV_NET, ["c2", "p", "nope", "y"]),  # node outputs and a missing name: the file's door
         (CONV_NET, ["x", "c1"]),  # a graph input needs an Identity: the copy's door
         (PROBE_MODEL, ["r", "inner", "nope"]),  # subgraph names: the copy's door says which
+        (CONV_NET, []),  # the model's own outputs: ORT reads the file as it is
     ],
 )
 def test_probe_on_a_file_matches_the_probe_on_its_model(
