@@ -88,3 +88,30 @@ def test_a_candidate_keeping_less_in_float_than_a_failed_one_is_not_emitted(tmp_
     # more in float, or other ranges: it may pass
     assert not failed.covers(("MatMul",), ["mm1"], None)
     assert not failed.covers(("MatMul",), ["mm3"], {"h0": (0.0, 1.0)})
+
+
+def test_automatic_recovery_of_a_base_an_accurate_candidate_beat_is_skipped(tmp_path):
+    """The guard timed the recovery base no faster than an accurate candidate (beaten): CLE,
+    SmoothQuant and bias correction keep its kernels, so the automatic recovery is skipped with
+    the timing as its reason (MiniLM: 56 -> 48 s, same choice); a method asked for still runs."""
+    from onnxslim.passes.quantization import QuantizeStatic
+    from onnxslim.passes.quantization._recovery import beaten_base
+
+    small, large = _chain(tmp_path, "small", 1), _chain(tmp_path, "large", 400)
+    feeds = {"x": np.ones((1, WIDTH), np.float32)}
+    tried = [
+        _candidate("weight MatMuls int8", small, True),
+        _candidate("only Conv/MatMul/Gemm", large, False),
+    ]
+    skipped = beaten(tried, (), feeds, runs=5, threads=1)
+    automatic = QuantizeStatic(calibration=[feeds]).settings
+    reason = beaten_base(automatic, skipped, "only Conv/MatMul/Gemm")
+    assert reason is not None and re.fullmatch(
+        r"'only Conv/MatMul/Gemm' [0-9.e+-]+ ms, no faster than the accurate 'weight MatMuls "
+        r"int8' \([0-9.e+-]+ ms\): recovering its weights and scales cannot make it faster",
+        reason,
+    )
+    assert beaten_base(automatic, skipped, "weight MatMuls int8") is None  # not beaten
+    for asked in ({"smooth_quant": True}, {"bias_correction": True}, {"qat_epochs": 1}):
+        settings = QuantizeStatic(calibration=[feeds], **asked).settings
+        assert beaten_base(settings, skipped, "only Conv/MatMul/Gemm") is None, asked

@@ -31,7 +31,7 @@ from onnxslim.passes.quantization._equalize import equalize
 from onnxslim.passes.quantization._smoothquant import smooth, smoothing_targets
 from onnxslim.passes.quantization._tensors import tensors_to_calibrate
 
-__all__ = ["Variant", "check_recovery_options", "recover"]
+__all__ = ["Variant", "beaten_base", "check_recovery_options", "recover"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ def _base_candidate(tried: list[Candidate]) -> Candidate | None:
     return max(static, key=lambda c: (-len(c.excluded), c.evaluation.score))
 
 
+def beaten_base(options: Any, searches_skipped: Mapping[str, str], label: str) -> str | None:
+    """Why automatic recovery of the candidate ``label`` cannot win (None: it may): the
+    accuracy guard timed it no faster than an accurate candidate (``searches_skipped``), and CLE,
+    SmoothQuant and bias correction change weights and scales, not the kernels that run. A
+    method the user asked for (or QAT-KD) always runs."""
+    beaten = searches_skipped.get(label)
+    requested = options.qat_epochs > 0 or True in (
+        options.equalize,
+        options.smooth_quant,
+        options.bias_correction,
+    )
+    if beaten is None or requested:
+        return None
+    timing = beaten.removeprefix("not searched: ").split("; ")[0]
+    return f"'{label}' {timing}: recovering its weights and scales cannot make it faster"
+
+
 def recover(quantize: Any, run: Any, reader: Any, tried: list[Candidate]) -> list[Candidate]:
     """``tried`` plus a candidate per recovery method that ran; the report in ``run.summary``."""
     options = quantize.settings
@@ -98,6 +115,10 @@ def recover(quantize: Any, run: Any, reader: Any, tried: list[Candidate]) -> lis
     base = _base_candidate(tried)
     if base is None or base.op_types is None:
         report["skipped"] = "no static int8 candidate to recover"
+        return tried
+    cannot_win = beaten_base(options, run.summary.get("searches_skipped", {}), base.label)
+    if cannot_win is not None:
+        report["skipped"] = cannot_win
         return tried
     external = any(
         t.data_location == onnx.TensorProto.EXTERNAL for t in run.prepared.proto.graph.initializer
