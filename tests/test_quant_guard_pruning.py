@@ -106,10 +106,10 @@ def test_automatic_recovery_of_a_base_an_accurate_candidate_beat_is_skipped(tmp_
     skipped = beaten(tried, (), feeds, runs=5, threads=1)
     automatic = QuantizeStatic(calibration=[feeds]).settings
     reason = beaten_base(automatic, skipped, "only Conv/MatMul/Gemm")
-    assert reason is not None and re.fullmatch(
-        r"'only Conv/MatMul/Gemm' [0-9.e+-]+ ms, no faster than the accurate 'weight MatMuls "
-        r"int8' \([0-9.e+-]+ ms\): recovering its weights and scales cannot make it faster",
-        reason,
+    assert list(skipped) == ["only Conv/MatMul/Gemm"]
+    assert reason == (
+        "'only Conv/MatMul/Gemm' was timed no faster than an accurate candidate (see "
+        "searches_skipped): recovering its weights and scales cannot make it faster"
     )
     assert beaten_base(automatic, skipped, "weight MatMuls int8") is None  # not beaten
     for asked in ({"smooth_quant": True}, {"bias_correction": True}, {"qat_epochs": 1}):

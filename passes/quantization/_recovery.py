@@ -80,16 +80,17 @@ def beaten_base(options: Any, searches_skipped: Mapping[str, str], label: str) -
     accuracy guard timed it no faster than an accurate candidate (``searches_skipped``), and CLE,
     SmoothQuant and bias correction change weights and scales, not the kernels that run. A
     method the user asked for (or QAT-KD) always runs."""
-    beaten = searches_skipped.get(label)
     requested = options.qat_epochs > 0 or True in (
         options.equalize,
         options.smooth_quant,
         options.bias_correction,
     )
-    if beaten is None or requested:
+    if label not in searches_skipped or requested:
         return None
-    timing = beaten.removeprefix("not searched: ").split("; ")[0]
-    return f"'{label}' {timing}: recovering its weights and scales cannot make it faster"
+    return (
+        f"'{label}' was timed no faster than an accurate candidate (see searches_skipped): "
+        "recovering its weights and scales cannot make it faster"
+    )
 
 
 def recover(quantize: Any, run: Any, reader: Any, tried: list[Candidate]) -> list[Candidate]:
