@@ -194,8 +194,12 @@ def run_minilm(args) -> dict:
         reference = embed(teacher, evaluation)
         base_macs = macs(teacher)
 
+        floor = {} if args.max_ratio is None else {"max_ratio": args.max_ratio}
         prune = StructuredPrune(
-            target_macs=args.target_macs, criterion=args.criterion, allocation=args.allocation
+            target_macs=args.target_macs,
+            criterion=args.criterion,
+            allocation=args.allocation,
+            **floor,
         )
         stage_dir = folder / "ours"
         stage_dir.mkdir()
@@ -260,6 +264,7 @@ def run_minilm(args) -> dict:
         "target_macs": args.target_macs,
         "criterion": args.criterion,
         "allocation": args.allocation,
+        "max_ratio": args.max_ratio,
         "feature_weight": args.feature_weight,
         "torch_pruning_ratio": ratio,
         "torch_pruning_search_s": round(prune_s, 1),

@@ -292,6 +292,11 @@ def main() -> None:
     minilm.add_argument("--criterion", default="l2", help="our prune criterion")
     minilm.add_argument("--allocation", default="score", help="our prune allocation")
     minilm.add_argument(
+        "--max-ratio",
+        type=float,
+        help="our prune max_ratio: the largest fraction removed from any group (default: the pass's)",
+    )
+    minilm.add_argument(
         "--feature-weight",
         type=float,
         default=0.0,
