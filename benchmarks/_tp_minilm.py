@@ -186,6 +186,7 @@ def run_minilm(args) -> dict:
         seed=args.seed,
         threads=1,
         progress=False,
+        augment=args.augment,
     )
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="prune-vs-tp-minilm-") as folder:
@@ -218,9 +219,12 @@ def run_minilm(args) -> dict:
         ours_macs = macs(ours_final)
 
         if args.ours_only:
-            return _ours_only(
+            seen = batches(tokenizer, train_texts[:100])  # trained on: the generalization gap
+            train_cos = cosine(embed(teacher, seen), embed(ours_final, seen))
+            result = _ours_only(
                 args, reference, base_macs, ours_pruned, ours_final, evaluation, timings
             )
+            return {**result, "cos_train_mean": float(train_cos.mean())}
         started = time.perf_counter()
         module = minilm_encoder(model_dir)
         student, ratio, tp_pruned = torch_pruning_to_macs(module, tokenizer, ours_macs, folder)
@@ -265,6 +269,7 @@ def run_minilm(args) -> dict:
         "criterion": args.criterion,
         "allocation": args.allocation,
         "max_ratio": args.max_ratio,
+        "augment": args.augment,
         "feature_weight": args.feature_weight,
         "torch_pruning_ratio": ratio,
         "torch_pruning_search_s": round(prune_s, 1),

@@ -302,6 +302,9 @@ def main() -> None:
         default=0.0,
         help="our feature KD weight (0: the same loss as Torch-Pruning's module student)",
     )
+    minilm.add_argument(
+        "--augment", help="Distill augment for both sides, e.g. text:103 (masking) or text"
+    )
     minilm.add_argument("--ours-only", action="store_true", help="recipe search: no peer")
     args = parser.parse_args()
     digits = args.model == "digits"
