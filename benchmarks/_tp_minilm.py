@@ -52,6 +52,28 @@ def texts(generated: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return augment_sentences(train, seed=seed) + generated_sentences(generated, seed=seed), held_out
 
 
+def stdlib_sentences(count: int, tokenizer, max_tokens: int, seed: int = 0) -> list[str]:
+    """``count`` English sentences from the comments and docstrings of this Python's standard
+    library (local, unlabeled: more varied inputs for Distill), at most ``max_tokens`` tokens."""
+    import re
+    import sysconfig
+
+    pattern = re.compile(r"[A-Z][a-z][A-Za-z ,']{30,140}[a-z]\.")
+    banned = ("self", "None", "True", "False", "def ", "__")
+    found = set()
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = re.sub(r"\s*\n\s*(#\s*)?", " ", path.read_text(errors="ignore"))
+        for match in pattern.finditer(text):
+            sentence = match.group(0)
+            if 7 <= len(sentence.split()) <= 22 and not any(b in sentence for b in banned):
+                found.add(sentence)
+    ordered = sorted(found)
+    lengths = (tokenizer([t])["attention_mask"].sum() for t in ordered)
+    short = [t for t, n in zip(ordered, lengths) if n <= max_tokens]
+    picked = np.random.default_rng(seed).permutation(len(short))[:count]
+    return [short[i] for i in sorted(picked)]
+
+
 def rows(tokenizer, items: list[str]) -> list[dict]:
     """One feed dict per text, padded to the longest so that Distill can re-batch them."""
     feeds = tokenizer(items)
@@ -170,6 +192,9 @@ def run_minilm(args) -> dict:
     model_dir = _minilm_files()
     tokenizer = WordPieceTokenizer(model_dir / "vocab.txt")
     train_texts, held_out = texts(args.generated, seed=args.seed)
+    if args.extra_texts:
+        length = int(tokenizer(train_texts)["input_ids"].shape[1])  # no longer padding
+        train_texts += stdlib_sentences(args.extra_texts, tokenizer, length, seed=args.seed)
     train = rows(tokenizer, train_texts)
     evaluation = batches(tokenizer, held_out)
     # One padded length: the data reader re-batches by concatenation (the taylor criterion reads it).
@@ -270,6 +295,7 @@ def run_minilm(args) -> dict:
         "allocation": args.allocation,
         "max_ratio": args.max_ratio,
         "augment": args.augment,
+        "extra_texts": args.extra_texts,
         "feature_weight": args.feature_weight,
         "torch_pruning_ratio": ratio,
         "torch_pruning_search_s": round(prune_s, 1),

@@ -305,6 +305,12 @@ def main() -> None:
     minilm.add_argument(
         "--augment", help="Distill augment for both sides, e.g. text:103 (masking) or text"
     )
+    minilm.add_argument(
+        "--extra-texts",
+        type=int,
+        default=0,
+        help="add this many standard-library docstring sentences to the training texts",
+    )
     minilm.add_argument("--ours-only", action="store_true", help="recipe search: no peer")
     args = parser.parse_args()
     digits = args.model == "digits"
