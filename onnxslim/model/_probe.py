@@ -199,14 +199,6 @@ class ValueProbe:
             for tensor in sub.initializer
         ):
             return False
-        if not names:  # the model's own outputs: ORT reads the file itself, nothing is copied
-            self._fetch, self.skipped, self.names = {}, {}, ()
-            self.graph_outputs = tuple(o.name for o in graph.output)
-            del proto, graph
-            self._session = self._build(path)
-            self.input_names = tuple(i.name for i in self._session.get_inputs())
-            self._finish([o.name for o in self._session.get_outputs()])
-            return True
         outputs = [o.name for o in graph.output]
         produced = {name for node in graph.node for name in node.output if name}
         if set(names) & ({i.name for i in graph.input} | {t.name for t in graph.initializer}):
@@ -225,7 +217,10 @@ class ValueProbe:
                 self.skipped[name] = MISSING_REASON
         self.names = tuple(self._fetch)
         self.graph_outputs = tuple(outputs)
-        self._session = self._build(proto.SerializeToString())
+        # nothing added (the model's own outputs): ORT reads the file itself, nothing is copied
+        added = len(graph.output) > len(outputs)
+        self._session = self._build(proto.SerializeToString() if added else path)
+        del proto, graph
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self._finish([o.name for o in self._session.get_outputs()])
         return True

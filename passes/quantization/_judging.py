@@ -86,18 +86,15 @@ def judging_data(
         taken = [dict(v) for v in verification[:eval_samples]]
         count = sum(samples_in(b, reader) for b in taken)
         return JudgingData(taken, None, {"source": "verification data", "samples": count})
-    tail: collections.deque[dict] = collections.deque()
-    total = 0
+    tail: collections.deque[tuple[dict, int]] = collections.deque()  # (batch, its samples)
+    total = held = 0
     for batch in reader:
-        tail.append(batch)
-        total += samples_in(batch, reader)
-        while (
-            len(tail) > 1
-            and sum(samples_in(b, reader) for b in tail) - samples_in(tail[0], reader)
-            >= eval_samples
-        ):
-            tail.popleft()
-    held = sum(samples_in(b, reader) for b in tail)
+        count = samples_in(batch, reader)
+        tail.append((batch, count))
+        total += count
+        held += count
+        while len(tail) > 1 and held - tail[0][1] >= eval_samples:
+            held -= tail.popleft()[1]
     rest = total - held
     enough = rest >= HOLDOUT_RATIO * held or rest >= max(CALIBRATION_FLOOR, held)
     if (samples is not None and rest >= samples) or enough:
@@ -106,7 +103,7 @@ def judging_data(
         judged_on["description"] = (
             f"the last {held} of {total} samples; the calibration used the first {limit}"
         )
-        return JudgingData(list(tail), limit, judged_on)
+        return JudgingData([batch for batch, _ in tail], limit, judged_on)
     batches = evaluation_batches(reader, eval_samples)
     count = sum(samples_in(b, reader) for b in batches)
     warning = (
