@@ -433,6 +433,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per quantization")
     parser.add_argument("--quick", action="store_true", help="16 samples, 9 rounds, smaller det")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--keep", type=Path, help="keep the data and models in this folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     for hidden in ("--model", "--data", "--output", "--json"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
@@ -445,8 +446,10 @@ def main() -> None:
         args.samples, args.runs = min(args.samples, 16), min(args.runs, 9)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="quant-vs-peers-") as tmp:
+        folder = args.keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in args.models.split(","):
-            rows += run_model(name, args, Path(tmp))
+            rows += run_model(name, args, folder)
     print_rows(rows)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=1, default=str))

@@ -139,6 +139,13 @@ def test_released_pairs_leave_the_qdq_graph_runnable_and_float_where_released(tm
     free = released(proto, ["h2"])
     assert set(activation_pairs(free)) == set(pairs) - {"h2"}
     assert [n.name for n in free.graph.node if "h2" in n.input] == ["c3"]
+    # the released pair's scale and zero point go with it (ORT warns of unused initializers);
+    # the other pairs' stay, and nothing else of the model changes
+    read = {name for n in free.graph.node for name in n.input}
+    assert {t.name for t in free.graph.initializer} <= read
+    gone = {t.name for t in proto.graph.initializer} - {t.name for t in free.graph.initializer}
+    assert gone and all(name.startswith("h2") for name in gone)
+    assert free.opset_import == proto.opset_import and free.ir_version == proto.ir_version
     feeds = {"x": np.ones((1, 4, 16, 16), np.float32)}
     session = ort.InferenceSession(free.SerializeToString(), providers=["CPUExecutionProvider"])
     assert session.run(None, feeds)[0].shape == (1, 4, 16, 16)

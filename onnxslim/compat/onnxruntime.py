@@ -24,13 +24,14 @@ from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 from onnxruntime.quantization.quant_utils import add_infer_metadata, load_model_with_shape_infer
 
 from onnxslim._errors import RecipeError
-from onnxslim.compat.onnxruntime_qdq import IndexedQDQQuantizer, WeightCache
+from onnxslim.compat.onnxruntime_qdq import IndexedQDQQuantizer, WeightCache, weight_digest
 
 __all__ = [
     "ORT_QUANTIZATION_DIR",
     "QDQQuantizer",
     "INT4_ALGORITHMS",
     "WeightCache",
+    "weight_digest",
     "load_model_with_shape_infer",
     "matmul_nbits_quantized",
     "qdq_quantizer",

@@ -29,14 +29,15 @@ from onnxruntime.quantization import base_quantizer, qdq_quantizer, quant_utils
 from onnxruntime.quantization.onnx_model import ONNXModel
 from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
 
-__all__ = ["IndexedQDQQuantizer", "WeightCache"]
+__all__ = ["IndexedQDQQuantizer", "WeightCache", "weight_digest"]
 
 _ORT_FIND_BY_NAME = quant_utils.find_by_name
 _ORT_QUANTIZE_INITIALIZER = quant_utils.quantize_onnx_initializer
 _PATCH_LOCK = threading.Lock()
 
 
-def _fingerprint(tensor: onnx.TensorProto) -> bytes:
+def weight_digest(tensor: onnx.TensorProto) -> bytes:
+    """The digest a :class:`WeightCache` keys a weight's results by (its serialized bytes)."""
     return hashlib.blake2b(tensor.SerializeToString(deterministic=True), digest_size=16).digest()
 
 
@@ -64,9 +65,14 @@ class WeightCache:
         """The weight's digest, computed once per tensor object of a run."""
         held = self._digests.get(id(tensor))
         if held is None or held[0] is not tensor:
-            held = (tensor, _fingerprint(tensor))
+            held = (tensor, weight_digest(tensor))
             self._digests[id(tensor)] = held
         return held[1]
+
+    def remember(self, tensor: onnx.TensorProto, digest: bytes) -> None:
+        """Records ``digest`` as ``tensor``'s (its bytes hashed earlier: a fresh copy read from
+        the same file holds the same bytes), so this run does not hash it again."""
+        self._digests[id(tensor)] = (tensor, digest)
 
     def forget_tensors(self) -> None:
         """Drops the per-run digests (they pin that run's weights); results stay."""

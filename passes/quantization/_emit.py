@@ -21,6 +21,7 @@ from onnxslim.compat.onnxruntime import (
     qdq_quantizer,
     quant_type,
     shape_inferred_proto,
+    weight_digest,
 )
 from onnxslim.model import (
     SEGMENT_BYTES,
@@ -202,6 +203,9 @@ class Emitter:
         self.ranges = ranges
         self._numbers = itertools.count()
         self._inferred: onnx.ModelProto | None = None
+        self._segment_budget: tuple[int | None, bool] | None = None
+        self._external = _has_external_data(prepared_path)  # decided once: the file stays
+        self._digests: dict[str, bytes] = {}  # weight name -> digest (the file's bytes, once)
         # scales and int8 copies of the weights, shared by this model's candidates (the int8
         # copies only when not segmented: a segmented model's weights are not held at once)
         self.weight_cache = WeightCache()
@@ -222,10 +226,7 @@ class Emitter:
         ranges = ranges or self.ranges
 
         skeleton = self._skeleton()
-        budget = self.segment_bytes
-        if budget is None and proto_weight_bytes(skeleton.graph) > SEGMENT_THRESHOLD_BYTES:
-            budget = SEGMENT_BYTES
-        segmented = budget is not None and can_segment(skeleton.graph)
+        budget, segmented = self._segmenting(skeleton)
         cache = self._segment_cache if segmented else self.weight_cache
 
         def quantize(model: onnx.ModelProto, output: Path, external_data: bool = True) -> None:
@@ -246,8 +247,17 @@ class Emitter:
                 read_external_weights(part, self.prepared_path.parent)
 
             return emit_in_segments(skeleton, path, budget, quantize, load)
-        quantize(self._fresh_inferred_copy(), path, _has_external_data(self.prepared_path))
+        quantize(self._fresh_inferred_copy(), path, self._external)
         return path
+
+    def _segmenting(self, skeleton: onnx.ModelProto) -> tuple[int | None, bool]:
+        """(node-range budget in weight bytes, whether the graph is emitted in segments)."""
+        if self._segment_budget is None:
+            budget = self.segment_bytes
+            if budget is None and proto_weight_bytes(skeleton.graph) > SEGMENT_THRESHOLD_BYTES:
+                budget = SEGMENT_BYTES
+            self._segment_budget = (budget, budget is not None and can_segment(skeleton.graph))
+        return self._segment_budget
 
     def _skeleton(self) -> onnx.ModelProto:
         if self._inferred is None:
@@ -261,4 +271,10 @@ class Emitter:
         copy = onnx.ModelProto()
         copy.CopyFrom(self._skeleton())
         read_external_weights(copy, self.prepared_path.parent)
+        # the same bytes each time: the weight cache's digests are computed on the first copy
+        for tensor in copy.graph.initializer:
+            digest = self._digests.get(tensor.name)
+            if digest is None:
+                digest = self._digests[tensor.name] = weight_digest(tensor)
+            self.weight_cache.remember(tensor, digest)
         return copy

@@ -21,8 +21,12 @@ import onnx
 from onnxslim.passes.quantization._accuracy_guard import Evaluator
 from onnxslim.passes.quantization._candidates import Candidate
 from onnxslim.passes.quantization._emit import Emitter
-from onnxslim.passes.quantization._node_search import activation_pairs, released, task_score
-from onnxslim.progress import task
+from onnxslim.passes.quantization._node_search import (
+    activation_pairs,
+    released,
+    task_score,
+    tensor_gains,
+)
 
 __all__ = [
     "FLOAT_STEPS",
@@ -78,20 +82,21 @@ def _emit(
 
 def _input_costs(
     path: Path, graph: onnx.GraphProto, weight_matmuls: Sequence[str], evaluator: Evaluator, base
-) -> dict[str, float]:
-    """Activation tensor -> the score its release alone gains (its MatMuls' inputs float)."""
-    proto = onnx.load(str(path))
+) -> tuple[dict[str, float], set[str]]:
+    """Activation tensor -> the score releasing it gains (its MatMuls' inputs float), by group
+    testing (_node_search.tensor_gains: GROUPS chunks, the best one split down to single
+    tensors, about GROUPS x log evaluations instead of one per input). Ordered worst first:
+    the single tensors by their own gain, then the others by the gain of the smallest chunk
+    holding them that was scored (the most its release can gain); also the tensors whose gain
+    was measured alone."""
     inputs = {n.input[0] for n in graph.node if n.name in weight_matmuls}
-    tensors = [t for t in activation_pairs(proto) if t in inputs]
-    gains: dict[str, float] = {}
-    folder = path.parent
-    with task("quantize: MatMul input sensitivity", len(tensors), "tensor") as bar:
-        for tensor in tensors:
-            probe = folder / "released-matmul-input.onnx"
-            onnx.save(released(proto, [tensor]), str(probe))
-            gains[tensor] = task_score(evaluator.evaluate(probe)) - base
-            bar.advance(1)
-    return gains
+    scored: list[tuple[list[str], float]] = []
+    singles = tensor_gains(path, evaluator, base, path.parent, tensors=inputs, scored=scored)
+    gains = dict(sorted(singles.items(), key=lambda kv: -kv[1]))
+    for chunk, gain in sorted(scored, key=lambda cg: len(cg[0])):
+        for tensor in chunk:
+            gains.setdefault(tensor, gain)
+    return gains, set(singles)
 
 
 def with_weight_matmuls(
@@ -124,14 +129,16 @@ def with_weight_matmuls(
     result.append(entry)
     if evaluation.accurate:
         return result, True
-    gains = _input_costs(path, graph, weight, evaluator, task_score(evaluation))
-    ranked = [t for t, g in sorted(gains.items(), key=lambda kv: -kv[1]) if g > 0]
+    gains, measured = _input_costs(path, graph, weight, evaluator, task_score(evaluation))
+    ranked = [t for t, g in gains.items() if g > 0]  # worst first (group testing's order)
     for count in FLOAT_STEPS:
         if count > 1 and count // 2 >= len(ranked):
             break
         worst = set(ranked[:count])
         kept = {
-            n.name: f"placement: int8 on its input '{n.input[0]}' costs {gains[n.input[0]]:.3g}"
+            n.name: f"placement: int8 on its input '{n.input[0]}' costs "
+            + ("" if n.input[0] in measured else "up to ")
+            + f"{gains[n.input[0]]:.3g}"
             for n in graph.node
             if n.name in weight and n.input[0] in worst and n.name not in excluded
         }

@@ -10,7 +10,6 @@ evaluations, not one per tensor).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import onnx
 import onnx.numpy_helper
 
 from onnxslim import model_file_size
+from onnxslim.model import proto_graphs
 from onnxslim.passes.quantization._accuracy_guard import Evaluator
 from onnxslim.passes.quantization._candidates import Candidate, Evaluation
 from onnxslim.passes.quantization._emit import Emitter
@@ -74,7 +74,7 @@ def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProt
         for tensor, (_, dq) in pairs.items()
     }
     dropped = {name for pair in pairs.values() for name in pair}
-    result = copy.copy(proto)
+    result = _without_graph(proto)
     result.graph.CopyFrom(proto.graph)
     kept = [n for n in result.graph.node if not (n.output and n.output[0] in dropped)]
     for tensor in sorted(clamped):
@@ -88,6 +88,37 @@ def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProt
                 node.input[index] = back[name]
     del result.graph.node[:]
     result.graph.node.extend(kept)
+    # the removed pairs' scales and zero points, unless another node still reads them (ORT
+    # warns about every unused initializer a session finds)
+    freed = {
+        name
+        for node in proto.graph.node
+        if node.output and node.output[0] in dropped
+        for name in node.input[1:]
+    }
+    read = {name for graph in proto_graphs(result.graph) for n in graph.node for name in n.input}
+    unused = freed - read - {o.name for o in result.graph.output}
+    initializers = result.graph.initializer
+    for index in reversed(range(len(initializers)) if unused else ()):
+        if initializers[index].name in unused:
+            del initializers[index]
+    return result
+
+
+def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A new ModelProto with every field of ``proto`` but its graph (``copy.copy`` of a message
+    copies it deeply: the graph, weights included, would be copied twice)."""
+    result = onnx.ModelProto()
+    for field, value in proto.ListFields():
+        if field.name == "graph":
+            continue
+        repeated = getattr(field, "is_repeated", None)  # protobuf >= 5; older: the label
+        if repeated if repeated is not None else field.label == field.LABEL_REPEATED:
+            getattr(result, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(result, field.name).CopyFrom(value)
+        else:
+            setattr(result, field.name, value)
     return result
 
 
@@ -118,11 +149,14 @@ def tensor_gains(
     base: float,
     folder: Path,
     descent: list[tuple[list[str], float]] | None = None,
+    tensors: Collection[str] | None = None,
+    scored: list[tuple[list[str], float]] | None = None,
 ) -> dict[str, float]:
     """Tensor (or chunk head) -> score gained by releasing it alone, by bisection into GROUPS;
-    ``descent`` (when given) receives each chunk the bisection went into, with its gain."""
+    ``descent`` (when given) receives each chunk the bisection went into, with its gain, and
+    ``scored`` every chunk scored. ``tensors``: only these activation pairs (default: all)."""
     proto = onnx.load(str(qdq_path))
-    pending = list(activation_pairs(proto))
+    pending = [t for t in activation_pairs(proto) if tensors is None or t in tensors]
     gains: dict[str, float] = {}
     with task("quantize: tensor sensitivity", None, "evaluation") as bar:
         while pending:
@@ -134,6 +168,8 @@ def tensor_gains(
                 onnx.save(released(proto, chunk), str(path))
                 evaluation = evaluator.evaluate(path, stop_below=_to_beat(found, base, size))
                 found.append(task_score(evaluation) - base)
+                if scored is not None:
+                    scored.append((chunk, found[-1]))
                 bar.advance(1, tensors=len(chunk))
             if size == 1:
                 gains.update({c[0]: g for c, g in zip(chunks, found)})
