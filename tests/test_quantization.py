@@ -413,6 +413,15 @@ def test_slow_nodes_ranks_time_per_mac_against_the_median():
     assert slow_nodes(seconds, macs, ["stem", "a", "b"]) == {}  # too few to have a median
 
 
+def test_slow_nodes_come_most_time_lost_first():
+    from onnxslim.passes.quantization._latency_guard import slow_nodes
+
+    # per MAC "tiny" is the worst (2e-9), but it loses 2 us; the stem (3e-10) loses 29 us
+    seconds = {"a": 10e-6, "b": 11e-6, "c": 9e-6, "d": 10e-6, "stem": 30e-6, "tiny": 2e-6}
+    macs = {"a": 1e6, "b": 1e6, "c": 1e6, "d": 1e6, "stem": 1e5, "tiny": 1e3}
+    assert list(slow_nodes(seconds, macs, list(seconds))) == ["stem", "tiny"]
+
+
 def test_node_kernel_seconds_names_the_model_nodes(conv_net, tmp_path):
     from onnxslim.passes.quantization._latency_guard import node_kernel_seconds
 

@@ -338,6 +338,16 @@ def _cnn_path(folder: Path, width: int = 32) -> Path:
     return export_torch(module, (torch.randn(1, 1, 32, 32),), path, input_names=["x"])
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT and SIGTERM at their defaults and unblocked, as a shell
+    starts a foreground command. Ignored or blocked dispositions are inherited across exec, and
+    an earlier test's library (joblib's process spawning, a torch worker) can leave them so in
+    the test process: the command then never sees the signal and finishes with exit 0."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_during_quantize_leaves_no_output(tmp_path: Path, signal_number) -> None:
     source = _cnn_path(tmp_path)
@@ -356,6 +366,7 @@ def test_interrupt_during_quantize_leaves_no_output(tmp_path: Path, signal_numbe
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(scratch)},
+        preexec_fn=_as_from_a_terminal,
     )
     # the debug log names the quantize pass's working copy: calibration starts right after
     for line in process.stderr:

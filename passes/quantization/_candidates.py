@@ -80,6 +80,9 @@ class Candidate:
     ranges: Ranges | None = None  # widened ranges; None: the calibrated ones
     excluded: Mapping[str, str] = dataclasses.field(default_factory=dict)  # extra float nodes
     widened: int = 0  # ranges widened back to min/max by the accuracy guard
+    # the candidate this one is a latency variant of (its slow int8 kernels in float): ranked
+    # ahead of it when timed at least as fast
+    variant_of: str | None = None
     latency_ms: float | None = None
     speedup: float | None = None
     speedup_confirmed: float | None = None

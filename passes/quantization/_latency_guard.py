@@ -68,7 +68,8 @@ def slow_nodes(
     seconds: dict[str, float], macs: dict[str, int], names: Sequence[str], factor: float = 3.0
 ) -> dict[str, str]:
     """Among ``names`` (at least 4 timed, with MACs), those whose kernel time per MAC is over
-    ``factor`` x the median, slowest first, each with the reason."""
+    ``factor`` x the median, each with the reason; the most time lost first (its time beyond
+    what its MACs would take at the median cost)."""
     cost = {n: seconds[n] / macs[n] for n in names if n in seconds and macs.get(n)}
     if len(cost) < 4:
         return {}
@@ -78,7 +79,9 @@ def slow_nodes(
             f"latency guard: its int8 kernel takes {value / median:.1f}x the median time per "
             f"MAC ({seconds[name] * 1e6:.0f} us per run)"
         )
-        for name, value in sorted(cost.items(), key=lambda kv: -kv[1])
+        for name, value in sorted(
+            cost.items(), key=lambda kv: median * macs[kv[0]] - seconds[kv[0]]
+        )
         if value > factor * median
     }
 
@@ -304,6 +307,17 @@ def settle_dynamic(
 
 def _best_first(tried: Sequence[Candidate], fast: Sequence[int]) -> list[int]:
     best = max((tried[i].speedup or 0.0 for i in fast), default=0.0)
+    position = {c.label: i for i, c in enumerate(tried)}
+
+    def rank(index: int) -> float:
+        # a latency variant (its base's slow int8 kernels in float, found by the profiler)
+        # goes just ahead of its base when the ranking timed it at least as fast: the
+        # per-node evidence says where the base loses time, and the round did not contradict it
+        entry = tried[index]
+        base = position.get(entry.variant_of or "")
+        if base is not None and (entry.speedup or 0.0) >= (tried[base].speedup or 0.0):
+            return base - 0.5
+        return index
 
     def preference(index: int) -> tuple:
         # Within 10% of the fastest: dynamic MatMuls first (per-batch activation ranges, the
@@ -312,7 +326,7 @@ def _best_first(tried: Sequence[Candidate], fast: Sequence[int]) -> list[int]:
         speedup = tried[index].speedup or 0.0
         if speedup < 0.9 * best:
             return (True, -speedup)
-        return (False, -1 if tried[index].dynamic else index)
+        return (False, -1 if tried[index].dynamic else rank(index))
 
     return sorted(fast, key=preference)
 
