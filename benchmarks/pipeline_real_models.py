@@ -61,6 +61,37 @@ def run_pipeline(passes: list, source: Path, verify: list, stage_dir: Path, size
     return result.report.stages
 
 
+def recovery_passes(
+    macs: float, steps: int, data: list, epochs: int, lr: float, distill: dict, prune: dict, metric
+) -> list:
+    """Prune to ``macs`` then distill: one-shot (``steps`` 0), else ``steps`` prune -> distill
+    steps (feature KD at the hint points) with the held-out ``metric`` after each (reported,
+    never optimized)."""
+    from onnxslim.passes import Distill, StructuredPrune
+    from onnxslim.passes._gradual import PruneDistill
+
+    if not steps:
+        return [
+            StructuredPrune(target_macs=macs, **prune),
+            Distill(data, epochs=epochs, lr=lr, **distill),
+        ]
+    criterion = prune.get("criterion", "auto")
+    rest = {k: v for k, v in prune.items() if k != "criterion"}
+    return [
+        PruneDistill(
+            target_macs=macs,
+            steps=steps,
+            criterion=criterion,
+            data=data,
+            epochs=epochs,
+            lr=lr,
+            prune=rest or None,
+            distill=distill,
+            metric=metric,
+        )
+    ]
+
+
 def stage_latency(stages, feeds: dict, runs: int) -> dict[str, float]:
     """p50 ms of every stage on ORT CPU, interleaved, on one real input."""
     from onnxslim.benchmark import benchmark
@@ -169,8 +200,31 @@ def _preprocessed(images: list[np.ndarray]) -> np.ndarray:
     )
 
 
+def _map_iou_metric(images: np.ndarray, source: Path):
+    """model -> probability-map IoU at 0.3 against the input model on preprocessed ``images``
+    (held out: recorded after every gradual step, never optimized)."""
+
+    def maps(path_or_model) -> list[np.ndarray]:
+        runner = session(path_or_model)
+        name = runner.get_inputs()[0].name
+        return [runner.run(None, {name: images[i : i + 1]})[0] > 0.3 for i in range(len(images))]
+
+    reference = maps(source)
+
+    def metric(model) -> float:
+        with tempfile.TemporaryDirectory(prefix="det-metric-") as tmp:
+            path = Path(tmp) / "step.onnx"
+            onnxslim.save(model, path)
+            found = maps(path)
+        union = sum(np.logical_or(r, m).sum() for r, m in zip(reference, found))
+        inter = sum(np.logical_and(r, m).sum() for r, m in zip(reference, found))
+        return float(inter / max(union, 1))
+
+    return metric
+
+
 def run_det(args, folder: Path) -> dict:
-    from onnxslim.passes import Cleanup, Distill, QuantizeStatic, StructuredPrune
+    from onnxslim.passes import Cleanup, QuantizeStatic
     from onnxslim.testing import ppocr_model_path
 
     source = ppocr_model_path("det")
@@ -179,23 +233,29 @@ def run_det(args, folder: Path) -> dict:
     quick = args.quick
     train_hw = (160, 256) if quick else (256, 384)
     eval_hw = (256, 384) if quick else (480, 640)
-    train_images, _ = render_text_images(24 if quick else 96, *train_hw, seed=1)
+    count = args.det_images or (24 if quick else 96)
+    train_images, _ = render_text_images(count, *train_hw, seed=1)
     eval_images, word_counts = render_text_images(12 if quick else 32, *eval_hw, seed=2)
     train = _preprocessed(train_images)
     evaluation = _preprocessed(eval_images)
     input_name = "x"
     verify = [{input_name: evaluation[i : i + 1]} for i in range(2)]
+    train_items = [{input_name: train[i : i + 1]} for i in range(len(train))]
+    epochs = args.det_epochs or (3 if quick else 10)
+    distill_options = {"batch_size": 4, "output_losses": {"sigmoid_0.tmp_0": "mse"}, "seed": 0}
+    recover = recovery_passes(
+        args.det_macs,
+        args.det_steps,
+        train_items,
+        epochs,
+        args.det_lr,
+        distill_options,
+        {"criterion": args.det_criterion},
+        _map_iou_metric(evaluation[: args.det_metric_images], source),
+    )
     passes = [
         Cleanup(target_opset=13),
-        StructuredPrune(target_macs=args.det_macs),
-        Distill(
-            [{input_name: train[i : i + 1]} for i in range(len(train))],
-            epochs=args.det_epochs or (3 if quick else 10),
-            batch_size=4,
-            lr=args.det_lr,
-            output_losses={"sigmoid_0.tmp_0": "mse"},
-            seed=0,
-        ),
+        *recover,
         QuantizeStatic(
             calibration=[{input_name: train[i : i + 1]} for i in range(min(len(train), 16))],
             method="percentile",
@@ -302,8 +362,7 @@ def _embed(path, feeds_list: list[dict]) -> np.ndarray:
 
 
 def run_minilm(args, folder: Path) -> dict:
-    from onnxslim.passes import Cleanup, Distill, QuantizeStatic, StructuredPrune
-    from onnxslim.passes._gradual import PruneDistill
+    from onnxslim.passes import Cleanup, QuantizeStatic
     from onnxslim.testing import WordPieceTokenizer
 
     model_dir = _minilm_files()
@@ -329,29 +388,16 @@ def run_minilm(args, folder: Path) -> dict:
         "seed": 0,
         "augment": args.minilm_augment,
     }
-    if args.minilm_steps:  # gradual: prune -> distill steps, feature KD at the hint points
-        recover = [
-            PruneDistill(
-                target_macs=args.minilm_macs,
-                steps=args.minilm_steps,
-                criterion=args.minilm_criterion,
-                data=train_items,
-                epochs=epochs,
-                lr=args.minilm_lr,
-                prune={"allocation": args.minilm_allocation},
-                distill=distill_options,
-                metric=_cosine_metric(eval_batches, source),  # reported, never optimized
-            )
-        ]
-    else:
-        recover = [
-            StructuredPrune(
-                target_macs=args.minilm_macs,
-                criterion=args.minilm_criterion,
-                allocation=args.minilm_allocation,
-            ),
-            Distill(train_items, epochs=epochs, lr=args.minilm_lr, **distill_options),
-        ]
+    recover = recovery_passes(
+        args.minilm_macs,
+        args.minilm_steps,
+        train_items,
+        epochs,
+        args.minilm_lr,
+        distill_options,
+        {"criterion": args.minilm_criterion, "allocation": args.minilm_allocation},
+        _cosine_metric(eval_batches, source),
+    )
     passes = [
         Cleanup(target_opset=14),
         *recover,
@@ -461,6 +507,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer/smaller images, fewer epochs")
     parser.add_argument("--det-macs", type=float, default=0.85, help="MACs kept by pruning")
     parser.add_argument("--det-lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--det-steps", type=int, default=0, help="prune_distill steps (0: one-shot prune)"
+    )
+    parser.add_argument(
+        "--det-criterion", default="auto", help="pruning importance (auto, taylor...)"
+    )
+    parser.add_argument("--det-images", type=int, help="rendered training pages (default 24 / 96)")
+    parser.add_argument(
+        "--det-metric-images", type=int, default=8, help="held-out pages of the per-step IoU"
+    )
     parser.add_argument("--minilm-macs", type=float, default=0.8, help="MACs kept by pruning")
     parser.add_argument("--minilm-lr", type=float, default=1e-4)
     parser.add_argument(

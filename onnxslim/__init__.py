@@ -3,6 +3,7 @@
 from onnxslim._errors import (
     InputDataError,
     ModelLoadError,
+    NothingChangedError,
     ProviderError,
     RecipeError,
     SlimError,
@@ -42,6 +43,7 @@ __all__ = [
     "SlimError",
     "SlimPass",
     "SlimPassResult",
+    "NothingChangedError",
     "UnsupportedModelError",
     "VerificationError",
     "compare_outputs",

@@ -9,6 +9,7 @@ __all__ = [
     "RecipeError",
     "ProviderError",
     "UnsupportedModelError",
+    "NothingChangedError",
     "VerificationError",
 ]
 
@@ -37,6 +38,15 @@ class ProviderError(SlimError):
 
 class UnsupportedModelError(SlimError):
     """The model uses something a pass cannot handle (an op, a dtype, a structure)."""
+
+
+class NothingChangedError(UnsupportedModelError):
+    """A lossy pass was asked for a change and made none (``PassContext.refuse_no_op``);
+    ``pass_name`` says which, so a front end can name its own options for it."""
+
+    def __init__(self, message: str, pass_name: str) -> None:
+        super().__init__(message)
+        self.pass_name = pass_name
 
 
 class VerificationError(SlimError):

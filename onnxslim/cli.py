@@ -366,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     return build(optimize=_cmd_optimize, inspect=_cmd_inspect, demo=_cmd_demo)
 
 
+# A pass asked for a change that made none (NothingChangedError): the flags that change that.
+_NO_CHANGE_FLAGS = {
+    "prune": "--prune-round-to, a larger --prune or smaller --prune-macs/--prune-latency, or no "
+    "prune flag",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -383,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_closed()
     except SlimError as error:
-        print(f"onnxslim: error: {error}", file=sys.stderr)
+        hint = _NO_CHANGE_FLAGS.get(getattr(error, "pass_name", ""))
+        more = f"; on the command line that is {hint}." if hint else ""
+        print(f"onnxslim: error: {error}{more}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt as interrupt:
         what = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"

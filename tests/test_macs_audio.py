@@ -147,6 +147,21 @@ flat (float[1, 3, 8, 8] x) => (float[1, 288] y) {
 """.replace("WEIGHTS", ", ".join(str((i % 7) / 7 - 0.4) for i in range(8 * 27)))
 
 
+def test_prune_that_removes_nothing_is_refused_through_the_api_in_its_own_words(
+    tmp_path: Path,
+) -> None:
+    import onnxslim
+    from onnxslim.passes import StructuredPrune
+
+    _, path = _model(BLOCKED, tmp_path)
+    with pytest.raises(onnxslim.NothingChangedError) as caught:
+        onnxslim.Pipeline([StructuredPrune(ratio=0.5)], refuse_no_op=True).run(path)
+    assert caught.value.pass_name == "prune"
+    assert str(caught.value) == (
+        "prune removed nothing: 1 of 1 group(s) blocked by a graph output (1). Nothing was written"
+    )  # the command line's flags are the CLI's to name (below)
+
+
 def test_prune_that_removes_nothing_is_refused_by_the_cli(tmp_path: Path) -> None:
     _, path = _model(BLOCKED, tmp_path)
     before = path.read_bytes()

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim import PassContext, SlimError, SlimPass, SlimPassResult, UnsupportedModelError
+from onnxslim import NothingChangedError, PassContext, SlimError, SlimPass, SlimPassResult
 from onnxslim.inputs import fixed_batch, open_samples
 from onnxslim.model import parameter_count
 from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
@@ -86,10 +86,7 @@ class StructuredPrune(SlimPass):
             # a silent no-op reads as success: say why and what to change (ratio 0 asked for it)
             hint = nothing_pruned(analysis.groups, self.round_to or 1)
             if context.refuse_no_op:
-                raise UnsupportedModelError(
-                    f"{hint}. Nothing was written; on the command line that is --prune-round-to, "
-                    "a larger --prune or smaller --prune-macs/--prune-latency, or no prune flag."
-                )
+                raise NothingChangedError(f"{hint}. Nothing was written", self.name)
             logger.warning("%s", hint)
             extra = {**extra, "warnings": [*extra.get("warnings", []), hint]}
         outcome.parameters_after = parameter_count(model)
