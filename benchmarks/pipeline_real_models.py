@@ -493,9 +493,12 @@ def _nearest(embeddings: np.ndarray) -> np.ndarray:
 
 
 def _summaries(stages) -> dict:
+    """Each pass's scalar summary figures, and a gradual pass's per-step records."""
     return {
         stage.stage: {
-            k: v for k, v in stage.summary.items() if isinstance(v, (int, float, str, bool))
+            k: v
+            for k, v in stage.summary.items()
+            if isinstance(v, (int, float, str, bool)) or k == "steps"
         }
         for stage in stages[1:]
     }

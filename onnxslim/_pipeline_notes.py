@@ -35,7 +35,7 @@ def far_from_input(
         drops.append((previous - min(value, _CEILING_DB), stage_name))
         previous = min(value, _CEILING_DB)
     culprit = max(drops)[1]
-    if any(p.name in ("distill", "prune-distill") for p in passes):
+    if any(p.name in ("distill", "prune_distill") for p in passes):
         hint = "distill longer (--distill-epochs) or prune less"
     else:
         hint = "recover accuracy with --distill DATA, or bound it with --min-sqnr DB"

@@ -287,3 +287,21 @@ def test_far_from_input_is_said_with_a_hint(
     assert near.report.warnings == [] and "warnings" not in near.report.to_dict()
     bounded = onnxslim.Pipeline([ScaleWeights(2.0)], bounds={"min_sqnr_db": -10}).run(conv_bn_path)
     assert bounded.report.warnings == []  # the user asked for this bound: no second opinion
+
+
+def test_far_from_input_after_distillation_says_distill_longer() -> None:
+    from onnxslim._pipeline_notes import far_from_input
+    from onnxslim.passes import Distill
+    from onnxslim.passes._gradual import PruneDistill
+
+    stages = [
+        onnxslim.StageRecord("input"),
+        onnxslim.StageRecord("prune_distill", fidelity={"sqnr_db": 4.7}),
+    ]
+    bounds = onnxslim.Bounds()
+    for recovering in (PruneDistill(target_macs=0.6), Distill([])):
+        line = far_from_input(stages, [recovering], bounds)
+        assert line == (
+            "the optimized model is far from its input (output SQNR 4.7 dB, mostly lost in pass "
+            "'prune_distill'); distill longer (--distill-epochs) or prune less."
+        )
