@@ -191,3 +191,36 @@ def test_layer_norm_fuses_when_reducemean_leaves_keepdims_implicit():
     assert [n.op_type for n in fused.graph].count("LayerNormalization") == 1
     assert not [n for n in fused.graph if n.op_type == "ReduceMean"]
     assert [n.op_type for n in model.graph].count("ReduceMean") == 2  # input model untouched
+
+
+def test_the_worst_matmul_input_found_by_group_testing_is_the_brute_force_worst(stage):
+    from onnxslim.passes.quantization._node_search import activation_pairs, released, task_score
+
+    _, prepared, emitter, _ = stage
+    graph = prepared.proto.graph
+    weight, _ = matmul_roles(graph)
+    strict = _evaluator(stage, 0.9999999)
+    tried, _ = with_weight_matmuls([_base(stage, strict)], graph, emitter, strict, {})
+    placement = next(c for c in tried if c.label == WEIGHT_MATMULS_LABEL)
+    # brute force: each weight MatMul input's Quantize/Dequantize pair released alone
+    proto = onnx.load(str(placement.path))
+    inputs = {n.input[0] for n in graph.node if n.name in weight}
+    scores = {}
+    for tensor in [t for t in activation_pairs(proto) if t in inputs]:
+        path = placement.path.parent / "brute-force.onnx"
+        onnx.save(released(proto, [tensor]), str(path))
+        scores[tensor] = task_score(strict.evaluate(path))
+    ranked = sorted(scores, key=scores.get, reverse=True)
+    assert len(ranked) >= 8 and scores[ranked[0]] > scores[ranked[1]]
+    # a bound only the worst input's release reaches: the first step keeps exactly its MatMuls
+    floor = (scores[ranked[0]] + scores[ranked[1]]) / 2
+    evaluator = _evaluator(stage, floor)
+    tried, held = with_weight_matmuls([_base(stage, evaluator)], graph, emitter, evaluator, {})
+    assert held
+    chosen = tried[-1]
+    assert chosen.label == f"{WEIGHT_MATMULS_LABEL}, 1 sensitive MatMul input(s) in float"
+    kept = {n for n, why in chosen.excluded.items() if why.startswith("placement: int8 on its")}
+    assert kept == {n.name for n in graph.node if n.name in weight and n.input[0] == ranked[0]}
+    assert all(f"'{ranked[0]}' costs " in chosen.excluded[n] for n in kept)  # measured alone
+    # the base, the placement, one per input (8 inputs: GROUPS chunks of one), the step
+    assert evaluator.evaluations == 2 + len(scores) + 1

@@ -93,7 +93,7 @@ def _input_costs(
     scored: list[tuple[list[str], float]] = []
     singles = tensor_gains(path, evaluator, base, path.parent, tensors=inputs, scored=scored)
     gains = dict(sorted(singles.items(), key=lambda kv: -kv[1]))
-    for chunk, gain in sorted(scored, key=lambda cg: len(cg[0])):
+    for chunk, gain in sorted(scored, key=lambda cg: (len(cg[0]), -cg[1])):
         for tensor in chunk:
             gains.setdefault(tensor, gain)
     return gains, set(singles)
