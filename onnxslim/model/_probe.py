@@ -217,10 +217,14 @@ class ValueProbe:
                 self.skipped[name] = MISSING_REASON
         self.names = tuple(self._fetch)
         self.graph_outputs = tuple(outputs)
-        # nothing added (the model's own outputs): ORT reads the file itself, nothing is copied
+        # nothing added (the model's own outputs): ORT reads the file itself, nothing is copied;
+        # else the edited protobuf goes to ORT as bytes, the message dropped first (a value info
+        # held keeps all of it alive): one copy of the weights in flight, not two
         added = len(graph.output) > len(outputs)
-        self._session = self._build(proto.SerializeToString() if added else path)
-        del proto, graph
+        source: bytes | Path = proto.SerializeToString() if added else path
+        del proto, graph, typed
+        self._session = self._build(source)
+        del source
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self._finish([o.name for o in self._session.get_outputs()])
         return True

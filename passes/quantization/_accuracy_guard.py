@@ -363,9 +363,7 @@ def _sensitivity(entry: Candidate, prepared: Prepared, batches: Sequence[Feeds])
         for n in prepared.proto.graph.node
         if n.op_type in op_types and n.output and n.name
     }
-    sensitivity, _ = layer_sensitivity(
-        prepared.model, entry.path, node_outputs, batches, float_path=prepared.path
-    )
+    sensitivity, _ = layer_sensitivity(prepared.model, entry.path, node_outputs, batches)
     return sensitivity
 
 
@@ -376,9 +374,7 @@ def tensor_sqnr(
     if chosen.op_types is None:
         return {}
     outputs_of = {f"tensor {name}": name for name in ranges}
-    _, sqnr = layer_sensitivity(
-        prepared.model, chosen.path, outputs_of, batches[:2], float_path=prepared.path
-    )
+    _, sqnr = layer_sensitivity(prepared.model, chosen.path, outputs_of, batches[:2])
     return sqnr
 
 

@@ -155,6 +155,7 @@ def emit_dynamic(
     if _linked_weights(skeleton, prepared_path.parent):
         read_external_weights(skeleton, prepared_path.parent)
         model_input = skeleton
+    del skeleton  # ORT loads the file itself otherwise: the inline weights are not held twice
     with quiet_ort_quantizer():
         quantize_dynamic(
             model_input,
@@ -249,6 +250,14 @@ class Emitter:
             return emit_in_segments(skeleton, path, budget, quantize, load)
         quantize(self._fresh_inferred_copy(), path, self._external)
         return path
+
+    def release(self) -> None:
+        """Drops what the emitter holds for later candidates (the weight caches, the shape-
+        inferred skeleton); it can still emit, computing them again."""
+        self.weight_cache = WeightCache()
+        self._segment_cache = WeightCache(quantized_weights=False)
+        self._inferred = None
+        self._digests.clear()
 
     def _segmenting(self, skeleton: onnx.ModelProto) -> tuple[int | None, bool]:
         """(node-range budget in weight bytes, whether the graph is emitted in segments)."""

@@ -354,6 +354,9 @@ class QuantizeStatic(SlimPass):
             summary["latency_ms_after"] = round(chosen.latency_ms, 3)
             summary["speedup"] = round(chosen.speedup or 0.0, 3)
         summary["size_bytes_after"] = model_file_size(chosen.path)
+        run.emitter.release()  # nothing is emitted from here on
+        # the report's per-tensor SQNR runs two probes: before the result is loaded (peak RSS)
+        sqnr = tensor_sqnr(run.prepared, chosen, ranges, run.evaluator.batches)
         result_model = load(chosen.path)
         proto = run.prepared.proto
         summary["nodes_quantized"] = quantized_nodes(proto, result_model, chosen.op_types)
@@ -376,7 +379,6 @@ class QuantizeStatic(SlimPass):
                 logger.warning(message)
                 summary["warnings"].append(message)
             summary["excluded_verified_on_ort_graph"] = verdict
-        sqnr = tensor_sqnr(run.prepared, chosen, ranges, run.evaluator.batches)
         summary["tensors"] = tensors_summary(ranges, chosen.ranges or ranges, self.method, sqnr)
         summary["seconds"] = round(time.perf_counter() - run.started, 3)
         _materialize_workdir_weights(result_model, run.workdir)

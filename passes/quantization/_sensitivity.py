@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,14 +25,12 @@ def layer_sensitivity(
     node_outputs: Mapping[str, str],
     batches: Sequence[Feeds],
     providers: Sequence[str] = ("CPUExecutionProvider",),
-    float_path: str | os.PathLike | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per-node SQNR loss (dB) and per-tensor SQNR (dB), in one pass with all layers quantized.
 
     ``node_outputs`` maps a node name to its output tensor (which keeps its name in the QDQ
     model). A node's loss is the SQNR of its inputs' worst tensor minus its output's SQNR:
-    the damage the node itself adds, not what it inherits. ``float_path``: ``float_model``'s
-    file, when it has one (the probes then read the files: no copy of either model is saved).
+    the damage the node itself adds, not what it inherits.
     """
     names = sorted(set(node_outputs.values()))
     quantized = ir.load(str(quantized_path))
@@ -44,13 +41,9 @@ def layer_sensitivity(
     # The sessions ORT deploys (full optimizations: QDQ fused), not the probe's default; every
     # tensor exposed at once (exposing fewer changes ORT's fusions, hence the numbers). Without
     # the memory arena each session hands its buffers back after a run instead of keeping them.
-    sources = (
-        (float_model if float_path is None else Path(float_path), names),
-        (Path(quantized_path), candidate_names),
-    )
     probes = [
         ValueProbe(model, fetch, providers=providers, options=_unpooled_options())
-        for model, fetch in sources
+        for model, fetch in ((float_model, names), (quantized, candidate_names))
     ]
     del quantized
     signal = dict.fromkeys(names, 0.0)
