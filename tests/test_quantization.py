@@ -464,6 +464,23 @@ def test_accuracy_guard_widens_ranges_a_clipping_method_cut_too_far(tmp_path):
     assert stem[0] == 0.0 and stem[1] > 5.0
 
 
+def test_reported_latencies_agree_with_the_reported_speedup(tmp_path):
+    """The summary's before/after latencies come from different timing rounds than the
+    (conservative) speed-up; the pair printed beside it must not contradict it (the demo once
+    printed '0.191 ms -> 0.211 ms (1.06x faster)')."""
+    from onnxslim.data import demo_data, demo_model_path
+
+    images = demo_data()["calibration_images"][:32]
+    model = onnxslim.load(demo_model_path())
+    # any int8 candidate is acceptable here: the check is on how its timing is reported
+    quantizer = QuantizeStatic({"image": images}, min_speedup=0.01, latency_runs=3)
+    summary = quantizer.apply(model, PassContext(workdir=tmp_path)).summary
+    before, after, speedup = (
+        summary[k] for k in ("latency_ms_before", "latency_ms_after", "speedup")
+    )
+    assert speedup > 0 and after == pytest.approx(before / speedup, abs=1.5e-3)
+
+
 # -- stages -------------------------------------------------------------------------------------
 def test_candidate_is_a_frozen_value_with_a_rejection_reason(tmp_path):
     import dataclasses
