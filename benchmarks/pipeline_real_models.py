@@ -200,6 +200,13 @@ def _preprocessed(images: list[np.ndarray]) -> np.ndarray:
     )
 
 
+def _map_iou(reference: list[np.ndarray], maps: list[np.ndarray], threshold: float = 0.3) -> float:
+    """IoU of the probability maps above ``threshold``, pooled over the images."""
+    pairs = [(r > threshold, m > threshold) for r, m in zip(reference, maps)]
+    union = sum(np.logical_or(r, m).sum() for r, m in pairs)
+    return float(sum(np.logical_and(r, m).sum() for r, m in pairs) / max(union, 1))
+
+
 def _map_iou_metric(images: np.ndarray, source: Path):
     """model -> probability-map IoU at 0.3 against the input model on preprocessed ``images``
     (held out: recorded after every gradual step, never optimized)."""
@@ -207,7 +214,7 @@ def _map_iou_metric(images: np.ndarray, source: Path):
     def maps(path_or_model) -> list[np.ndarray]:
         runner = session(path_or_model)
         name = runner.get_inputs()[0].name
-        return [runner.run(None, {name: images[i : i + 1]})[0] > 0.3 for i in range(len(images))]
+        return [runner.run(None, {name: images[i : i + 1]})[0] for i in range(len(images))]
 
     reference = maps(source)
 
@@ -215,10 +222,7 @@ def _map_iou_metric(images: np.ndarray, source: Path):
         with tempfile.TemporaryDirectory(prefix="det-metric-") as tmp:
             path = Path(tmp) / "step.onnx"
             onnxslim.save(model, path)
-            found = maps(path)
-        union = sum(np.logical_or(r, m).sum() for r, m in zip(reference, found))
-        inter = sum(np.logical_and(r, m).sum() for r, m in zip(reference, found))
-        return float(inter / max(union, 1))
+            return _map_iou(reference, maps(path))
 
     return metric
 
@@ -279,8 +283,6 @@ def run_det(args, folder: Path) -> dict:
     rows = []
     for stage in stages:
         maps, boxes = _detect(Path(stage.model_path), eval_images)
-        union = sum(np.logical_or(r > 0.3, m > 0.3).sum() for r, m in zip(reference_maps, maps))
-        inter = sum(np.logical_and(r > 0.3, m > 0.3).sum() for r, m in zip(reference_maps, maps))
         mae = float(np.mean([np.abs(r - m).mean() for r, m in zip(reference_maps, maps)]))
         counts = np.array([_box_match(r, c) for r, c in zip(reference_boxes, boxes)]).sum(0)
         rows.append(
@@ -288,7 +290,7 @@ def run_det(args, folder: Path) -> dict:
                 **base_row(stage),
                 "p50 CPU": f"{latency[stage.stage]:.1f} ms",
                 "speed": f"{latency[stages[0].stage] / latency[stage.stage]:.2f}x",
-                "map IoU@0.3": f"{inter / max(union, 1):.4f}",
+                "map IoU@0.3": f"{_map_iou(reference_maps, maps):.4f}",
                 "map MAE": f"{mae:.5f}",
                 "box P": f"{counts[0] / max(counts[2], 1):.3f}",
                 "box R": f"{counts[0] / max(counts[1], 1):.3f}",

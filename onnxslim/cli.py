@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from onnxslim._errors import SlimError
+from onnxslim._errors import NothingChangedError, SlimError
 
 __all__ = ["main"]
 
@@ -390,7 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _stdout_closed()
     except SlimError as error:
-        hint = _NO_CHANGE_FLAGS.get(getattr(error, "pass_name", ""))
+        hint = (
+            _NO_CHANGE_FLAGS.get(error.pass_name)
+            if isinstance(error, NothingChangedError)
+            else None
+        )
         more = f"; on the command line that is {hint}." if hint else ""
         print(f"onnxslim: error: {error}{more}", file=sys.stderr)
         return error.exit_code

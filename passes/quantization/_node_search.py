@@ -74,8 +74,8 @@ def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProt
         for tensor, (_, dq) in pairs.items()
     }
     dropped = {name for pair in pairs.values() for name in pair}
-    result = _without_graph(proto)
-    result.graph.CopyFrom(proto.graph)
+    result = onnx.ModelProto()
+    result.CopyFrom(proto)  # one copy (copy.copy of a message is already deep)
     kept = [n for n in result.graph.node if not (n.output and n.output[0] in dropped)]
     for tensor in sorted(clamped):
         relu = onnx.helper.make_node(
@@ -102,23 +102,6 @@ def released(proto: onnx.ModelProto, tensors: Collection[str]) -> onnx.ModelProt
     for index in reversed(range(len(initializers)) if unused else ()):
         if initializers[index].name in unused:
             del initializers[index]
-    return result
-
-
-def _without_graph(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """A new ModelProto with every field of ``proto`` but its graph (``copy.copy`` of a message
-    copies it deeply: the graph, weights included, would be copied twice)."""
-    result = onnx.ModelProto()
-    for field, value in proto.ListFields():
-        if field.name == "graph":
-            continue
-        repeated = getattr(field, "is_repeated", None)  # protobuf >= 5; older: the label
-        if repeated if repeated is not None else field.label == field.LABEL_REPEATED:
-            getattr(result, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(result, field.name).CopyFrom(value)
-        else:
-            setattr(result, field.name, value)
     return result
 
 
