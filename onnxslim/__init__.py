@@ -1,5 +1,7 @@
 """onnxslim: a framework-agnostic ONNX graph optimizer (cleanup, pruning, distillation, int8)."""
 
+# first, before anything imports onnx_ir: onnx-ir's sympy import waits for its first use
+import onnxslim.compat.onnx_ir  # noqa: F401
 from onnxslim._errors import (
     InputDataError,
     ModelLoadError,

@@ -11,6 +11,7 @@ from onnxslim import InputDataError
 from onnxslim.calibration import (
     StatisticsCache,
     StatisticsCollector,
+    StreamingHistogram,
     TensorStatistics,
     augment_with_statistics,
     collect_statistics,
@@ -219,6 +220,47 @@ def test_in_graph_sampling_matches_numpy_strided_samples(model):
     assert stats.histogram.counts.sum() == expected.size == 3 * 18
     reference, _ = np.histogram(expected.astype(np.float64), bins=stats.histogram.edges)
     assert np.abs(reference - stats.histogram.counts).sum() <= 2
+
+
+def test_histograms_binned_several_batches_at_once_equal_batch_by_batch(model, monkeypatch):
+    """The stream bins small tensors' samples of many batches in one update: the counts, grid
+    and ranges equal binning each batch as it comes (the range grows over the batches here,
+    so the grid doubles and moves on the way)."""
+    from onnxslim.calibration._histogram import DeferredBinning
+
+    rng = np.random.default_rng(5)
+    data = [s * np.float32(k) for s, k in zip(samples(40, seed=7), rng.uniform(0.1, 30.0, 40))]
+    data[3][0, 0, 0] = -400.0  # a far outlier after the anchoring batch
+    names = ["x", "scaled", "y"]
+
+    def collected():
+        reader = IterableReader([{"x": s} for s in data], batch_size=2)
+        return collect_statistics(model, names, reader, bins=64)
+
+    calls = []
+    update = StreamingHistogram.update
+    monkeypatch.setattr(
+        StreamingHistogram, "update", lambda h, v, *a: calls.append(v.size) or update(h, v, *a)
+    )
+    batched = collected()
+    batched_calls = len(calls)
+    monkeypatch.setattr(DeferredBinning, "take", lambda *a: False)
+    calls.clear()
+    one_by_one = collected()
+    assert (batched_calls, len(calls)) == (3 + 3, 3 * 20)  # batch 0 alone, then all at once
+    for name in names:
+        a, b = batched.tensors[name], one_by_one.tensors[name]
+        assert (a.minimum, a.maximum, a.batches, a.elements) == (
+            b.minimum,
+            b.maximum,
+            b.batches,
+            b.elements,
+        )
+        assert (a.average_minimum, a.average_maximum) == (b.average_minimum, b.average_maximum)
+        assert a.histogram.grid() == b.histogram.grid()
+        assert a.histogram.offset == b.histogram.offset
+        assert np.array_equal(a.histogram.counts, b.histogram.counts)
+        assert a.histogram.counts.sum() == 40 * 48
 
 
 def test_augmented_graph_fetches_only_reductions_and_capped_samples(model):

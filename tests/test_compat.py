@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import onnx
 import onnx_ir as ir
 import pytest
@@ -86,3 +89,32 @@ def test_tolerant_no_op_rules_are_replaced_by_exact_ones_in_place() -> None:
     ]
     kept = default_rewrite_rules(exclude=frozenset({"AddZero"}))
     assert "AddZero" not in {rule.name for rule in kept} and len(kept) == len(rules) - 1
+
+
+def test_sympy_loads_on_first_symbolic_arithmetic_not_at_import() -> None:
+    """onnx-ir imports sympy at its own import (0.4 s, ~25 MB); onnxslim defers it until a
+    symbolic dim's arithmetic needs it, and quantizing a model does not (a fresh process)."""
+    script = """
+import sys
+import numpy as np
+import onnx
+from onnx import helper, TensorProto
+import onnxslim
+from onnxslim.passes.quantization import QuantizeStatic
+print(type(sys.modules["sympy"]).__name__)
+w = helper.make_tensor("w", TensorProto.FLOAT, [8, 8], np.eye(8, dtype=np.float32).ravel())
+graph = helper.make_graph(
+    [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], [w])
+import onnx_ir as ir
+model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+data = [{"x": np.random.default_rng(i).normal(size=(1, 8)).astype(np.float32)} for i in range(4)]
+QuantizeStatic(data, latency_guard=False).apply(model, onnxslim.PassContext())
+print(type(sys.modules["sympy"]).__name__)
+print(ir.SymbolicDim("N") * 2, type(sys.modules["sympy"]).__name__)
+"""
+    lines = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert lines[:3] == ["_LazyModule", "_LazyModule", "2*N module"]

@@ -1,15 +1,14 @@
 """Streaming activation statistics (sharded over torch.distributed ranks, merged exactly) and
 threshold search (the readers live in onnxslim.inputs)."""
 
+from onnxslim.calibration._cache import StatisticsCache, model_fingerprint
 from onnxslim.calibration._collector import (
-    StatisticsCache,
     StatisticsCollector,
     StreamingHistogram,
     TensorStatistics,
     augment_with_statistics,
     collect_statistics,
     merge_collectors,
-    model_fingerprint,
 )
 from onnxslim.calibration._distributed import (
     Shard,

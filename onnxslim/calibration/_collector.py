@@ -9,14 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -27,7 +22,7 @@ from onnxslim.calibration._distributed import (
     check_same_tensors,
     share_anchors,
 )
-from onnxslim.calibration._histogram import DEFAULT_BINS, StreamingHistogram
+from onnxslim.calibration._histogram import DEFAULT_BINS, DeferredBinning, StreamingHistogram
 from onnxslim.inputs import samples_in
 from onnxslim.model import ValueProbe
 from onnxslim.progress import task
@@ -38,9 +33,7 @@ __all__ = [
     "StatisticsCollector",
     "collect_statistics",
     "augment_with_statistics",
-    "StatisticsCache",
     "merge_collectors",
-    "model_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -424,6 +417,7 @@ def _stream(
     # Rank 0's bar only; its share of the samples is about 1/world of them.
     share = None if total_samples is None else -(-total_samples // shard.world)
     progress = task("calibration", total=share, unit="sample")
+    deferred = DeferredBinning()  # small tensors' samples: binned many batches at once
     with progress if shard.rank == 0 else contextlib.nullcontext() as bar:
         for batch_index, batch in enumerate(reader):
             if batch_index > 0 and not anchored:
@@ -438,9 +432,10 @@ def _stream(
             for name, group in fetched.items():
                 low, high, size = (float(results[o]) for o in group[:3])
                 sample = results[group[3]] if histograms else None
-                collector.tensors[name].update_reduced(
-                    low, high, sample, int(size), collector.averaging_constant
-                )
+                stats = collector.tensors[name]
+                if anchored and deferred.take(stats.histogram, low, high, sample):
+                    sample = None  # binned later, with other batches' samples
+                stats.update_reduced(low, high, sample, int(size), collector.averaging_constant)
             samples = samples_in(batch, reader)  # a [3, H, W] input: 1 sample, not 3
             collector.samples += samples
             collector.batches_seen += 1
@@ -449,50 +444,10 @@ def _stream(
                 bar.advance(samples)
         if not anchored:
             _seal(collector, shard)
+        deferred.flush()
 
 
 def _seal(collector: StatisticsCollector, shard: Shard) -> None:
     if shard.sharded:
         share_anchors(collector, shard)  # rank 0 holds batch 0; NaN anchors mean free
     collector.seal()
-
-
-def model_fingerprint(model: ir.Model) -> str:
-    """A digest of the graph and its weights."""
-    return hashlib.sha256(ir.to_proto(model).SerializeToString(deterministic=True)).hexdigest()
-
-
-class StatisticsCache:
-    """Statistics on disk, keyed by model, data and tensor-set fingerprints (``.npz`` per key)."""
-
-    def __init__(self, directory: str | os.PathLike | None = None):
-        default = (
-            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-            / "onnxslim"
-            / "calibration"
-        )
-        self.directory = Path(directory) if directory is not None else default
-
-    def key(self, model_digest: str, data_digest: str, names: Sequence[str], bins: int) -> str:
-        payload = json.dumps([model_digest, data_digest, sorted(names), bins])
-        return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-    def load(self, key: str) -> StatisticsCollector | None:
-        path = self.directory / f"{key}.npz"
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                return StatisticsCollector.from_arrays({k: archive[k] for k in archive.files})
-        except (OSError, ValueError, KeyError) as error:
-            logger.warning("ignoring unreadable statistics cache %s (%s)", path, error)
-            return None
-
-    def store(self, key: str, collector: StatisticsCollector) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{key}.npz"
-        staging = path.with_suffix(".tmp.npz")
-        arrays: dict[str, Any] = collector.to_arrays()
-        np.savez(staging, **arrays)
-        os.replace(staging, path)
-        return path

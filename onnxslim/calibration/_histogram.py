@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_BINS", "StreamingHistogram", "bin_of", "magnitude_width"]
+__all__ = ["DEFAULT_BINS", "DeferredBinning", "StreamingHistogram", "bin_of", "magnitude_width"]
 
 DEFAULT_BINS = 2048
 
@@ -188,3 +188,55 @@ class StreamingHistogram:
 
     def nbytes(self) -> int:
         return self.counts.nbytes + 16
+
+
+class DeferredBinning:
+    """Samples of several batches binned in one update per histogram (a calibration stream
+    bins hundreds of tensors per batch, most of them small: the per-call overhead dominated).
+    Exact: the grid depends on the values and the anchor only, not on how they are grouped,
+    and each batch's sample lies within its exact min/max (the clip of the unbatched path
+    changes nothing). Use it after the first batch (it anchors the grids)."""
+
+    SMALL = 1 << 14  # samples this big or bigger are binned at once (the numpy work per
+    # element dominates there, not the per-call overhead)
+    TENSOR_ELEMENTS = 1 << 16  # a histogram's samples are binned once this many are waiting
+    TOTAL_ELEMENTS = 1 << 23  # every tensor's, once this many wait in all (32 MiB)
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, tuple[StreamingHistogram, list[np.ndarray], float, float]] = {}
+        self.sizes: dict[int, int] = {}
+        self.total = 0
+
+    def take(
+        self, histogram: StreamingHistogram, low: float, high: float, sample: np.ndarray | None
+    ) -> bool:
+        """Keeps ``sample`` (of a batch whose exact range is [low, high]) for later; False: bin
+        it now (none, an empty or a big one, a non-finite range)."""
+        if sample is None:
+            return False
+        size = int(np.size(sample))
+        if not (np.isfinite(low) and np.isfinite(high)) or size == 0:
+            return False
+        if size >= self.SMALL:
+            return False
+        key = id(histogram)
+        _, samples, lowest, highest = self.waiting.get(key, (histogram, [], low, high))
+        samples.append(np.asarray(sample, np.float32).reshape(-1))
+        self.waiting[key] = (histogram, samples, min(lowest, low), max(highest, high))
+        self.sizes[key] = self.sizes.get(key, 0) + size
+        self.total += size
+        if self.sizes[key] >= self.TENSOR_ELEMENTS:
+            self._bin(key)
+        if self.total >= self.TOTAL_ELEMENTS:
+            self.flush()
+        return True
+
+    def _bin(self, key: int) -> None:
+        histogram, samples, low, high = self.waiting.pop(key)
+        histogram.update(np.concatenate(samples), low, high)
+        self.total -= self.sizes.pop(key)
+
+    def flush(self) -> None:
+        """Bins every waiting sample (before the histograms are read)."""
+        for key in list(self.waiting):
+            self._bin(key)

@@ -33,7 +33,7 @@ from onnxslim.passes.quantization._latency_guard import interleaved_latency, tim
 from onnxslim.passes.quantization._node_search import with_sensitive_tensors
 from onnxslim.passes.quantization._placement import with_float_islands
 
-__all__ = ["beaten", "guarded_candidates"]
+__all__ = ["beaten", "beaten_by", "guarded_candidates"]
 
 
 def guarded_candidates(run: Any, options: Any) -> list[Candidate]:
@@ -121,13 +121,22 @@ def beaten(
         return {}
     models = [*accurate, *failing]
     seconds = interleaved_latency([c.path for c in models], feeds, runs=runs, threads=threads)
-    best = min(range(len(accurate)), key=seconds.__getitem__)
-    result = {}
-    for candidate, took in zip(failing, seconds[len(accurate) :]):
-        if took * SEARCH_MARGIN >= seconds[best]:
-            result[candidate.label] = (
-                f"not searched: {1e3 * took:.3g} ms, not {SEARCH_MARGIN - 1:.0%} faster than the "
-                f"accurate '{accurate[best].label}' ({1e3 * seconds[best]:.3g} ms); widening its "
-                "ranges or keeping its layers in float cannot make it faster"
-            )
-    return result
+    return beaten_by(
+        dict(zip([c.label for c in accurate], seconds)),
+        dict(zip([c.label for c in failing], seconds[len(accurate) :])),
+    )
+
+
+def beaten_by(accurate: Mapping[str, float], failing: Mapping[str, float]) -> dict[str, str]:
+    """Label -> why, for each of the ``failing`` candidates' timings (seconds) not SEARCH_MARGIN
+    faster than the fastest of the ``accurate`` ones'."""
+    best = min(accurate, key=accurate.__getitem__)
+    return {
+        label: (
+            f"not searched: {1e3 * took:.3g} ms, not {SEARCH_MARGIN - 1:.0%} faster than the "
+            f"accurate '{best}' ({1e3 * accurate[best]:.3g} ms); widening its ranges or keeping "
+            "its layers in float cannot make it faster"
+        )
+        for label, took in failing.items()
+        if took * SEARCH_MARGIN >= accurate[best]
+    }
