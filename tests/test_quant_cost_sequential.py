@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import onnxslim
 from onnxslim.passes.quantization._latency_guard import (
+    PREFERENCE_WINDOW,
     SEQUENTIAL_MARGIN,
     SEQUENTIAL_MIN_ROUNDS,
     decided,
@@ -36,6 +37,22 @@ def test_one_round_inside_the_margin_or_on_the_other_side_keeps_timing():
     # the threshold is min_speedup's: 1.3x in every round is not clearly over 1.25x
     assert decided(1.25, reference=0)(_timing([1.3] * 4, [1.0] * 4)) is False
     assert decided(1.2, reference=0)(_timing([1.3] * 4, [1.0] * 4)) is True
+
+
+def test_a_model_near_the_threshold_but_far_behind_a_clearly_fast_one_is_decided():
+    """1.02x stays undecided against the 1.0x threshold, but behind a model clearly over it
+    by more than PREFERENCE_WINDOW in every round it ranks after that one whatever more rounds
+    say: the timing ends (the digits net's dynamic candidate, at 1.0x, beside int8 at 1.6x)."""
+    until = decided(1.0, reference=0)
+    near, fast = [1.0 / 1.02] * 4, [1.0 / 1.6] * 4
+    assert until(_timing([1.0] * 4, near)) is False
+    assert until(_timing([1.0] * 4, near, fast)) is True
+    # within the window of the fast one in one round (1.5 x 0.9 = 1.35 < 1.4): undecided
+    close = [1.0 / 1.02, 1.0 / 1.02, 1.0 / 1.4, 1.0 / 1.02]
+    assert PREFERENCE_WINDOW * 1.5 < 1.4
+    assert until(_timing([1.0] * 4, close, [1.0 / 1.5] * 4)) is False
+    # the one it trails must itself be clearly over the threshold in every round
+    assert until(_timing([1.0] * 4, near, [1.0 / 1.6] * 3 + [1.0])) is False
 
 
 def test_reference_index_is_the_one_compared_against():
