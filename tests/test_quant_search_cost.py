@@ -110,3 +110,31 @@ def test_a_candidate_session_on_its_own_file_gives_the_probes_outputs(tmp_path):
             np.testing.assert_array_equal(plain["y"], want["y"])
             np.testing.assert_array_equal(replaced["y"], want[seen.get("logits", "y")])
     assert float(direct[0][1]["y"].min()) < 0.0 or logits == {}
+
+
+def test_the_bisection_stops_at_the_first_split_where_no_chunk_fixes_the_bound(
+    tmp_path, monkeypatch
+):
+    """With ``until_unfixed`` (the per-tensor search) the bisection goes no deeper than the
+    first split none of whose chunks meets the bound alone: the chunk above it is the smallest
+    on the path that can, and the search keeps the same tensors float with fewer evaluations."""
+    from onnxslim.passes.quantization import _node_search
+    from onnxslim.passes.quantization._node_search import task_score, tensor_gains
+
+    monkeypatch.setattr(_node_search, "GROUPS", 2)  # halves: a deep path to the 5 outliers
+    evaluator, path = _search_setup(tmp_path)
+    base = task_score(evaluator.evaluate(path))
+    full_descent: list = []
+    started = evaluator.evaluations
+    full = tensor_gains(path, evaluator, base, tmp_path, full_descent)
+    full_runs = evaluator.evaluations - started
+    descent: list = []
+    started = evaluator.evaluations
+    gains = tensor_gains(path, evaluator, base, tmp_path, descent, until_unfixed=True)
+    runs = evaluator.evaluations - started
+    assert gains == {} and len(full) == 2  # stopped above the single tensors
+    assert descent == full_descent[: len(descent)] and len(descent) < len(full_descent)
+    # two chunks per split, down to the one that fixed nothing (one split below the last kept)
+    assert runs == 2 * (len(descent) + 1) < full_runs
+    # the deepest chunk kept: the five outliers and the input, as the full search's chunk
+    assert descent[-1][0] == ["x", "h1", "h2", "h3", "h4", "h5"]

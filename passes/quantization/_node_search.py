@@ -134,10 +134,14 @@ def tensor_gains(
     descent: list[tuple[list[str], float]] | None = None,
     tensors: Collection[str] | None = None,
     scored: list[tuple[list[str], float]] | None = None,
+    until_unfixed: bool = False,
 ) -> dict[str, float]:
     """Tensor (or chunk head) -> score gained by releasing it alone, by bisection into GROUPS;
     ``descent`` (when given) receives each chunk the bisection went into, with its gain, and
-    ``scored`` every chunk scored. ``tensors``: only these activation pairs (default: all)."""
+    ``scored`` every chunk scored. ``tensors``: only these activation pairs (default: all).
+    ``until_unfixed``: the bisection ends (no gains returned) at the first split none of whose
+    chunks' release meets the bound alone: releasing a part of a chunk that does not fix it
+    does not either, so no smaller set below it can (PP-OCR det: 5 of 31 evaluations)."""
     proto = onnx.load(str(qdq_path))
     pending = [t for t in activation_pairs(proto) if tensors is None or t in tensors]
     gains: dict[str, float] = {}
@@ -146,16 +150,20 @@ def tensor_gains(
             size = -(-len(pending) // GROUPS)
             chunks = [pending[i : i + size] for i in range(0, len(pending), size)]
             found: list[float] = []
+            fixed = False
             for chunk in chunks:
                 path = folder / "released.onnx"
                 onnx.save(released(proto, chunk), str(path))
                 evaluation = evaluator.evaluate(path, stop_below=_to_beat(found, base, size))
                 found.append(task_score(evaluation) - base)
+                fixed = fixed or evaluation.accurate
                 if scored is not None:
                     scored.append((chunk, found[-1]))
                 bar.advance(1, tensors=len(chunk))
             if size == 1:
                 gains.update({c[0]: g for c, g in zip(chunks, found)})
+                break
+            if until_unfixed and not fixed:
                 break
             best = max(range(len(chunks)), key=found.__getitem__)
             pending = chunks[best]
@@ -211,9 +219,9 @@ def with_sensitive_tensors(
     folder = base.path.parent
     score = task_score(base.evaluation)
     descent: list[tuple[list[str], float]] = []
-    gains = tensor_gains(base.path, evaluator, score, folder, descent)
+    gains = tensor_gains(base.path, evaluator, score, folder, descent, until_unfixed=True)
     ranked = [t for t, g in sorted(gains.items(), key=lambda kv: -kv[1]) if g > 0]
-    count = _fixing_count(base.path, ranked, evaluator, folder)
+    count = _fixing_count(base.path, ranked, evaluator, folder) if ranked else None
     if count is None:  # the error is spread over a region: the smallest chunk that fixes it
         chunk = _fixing_chunk(base.path, descent, evaluator, folder)
         if chunk is None:  # releasing the worst tensors does not fix it: no emission can
