@@ -18,7 +18,8 @@ With nothing skipped the candidates are the ones the stages made in their old or
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import statistics
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,11 +30,17 @@ from onnxslim.passes.quantization._accuracy_guard import (
     widen_clipped_ranges,
 )
 from onnxslim.passes.quantization._candidates import Candidate
-from onnxslim.passes.quantization._latency_guard import interleaved_latency, timing_feeds
+from onnxslim.passes.quantization._latency_guard import (
+    SEQUENTIAL_MARGIN,
+    SEQUENTIAL_MIN_ROUNDS,
+    interleaved_latency,
+    timing_feeds,
+)
 from onnxslim.passes.quantization._node_search import with_sensitive_tensors
 from onnxslim.passes.quantization._placement import with_float_islands
+from onnxslim.runtime import InterleavedTiming
 
-__all__ = ["beaten", "beaten_by", "guarded_candidates"]
+__all__ = ["beaten", "beaten_by", "guarded_candidates", "settled"]
 
 
 def guarded_candidates(run: Any, options: Any) -> list[Candidate]:
@@ -120,11 +127,34 @@ def beaten(
     if not accurate or not failing:
         return {}
     models = [*accurate, *failing]
-    seconds = interleaved_latency([c.path for c in models], feeds, runs=runs, threads=threads)
+    seconds = interleaved_latency(
+        [c.path for c in models], feeds, runs=runs, threads=threads, until=settled(len(accurate))
+    )
     return beaten_by(
         dict(zip([c.label for c in accurate], seconds)),
         dict(zip([c.label for c in failing], seconds[len(accurate) :])),
     )
+
+
+def settled(accurate: int) -> Callable[[InterleavedTiming], bool]:
+    """An ``until`` test for :func:`beaten`'s timing (models ``0..accurate-1`` accurate, the
+    rest failing): True once, in each of the rounds so far (at least SEQUENTIAL_MIN_ROUNDS, an
+    even count), each failing model's time over the fastest accurate one's (by median so far)
+    is clearly on one side of 1 / SEARCH_MARGIN (SEQUENTIAL_MARGIN beyond it)."""
+    threshold = 1.0 / SEARCH_MARGIN
+
+    def until(timing: InterleavedTiming) -> bool:
+        if timing.rounds < SEQUENTIAL_MIN_ROUNDS or timing.rounds % 2:
+            return False
+        best = min(range(accurate), key=lambda i: statistics.median(timing.seconds[i]))
+        for model in range(accurate, len(timing.seconds)):
+            ratios = timing.ratios(model, best)
+            above = min(ratios) > threshold * SEQUENTIAL_MARGIN
+            if not (above or max(ratios) < threshold / SEQUENTIAL_MARGIN):
+                return False
+        return True
+
+    return until
 
 
 def beaten_by(accurate: Mapping[str, float], failing: Mapping[str, float]) -> dict[str, str]:
