@@ -235,7 +235,11 @@ class QuantizeStatic(SlimPass):
     ) -> _Run:
         input_path = workdir / "input.onnx"
         save(model, input_path, link_external_data=True)  # external weights linked, not copied
-        prepared = prepare(model, workdir, fuse=self.fuse, samples=context.sample_inputs or None)
+        # the fusions' exactness check: on the pipeline's samples, else two of the guard's
+        # batches (real inputs, and no probing of the sizes a random feed could run at)
+        inputs = {v.name for v in model.graph.inputs}
+        own = [{k: v for k, v in b.items() if k in inputs} for b in batches[:2]]
+        prepared = prepare(model, workdir, fuse=self.fuse, samples=context.sample_inputs or own)
         summary["fusions"] = prepared.fusions
         excluded, unmatched = user_exclusions(prepared.proto, self.exclude)
         for message in unmatched:
