@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -181,6 +183,25 @@ def test_histogram_merges_exactly_as_the_range_grows():
     reference, _ = np.histogram(data.astype(np.float64), bins=stats.histogram.edges)
     # Values on a bin edge may land on either side after float32 rounding.
     assert np.abs(reference - stats.histogram.counts).sum() <= 4
+
+
+def test_a_huge_outlier_after_the_anchor_widens_the_grid_without_overflow():
+    """A value near float32's maximum in a later batch (a fuzzed calibration sample): the width
+    is the lattice's smallest that fits it, as doubling one step at a time would find, without
+    binning 3e38 at the first batch's width (that overflowed float32)."""
+    from onnxslim.calibration._histogram import bin_of
+
+    values = samples(4).reshape(-1)
+    histogram = StreamingHistogram(64)
+    histogram.update(values)
+    base = histogram.width
+    histogram.update(np.array([2.0879974e38, -1.0], np.float32))
+    width, bins = histogram.width, histogram.bins
+    assert math.frexp(width / base)[0] == 0.5  # base times a power of two
+    assert bin_of(2.0879974e38, width) - bin_of(float(values.min()), width) < bins
+    assert bin_of(2.0879974e38, width / 2) - bin_of(float(values.min()), width / 2) >= bins
+    assert histogram.counts.sum() == values.size + 2
+    assert histogram.counts[bin_of(2.0879974e38, width) - histogram.offset] == 1
 
 
 def test_retained_state_is_flat_in_sample_count():

@@ -78,6 +78,13 @@ class StreamingHistogram:
         else:
             assert self.base is not None
             width = max(start, self.base)
+        # the doublings that leave the span over twice the window at once: the same width in
+        # the end, and a huge outlier (3e38 after a batch of unit values) never overflows float32
+        # at a width far too fine for it
+        if high - low > 2.0 * width * self.bins:
+            width = math.ldexp(
+                width, math.floor(math.log2((high - low) / (2.0 * width * self.bins)))
+            )
         while bin_of(high, width) - bin_of(low, width) >= self.bins:
             width *= 2.0
         return width
