@@ -204,14 +204,13 @@ class DeferredBinning:
     and each batch's sample lies within its exact min/max (the clip of the unbatched path
     changes nothing). Use it after the first batch (it anchors the grids)."""
 
-    SMALL = 1 << 14  # samples this big or bigger are binned at once (the numpy work per
-    # element dominates there, not the per-call overhead)
+    SMALL = 1 << 14  # bigger samples are binned at once: there the work per element dominates
     TENSOR_ELEMENTS = 1 << 16  # a histogram's samples are binned once this many are waiting
     TOTAL_ELEMENTS = 1 << 23  # every tensor's, once this many wait in all (32 MiB)
 
     def __init__(self) -> None:
-        self.waiting: dict[int, tuple[StreamingHistogram, list[np.ndarray], float, float]] = {}
-        self.sizes: dict[int, int] = {}
+        # histogram -> (its waiting samples, their range, their element count)
+        self.waiting: dict[StreamingHistogram, tuple[list[np.ndarray], float, float, int]] = {}
         self.total = 0
 
     def take(
@@ -219,31 +218,25 @@ class DeferredBinning:
     ) -> bool:
         """Keeps ``sample`` (of a batch whose exact range is [low, high]) for later; False: bin
         it now (none, an empty or a big one, a non-finite range)."""
-        if sample is None:
+        size = 0 if sample is None else int(np.size(sample))
+        if not (0 < size < self.SMALL and np.isfinite(low) and np.isfinite(high)):
             return False
-        size = int(np.size(sample))
-        if not (np.isfinite(low) and np.isfinite(high)) or size == 0:
-            return False
-        if size >= self.SMALL:
-            return False
-        key = id(histogram)
-        _, samples, lowest, highest = self.waiting.get(key, (histogram, [], low, high))
+        samples, lowest, highest, count = self.waiting.get(histogram, ([], low, high, 0))
         samples.append(np.asarray(sample, np.float32).reshape(-1))
-        self.waiting[key] = (histogram, samples, min(lowest, low), max(highest, high))
-        self.sizes[key] = self.sizes.get(key, 0) + size
+        self.waiting[histogram] = (samples, min(lowest, low), max(highest, high), count + size)
         self.total += size
-        if self.sizes[key] >= self.TENSOR_ELEMENTS:
-            self._bin(key)
+        if count + size >= self.TENSOR_ELEMENTS:
+            self._bin(histogram)
         if self.total >= self.TOTAL_ELEMENTS:
             self.flush()
         return True
 
-    def _bin(self, key: int) -> None:
-        histogram, samples, low, high = self.waiting.pop(key)
+    def _bin(self, histogram: StreamingHistogram) -> None:
+        samples, low, high, count = self.waiting.pop(histogram)
         histogram.update(np.concatenate(samples), low, high)
-        self.total -= self.sizes.pop(key)
+        self.total -= count
 
     def flush(self) -> None:
         """Bins every waiting sample (before the histograms are read)."""
-        for key in list(self.waiting):
-            self._bin(key)
+        for histogram in list(self.waiting):
+            self._bin(histogram)

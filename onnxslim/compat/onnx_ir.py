@@ -1,7 +1,7 @@
 """onnx-ir imports sympy when it is imported, for the arithmetic of symbolic dims only.
 
 onnx-ir 1.1's ``_core`` and ``_symbolic_shapes`` import sympy at module level (0.4 s and about
-25 MB of a process that quantizes a small model in 1-3 s); loading, editing and saving a model
+30 MB of a process that quantizes a small model in 1-3 s); loading, editing and saving a model
 never calls it. :func:`defer_sympy` makes both modules load on first attribute access instead:
 a symbolic dim's arithmetic (``SymbolicDim("N") + 1``) still works and loads sympy then.
 Importing this module does it (``onnxslim`` imports it first).
