@@ -61,6 +61,22 @@ def render_text_images(
     return images, word_counts
 
 
+def cropped_pages(
+    count: int, page_hw: tuple[int, int], crop_hw: tuple[int, int], seed: int = 0
+) -> list[np.ndarray]:
+    """``count`` windows of ``crop_hw``, one at a random place on each page rendered at
+    ``page_hw``: cheap training inputs whose text sizes are the full pages' (the renderer
+    scales text with the page height, so smaller pages would teach smaller text)."""
+    pages, _ = render_text_images(count, *page_hw, seed=seed)
+    rng = np.random.default_rng(seed)
+    windows = []
+    for page in pages:
+        top = int(rng.integers(0, page_hw[0] - crop_hw[0] + 1))
+        left = int(rng.integers(0, page_hw[1] - crop_hw[1] + 1))
+        windows.append(np.ascontiguousarray(page[top : top + crop_hw[0], left : left + crop_hw[1]]))
+    return windows
+
+
 SENTENCES = [
     # cooking
     "Preheat the oven to 200 degrees before you put the bread in.",

@@ -164,6 +164,7 @@ class PruneDistill(SlimPass):
             "macs_fraction": macs["after"] / base if base else 1.0,
             "params": parameter_count(model),
             "fidelity": {k: fidelity.get(k) for k in ("top1_agreement", "sqnr_db")},
+            "best_epoch": distill.summary.get("best_epoch"),
             "metric": self.metric(model) if self.metric is not None else None,
             **self._latency(model, context),
             "seconds": time.perf_counter() - started,

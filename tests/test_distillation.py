@@ -23,6 +23,7 @@ from onnxslim import VerificationError, testing  # noqa: E402
 from onnxslim.passes.distillation import (  # noqa: E402
     Distill,
     DistillationLoss,
+    binary_kl,
     infer_output_losses,
     kl_divergence,
 )
@@ -319,6 +320,17 @@ def test_kl_divergence_at_temperature():
     assert float(kl_divergence(teacher, teacher, 4.0)) == pytest.approx(0.0, abs=1e-7)
 
 
+def test_binary_kl_is_zero_at_the_teacher_and_pulls_logits_by_the_difference():
+    torch.manual_seed(0)
+    teacher = torch.sigmoid(3 * torch.randn(2, 1, 4, 4))
+    assert float(binary_kl(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    logits = (3 * torch.randn(2, 1, 4, 4)).requires_grad_()
+    binary_kl(torch.sigmoid(logits), teacher).backward()
+    # through the sigmoid, d/dz = (student - teacher) / elements: no vanishing where saturated
+    expected = (torch.sigmoid(logits) - teacher).detach() / teacher.numel()
+    assert torch.allclose(logits.grad, expected, atol=1e-6)
+
+
 def test_loss_kinds_and_hint_on_kept_channels():
     teacher = {
         "logits": np.zeros((2, 5), np.float32),
@@ -327,6 +339,7 @@ def test_loss_kinds_and_hint_on_kept_channels():
     }
     assert infer_output_losses(teacher) == {"logits": "kl", "mask": "mse", "ids": "none"}
     assert infer_output_losses(teacher, softmax_outputs=["logits"])["logits"] == "kl_probs"
+    assert infer_output_losses(teacher, sigmoid_outputs=["mask"])["mask"] == "binary_kl"
     kept = [0, 2, 5]
     teacher_feature = torch.randn(2, 6, 4, 4)
     loss = DistillationLoss(

@@ -423,7 +423,7 @@ def test_slow_nodes_come_most_time_lost_first():
 
 
 def test_node_kernel_seconds_names_the_model_nodes(conv_net, tmp_path):
-    from onnxslim.passes.quantization._latency_guard import node_kernel_seconds
+    from onnxslim.runtime import node_kernel_seconds
 
     path, images = conv_net
     model = onnxslim.load(path)

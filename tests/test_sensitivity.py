@@ -67,6 +67,84 @@ def test_sensitivity_allocation_prunes_the_sensitive_group_less_than_score_ranki
     assert errors[0] > 50 * errors[1]  # branch a's cut moves the output far more
 
 
+def pooled_branch_net() -> ir.Model:
+    """x[4, 8] -> [MatMul(8->16) -> Relu -> MatMul(16->8)] + the same on the mean over the 4
+    rows (a squeeze-excite-like branch: its hidden units cost a quarter of the MACs)."""
+    rng = np.random.default_rng(0)
+    arrays = {n: rng.normal(size=s) for n, s in (("wa", (8, 16)), ("va", (16, 8)))}
+    arrays |= {n: rng.normal(size=s) for n, s in (("wb", (8, 16)), ("vb", (16, 8)))}
+    nodes = [
+        oh.make_node("MatMul", ["x", "wa"], ["ha"], name="fc_a"),
+        oh.make_node("Relu", ["ha"], ["ra"], name="relu_a"),
+        oh.make_node("MatMul", ["ra", "va"], ["oa"], name="out_a"),
+        oh.make_node("ReduceMean", ["x"], ["m"], name="pool", axes=[0], keepdims=1),
+        oh.make_node("MatMul", ["m", "wb"], ["hb"], name="fc_b"),
+        oh.make_node("Relu", ["hb"], ["rb"], name="relu_b"),
+        oh.make_node("MatMul", ["rb", "vb"], ["ob"], name="out_b"),
+        oh.make_node("Add", ["oa", "ob"], ["y"], name="sum"),
+    ]
+    graph = oh.make_graph(
+        nodes,
+        "pooled_branch",
+        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 8])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])],
+        [onnx.numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
+    )
+    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+    return ir.serde.deserialize_model(proto)
+
+
+def test_score_per_mac_cuts_where_the_macs_are():
+    options = {"target_macs": 0.6, "round_to": 1, "max_ratio": 0.9}
+    by_score = StructuredPrune(**options).apply(pooled_branch_net(), PassContext())
+    per_mac = StructuredPrune(**options, allocation="score_per_mac").apply(
+        pooled_branch_net(), PassContext()
+    )
+    # one ranking cuts both branches alike; per MAC saved, the pooled branch's units cost 4x
+    assert kept(by_score.summary) == {"fc_a": 9, "out_a": 8, "out_b": 8, "fc_b": 9}
+    assert kept(per_mac.summary) == {"fc_a": 8, "out_a": 8, "out_b": 8, "fc_b": 16}
+    assert by_score.summary["macs"]["after"] == 720  # of 1280: overshoots the 768 asked
+    assert per_mac.summary["macs"]["after"] == 768
+
+
+def test_latency_model_scales_each_nodes_time_by_the_work_a_plan_keeps():
+    from onnxslim.passes.pruning import Plan, analyze
+    from onnxslim.passes.pruning._latency_model import NodeLatency, attribute_kernels
+
+    model = pooled_branch_net()
+    analysis = analyze(model, round_to=1)
+    # a kernel named after a value goes to its producer (to a Conv behind it: NCHWc fusions);
+    # kernels ORT made itself are a fixed cost
+    seconds = attribute_kernels(model.graph, {"fc_a": 2.0, "rb": 1.0, "sum": 0.5, "Reorder_1": 9})
+    assert seconds == {"fc_a": 2.0, "relu_b": 1.0, "sum": 0.5}
+    conv_relu = ir.from_onnx_text(
+        """<ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 2, 4, 4] x, float[3, 2, 1, 1] w) => (float[1, 3, 4, 4] r) {
+            c = Conv <pads = [0, 0, 0, 0]> (x, w)
+            r = Relu (c)
+        }"""
+    )
+    for node in conv_relu.graph:
+        node.name = node.op_type.lower()
+    assert attribute_kernels(conv_relu.graph, {"r": 1.0}) == {"conv": 1.0}
+    latency = NodeLatency(analysis.view, seconds)
+    assert latency.base == 3.5
+    by_group = {g.index: g for g in analysis.groups if g.prunable}
+    hidden_a = next(i for i, g in by_group.items() if "fc_a" in {n.name for n in g.nodes})
+    half = Plan(analysis.groups, {hidden_a: np.arange(8)})
+    # fc_a keeps half its MACs, relu_b and the Add (output elements) all of theirs
+    assert latency.predicted(half) == pytest.approx(2.0 * 0.5 + 1.0 + 0.5)
+
+
+def test_score_per_ms_profiles_the_input_and_cuts_where_the_time_goes():
+    options = {"target_macs": 0.6, "round_to": 1, "max_ratio": 0.9}
+    result = StructuredPrune(**options, allocation="score_per_ms").apply(
+        pooled_branch_net(), PassContext()
+    )
+    assert result.summary["profiled_ms"] > 0
+    assert result.summary["macs"]["after"] <= 768
+
+
 def test_sensitivity_with_a_ratio_keeps_the_ratios_macs():
     uniform = StructuredPrune(ratio=0.5, round_to=1).apply(two_branch_net(), PassContext())
     shared = StructuredPrune(ratio=0.5, round_to=1, allocation="sensitivity").apply(

@@ -1,7 +1,9 @@
-"""ONNX Runtime on this machine: sessions, interleaved timing, CPU features, machine facts."""
+"""ONNX Runtime on this machine: sessions, interleaved timing, per-node profiles, CPU features,
+machine facts."""
 
 from onnxslim.runtime._cpu import INT8_ISA_FLAGS, CpuFeatures, cpu_features
 from onnxslim.runtime._machine import GpuInfo, MachineInfo, gpu_memory_used, machine_info
+from onnxslim.runtime._profile import node_kernel_seconds
 from onnxslim.runtime._session import (
     OPTIMIZATION_LEVELS,
     PROVIDER_ALIASES,
@@ -26,6 +28,7 @@ __all__ = [
     "gpu_memory_used",
     "interleaved_timing",
     "machine_info",
+    "node_kernel_seconds",
     "ort_log_to_python",
     "resolve_providers",
     "rotation",

@@ -40,8 +40,8 @@ class Distill(SlimPass):
             Defaults to the pipeline's data.
         teacher: Teacher ONNX file; default: the model as it entered the pipeline.
         student: A torch ``nn.Module`` to train instead of the graph (exported afterwards).
-        output_losses: output name -> kl, kl_probs, mse, smooth_l1 or none (default: KL for
-            class scores, MSE otherwise).
+        output_losses: output name -> kl, kl_probs, binary_kl, mse, smooth_l1 or none
+            (default: KL for class scores, binary KL for Sigmoid maps, MSE otherwise).
         hints: Student value -> teacher value names (or a list of names shared by both) for hint
             losses; channel_maps: student value -> kept teacher channel indices (pruned students).
         validation_data: Inputs for per-epoch fidelity (default: up to 16 training batches).

@@ -73,8 +73,8 @@ class DistillOptions:
     label_key: str = _from(DataConfig, "label_key")
     output_losses: dict[str, str] | None = option(
         None,
-        help="Output name -> kl, kl_probs, mse, smooth_l1 or none (default: KL for class "
-        "scores, MSE otherwise).",
+        help="Output name -> kl, kl_probs, binary_kl, mse, smooth_l1 or none (default: KL for "
+        "class scores, binary KL for Sigmoid maps, MSE otherwise).",
     )
     hints: dict[str, str] | list[str] | None = option(
         None,

@@ -196,13 +196,17 @@ def _batches(run: DistillRun, data: Any) -> Batches:
 
 def build_loss(run: DistillRun) -> None:
     """Per-output loss kinds (inferred from the teacher, overridden by the user) and their sum."""
-    softmax_outputs = [
-        v.name
+    produced = {
+        v.name: producer.op_type
         for v in run.model.graph.outputs
-        if (producer := v.producer()) is not None and producer.op_type == "Softmax"
-    ]
+        if (producer := v.producer()) is not None
+    }
     first = run.teacher_validation[0]
-    losses = infer_output_losses({n: first[n] for n in run.output_names}, softmax_outputs)
+    losses = infer_output_losses(
+        {n: first[n] for n in run.output_names},
+        softmax_outputs=[n for n, op in produced.items() if op == "Softmax"],
+        sigmoid_outputs=[n for n, op in produced.items() if op == "Sigmoid"],
+    )
     for name, kind in (run.options.output_losses or {}).items():
         if name not in losses:
             raise SlimError(

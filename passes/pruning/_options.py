@@ -13,7 +13,7 @@ from onnxslim.options import option
 __all__ = ["ALLOCATIONS", "CRITERIA", "DEFAULT_RATIO", "PruneOptions", "check_options", "resolved"]
 
 CRITERIA = ("auto", "l1", "l2", "bn", "activation", "taylor", "random")
-ALLOCATIONS = ("score", "sensitivity")
+ALLOCATIONS = ("score", "score_per_mac", "score_per_ms", "sensitivity")
 # the ratio used when neither ratio nor target_macs is given
 DEFAULT_RATIO = 0.3
 
@@ -56,8 +56,10 @@ class PruneOptions:
     allocation: str = option(
         "score",
         help="how a MACs or latency target is shared among groups: score (cheapest normalized "
-        "importance first, one ranking) or sensitivity (each group's measured output error "
-        "when pruned by sensitivity_step, per MAC saved)",
+        "importance first, one ranking), score_per_mac (cheapest normalized importance per MAC "
+        "saved), score_per_ms (per millisecond saved, from one ORT profile of the nodes) or "
+        "sensitivity (each group's measured output error when pruned by sensitivity_step, per "
+        "MAC saved)",
     )
     sensitivity_step: float = option(
         0.25, help="fraction of a group's units removed to measure its sensitivity, in (0, 1)"

@@ -141,18 +141,12 @@ def plan_pruning(
 CutCost = Callable[[int, int, int], float]
 
 
-def greedy_for_macs(
-    analysis: PruneAnalysis,
-    scores: Mapping[int, np.ndarray],
-    goal: float,
-    max_ratio: float,
-    min_kept: int,
-    *,
-    cost: CutCost | None = None,
-) -> Plan:
-    """Removes whole rounding steps, cheapest first, until MACs <= goal; the price of a cut is
-    ``cost`` or, without it, the mean normalized score of the units it removes."""
-    segments = []  # (group index, units sorted by score, normalized scores, step)
+def _ranked_segments(
+    analysis: PruneAnalysis, scores: Mapping[int, np.ndarray]
+) -> list[tuple[int, np.ndarray, np.ndarray, int]]:
+    """(group index, units lowest score first, their scores over the group's mean, rounding
+    step) of every scored group's segments."""
+    segments = []
     for group in analysis.groups:
         if group.index not in scores:
             continue
@@ -163,6 +157,24 @@ def greedy_for_macs(
             segments.append(
                 (group.index, segment.units[order], normalized[segment.units[order]], segment.step)
             )
+    return segments
+
+
+def greedy_for_macs(
+    analysis: PruneAnalysis,
+    scores: Mapping[int, np.ndarray],
+    goal: float,
+    max_ratio: float,
+    min_kept: int,
+    *,
+    cost: CutCost | None = None,
+    per: Callable[[Plan], float] | None = None,
+) -> Plan:
+    """Removes whole rounding steps, cheapest first, until MACs <= goal; the price of a cut is
+    ``cost`` or, without it, the mean normalized score of the units it removes, divided, with
+    ``per`` (a plan's MACs or predicted latency), by the fraction of it the cut saves: a
+    squeeze-excite bottleneck, which saves almost nothing, is cut last."""
+    segments = _ranked_segments(analysis, scores)
     kept = [len(units) for _, units, _, _ in segments]
 
     def removed_from(group_index: int) -> int:
@@ -182,7 +194,22 @@ def greedy_for_macs(
         )
 
     current = plan()
-    while predicted_macs(analysis.view, current) > goal:
+    macs = predicted_macs(analysis.view, current)
+    full = per(Plan(analysis.groups, {})) if per is not None else 1.0
+    now = per(current) if per is not None else 1.0
+    saving: dict[int, float] = {}
+
+    def saved_per_unit(index: int) -> float:
+        """Fraction of ``per`` one more step of segment ``index`` saves, per unit (first order)."""
+        assert per is not None
+        if index not in saving:
+            count, step = kept[index], segments[index][3]
+            kept[index] = count - step
+            saving[index] = (now - per(plan())) / step
+            kept[index] = count
+        return max(saving[index], 1e-12) / max(full, 1e-12)
+
+    while macs > goal:
         best, best_score = None, None
         for index, (group_index, units, normalized, step) in enumerate(segments):
             size, count = len(units), kept[index]
@@ -191,6 +218,8 @@ def greedy_for_macs(
                 continue
             if cost is None:
                 chunk_score = float(np.mean(normalized[size - count : size - target]))
+                if per is not None:  # importance lost per MAC (or second) saved
+                    chunk_score /= saved_per_unit(index)
             else:
                 before = removed_from(group_index)
                 chunk_score = cost(group_index, before, before + count - target)
@@ -207,4 +236,8 @@ def greedy_for_macs(
             break
         kept[best[0]] = best[1]
         current = plan()
+        macs = predicted_macs(analysis.view, current)
+        if per is not None:
+            now = per(current)
+            saving.pop(best[0], None)  # the others change little with one cut (first order)
     return current

@@ -22,6 +22,7 @@ from onnxslim.passes.pruning._analysis import PruneAnalysis, analyze
 from onnxslim.passes.pruning._apply import apply_plan
 from onnxslim.passes.pruning._counts import predicted_macs
 from onnxslim.passes.pruning._latency import latency_ratio, search_for_latency
+from onnxslim.passes.pruning._latency_model import NodeLatency
 from onnxslim.passes.pruning._options import PruneOptions
 from onnxslim.passes.pruning._plan import Plan, greedy_for_macs, plan_pruning
 from onnxslim.passes.pruning._sensitivity import (
@@ -98,7 +99,24 @@ def choose_plan(
             return allocate_by_sensitivity(
                 target, scores, sensitivity, goal, settings.max_ratio, settings.min_kept
             )
-        return greedy_for_macs(target, scores, goal, settings.max_ratio, settings.min_kept)
+        return greedy_for_macs(
+            target, scores, goal, settings.max_ratio, settings.min_kept, per=per(target)
+        )
+
+    def per(target: PruneAnalysis) -> Callable[[Plan], float] | None:
+        """What a cut's price is divided by: the MACs or the predicted latency it saves."""
+        if settings.allocation == "score_per_mac":
+            return lambda plan: predicted_macs(target.view, plan)
+        if settings.allocation != "score_per_ms":
+            return None
+        if "latency" not in profiled:  # the input's profile; copies have the same node names
+            feeds = sample_feeds(model, context, sizes, 1)[0]
+            profiled["latency"] = NodeLatency.measure(analysis.view, feeds, context.providers)
+            extra["profiled_ms"] = 1000 * profiled["latency"].base
+        measured = NodeLatency(target.view, profiled["latency"].node_seconds)
+        return measured.predicted
+
+    profiled: dict[str, NodeLatency] = {}
 
     if settings.target_latency is not None:
         fraction = _latency_fraction(settings, model, context, sizes, analyze_copy, plan_at, extra)
