@@ -257,7 +257,7 @@ def run_det(args, folder: Path) -> dict:
         epochs,
         args.det_lr,
         distill_options,
-        {"criterion": args.det_criterion},
+        {"criterion": args.det_criterion, "allocation": args.det_allocation},
         _map_iou_metric(evaluation[: args.det_metric_images], source),
     )
     passes = [
@@ -520,6 +520,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--det-criterion", default="auto", help="pruning importance (auto, taylor...)"
+    )
+    parser.add_argument(
+        "--det-allocation", default="score", help="prune allocation (score, score_per_ms, ...)"
     )
     parser.add_argument("--det-images", type=int, help="rendered training pages (default 24 / 96)")
     parser.add_argument(

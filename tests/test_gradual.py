@@ -74,6 +74,33 @@ def test_two_steps_meet_the_target_and_a_rerun_resumes_after_the_finished_step(t
         )
 
 
+def test_one_step_is_one_shot_prune_then_distill(tmp_path):
+    from onnxslim.passes import Distill, StructuredPrune
+
+    images = demo_data()["train_images"][:32]
+
+    def context(name: str) -> onnxslim.PassContext:
+        return onnxslim.PassContext(
+            reference_path=demo_model_path(),
+            data=open_samples({"image": images}),
+            workdir=tmp_path / name,
+        )
+
+    gradual = onnxslim.load(demo_model_path())
+    options = dict(target_macs=0.5, steps=1, epochs=1, round_to=8, timing_seconds=0)
+    summary = get_pass_class("prune_distill")(**options).apply(gradual, context("gradual")).summary
+    one_shot = onnxslim.load(demo_model_path())
+    shot = context("one-shot")
+    StructuredPrune(target_macs=0.5, round_to=8).apply(one_shot, shot)
+    Distill(None, epochs=1, lr=3e-3).apply(one_shot, shot)
+    assert summary["steps"][0]["target_macs"] == 0.5 and summary["macs_fraction"] <= 0.5
+    assert set(gradual.graph.initializers) == set(one_shot.graph.initializers)
+    for name, value in one_shot.graph.initializers.items():
+        np.testing.assert_array_equal(
+            gradual.graph.initializers[name].const_value.numpy(), value.const_value.numpy()
+        )
+
+
 def _check_report_curves(summary: dict) -> None:
     """The HTML report's pass section draws quality vs MACs and vs latency, a point per step."""
     import re
