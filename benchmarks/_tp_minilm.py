@@ -54,24 +54,30 @@ def texts(generated: int, seed: int = 0) -> tuple[list[str], list[str]]:
 
 def stdlib_sentences(count: int, tokenizer, max_tokens: int, seed: int = 0) -> list[str]:
     """``count`` English sentences from the comments and docstrings of this Python's standard
-    library (local, unlabeled: more varied inputs for Distill), at most ``max_tokens`` tokens."""
+    library, its packages and tests included (about 60,000 distinct; local, unlabeled: more
+    varied inputs for Distill), at most ``max_tokens`` tokens."""
     import re
     import sysconfig
 
     pattern = re.compile(r"[A-Z][a-z][A-Za-z ,']{30,140}[a-z]\.")
     banned = ("self", "None", "True", "False", "def ", "__")
     found = set()
-    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("**/*.py")):
+        if "site-packages" in path.parts:
+            continue
         text = re.sub(r"\s*\n\s*(#\s*)?", " ", path.read_text(errors="ignore"))
         for match in pattern.finditer(text):
             sentence = match.group(0)
             if 7 <= len(sentence.split()) <= 22 and not any(b in sentence for b in banned):
                 found.add(sentence)
     ordered = sorted(found)
-    lengths = (tokenizer([t])["attention_mask"].sum() for t in ordered)
-    short = [t for t, n in zip(ordered, lengths) if n <= max_tokens]
-    picked = np.random.default_rng(seed).permutation(len(short))[:count]
-    return [short[i] for i in sorted(picked)]
+    picked: list[int] = []
+    for index in np.random.default_rng(seed).permutation(len(ordered)).tolist():
+        if len(picked) == count:
+            break
+        if tokenizer([ordered[index]])["attention_mask"].sum() <= max_tokens:
+            picked.append(index)
+    return [ordered[i] for i in sorted(picked)]
 
 
 def rows(tokenizer, items: list[str]) -> list[dict]:
@@ -230,17 +236,17 @@ def run_minilm(args) -> dict:
         stage_dir = folder / "ours"
         stage_dir.mkdir()
         started = time.perf_counter()
-        ours = onnxslim.Pipeline(
-            [
-                Cleanup(target_opset=14),
-                prune,
-                Distill(**options, feature_weight=args.feature_weight),
-            ]
-        ).run(teacher, data=verify, sizes=SIZES, stage_dir=stage_dir)
+        recover = [prune, Distill(**options, feature_weight=args.feature_weight)]
+        if args.steps:  # gradual: prune -> distill steps (no "pruned, not recovered" model)
+            recover = [_gradual(args, prune, options)]
+        ours = onnxslim.Pipeline([Cleanup(target_opset=14), *recover]).run(
+            teacher, data=verify, sizes=SIZES, stage_dir=stage_dir
+        )
         stages = {s.stage: Path(s.model_path) for s in ours.report.stages}
         timings["onnxslim"] = ours.report.stages[-1].wall_time_s  # the distill stage
         timings["onnxslim_pipeline"] = time.perf_counter() - started
-        ours_pruned, ours_final = stages["prune"], stages["distill"]
+        ours_final = stages["prune_distill" if args.steps else "distill"]
+        ours_pruned = stages.get("prune", ours_final)
         ours_macs = macs(ours_final)
 
         if args.ours_only:
@@ -301,6 +307,25 @@ def run_minilm(args) -> dict:
         "torch_pruning_search_s": round(prune_s, 1),
         "recovery_seconds": {k: round(v, 1) for k, v in timings.items()},
     }
+
+
+def _gradual(args, prune, options: dict):
+    """``args.steps`` prune -> distill steps to the same target, each distilled as one-shot is."""
+    from onnxslim.passes._gradual import PruneDistill
+
+    settings = prune.config()
+    distill = {k: v for k, v in options.items() if k not in ("data", "epochs", "lr")}
+    return PruneDistill(
+        target_macs=settings["target_macs"],
+        steps=args.steps,
+        criterion=settings["criterion"],
+        data=options["data"],
+        epochs=options["epochs"],
+        lr=options["lr"],
+        feature_weight=args.feature_weight,
+        prune={k: settings[k] for k in ("allocation", "max_ratio")},
+        distill=distill,
+    )
 
 
 def _ours_only(args, reference, base_macs, pruned, final, evaluation, timings) -> dict:

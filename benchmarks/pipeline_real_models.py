@@ -94,14 +94,16 @@ def recovery_passes(
     ]
 
 
-def stage_latency(stages, feeds: dict, runs: int) -> dict[str, float]:
-    """p50 ms of every stage on ORT CPU, interleaved, on one real input."""
+def stage_latency(stages, feeds: dict, runs: int, threads: int | None = None) -> dict[str, float]:
+    """p50 ms of every stage on ORT CPU, interleaved, on one real input (``threads``: intra-op
+    threads, ORT's default when None)."""
     from onnxslim.benchmark import benchmark
 
     result = benchmark(
         [stage.model_path for stage in stages],
         labels=[stage.stage for stage in stages],
         providers="cpu",
+        intra_op_threads=threads,
         data=[feeds],
         runs=runs,
         warmup=5,
@@ -244,6 +246,7 @@ def run_det(args, folder: Path) -> dict:
     train_images = cropped_pages(count, eval_hw, train_hw, seed=1)
     eval_images, word_counts = render_text_images(12 if quick else 32, *eval_hw, seed=2)
     train = _preprocessed(train_images)
+    pages = _preprocessed(render_text_images(min(count, 16), *eval_hw, seed=1)[0])
     evaluation = _preprocessed(eval_images)
     input_name = "x"
     verify = [{input_name: evaluation[i : i + 1]} for i in range(2)]
@@ -264,7 +267,8 @@ def run_det(args, folder: Path) -> dict:
         Cleanup(target_opset=13),
         *recover,
         QuantizeStatic(
-            calibration=[{input_name: train[i : i + 1]} for i in range(min(len(train), 16))],
+            # whole pages, as deployed: int8's gain depends on the size it is timed at
+            calibration=[{input_name: pages[i : i + 1]} for i in range(len(pages))],
             method="percentile",
             min_top1=None,
         ),
@@ -281,7 +285,7 @@ def run_det(args, folder: Path) -> dict:
         passes = [p for p in passes if p.name != "distill"]
         stages = run_pipeline(passes, source, verify, folder / "det-no-distill", sizes=sizes)
     pipeline_s = time.perf_counter() - started
-    latency = stage_latency(stages, verify[0], args.runs)
+    latency = stage_latency(stages, verify[0], args.runs, args.threads)
     reference_maps, reference_boxes = _detect(Path(stages[0].model_path), eval_images)
     rows = []
     for stage in stages:
@@ -553,12 +557,15 @@ def main() -> None:
         "--minilm-allocation", default="score", help="prune allocation: score or sensitivity"
     )
     parser.add_argument("--runs", type=int, default=40, help="timed interleaved rounds")
+    parser.add_argument("--threads", type=int, help="intra-op threads of the timed sessions")
+    parser.add_argument("--keep", type=Path, help="keep every stage's model in this folder")
     parser.add_argument("--json", type=Path)
     add_speech_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="pipeline-real-") as folder:
+    with tempfile.TemporaryDirectory(prefix="pipeline-real-") as scratch:
+        folder = args.keep or scratch
         for name in args.models.split(","):
             started = time.perf_counter()
             runner = {"det": run_det, "minilm": run_minilm, "speech": run_speech}[name]

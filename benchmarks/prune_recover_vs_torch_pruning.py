@@ -311,6 +311,9 @@ def main() -> None:
         default=0,
         help="add this many standard-library docstring sentences to the training texts",
     )
+    minilm.add_argument(
+        "--steps", type=int, default=0, help="our gradual prune -> distill steps (0: one-shot)"
+    )
     minilm.add_argument("--ours-only", action="store_true", help="recipe search: no peer")
     args = parser.parse_args()
     digits = args.model == "digits"
