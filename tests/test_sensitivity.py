@@ -27,18 +27,29 @@ def two_branch_net() -> ir.Model:
         "wb": 10 * rng.normal(size=(8, 16)),
         "vb": 0.01 * rng.normal(size=(16, 8)),
     }
+    return branches(arrays, pooled=False)
+
+
+def branches(arrays: dict[str, np.ndarray], pooled: bool) -> ir.Model:
+    """y = MLP_a(x) + MLP_b(x), or MLP_b of the mean over x's 4 rows when ``pooled``."""
+    b_input = "m" if pooled else "x"
     nodes = [
         oh.make_node("MatMul", ["x", "wa"], ["ha"], name="fc_a"),
         oh.make_node("Relu", ["ha"], ["ra"], name="relu_a"),
         oh.make_node("MatMul", ["ra", "va"], ["oa"], name="out_a"),
-        oh.make_node("MatMul", ["x", "wb"], ["hb"], name="fc_b"),
+        *(
+            [oh.make_node("ReduceMean", ["x"], ["m"], name="pool", axes=[0], keepdims=1)]
+            if pooled
+            else []
+        ),
+        oh.make_node("MatMul", [b_input, "wb"], ["hb"], name="fc_b"),
         oh.make_node("Relu", ["hb"], ["rb"], name="relu_b"),
         oh.make_node("MatMul", ["rb", "vb"], ["ob"], name="out_b"),
         oh.make_node("Add", ["oa", "ob"], ["y"], name="sum"),
     ]
     graph = oh.make_graph(
         nodes,
-        "two_branch",
+        "pooled_branch" if pooled else "two_branch",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 8])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])],
         [onnx.numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
@@ -73,25 +84,7 @@ def pooled_branch_net() -> ir.Model:
     rng = np.random.default_rng(0)
     arrays = {n: rng.normal(size=s) for n, s in (("wa", (8, 16)), ("va", (16, 8)))}
     arrays |= {n: rng.normal(size=s) for n, s in (("wb", (8, 16)), ("vb", (16, 8)))}
-    nodes = [
-        oh.make_node("MatMul", ["x", "wa"], ["ha"], name="fc_a"),
-        oh.make_node("Relu", ["ha"], ["ra"], name="relu_a"),
-        oh.make_node("MatMul", ["ra", "va"], ["oa"], name="out_a"),
-        oh.make_node("ReduceMean", ["x"], ["m"], name="pool", axes=[0], keepdims=1),
-        oh.make_node("MatMul", ["m", "wb"], ["hb"], name="fc_b"),
-        oh.make_node("Relu", ["hb"], ["rb"], name="relu_b"),
-        oh.make_node("MatMul", ["rb", "vb"], ["ob"], name="out_b"),
-        oh.make_node("Add", ["oa", "ob"], ["y"], name="sum"),
-    ]
-    graph = oh.make_graph(
-        nodes,
-        "pooled_branch",
-        [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4, 8])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4, 8])],
-        [onnx.numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()],
-    )
-    proto = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
-    return ir.serde.deserialize_model(proto)
+    return branches(arrays, pooled=True)
 
 
 def test_score_per_mac_cuts_where_the_macs_are():
