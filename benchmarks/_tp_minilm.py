@@ -223,6 +223,15 @@ def run_minilm(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="prune-vs-tp-minilm-") as folder:
         folder = Path(folder)
         teacher = export_minilm(model_dir, folder / "minilm.onnx")
+        if args.hint_values:  # hidden states by name: the same in teacher and pruned student
+            import re
+
+            graph = onnxslim.load(teacher).graph
+            pattern = re.compile(args.hint_values)
+            options["hints"] = [
+                v.name for node in graph for v in node.outputs if v.name and pattern.search(v.name)
+            ]
+            options["hint_weight"] = args.hint_weight
         reference = embed(teacher, evaluation)
         base_macs = macs(teacher)
 

@@ -314,6 +314,12 @@ def main() -> None:
     minilm.add_argument(
         "--steps", type=int, default=0, help="our gradual prune -> distill steps (0: one-shot)"
     )
+    minilm.add_argument(
+        "--hint-values",
+        help="regex over value names: hint losses on those (e.g. each layer's last LayerNorm "
+        "output, 'LayerNorm_1/Add_1_output_0$'), instead of the automatic feature hints",
+    )
+    minilm.add_argument("--hint-weight", type=float, default=1.0, help="weight of each hint")
     minilm.add_argument("--ours-only", action="store_true", help="recipe search: no peer")
     args = parser.parse_args()
     digits = args.model == "digits"
