@@ -129,7 +129,7 @@ def test_latency_model_scales_each_nodes_time_by_the_work_a_plan_keeps():
     assert latency.predicted(half) == pytest.approx(2.0 * 0.5 + 1.0 + 0.5)
 
 
-def test_score_per_ms_profiles_the_input_and_cuts_where_the_time_goes():
+def test_score_per_ms_profiles_the_input_and_meets_the_macs_target():
     options = {"target_macs": 0.6, "round_to": 1, "max_ratio": 0.9}
     result = StructuredPrune(**options, allocation="score_per_ms").apply(
         pooled_branch_net(), PassContext()

@@ -1,8 +1,9 @@
 """The ``score_per_ms`` allocation's cost model: where the input's latency goes, node by node.
 
-One profiled ORT run of the model at the pass's sizes gives each node's kernel time; a plan's
-predicted latency scales every node's time by the share of its work the plan keeps (MACs for
-compute nodes, output elements for the memory-bound rest: activations, Add/Mul, Resize).
+One profiled ORT session of the model at the pass's sizes (5 runs on one thread, the median
+per kernel) gives each node's kernel time; a plan's predicted latency scales every node's time
+by the share of its work the plan keeps (MACs for compute nodes, output elements for the
+memory-bound rest: activations, Add/Mul, Resize).
 Kernels ORT adds itself (layout reorders) are a fixed cost. First order and per node: ORT's
 fusions are folded back onto the node that names the fused kernel (an NCHWc convolution is
 named after the value it writes, often its fused activation's output).
