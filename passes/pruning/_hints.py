@@ -67,8 +67,9 @@ def choose_hint_points(model: ir.Model, groups: Sequence[Group]) -> list[str]:
     """Block outputs, in graph order: per prunable group with a residual Add, the last value its
     consumers read (what the next block sees); without residual Adds among the pruned units (a
     transformer whose hidden width is kept), the LayerNorm outputs, the residual stream after
-    each block (all-MiniLM-L6-v2 at 0.6 of the MACs, held-out cosine 0.946 against 0.938 with
-    hints at the pruned activations); else the last value each prunable group's consumers read.
+    each block (all-MiniLM-L6-v2 at 0.6 of the MACs, 2 epochs: held-out cosine 0.944 against
+    0.938 with hints at the pruned activations); else the last value each prunable group's
+    consumers read.
     At most ``MAX_HINTS``, evenly spaced."""
     prunable = [g for g in groups if g.prunable]
     chosen = [g for g in prunable if _residual_adds(g)]
