@@ -102,7 +102,8 @@ def test_score_per_mac_cuts_where_the_macs_are():
 
 def test_latency_model_scales_each_nodes_time_by_the_work_a_plan_keeps():
     from onnxslim.passes.pruning import Plan, analyze
-    from onnxslim.passes.pruning._latency_model import NodeLatency, attribute_kernels
+    from onnxslim.passes.pruning._latency_model import NodeLatency
+    from onnxslim.runtime import attribute_kernels
 
     model = pooled_branch_net()
     analysis = analyze(model, round_to=1)

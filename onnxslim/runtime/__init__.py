@@ -3,7 +3,7 @@ machine facts."""
 
 from onnxslim.runtime._cpu import INT8_ISA_FLAGS, CpuFeatures, cpu_features
 from onnxslim.runtime._machine import GpuInfo, MachineInfo, gpu_memory_used, machine_info
-from onnxslim.runtime._profile import node_kernel_seconds
+from onnxslim.runtime._profile import attribute_kernels, node_kernel_seconds
 from onnxslim.runtime._session import (
     OPTIMIZATION_LEVELS,
     PROVIDER_ALIASES,
@@ -23,6 +23,7 @@ __all__ = [
     "GpuInfo",
     "InterleavedTiming",
     "MachineInfo",
+    "attribute_kernels",
     "cpu_features",
     "create_session",
     "gpu_memory_used",

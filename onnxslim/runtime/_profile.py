@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from onnxslim.runtime._session import create_session, session_options
 
-__all__ = ["node_kernel_seconds"]
+__all__ = ["attribute_kernels", "node_kernel_seconds"]
 
 _LAYOUT_SUFFIX = re.compile(r"(_token_\d+|_nchwc)$")
 
@@ -61,3 +61,39 @@ def node_kernel_seconds(
         node = _LAYOUT_SUFFIX.sub("", name[: -len("_kernel_time")])
         seconds[node] = seconds.get(node, 0.0) + statistics.median(values)
     return seconds
+
+
+# how far a fused kernel named after an activation's output is followed back to its Conv
+_FUSED_DEPTH = 3
+_FUSED_INTO = ("Conv", "ConvTranspose")
+
+
+def attribute_kernels(graph: ir.Graph, seconds: Mapping[str, float]) -> dict[str, float]:
+    """Kernel seconds by the ONNX node they ran: a node name as is; a value name (an NCHWc
+    convolution with its activation or residual Add fused) to the nearest convolution behind
+    that value's producer, at most three nodes up; else to the producer itself."""
+    nodes = {node.name: node for node in graph if node.name}
+    producers = {v.name: node for node in graph for v in node.outputs if v.name}
+    found: dict[str, float] = {}
+    for name, spent in seconds.items():
+        node = nodes.get(name)
+        if node is None and name in producers:
+            node = _fused_source(producers[name])
+        if node is not None and node.name:
+            found[node.name] = found.get(node.name, 0.0) + spent
+    return found
+
+
+def _fused_source(node: ir.Node) -> ir.Node:
+    frontier = [node]
+    for _ in range(_FUSED_DEPTH):
+        for candidate in frontier:
+            if candidate.op_type in _FUSED_INTO:
+                return candidate
+        frontier = [
+            producer
+            for candidate in frontier
+            for value in candidate.inputs
+            if value is not None and (producer := value.producer()) is not None
+        ]
+    return node

@@ -37,6 +37,11 @@ def _residual_adds(group: Group) -> list[ir.Node]:
     ]
 
 
+def _made_by(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type else None
+
+
 def _is_normalized(node: ir.Node) -> bool:
     """A LayerNormalization, or the last Add of a decomposed one: (x - mean) / Sqrt(var + eps)
     times gamma plus beta."""
@@ -44,23 +49,11 @@ def _is_normalized(node: ir.Node) -> bool:
         return True
     if node.op_type != "Add":
         return False
-    scaled = [v.producer() for v in node.inputs if v is not None]
-    divided = [
-        v.producer()
-        for mul in scaled
-        if mul is not None and mul.op_type == "Mul"
-        for v in mul.inputs
-        if v is not None
-    ]
-    return any(
-        div is not None
-        and div.op_type == "Div"
-        and len(div.inputs) == 2
-        and div.inputs[1] is not None
-        and (root := div.inputs[1].producer()) is not None
-        and root.op_type == "Sqrt"
-        for div in divided
-    )
+    for mul in filter(None, (_made_by(v, "Mul") for v in node.inputs)):
+        for div in filter(None, (_made_by(v, "Div") for v in mul.inputs)):
+            if len(div.inputs) == 2 and _made_by(div.inputs[1], "Sqrt") is not None:
+                return True
+    return False
 
 
 def choose_hint_points(model: ir.Model, groups: Sequence[Group]) -> list[str]:

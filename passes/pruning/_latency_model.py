@@ -5,8 +5,8 @@ per kernel) gives each node's kernel time; a plan's predicted latency scales eve
 by the share of its work the plan keeps (MACs for compute nodes, output elements for the
 memory-bound rest: activations, Add/Mul, Resize).
 Kernels ORT adds itself (layout reorders) are a fixed cost. First order and per node: ORT's
-fusions are folded back onto the node that names the fused kernel (an NCHWc convolution is
-named after the value it writes, often its fused activation's output).
+fusions are folded back onto the node that names the fused kernel
+(``onnxslim.runtime.attribute_kernels``).
 """
 
 from __future__ import annotations
@@ -20,44 +20,9 @@ import onnx_ir as ir
 from onnxslim.model import node_macs
 from onnxslim.passes.pruning._plan import Plan
 from onnxslim.passes.pruning._view import GraphView
-from onnxslim.runtime import node_kernel_seconds
+from onnxslim.runtime import attribute_kernels, node_kernel_seconds
 
-__all__ = ["NodeLatency", "attribute_kernels"]
-
-# how far a fused kernel named after an activation's output is followed back to its Conv
-_FUSED_DEPTH = 3
-_FUSED_INTO = ("Conv", "ConvTranspose")
-
-
-def attribute_kernels(graph: ir.Graph, seconds: Mapping[str, float]) -> dict[str, float]:
-    """Kernel seconds by the ONNX node they ran: a node name as is; a value name (an NCHWc
-    convolution with its activation or residual Add fused) to the nearest convolution behind
-    that value's producer, at most three nodes up; else to the producer itself."""
-    nodes = {node.name: node for node in graph if node.name}
-    producers = {v.name: node for node in graph for v in node.outputs if v.name}
-    found: dict[str, float] = {}
-    for name, spent in seconds.items():
-        node = nodes.get(name)
-        if node is None and name in producers:
-            node = _fused_source(producers[name])
-        if node is not None and node.name:
-            found[node.name] = found.get(node.name, 0.0) + spent
-    return found
-
-
-def _fused_source(node: ir.Node) -> ir.Node:
-    frontier = [node]
-    for _ in range(_FUSED_DEPTH):
-        for candidate in frontier:
-            if candidate.op_type in _FUSED_INTO:
-                return candidate
-        frontier = [
-            producer
-            for candidate in frontier
-            for value in candidate.inputs
-            if value is not None and (producer := value.producer()) is not None
-        ]
-    return node
+__all__ = ["NodeLatency"]
 
 
 class NodeLatency:
